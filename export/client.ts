@@ -1,0 +1,324 @@
+// The client side of the native protocol: one WebSocket connection to one export. Requests get a slot (the tag's low
+// half is the slot number, the high half a sequence number, so a stale or forged reply is recognised); up to
+// `maxInFlight` are on the wire at once and the rest wait in a bounded FIFO. A READ's reply payload is copied straight
+// into the caller's buffer; a WRITE's payload is sent as the second fragment of its message, unmasked and uncopied.
+
+import WebSocket from 'ws'
+import { DstError, Errno, RemoteError, errnoName } from '../node/errors'
+import { Ring } from '../node/ring'
+import {
+  FrameDecoder, HANDSHAKE_SIZE, HandshakeFlag, Op, opNames, PROTOCOL_VERSION, ProtocolError, REQUEST_HEADER_SIZE,
+  parseHandshake, replyFrames, writeRequestHeader, type Handshake, type ReplyHeader,
+} from './codec'
+
+export interface DstUrl { host: string, port: number, export: string }
+
+export interface ConnectOptions {
+  token?: string
+  /** Most requests this side keeps on the wire; the server's announced maximum caps it. */
+  queueDepth?: number
+  /** Milliseconds to wait for the TCP connect plus handshake. */
+  connectTimeout?: number
+  /** Send a PING after this long without hearing from the server; give up after three times as long. */
+  pingInterval?: number
+  /** Most requests that may wait for a slot; one more gets an explicit error. */
+  maxQueued?: number
+}
+
+interface Slot {
+  index: number
+  seq: number
+  busy: boolean
+  op: number
+  offset: number
+  length: number
+  into: Uint8Array | null
+  data: Uint8Array | null
+  tries: number
+  resolve: () => void
+  reject: (err: Error) => void
+  header: Buffer
+}
+
+interface Queued {
+  op: number
+  offset: number
+  length: number
+  into: Uint8Array | null
+  data: Uint8Array | null
+  resolve: () => void
+  reject: (err: Error) => void
+}
+
+const describe: Record<number, string> = {
+  [Errno.EINVAL]: 'invalid request or range outside the export',
+  [Errno.EROFS]: 'the export is read-only',
+  [Errno.EPERM]: 'not permitted',
+  [Errno.EOVERFLOW]: 'request larger than the export accepts',
+  [Errno.ENOTSUP]: 'not supported by the export',
+  [Errno.EIO]: 'I/O error on the exporting node',
+  [Errno.ENOSPC]: 'no space left on the exporting node',
+  [Errno.ESHUTDOWN]: 'the exporting node is shutting down',
+  [Errno.EAGAIN]: 'the exporting node is out of buffers',
+}
+
+export function formatDstUrl (u: DstUrl): string {
+  return `dst://${u.host.includes(':') ? `[${u.host}]` : u.host}:${u.port}/${encodeURIComponent(u.export)}`
+}
+
+export class Connection {
+  readonly url: string
+  readonly handshake: Handshake
+  readonly queueDepth: number
+  /** Called once when the connection is gone, with the reason. */
+  onClose: ((reason: Error) => void) | null = null
+
+  private readonly ws: WebSocket
+  private readonly slots: Slot[]
+  private readonly freeSlots: number[]
+  private readonly queue: Ring<Queued>
+  private readonly decoder: FrameDecoder<ReplyHeader>
+  private inFlight = 0
+  private closed: Error | null = null
+  private corked = false
+  private lastHeard = Date.now()
+  private pingOut = false
+  private readonly pingTimer: NodeJS.Timeout | null = null
+
+  private constructor (url: string, ws: WebSocket, handshake: Handshake, options: ConnectOptions) {
+    this.url = url
+    this.ws = ws
+    this.handshake = handshake
+    this.queueDepth = Math.max(1, Math.min(options.queueDepth ?? 32, handshake.maxInFlight))
+    this.slots = []
+    this.freeSlots = []
+    for (let i = 0; i < this.queueDepth; i++) {
+      this.slots.push({
+        index: i, seq: 0, busy: false, op: 0, offset: 0, length: 0, into: null, data: null, tries: 0,
+        resolve: noop, reject: noop, header: Buffer.alloc(REQUEST_HEADER_SIZE),
+      })
+      this.freeSlots.push(this.queueDepth - 1 - i)
+    }
+    this.queue = new Ring(options.maxQueued ?? 65536)
+    this.decoder = new FrameDecoder(replyFrames, h => this.replyTarget(h), (h, payload) => this.onReply(h, payload))
+    ws.on('message', (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary))
+    ws.on('close', (code: number, reason: Buffer) => {
+      const why = reason.length > 0 ? `: ${reason.toString()}` : ''
+      this.fail(new DstError('DST_ERR_DISCONNECTED', `${this.url}: connection closed (code ${code}${why})`, Errno.EIO))
+    })
+    ws.on('error', err => this.fail(new DstError('DST_ERR_DISCONNECTED', `${this.url}: ${err.message}`, Errno.EIO)))
+    const interval = options.pingInterval ?? 10000
+    if (interval > 0) {
+      this.pingTimer = setInterval(() => this.checkAlive(interval), interval)
+      this.pingTimer.unref()
+    }
+  }
+
+  static connect (target: DstUrl, options: ConnectOptions = {}): Promise<Connection> {
+    const url = formatDstUrl(target)
+    const wsUrl = `ws://${target.host.includes(':') ? `[${target.host}]` : target.host}:${target.port}/${encodeURIComponent(target.export)}`
+    return new Promise((resolve, reject) => {
+      const headers: Record<string, string> = { 'x-dst-version': String(PROTOCOL_VERSION) }
+      if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`
+      const ws = new WebSocket(wsUrl, {
+        headers,
+        perMessageDeflate: false,
+        handshakeTimeout: options.connectTimeout ?? 10000,
+        // An all-zero mask makes ws send payloads as they are, without a masked copy. The mask protects browser
+        // traffic through caching proxies; a block device client has no use for it.
+        generateMask: noop,
+        maxPayload: 256 * 1024 * 1024,
+        skipUTF8Validation: true,
+      })
+      let settled = false
+      const done = (err: Error | null, conn?: Connection): void => {
+        if (settled) return
+        settled = true
+        clearTimeout(timer)
+        if (err !== null) { ws.removeAllListeners(); ws.on('error', noop); ws.terminate(); reject(err) } else resolve(conn as Connection)
+      }
+      const timer = setTimeout(() => done(new DstError('DST_ERR_TIMEOUT', `${url}: no handshake within ${options.connectTimeout ?? 10000} ms`, Errno.ETIMEDOUT)), options.connectTimeout ?? 10000)
+      ws.on('unexpected-response', (_req, res) => {
+        const chunks: Buffer[] = []
+        res.on('data', (c: Buffer) => chunks.push(c))
+        res.on('end', () => {
+          const body = Buffer.concat(chunks).toString().trim()
+          const code = res.statusCode === 401 ? 'DST_ERR_TOKEN' : res.statusCode === 403 ? 'DST_ERR_ACCESS' : res.statusCode === 404 ? 'DST_ERR_NOEXPORT' : 'DST_ERR_REFUSED'
+          done(new DstError(code, `${url}: refused (${res.statusCode ?? '?'}): ${body || res.statusMessage || 'no reason given'}`, Errno.EACCES))
+        })
+        res.on('error', () => done(new DstError('DST_ERR_REFUSED', `${url}: refused (${res.statusCode ?? '?'})`, Errno.EACCES)))
+      })
+      ws.on('error', err => done(new DstError('DST_ERR_CONNECT', `${url}: ${(err as NodeJS.ErrnoException).code ?? err.message}`, Errno.EIO)))
+      ws.on('close', (code, reason) => done(new DstError('DST_ERR_CONNECT', `${url}: closed before the handshake (code ${code}${reason.length > 0 ? `: ${reason.toString()}` : ''})`, Errno.EIO)))
+      ws.once('message', (data: Buffer, isBinary: boolean) => {
+        try {
+          if (!isBinary || data.length !== HANDSHAKE_SIZE) throw new ProtocolError(`expected a ${HANDSHAKE_SIZE}-byte handshake, got ${data.length} bytes`)
+          const h = parseHandshake(data)
+          if (h.version !== PROTOCOL_VERSION) throw new ProtocolError(`server speaks protocol version ${h.version}, this client ${PROTOCOL_VERSION}`)
+          if (h.maxRequest === 0 || h.maxInFlight === 0) throw new ProtocolError('handshake announces a zero request size or queue depth')
+          ws.removeAllListeners()
+          done(null, new Connection(url, ws, h, options))
+        } catch (err) {
+          done(new DstError('DST_ERR_PROTOCOL', `${url}: ${(err as Error).message}`, Errno.EIO))
+        }
+      })
+    })
+  }
+
+  get readOnly (): boolean { return (this.handshake.flags & HandshakeFlag.READ_ONLY) !== 0 }
+  get canFlush (): boolean { return (this.handshake.flags & HandshakeFlag.FLUSH) !== 0 }
+  get canTrim (): boolean { return (this.handshake.flags & HandshakeFlag.TRIM) !== 0 }
+  get isClosed (): boolean { return this.closed !== null }
+  get pending (): number { return this.inFlight + this.queue.length }
+
+  /**
+   * One request of at most `handshake.maxRequest` bytes (the caller splits larger ones). For READ, `into` receives
+   * `length` bytes; for WRITE, `data` is sent. The promise settles when the server answers.
+   */
+  request (op: number, offset: number, length: number, into: Uint8Array | null, data: Uint8Array | null): Promise<void> {
+    if (this.closed !== null) return Promise.reject(this.closed)
+    return new Promise((resolve, reject) => {
+      const slotIndex = this.freeSlots.pop()
+      if (slotIndex === undefined) {
+        if (this.queue.full) { reject(new DstError('DST_ERR_QUEUE_FULL', `${this.url}: ${this.queue.capacity} requests already queued`, Errno.EAGAIN)); return }
+        this.queue.push({ op, offset, length, into, data, resolve, reject })
+        return
+      }
+      this.start(this.slots[slotIndex], op, offset, length, into, data, resolve, reject)
+    })
+  }
+
+  ping (): Promise<void> {
+    return this.request(Op.PING, 0, 0, null, null)
+  }
+
+  close (code = 1000, reason = 'client closing'): void {
+    if (this.closed === null) this.ws.close(code, reason)
+    this.fail(new DstError('DST_ERR_CLOSED', `${this.url}: connection closed by this side`, Errno.ESHUTDOWN))
+  }
+
+  /** Drops the TCP connection at once, like a crash (tests, and a peer that stopped answering). */
+  terminate (): void {
+    this.ws.terminate()
+    this.fail(new DstError('DST_ERR_DISCONNECTED', `${this.url}: connection dropped`, Errno.EIO))
+  }
+
+  private start (slot: Slot, op: number, offset: number, length: number, into: Uint8Array | null, data: Uint8Array | null,
+    resolve: () => void, reject: (err: Error) => void): void {
+    slot.busy = true
+    slot.seq = (slot.seq + 1) >>> 0
+    slot.op = op
+    slot.offset = offset
+    slot.length = length
+    slot.into = into
+    slot.data = data
+    slot.tries = 0
+    slot.resolve = resolve
+    slot.reject = reject
+    this.inFlight++
+    this.send(slot)
+  }
+
+  private send (slot: Slot): void {
+    writeRequestHeader(slot.header, 0, slot.op, 0, slot.index, slot.seq, slot.offset, slot.length)
+    if (!this.corked) {
+      // Requests issued in one tick leave in one write.
+      const socket = (this.ws as unknown as { _socket?: { cork: () => void, uncork: () => void } })._socket
+      if (socket !== undefined) {
+        this.corked = true
+        socket.cork()
+        process.nextTick(() => { this.corked = false; socket.uncork() })
+      }
+    }
+    if (slot.op === Op.WRITE && slot.data !== null) {
+      this.ws.send(slot.header, { binary: true, fin: false })
+      this.ws.send(slot.data, { binary: true, fin: true })
+    } else {
+      this.ws.send(slot.header, { binary: true })
+    }
+  }
+
+  private onMessage (data: Buffer, isBinary: boolean): void {
+    this.lastHeard = Date.now()
+    this.pingOut = false
+    if (this.closed !== null) return
+    if (!isBinary) { this.protocolFailure('text message from server'); return }
+    try {
+      this.decoder.push(data)
+    } catch (err) {
+      this.protocolFailure((err as Error).message)
+      return
+    }
+    if (!this.decoder.atBoundary) this.protocolFailure('reply message ends inside a frame')
+  }
+
+  private replyTarget (h: ReplyHeader): Uint8Array | null {
+    const slot = this.slotFor(h)
+    if (slot === null || slot.op !== Op.READ || h.length !== slot.length) return null
+    return slot.into
+  }
+
+  private onReply (h: ReplyHeader, payload: Uint8Array | null): void {
+    const slot = this.slotFor(h)
+    if (slot === null) { this.protocolFailure(`reply with unknown tag ${h.tagLo}:${h.tagHi}`); return }
+    if (h.errno === Errno.EAGAIN && slot.tries < 20) {
+      // The server's buffer pool was full: send the same request again shortly, keeping its slot.
+      slot.tries++
+      setTimeout(() => { if (this.closed === null) this.send(slot) }, Math.min(100, 2 ** slot.tries))
+      return
+    }
+    let err: Error | null = null
+    if (h.errno !== 0) {
+      err = new RemoteError(h.errno, `${this.url}: ${opNames[slot.op] ?? 'request'} ${slot.offset}+${slot.length}: ${errnoName(h.errno)} (${describe[h.errno] ?? 'error on the exporting node'})`)
+    } else if (slot.op === Op.READ && (payload === null || h.length !== slot.length)) {
+      this.protocolFailure(`read reply carries ${h.length} bytes, ${slot.length} were asked for`)
+      return
+    }
+    this.release(slot, err)
+  }
+
+  private slotFor (h: ReplyHeader): Slot | null {
+    const slot = this.slots[h.tagLo]
+    return slot !== undefined && slot.busy && slot.seq === h.tagHi ? slot : null
+  }
+
+  private release (slot: Slot, err: Error | null): void {
+    const { resolve, reject } = slot
+    slot.busy = false
+    slot.into = null
+    slot.data = null
+    slot.resolve = noop
+    slot.reject = noop
+    this.inFlight--
+    const next = this.queue.shift()
+    if (next !== undefined) this.start(slot, next.op, next.offset, next.length, next.into, next.data, next.resolve, next.reject)
+    else this.freeSlots.push(slot.index)
+    if (err === null) resolve(); else reject(err)
+  }
+
+  private checkAlive (interval: number): void {
+    if (this.closed !== null) return
+    const quiet = Date.now() - this.lastHeard
+    if (quiet > 3 * interval) { this.terminate(); return }
+    if (quiet >= interval && !this.pingOut) {
+      this.pingOut = true
+      this.ping().catch(noop)
+    }
+  }
+
+  private protocolFailure (reason: string): void {
+    this.ws.close(1002, reason.slice(0, 120))
+    this.fail(new DstError('DST_ERR_PROTOCOL', `${this.url}: ${reason}`, Errno.EIO))
+  }
+
+  private fail (err: Error): void {
+    if (this.closed !== null) return
+    this.closed = err
+    if (this.pingTimer !== null) clearInterval(this.pingTimer)
+    for (const slot of this.slots) if (slot.busy) { slot.seq++; this.inFlight--; slot.busy = false; slot.reject(err) }
+    for (const q of this.queue.drain()) q.reject(err)
+    this.onClose?.(err)
+  }
+}
+
+function noop (): void {}

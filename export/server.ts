@@ -1,0 +1,234 @@
+// The server side of the native protocol: one ExportSession per client connection. It validates every request once
+// at the edge (opcode, range, size, read-only), moves payloads through the node's buffer pool, and answers each
+// request by tag as soon as its device call completes, in whatever order that is.
+
+import type { Device } from '../node/device'
+import { Errno, toErrno } from '../node/errors'
+import type { BufferPool, PoolBuffer } from '../node/pool'
+import type { ExportMetrics } from '../node/metrics'
+import type { Cidr } from '../node/acl'
+import {
+  FrameDecoder, HandshakeFlag, Op, opNames, PROTOCOL_VERSION, ProtocolError, REPLY_HEADER_SIZE, encodeHandshake,
+  requestFrames, writeReplyHeader, type RequestHeader,
+} from './codec'
+
+export interface ExportOptions {
+  name: string
+  device: Device
+  readOnly: boolean
+  allow: Cidr[]
+  token?: string
+}
+
+/** An export as the listener sees it: a device, its access rules and its counters. */
+export interface ServedExport extends ExportOptions {
+  metrics: ExportMetrics
+}
+
+export interface SessionLimits {
+  maxRequest: number
+  maxInFlight: number
+  pingInterval: number
+}
+
+/** What a session needs from its transport (a uWebSockets.js WebSocket in the node; a fake in tests). */
+export interface SessionTransport {
+  /** Sends one binary message; the transport copies it before returning, so the view may be reused at once. */
+  send: (message: Uint8Array) => void
+  /** Runs `fn` with sends batched into one write. */
+  cork: (fn: () => void) => void
+  /** Closes the connection with a WebSocket close code and a reason. */
+  end: (code: number, reason: string) => void
+}
+
+export const CloseCode = { NORMAL: 1000, GOING_AWAY: 1001, PROTOCOL: 1002, BAD_DATA: 1007, POLICY: 1008 } as const
+
+export class ExportSession {
+  private readonly decoder: FrameDecoder<RequestHeader>
+  private inFlight = 0
+  private closed = false
+  private draining: (() => void) | null = null
+  /** The pool slot (or the reason there is none) for the WRITE whose payload the decoder is reading. */
+  private writeSlot: PoolBuffer | null = null
+  private writeErrno = 0
+  /** A reply header for requests that carry no payload back; reused, since the transport copies on send. */
+  private readonly replyHeader = Buffer.alloc(REPLY_HEADER_SIZE)
+  /** Set by the node when it stops: new requests get ESHUTDOWN, running ones finish. */
+  stopping = false
+
+  constructor (
+    private readonly exp: ServedExport,
+    private readonly pool: BufferPool,
+    private readonly limits: SessionLimits,
+    private readonly transport: SessionTransport,
+  ) {
+    this.decoder = new FrameDecoder(requestFrames, h => this.payloadTarget(h), (h, payload) => this.onRequest(h, payload))
+    exp.metrics.connections++
+  }
+
+  /** The first message on every connection. */
+  handshake (): Buffer {
+    const d = this.exp.device
+    const readOnly = this.exp.readOnly || !d.writable
+    let flags = readOnly ? HandshakeFlag.READ_ONLY : 0
+    if (d.canFlush) flags |= HandshakeFlag.FLUSH
+    if (d.canTrim && !readOnly) flags |= HandshakeFlag.TRIM
+    return encodeHandshake({
+      version: PROTOCOL_VERSION,
+      size: d.size,
+      blockSize: d.blockSize,
+      maxRequest: this.limits.maxRequest,
+      flags,
+      maxInFlight: this.limits.maxInFlight,
+      identity: d.identity,
+      generation: 0,
+    })
+  }
+
+  get pending (): number { return this.inFlight }
+
+  /** Feeds one received WebSocket message. A message must hold whole frames. */
+  onMessage (message: Buffer): void {
+    if (this.closed) return
+    try {
+      this.decoder.push(message)
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err
+      this.protocolError(err.message)
+      return
+    }
+    if (!this.decoder.atBoundary) this.protocolError('truncated frame: a message must end on a frame boundary')
+  }
+
+  /** The transport closed: requests still running finish, but their replies go nowhere. */
+  onClose (): void {
+    if (this.closed) return
+    this.closed = true
+    this.exp.metrics.connections--
+    if (this.writeSlot !== null) { this.pool.release(this.writeSlot); this.writeSlot = null }
+  }
+
+  /** Resolves once every request received so far has been answered (graceful shutdown). */
+  drain (): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve()
+    return new Promise(resolve => { this.draining = resolve })
+  }
+
+  private protocolError (reason: string): void {
+    this.exp.metrics.protocolErrors++
+    this.transport.end(CloseCode.PROTOCOL, reason.slice(0, 120))
+    this.onClose()
+  }
+
+  private payloadTarget (h: RequestHeader): Uint8Array | null {
+    // Only WRITE carries a payload. Decide here whether it will be kept; onRequest answers the refusals.
+    this.writeErrno = this.checkRequest(h)
+    if (this.writeErrno !== 0) return null
+    const slot = this.pool.tryAcquire()
+    if (slot === null) { this.writeErrno = Errno.EAGAIN; this.exp.metrics.poolExhausted++; return null }
+    this.writeSlot = slot
+    return slot.data
+  }
+
+  private checkRequest (h: RequestHeader): number {
+    const d = this.exp.device
+    switch (h.op) {
+      case Op.READ:
+      case Op.WRITE:
+      case Op.TRIM:
+        if (h.op !== Op.READ && (this.exp.readOnly || !d.writable)) return Errno.EROFS
+        if (h.op === Op.TRIM && !d.canTrim) return Errno.ENOTSUP
+        if (h.op !== Op.TRIM && h.length > this.limits.maxRequest) return Errno.EOVERFLOW
+        if (h.offset + h.length > d.size || !Number.isSafeInteger(h.offset)) return Errno.EINVAL
+        return 0
+      case Op.FLUSH:
+      case Op.PING:
+        return h.offset === 0 && h.length === 0 ? 0 : Errno.EINVAL
+      default:
+        return Errno.ENOTSUP
+    }
+  }
+
+  private onRequest (h: RequestHeader, payload: Uint8Array | null): void {
+    const m = this.exp.metrics
+    const opName = opNames[h.op] ?? 'other'
+    m.requests[opName]++
+    let errno = h.op === Op.WRITE ? this.writeErrno : this.checkRequest(h)
+    if (errno === 0 && this.stopping) errno = Errno.ESHUTDOWN
+    if (errno === 0 && this.inFlight >= this.limits.maxInFlight) errno = Errno.EAGAIN
+    if (errno !== 0) {
+      if (h.op === Op.WRITE) this.releaseWriteSlot()
+      this.reply(h, opName, errno, null, 0)
+      return
+    }
+    this.inFlight++
+    m.inFlight++
+    switch (h.op) {
+      case Op.READ: this.read(h); break
+      case Op.WRITE: this.write(h, this.takeWriteSlot()); break
+      case Op.FLUSH: this.settle(h, opName, this.exp.device.flush()); break
+      case Op.TRIM: this.settle(h, opName, this.exp.device.trim(h.offset, h.length)); break
+      case Op.PING: this.finish(h, opName, 0, null, 0); break
+    }
+  }
+
+  private read (h: RequestHeader): void {
+    this.pool.acquire().then(slot => {
+      this.exp.device.read(h.offset, h.length, slot.data).then(() => {
+        this.exp.metrics.bytesRead += h.length
+        this.finish(h, 'read', 0, slot, h.length)
+      }, err => {
+        this.pool.release(slot)
+        this.finish(h, 'read', toErrno(err), null, 0)
+      })
+    }, err => this.finish(h, 'read', toErrno(err), null, 0))
+  }
+
+  private write (h: RequestHeader, slot: PoolBuffer): void {
+    this.exp.device.write(h.offset, slot.data.subarray(0, h.length)).then(() => {
+      this.exp.metrics.bytesWritten += h.length
+      this.pool.release(slot)
+      this.finish(h, 'write', 0, null, 0)
+    }, err => {
+      this.pool.release(slot)
+      this.finish(h, 'write', toErrno(err), null, 0)
+    })
+  }
+
+  private settle (h: RequestHeader, opName: string, p: Promise<void>): void {
+    p.then(() => this.finish(h, opName, 0, null, 0), err => this.finish(h, opName, toErrno(err), null, 0))
+  }
+
+  private takeWriteSlot (): PoolBuffer {
+    const slot = this.writeSlot as PoolBuffer
+    this.writeSlot = null
+    return slot
+  }
+
+  private releaseWriteSlot (): void {
+    if (this.writeSlot !== null) { this.pool.release(this.writeSlot); this.writeSlot = null }
+  }
+
+  private finish (h: RequestHeader, opName: string, errno: number, slot: PoolBuffer | null, length: number): void {
+    this.inFlight--
+    this.exp.metrics.inFlight--
+    this.reply(h, opName, errno, slot, length)
+    if (slot !== null) this.pool.release(slot)
+    if (this.inFlight === 0 && this.draining !== null) { const done = this.draining; this.draining = null; done() }
+  }
+
+  /** Sends a reply; with a pool slot, the header goes in the slot's headroom so header and payload leave as one view. */
+  private reply (h: RequestHeader, opName: string, errno: number, slot: PoolBuffer | null, length: number): void {
+    if (errno !== 0) this.exp.metrics.errors[opName]++
+    if (this.closed) return
+    if (slot !== null) {
+      const at = this.pool.headroom - REPLY_HEADER_SIZE
+      writeReplyHeader(slot.frame, at, h.op, h.tagLo, h.tagHi, 0, length)
+      const view = slot.frame.subarray(at, this.pool.headroom + length)
+      this.transport.cork(() => this.transport.send(view))
+    } else {
+      writeReplyHeader(this.replyHeader, 0, h.op, h.tagLo, h.tagHi, errno, 0)
+      this.transport.cork(() => this.transport.send(this.replyHeader))
+    }
+  }
+}

@@ -1,0 +1,301 @@
+// The node's JSON config: parsed and validated completely before anything is created, so a bad config gets exactly
+// one message naming the field and the problem (the CLI prints it and exits 2) and leaves no file behind.
+
+import * as fs from 'node:fs'
+import * as path from 'node:path'
+import { ConfigError } from './errors'
+import { parseSize } from './size'
+import { LOOPBACK_ONLY, parseCidr, type Cidr } from './acl'
+
+export interface Address { host: string, port: number }
+
+export type DeviceConfig =
+  | { type: 'file', name: string, path: string, size?: number, readOnly: boolean, blockSize?: number }
+  | { type: 'memory', name: string, size: number, blockSize?: number }
+  | { type: 'remote', name: string, url: string, host: string, port: number, export: string, token?: string, queueDepth: number }
+  | { type: 'mirror', name: string, members: string[], region: number }
+  | { type: 'linear', name: string, members: string[] }
+
+export interface ExportConfig {
+  name: string
+  device: string
+  readOnly: boolean
+  allow: Cidr[]
+  token?: string
+}
+
+export interface NodeConfig {
+  name: string
+  listen: Address
+  nbd?: Address
+  /** Where the node keeps its state; null for a config-less `dst export`. */
+  dataDir: string | null
+  pool: { count: number, size: number }
+  maxInFlight: number
+  pingInterval: number
+  devices: Map<string, DeviceConfig>
+  exports: ExportConfig[]
+  /** The config file's folder; relative paths were resolved against it. */
+  baseDir: string
+}
+
+export const RESERVED_EXPORT_NAMES = ['status', 'metrics']
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
+
+/** The config `npm start` runs: one sparse file under ./data, exported to loopback. */
+export const DEFAULT_CONFIG = {
+  name: 'dst',
+  listen: '127.0.0.1:7001',
+  dataDir: './data/state',
+  devices: { disk0: { type: 'file', path: './data/disk0.img', size: '1GiB' } },
+  exports: [{ device: 'disk0', name: 'disk0' }],
+}
+
+export function loadConfigFile (file: string): NodeConfig {
+  let text: string
+  try {
+    text = fs.readFileSync(file, 'utf8')
+  } catch (err) {
+    throw new ConfigError(`config ${file}: cannot read it: ${(err as Error).message}`)
+  }
+  let raw: unknown
+  try {
+    raw = JSON.parse(text)
+  } catch (err) {
+    throw new ConfigError(`config ${file}: not valid JSON: ${(err as Error).message}`)
+  }
+  return parseConfig(raw, path.dirname(path.resolve(file)), file)
+}
+
+export function parseConfig (raw: unknown, baseDir: string, label = 'config'): NodeConfig {
+  const fail = (field: string, problem: string): never => { throw new ConfigError(`${label}: ${field}: ${problem}`) }
+  if (!isObject(raw)) return fail('(top level)', 'expected a JSON object')
+  allowKeys(raw, ['name', 'listen', 'nbd', 'dataDir', 'pool', 'maxInFlight', 'pingInterval', 'devices', 'exports'], '', fail)
+
+  const name = raw.name ?? 'dst'
+  if (typeof name !== 'string' || !NAME.test(name)) fail('name', `expected a name of letters, digits, '.', '_' or '-', got ${JSON.stringify(raw.name)}`)
+  if (raw.listen === undefined) fail('listen', 'missing (for example "127.0.0.1:7001")')
+  const listen = parseAddress(raw.listen, 'listen', fail)
+  const nbd = raw.nbd === undefined ? undefined : parseAddress(raw.nbd, 'nbd', fail)
+  if (nbd !== undefined && nbd.host === listen.host && nbd.port === listen.port) fail('nbd', 'must differ from listen')
+  const dataDir = raw.dataDir === undefined ? path.join(baseDir, 'state', name as string) : resolvePath(raw.dataDir, 'dataDir', baseDir, fail)
+
+  const pool = { count: 64, size: 1024 * 1024 }
+  if (raw.pool !== undefined) {
+    if (!isObject(raw.pool)) fail('pool', 'expected an object like { "count": 64, "size": "1MiB" }')
+    const p = raw.pool as Record<string, unknown>
+    allowKeys(p, ['count', 'size'], 'pool.', fail)
+    if (p.count !== undefined) pool.count = positiveInt(p.count, 'pool.count', 1, 1 << 20, fail)
+    if (p.size !== undefined) {
+      const size = sizeOf(p.size, 'pool.size', fail)
+      if (size < 4096 || size > 64 * 1024 * 1024 || size % 512 !== 0) fail('pool.size', `must be a multiple of 512 between 4KiB and 64MiB, got ${size}`)
+      pool.size = size
+    }
+  }
+  const maxInFlight = raw.maxInFlight === undefined ? 128 : positiveInt(raw.maxInFlight, 'maxInFlight', 1, 65536, fail)
+  const pingInterval = raw.pingInterval === undefined ? 10000 : positiveInt(raw.pingInterval, 'pingInterval', 100, 3600000, fail)
+
+  if (raw.devices === undefined) fail('devices', 'missing: a node needs at least one device')
+  if (!isObject(raw.devices)) fail('devices', 'expected an object mapping device names to devices')
+  const devices = new Map<string, DeviceConfig>()
+  for (const [dname, d] of Object.entries(raw.devices as Record<string, unknown>)) {
+    const field = `devices.${dname}`
+    if (!NAME.test(dname)) fail(field, 'a device name is letters, digits, \'.\', \'_\' or \'-\' (at most 64)')
+    devices.set(dname, parseDevice(dname, d, field, baseDir, fail))
+  }
+  if (devices.size === 0) fail('devices', 'empty: a node needs at least one device')
+  checkMembers(devices, fail)
+  checkFiles(devices, fail)
+
+  const exportList: ExportConfig[] = []
+  if (raw.exports !== undefined && !Array.isArray(raw.exports)) fail('exports', 'expected an array')
+  const seen = new Set<string>()
+  for (const [i, e] of ((raw.exports ?? []) as unknown[]).entries()) {
+    const field = `exports[${i}]`
+    if (!isObject(e)) fail(field, 'expected an object like { "device": "disk0" }')
+    const x = e as Record<string, unknown>
+    allowKeys(x, ['device', 'name', 'readOnly', 'allow', 'token'], `${field}.`, fail)
+    if (typeof x.device !== 'string') fail(`${field}.device`, 'missing: name the device to export')
+    if (!devices.has(x.device as string)) fail(`${field}.device`, `no device named '${x.device as string}' in devices`)
+    const ename = x.name ?? x.device
+    if (typeof ename !== 'string' || !NAME.test(ename)) fail(`${field}.name`, `expected a name of letters, digits, '.', '_' or '-', got ${JSON.stringify(x.name)}`)
+    if (RESERVED_EXPORT_NAMES.includes(ename as string)) fail(`${field}.name`, `'${ename as string}' is reserved for the node's HTTP pages`)
+    if (seen.has(ename as string)) fail(`${field}.name`, `duplicate export name '${ename as string}'`)
+    seen.add(ename as string)
+    if (x.readOnly !== undefined && typeof x.readOnly !== 'boolean') fail(`${field}.readOnly`, 'expected true or false')
+    let allow: Cidr[]
+    if (x.allow === undefined) {
+      allow = LOOPBACK_ONLY.map(c => parseCidr(c) as Cidr)
+    } else {
+      if (!Array.isArray(x.allow)) fail(`${field}.allow`, 'expected an array of addresses or CIDR blocks, like ["127.0.0.0/8"]')
+      allow = (x.allow as unknown[]).map((c, j) => {
+        const cidr = parseCidr(c)
+        return typeof cidr === 'string' ? fail(`${field}.allow[${j}]`, cidr) : cidr
+      })
+    }
+    if (x.token !== undefined && (typeof x.token !== 'string' || x.token.length === 0)) fail(`${field}.token`, 'expected a non-empty string')
+    exportList.push({ name: ename as string, device: x.device as string, readOnly: x.readOnly === true, allow, token: x.token as string | undefined })
+  }
+
+  return { name: name as string, listen, nbd, dataDir, pool, maxInFlight, pingInterval, devices, exports: exportList, baseDir }
+}
+
+type Fail = (field: string, problem: string) => never
+
+function parseDevice (name: string, d: unknown, field: string, baseDir: string, fail: Fail): DeviceConfig {
+  if (!isObject(d)) return fail(field, 'expected an object with a "type"')
+  const x = d as Record<string, unknown>
+  switch (x.type) {
+    case 'file': {
+      allowKeys(x, ['type', 'path', 'size', 'readOnly', 'blockSize'], `${field}.`, fail)
+      if (x.path === undefined) fail(`${field}.path`, 'missing: a file device needs a path')
+      const p = resolvePath(x.path, `${field}.path`, baseDir, fail)
+      const size = x.size === undefined ? undefined : sizeOf(x.size, `${field}.size`, fail)
+      if (size === 0) fail(`${field}.size`, 'a device cannot have size 0')
+      if (x.readOnly !== undefined && typeof x.readOnly !== 'boolean') fail(`${field}.readOnly`, 'expected true or false')
+      return { type: 'file', name, path: p, size, readOnly: x.readOnly === true, blockSize: blockSizeOf(x.blockSize, field, fail) }
+    }
+    case 'memory': {
+      allowKeys(x, ['type', 'size', 'blockSize'], `${field}.`, fail)
+      if (x.size === undefined) fail(`${field}.size`, 'missing: a memory device needs a size')
+      const size = sizeOf(x.size, `${field}.size`, fail)
+      if (size === 0) fail(`${field}.size`, 'a device cannot have size 0')
+      if (size > 16 * 1024 ** 3) fail(`${field}.size`, 'a memory device is at most 16GiB')
+      return { type: 'memory', name, size, blockSize: blockSizeOf(x.blockSize, field, fail) }
+    }
+    case 'remote': {
+      allowKeys(x, ['type', 'url', 'token', 'queueDepth'], `${field}.`, fail)
+      if (x.url === undefined) fail(`${field}.url`, 'missing: a remote device needs a dst://HOST:PORT/NAME url')
+      const url = parseDstUrl(x.url)
+      if (typeof url === 'string') return fail(`${field}.url`, url)
+      if (x.token !== undefined && (typeof x.token !== 'string' || x.token.length === 0)) fail(`${field}.token`, 'expected a non-empty string')
+      const queueDepth = x.queueDepth === undefined ? 32 : positiveInt(x.queueDepth, `${field}.queueDepth`, 1, 4096, fail)
+      return { type: 'remote', name, url: x.url as string, ...url, token: x.token as string | undefined, queueDepth }
+    }
+    case 'mirror':
+    case 'linear': {
+      allowKeys(x, x.type === 'mirror' ? ['type', 'members', 'region'] : ['type', 'members'], `${field}.`, fail)
+      if (!Array.isArray(x.members) || x.members.length === 0 || !x.members.every(m => typeof m === 'string')) {
+        fail(`${field}.members`, 'expected a non-empty array of device names')
+      }
+      const members = x.members as string[]
+      if (x.type === 'mirror' && members.length < 2) fail(`${field}.members`, 'a mirror needs at least two members')
+      if (new Set(members).size !== members.length) fail(`${field}.members`, 'a device is listed twice')
+      if (x.type === 'linear') return { type: 'linear', name, members }
+      const region = x.region === undefined ? 64 * 1024 : sizeOf(x.region, `${field}.region`, fail)
+      if (region < 4096 || (region & (region - 1)) !== 0) fail(`${field}.region`, 'expected a power of two of at least 4KiB')
+      return { type: 'mirror', name, members, region }
+    }
+    case undefined:
+      return fail(`${field}.type`, 'missing (one of file, remote, memory, mirror, linear)')
+    default:
+      return fail(`${field}.type`, `unknown type ${JSON.stringify(x.type)} (one of file, remote, memory, mirror, linear)`)
+  }
+}
+
+/** Every member must exist, belong to one array only, and arrays must not form a cycle. */
+function checkMembers (devices: Map<string, DeviceConfig>, fail: Fail): void {
+  const owner = new Map<string, string>()
+  for (const d of devices.values()) {
+    if (d.type !== 'mirror' && d.type !== 'linear') continue
+    for (const [i, m] of d.members.entries()) {
+      if (!devices.has(m)) fail(`devices.${d.name}.members[${i}]`, `no device named '${m}'`)
+      if (m === d.name) fail(`devices.${d.name}.members[${i}]`, 'an array cannot contain itself')
+      const other = owner.get(m)
+      if (other !== undefined) fail(`devices.${d.name}.members[${i}]`, `'${m}' is already a member of '${other}'`)
+      owner.set(m, d.name)
+    }
+  }
+  const state = new Map<string, 'visiting' | 'done'>()
+  const visit = (name: string, trail: string[]): void => {
+    const s = state.get(name)
+    if (s === 'done') return
+    if (s === 'visiting') fail(`devices.${name}.members`, `cycle: ${[...trail, name].join(' -> ')}`)
+    state.set(name, 'visiting')
+    const d = devices.get(name) as DeviceConfig
+    if (d.type === 'mirror' || d.type === 'linear') for (const m of d.members) visit(m, [...trail, name])
+    state.set(name, 'done')
+  }
+  for (const name of devices.keys()) visit(name, [])
+}
+
+/** Checks what can be checked about file devices without creating anything. */
+function checkFiles (devices: Map<string, DeviceConfig>, fail: Fail): void {
+  const paths = new Map<string, string>()
+  for (const d of devices.values()) {
+    if (d.type !== 'file') continue
+    const field = `devices.${d.name}.path`
+    const other = paths.get(d.path)
+    if (other !== undefined) fail(field, `'${d.path}' is also the path of device '${other}'`)
+    paths.set(d.path, d.name)
+    let st: fs.Stats
+    try {
+      st = fs.statSync(d.path)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') fail(field, `cannot stat '${d.path}': ${(err as Error).message}`)
+      if (d.size === undefined) fail(`devices.${d.name}.size`, `'${d.path}' does not exist; give a size to create it`)
+      if (d.readOnly) fail(field, `'${d.path}' does not exist (a read-only device is never created)`)
+      const dir = path.dirname(d.path)
+      if (!fs.existsSync(dir)) fail(field, `folder '${dir}' does not exist`)
+      continue
+    }
+    if (!st.isFile() && !st.isBlockDevice()) fail(field, `'${d.path}' is neither a regular file nor a block device`)
+    if (st.isFile() && st.size === 0 && d.size === undefined) fail(`devices.${d.name}.size`, `'${d.path}' is empty; give a size`)
+    try {
+      fs.accessSync(d.path, d.readOnly ? fs.constants.R_OK : fs.constants.R_OK | fs.constants.W_OK)
+    } catch {
+      fail(field, `'${d.path}' is not ${d.readOnly ? 'readable' : 'readable and writable'} by this process`)
+    }
+  }
+}
+
+export function parseDstUrl (value: unknown): { host: string, port: number, export: string } | string {
+  if (typeof value !== 'string') return `expected a dst://HOST:PORT/NAME url, got ${JSON.stringify(value)}`
+  const m = /^dst:\/\/(\[[0-9a-fA-F:.]+\]|[^/:[\]]+):(\d{1,5})\/([^/?#]+)$/.exec(value)
+  if (m === null) return `"${value}" is not a dst://HOST:PORT/NAME url`
+  const port = Number(m[2])
+  if (port < 1 || port > 65535) return `"${value}": port ${port} is out of range`
+  const host = m[1].startsWith('[') ? m[1].slice(1, -1) : m[1]
+  return { host, port, export: decodeURIComponent(m[3]) }
+}
+
+export function parseAddress (value: unknown, field: string, fail: Fail): Address {
+  if (typeof value !== 'string') return fail(field, `expected "HOST:PORT", got ${JSON.stringify(value)}`)
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^:[\]]+):(\d{1,5})$/.exec(value)
+  if (m === null) return fail(field, `"${value}" is not HOST:PORT`)
+  const port = Number(m[2])
+  if (port > 65535) fail(field, `port ${port} is out of range (0..65535)`)
+  return { host: m[1].startsWith('[') ? m[1].slice(1, -1) : m[1], port }
+}
+
+function resolvePath (value: unknown, field: string, baseDir: string, fail: Fail): string {
+  if (typeof value !== 'string' || value.length === 0) return fail(field, `expected a path, got ${JSON.stringify(value)}`)
+  return path.resolve(baseDir, value)
+}
+
+function sizeOf (value: unknown, field: string, fail: Fail): number {
+  const size = parseSize(value)
+  return typeof size === 'string' ? fail(field, size) : size
+}
+
+function blockSizeOf (value: unknown, field: string, fail: Fail): number | undefined {
+  if (value === undefined) return undefined
+  const size = sizeOf(value, `${field}.blockSize`, fail)
+  if (size < 512 || size > 65536 || (size & (size - 1)) !== 0) fail(`${field}.blockSize`, 'expected a power of two between 512 and 64KiB')
+  return size
+}
+
+function positiveInt (value: unknown, field: string, min: number, max: number, fail: Fail): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    return fail(field, `expected a whole number from ${min} to ${max}, got ${JSON.stringify(value)}`)
+  }
+  return value
+}
+
+function isObject (v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+function allowKeys (x: Record<string, unknown>, keys: string[], prefix: string, fail: Fail): void {
+  for (const k of Object.keys(x)) if (!keys.includes(k)) fail(`${prefix}${k}`, `unknown field (expected one of ${keys.join(', ')})`)
+}

@@ -1,0 +1,148 @@
+// The one contract every leaf (file, memory, remote) and every array implements. Shaped like random-access-storage:
+// the base class owns the lifecycle and the safety checks, a backend overrides only `_read/_write/_flush/_trim/_close`,
+// and its capabilities follow from which of them it overrides. Callers always pass the buffers.
+
+import { DstError, Errno, requestError } from './errors'
+
+export type DeviceState = 'opening' | 'online' | 'degraded' | 'connecting' | 'failed' | 'closing' | 'closed'
+
+/** What `/status` shows for a device; arrays add `members`. */
+export interface DeviceStatus {
+  type: string
+  size: number
+  blockSize: number
+  state: DeviceState
+  writable: boolean
+  [key: string]: unknown
+}
+
+export interface DeviceOptions {
+  size: number
+  blockSize?: number
+  /** Force read-only even when the backend can write. */
+  readOnly?: boolean
+}
+
+export abstract class Device {
+  abstract readonly type: string
+  size: number
+  readonly blockSize: number
+  readonly writable: boolean
+  readonly canFlush: boolean
+  readonly canTrim: boolean
+  state: DeviceState = 'online'
+  /** A stable identity (UUID) of the data behind this device, or '' when it has none. */
+  identity = ''
+
+  private inflight = 0
+  private idle: (() => void) | null = null
+  private closing: Promise<void> | null = null
+
+  constructor (options: DeviceOptions) {
+    this.size = options.size
+    this.blockSize = options.blockSize ?? 512
+    const proto = Device.prototype as unknown as Record<string, unknown>
+    const self = this as unknown as Record<string, unknown>
+    this.writable = options.readOnly !== true && self._write !== proto._write
+    this.canFlush = self._flush !== proto._flush
+    this.canTrim = this.writable && self._trim !== proto._trim
+  }
+
+  /** Fills `into[0..length)` with the bytes at `offset`. */
+  read (offset: number, length: number, into: Uint8Array): Promise<void> {
+    try {
+      this.check(offset, length)
+      if (into.byteLength < length) throw new RangeError(`read buffer holds ${into.byteLength} bytes, ${length} requested`)
+      if (length === 0) return Promise.resolve()
+      return this.track(this._read(offset, length, into))
+    } catch (err) {
+      return Promise.reject(err)
+    }
+  }
+
+  /** Writes all of `data` at `offset`. */
+  write (offset: number, data: Uint8Array): Promise<void> {
+    if (!this.writable) return Promise.reject(requestError(Errno.EROFS, `${this.type} device is read-only`))
+    try {
+      this.check(offset, data.byteLength)
+      if (data.byteLength === 0) return Promise.resolve()
+      return this.track(this._write(offset, data))
+    } catch (err) {
+      return Promise.reject(err)
+    }
+  }
+
+  /** Returns once everything written before it is durable. A device with nothing to flush returns at once. */
+  flush (): Promise<void> {
+    if (this.closing !== null) return Promise.reject(closedError(this))
+    if (!this.canFlush) return Promise.resolve()
+    try {
+      return this.track(this._flush())
+    } catch (err) {
+      return Promise.reject(err)
+    }
+  }
+
+  /** Tells the device a range is no longer needed (it may read back as anything until written again). */
+  trim (offset: number, length: number): Promise<void> {
+    if (!this.canTrim) return Promise.reject(requestError(Errno.ENOTSUP, `${this.type} device cannot trim`))
+    try {
+      this.check(offset, length)
+      if (length === 0) return Promise.resolve()
+      return this.track(this._trim(offset, length))
+    } catch (err) {
+      return Promise.reject(err)
+    }
+  }
+
+  /** Waits for in-flight requests, then releases the backend. Requests made after close() fail. */
+  close (): Promise<void> {
+    if (this.closing === null) {
+      this.closing = this.waitIdle().then(() => this._close()).then(() => { this.state = 'closed' })
+      if (this.state !== 'failed') this.state = 'closing'
+    }
+    return this.closing
+  }
+
+  get inFlight (): number { return this.inflight }
+
+  status (): DeviceStatus {
+    return { type: this.type, size: this.size, blockSize: this.blockSize, state: this.state, writable: this.writable }
+  }
+
+  protected _read (_offset: number, _length: number, _into: Uint8Array): Promise<void> {
+    return Promise.reject(requestError(Errno.ENOTSUP, `${this.type} device cannot read`))
+  }
+
+  protected _write (_offset: number, _data: Uint8Array): Promise<void> {
+    return Promise.reject(requestError(Errno.EROFS, `${this.type} device is read-only`))
+  }
+
+  protected _flush (): Promise<void> { return Promise.resolve() }
+  protected _trim (_offset: number, _length: number): Promise<void> { return Promise.resolve() }
+  protected _close (): Promise<void> { return Promise.resolve() }
+
+  private check (offset: number, length: number): void {
+    if (this.closing !== null) throw closedError(this)
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 ||
+        offset + length > this.size) {
+      throw requestError(Errno.EINVAL, `range ${offset}+${length} is outside the ${this.type} device (size ${this.size})`)
+    }
+  }
+
+  private track (p: Promise<void>): Promise<void> {
+    this.inflight++
+    return p.finally(() => {
+      if (--this.inflight === 0 && this.idle !== null) { const done = this.idle; this.idle = null; done() }
+    })
+  }
+
+  private waitIdle (): Promise<void> {
+    if (this.inflight === 0) return Promise.resolve()
+    return new Promise(resolve => { this.idle = resolve })
+  }
+}
+
+function closedError (device: Device): DstError {
+  return new DstError('DST_ERR_CLOSED', `${device.type} device is closed`, Errno.ESHUTDOWN)
+}

@@ -1,0 +1,140 @@
+// A device backed by a regular file or a block device. Positional I/O through fs (the libuv thread pool), short reads
+// and writes looped, flush = fdatasync. A missing file is created sparse at the configured size.
+
+import * as fs from 'node:fs'
+import { createHash } from 'node:crypto'
+import { Device } from './device'
+import { DstError, Errno } from './errors'
+
+export interface FileDeviceOptions {
+  path: string
+  /** Size to create a missing file with, or to grow a smaller one to; an existing larger file is exposed up to it. */
+  size?: number
+  blockSize?: number
+  readOnly?: boolean
+  /** Called with a human sentence when the file had to be grown or is larger than `size`. */
+  warn?: (message: string) => void
+}
+
+export class FileDevice extends Device {
+  readonly type = 'file'
+  readonly path: string
+  private readonly fd: number
+
+  private constructor (path: string, fd: number, size: number, options: FileDeviceOptions, identity: string) {
+    super({ size, blockSize: options.blockSize ?? 4096, readOnly: options.readOnly })
+    this.path = path
+    this.fd = fd
+    this.identity = identity
+  }
+
+  static async open (options: FileDeviceOptions): Promise<FileDevice> {
+    const { path } = options
+    let fd: number
+    let created = false
+    try {
+      fd = await fsOpen(path, options.readOnly === true ? 'r' : 'r+')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw fileError(path, err)
+      if (options.size === undefined) throw new DstError('DST_ERR_NOENT', `file device '${path}' does not exist and no size was given to create it`, Errno.EINVAL)
+      if (options.readOnly === true) throw new DstError('DST_ERR_NOENT', `file device '${path}' does not exist (read-only devices are never created)`, Errno.EINVAL)
+      try {
+        fd = await fsOpen(path, 'wx+')
+        created = true
+      } catch (err2) { throw fileError(path, err2) }
+    }
+    try {
+      const st = await fsFstat(fd)
+      let size: number
+      if (st.isBlockDevice()) {
+        size = await blockDeviceSize(st.rdev)
+        if (options.size !== undefined && options.size < size) size = options.size
+      } else if (st.isFile()) {
+        size = st.size
+        if (options.size !== undefined && options.size !== size) {
+          if (size < options.size) {
+            if (options.readOnly === true) throw new DstError('DST_ERR_SIZE', `file device '${path}' is ${size} bytes, smaller than the configured ${options.size}, and read-only`, Errno.EINVAL)
+            await fsFtruncate(fd, options.size)
+            if (!created) options.warn?.(`file '${path}' grown sparse from ${size} to ${options.size} bytes`)
+          } else {
+            options.warn?.(`file '${path}' is ${size} bytes; only the first ${options.size} are used`)
+          }
+          size = options.size
+        }
+      } else {
+        throw new DstError('DST_ERR_NOTFILE', `'${path}' is neither a regular file nor a block device`, Errno.EINVAL)
+      }
+      if (size === 0) throw new DstError('DST_ERR_SIZE', `file device '${path}' has size 0`, Errno.EINVAL)
+      return new FileDevice(path, fd, size, options, identityOf(st))
+    } catch (err) {
+      await fsClose(fd).catch(() => {})
+      throw err
+    }
+  }
+
+  protected override async _read (offset: number, length: number, into: Uint8Array): Promise<void> {
+    let done = 0
+    while (done < length) {
+      const n = await fsRead(this.fd, into, done, length - done, offset + done)
+      if (n === 0) { into.fill(0, done, length); return } // past the file's end (truncated behind our back): holes read as zeros
+      done += n
+    }
+  }
+
+  protected override async _write (offset: number, data: Uint8Array): Promise<void> {
+    let done = 0
+    while (done < data.byteLength) {
+      done += await fsWrite(this.fd, data, done, data.byteLength - done, offset + done)
+    }
+  }
+
+  protected override _flush (): Promise<void> {
+    return new Promise((resolve, reject) => fs.fdatasync(this.fd, err => err === null ? resolve() : reject(err)))
+  }
+
+  protected override _close (): Promise<void> {
+    return fsClose(this.fd)
+  }
+
+  override status () {
+    return { ...super.status(), path: this.path }
+  }
+}
+
+/** The identity of a file is its inode and birth time: the same file keeps it, a replaced file gets a new one. */
+function identityOf (st: fs.Stats): string {
+  const h = createHash('sha256').update(`${st.dev}:${st.ino}:${st.rdev}:${st.birthtimeMs}`).digest('hex')
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-4${h.slice(13, 16)}-8${h.slice(17, 20)}-${h.slice(20, 32)}`
+}
+
+/** Size of a block device from its device number (Node has no lseek or BLKGETSIZE64; the kernel reports it in /sys). */
+export async function blockDeviceSize (rdev: number): Promise<number> {
+  const major = Math.floor(rdev / 256) & 0xfff
+  const minor = (rdev & 0xff) | ((Math.floor(rdev / 4096) & 0xfff00))
+  const sectors = await fs.promises.readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')
+  return Number(sectors.trim()) * 512
+}
+
+function fileError (path: string, err: unknown): DstError {
+  const e = err as NodeJS.ErrnoException
+  return new DstError(`DST_ERR_${e.code ?? 'IO'}`, `file device '${path}': ${e.message}`, Errno.EIO)
+}
+
+function fsOpen (path: string, flags: string): Promise<number> {
+  return new Promise((resolve, reject) => fs.open(path, flags, 0o644, (err, fd) => err === null ? resolve(fd) : reject(err)))
+}
+function fsFstat (fd: number): Promise<fs.Stats> {
+  return new Promise((resolve, reject) => fs.fstat(fd, (err, st) => err === null ? resolve(st) : reject(err)))
+}
+function fsFtruncate (fd: number, size: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.ftruncate(fd, size, err => err === null ? resolve() : reject(err)))
+}
+function fsClose (fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.close(fd, err => err === null ? resolve() : reject(err)))
+}
+function fsRead (fd: number, buf: Uint8Array, at: number, len: number, pos: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.read(fd, buf, at, len, pos, (err, n) => err === null ? resolve(n) : reject(err)))
+}
+function fsWrite (fd: number, buf: Uint8Array, at: number, len: number, pos: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.write(fd, buf, at, len, pos, (err, n) => err === null ? resolve(n) : reject(err)))
+}

@@ -1,0 +1,137 @@
+// The node's one listening port (uWebSockets.js): the native block protocol as binary WebSocket at /EXPORT, and HTTP
+// GET /status (JSON) and /metrics (Prometheus text). Access control happens at the upgrade, before any data moves.
+
+import * as uws from 'uWebSockets.js'
+import { timingSafeEqual, createHash } from 'node:crypto'
+import type { BufferPool } from './pool'
+import { allowed } from './acl'
+import { CloseCode, ExportSession, type ServedExport, type SessionLimits } from '../export/server'
+import { REQUEST_HEADER_SIZE } from '../export/codec'
+
+interface UserData { session: ExportSession | null, exp: ServedExport }
+
+export interface ListenerOptions {
+  host: string
+  port: number
+  pool: BufferPool
+  limits: SessionLimits
+  exports: Map<string, ServedExport>
+  status: () => unknown
+  metrics: () => string
+  log: (message: string) => void
+}
+
+export class Listener {
+  private readonly app: uws.TemplatedApp
+  private socket: uws.us_listen_socket | null = null
+  private readonly sessions = new Set<uws.WebSocket<UserData>>()
+  private stopping = false
+  port = 0
+
+  constructor (private readonly options: ListenerOptions) {
+    const { pool, limits } = options
+    this.app = uws.App()
+    this.app.ws<UserData>('/*', {
+      compression: uws.DISABLED,
+      // A WRITE above maxRequest still fits, so it can be answered EOVERFLOW instead of cutting the connection.
+      maxPayloadLength: 4 * limits.maxRequest + 64 * REQUEST_HEADER_SIZE,
+      maxBackpressure: 1024 * 1024 * 1024,
+      idleTimeout: Math.max(16, Math.ceil((limits.pingInterval * 4) / 1000)),
+      sendPingsAutomatically: true,
+      upgrade: (res, req, context) => this.upgrade(res, req, context),
+      open: ws => {
+        const data = ws.getUserData()
+        const session = new ExportSession(data.exp, pool, limits, {
+          send: message => { ws.send(message, true, false) },
+          cork: fn => { ws.cork(fn) },
+          end: (code, reason) => { ws.end(code, reason) },
+        })
+        data.session = session
+        this.sessions.add(ws)
+        if (this.stopping) session.stopping = true
+        ws.send(session.handshake(), true, false)
+      },
+      message: (ws, message, isBinary) => {
+        const session = ws.getUserData().session
+        if (session === null) return
+        if (!isBinary) { ws.end(CloseCode.BAD_DATA, 'text messages are not part of the protocol'); session.onClose(); return }
+        session.onMessage(Buffer.from(message))
+      },
+      close: ws => {
+        this.sessions.delete(ws)
+        ws.getUserData().session?.onClose()
+      },
+    })
+    this.app.get('/status', res => {
+      res.writeHeader('content-type', 'application/json').end(JSON.stringify(this.options.status(), null, 2) + '\n')
+    })
+    this.app.get('/metrics', res => {
+      res.writeHeader('content-type', 'text/plain; version=0.0.4').end(this.options.metrics())
+    })
+    this.app.any('/*', res => {
+      res.writeStatus('404 Not Found').end('not found: try GET /status, GET /metrics, or a WebSocket upgrade at /EXPORT\n')
+    })
+  }
+
+  listen (): Promise<void> {
+    const { host, port } = this.options
+    return new Promise((resolve, reject) => {
+      this.app.listen(host, port, token => {
+        if (token === false) { reject(new Error(`cannot listen on ${host}:${port} (address in use or not available)`)); return }
+        this.socket = token
+        this.port = uws.us_socket_local_port(token)
+        resolve()
+      })
+    })
+  }
+
+  /** Stops accepting, lets every session answer what it received, and closes them. */
+  async stop (): Promise<void> {
+    this.stopping = true
+    if (this.socket !== null) { uws.us_listen_socket_close(this.socket); this.socket = null }
+    const sessions = [...this.sessions].map(ws => ws.getUserData().session).filter((s): s is ExportSession => s !== null)
+    for (const s of sessions) s.stopping = true
+    await Promise.all(sessions.map(s => s.drain()))
+  }
+
+  /** Closes every connection (after stop() drained them). */
+  closeAll (): void {
+    for (const ws of [...this.sessions]) {
+      ws.end(CloseCode.GOING_AWAY, 'node shutting down')
+    }
+    this.sessions.clear()
+  }
+
+  private upgrade (res: uws.HttpResponse, req: uws.HttpRequest, context: uws.us_socket_context_t): void {
+    const url = req.getUrl()
+    const key = req.getHeader('sec-websocket-key')
+    const protocol = req.getHeader('sec-websocket-protocol')
+    const extensions = req.getHeader('sec-websocket-extensions')
+    const auth = req.getHeader('authorization')
+    const address = Buffer.from(res.getRemoteAddressAsText()).toString()
+    const refuse = (status: string, reason: string, exp?: ServedExport): void => {
+      if (exp !== undefined) exp.metrics.refused++
+      this.options.log(`refused ${address} for ${url}: ${reason}`)
+      res.writeStatus(status).writeHeader('content-type', 'text/plain').end(reason + '\n')
+    }
+    let name: string
+    try { name = decodeURIComponent(url.slice(1)) } catch { refuse('400 Bad Request', 'bad export name in the URL'); return }
+    const exp = this.options.exports.get(name)
+    if (exp === undefined) { refuse('404 Not Found', `no export named '${name}' on this node`); return }
+    if (!allowed(exp.allow, address)) { refuse('403 Forbidden', `address ${address} is not in the allow list of export '${name}'`, exp); return }
+    if (exp.token !== undefined) {
+      const given = auth.startsWith('Bearer ') ? auth.slice(7) : ''
+      if (given === '') { refuse('401 Unauthorized', `export '${name}' needs a token`, exp); return }
+      if (!sameSecret(given, exp.token)) { refuse('401 Unauthorized', `wrong token for export '${name}'`, exp); return }
+    }
+    if (this.stopping) { refuse('503 Service Unavailable', 'node is shutting down', exp); return }
+    if (exp.device.state === 'closed' || exp.device.state === 'closing') { refuse('503 Service Unavailable', `device of export '${name}' is ${exp.device.state}`, exp); return }
+    res.upgrade<UserData>({ session: null, exp }, key, protocol, extensions, context)
+  }
+}
+
+function sameSecret (a: string, b: string): boolean {
+  const ha = createHash('sha256').update(a).digest()
+  const hb = createHash('sha256').update(b).digest()
+  return timingSafeEqual(ha, hb)
+}

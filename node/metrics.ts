@@ -1,0 +1,46 @@
+// Counters for `/metrics` (Prometheus text format). Plain numbers bumped on the hot path; text is built on scrape.
+
+export class ExportMetrics {
+  readonly requests: Record<string, number> = { read: 0, write: 0, flush: 0, trim: 0, ping: 0, other: 0 }
+  readonly errors: Record<string, number> = { read: 0, write: 0, flush: 0, trim: 0, ping: 0, other: 0 }
+  bytesRead = 0
+  bytesWritten = 0
+  inFlight = 0
+  connections = 0
+  refused = 0
+  protocolErrors = 0
+  poolExhausted = 0
+}
+
+function esc (value: string): string {
+  return value.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')
+}
+
+export interface PoolGauges { count: number, size: number, available: number, waits: number }
+
+export function renderMetrics (node: string, exports: ReadonlyArray<{ name: string, metrics: ExportMetrics }>, pool: PoolGauges): string {
+  const lines: string[] = []
+  const family = (name: string, type: string, help: string, rows: Array<[string, number]>): void => {
+    lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`)
+    for (const [labels, value] of rows) lines.push(`${name}{${labels}} ${value}`)
+  }
+  const per = (fn: (m: ExportMetrics) => Array<[string, number]>): Array<[string, number]> =>
+    exports.flatMap(e => fn(e.metrics).map(([l, v]): [string, number] => [`node="${esc(node)}",export="${esc(e.name)}"${l}`, v]))
+  family('dst_requests_total', 'counter', 'Requests received, by operation.',
+    per(m => Object.entries(m.requests).map(([op, v]): [string, number] => [`,op="${op}"`, v])))
+  family('dst_request_errors_total', 'counter', 'Requests answered with an error, by operation.',
+    per(m => Object.entries(m.errors).map(([op, v]): [string, number] => [`,op="${op}"`, v])))
+  family('dst_bytes_total', 'counter', 'Payload bytes moved, by direction.',
+    per(m => [[',direction="read"', m.bytesRead], [',direction="write"', m.bytesWritten]]))
+  family('dst_requests_in_flight', 'gauge', 'Requests received and not yet answered.', per(m => [['', m.inFlight]]))
+  family('dst_connections', 'gauge', 'Open client connections.', per(m => [['', m.connections]]))
+  family('dst_connections_refused_total', 'counter', 'Connections refused by the allow list, the token or the export state.', per(m => [['', m.refused]]))
+  family('dst_protocol_errors_total', 'counter', 'Connections closed for a malformed frame.', per(m => [['', m.protocolErrors]]))
+  family('dst_pool_exhausted_total', 'counter', 'Writes answered EAGAIN because every pool buffer was in use.', per(m => [['', m.poolExhausted]]))
+  const n = `node="${esc(node)}"`
+  family('dst_pool_buffers', 'gauge', 'Buffers in the preallocated pool.', [[n, pool.count]])
+  family('dst_pool_buffer_bytes', 'gauge', 'Size of each pool buffer.', [[n, pool.size]])
+  family('dst_pool_buffers_free', 'gauge', 'Pool buffers free now.', [[n, pool.available]])
+  family('dst_pool_waits_total', 'counter', 'Times a request waited for a pool buffer (backpressure).', [[n, pool.waits]])
+  return lines.join('\n') + '\n'
+}

@@ -1,0 +1,92 @@
+// The preallocated buffer pool of the request loop. Every payload lives in one of `count` slots of `size` bytes carved
+// from a single SharedArrayBuffer, each with `headroom` bytes in front so a reply header can be written just before
+// the payload and both sent as one view (no copy, no concatenation). Being shared memory, the slots can later be
+// filled by an I/O worker thread without copies. When every slot is taken, callers wait in a FIFO (backpressure);
+// the pool never grows.
+
+import { Ring } from './ring'
+
+export interface PoolBuffer {
+  /** Slot number, stable for the life of the pool. */
+  readonly index: number
+  /** The whole slot: headroom followed by payload space. */
+  readonly frame: Buffer
+  /** The payload space (`size` bytes), starting `headroom` bytes into the frame. */
+  readonly data: Buffer
+}
+
+export interface BufferPoolOptions {
+  count: number
+  size: number
+  headroom?: number
+  /** Most callers that may wait at once for a slot; a further one gets an explicit error. */
+  maxWaiters?: number
+}
+
+export class BufferPool {
+  readonly count: number
+  readonly size: number
+  readonly headroom: number
+  readonly memory: SharedArrayBuffer
+  private readonly slots: PoolBuffer[]
+  private readonly free: Int32Array
+  private readonly inUse: Uint8Array
+  private freeCount: number
+  private readonly waiters: Ring<(buf: PoolBuffer) => void>
+  /** Times a caller had to wait for a slot; exported as a metric. */
+  waits = 0
+
+  constructor (options: BufferPoolOptions) {
+    const { count, size } = options
+    const headroom = options.headroom ?? 0
+    if (!Number.isInteger(count) || count <= 0) throw new RangeError(`buffer pool count must be a positive integer, got ${count}`)
+    if (!Number.isInteger(size) || size <= 0) throw new RangeError(`buffer pool size must be a positive integer, got ${size}`)
+    this.count = count
+    this.size = size
+    this.headroom = headroom
+    const stride = headroom + size
+    this.memory = new SharedArrayBuffer(stride * count)
+    this.slots = []
+    this.free = new Int32Array(count)
+    this.inUse = new Uint8Array(count)
+    for (let i = 0; i < count; i++) {
+      const frame = Buffer.from(this.memory, i * stride, stride)
+      this.slots.push({ index: i, frame, data: frame.subarray(headroom) })
+      this.free[i] = count - 1 - i
+    }
+    this.freeCount = count
+    this.waiters = new Ring(options.maxWaiters ?? 65536)
+  }
+
+  get available (): number { return this.freeCount }
+  get waiting (): number { return this.waiters.length }
+
+  /** A free slot now, or null when the pool is empty. */
+  tryAcquire (): PoolBuffer | null {
+    if (this.freeCount === 0) return null
+    return this.take()
+  }
+
+  /** A free slot, waiting in FIFO order behind earlier callers when the pool is empty. */
+  acquire (): Promise<PoolBuffer> {
+    if (this.freeCount > 0 && this.waiters.length === 0) return Promise.resolve(this.take())
+    if (this.waiters.full) return Promise.reject(new RangeError(`buffer pool: ${this.waiters.capacity} callers already waiting`))
+    this.waits++
+    return new Promise(resolve => this.waiters.push(resolve))
+  }
+
+  release (buf: PoolBuffer): void {
+    if (this.slots[buf.index] !== buf) throw new Error('buffer pool: released a buffer that is not from this pool')
+    if (this.inUse[buf.index] === 0) throw new Error(`buffer pool: slot ${buf.index} was released twice`)
+    const next = this.waiters.shift()
+    if (next !== undefined) { next(buf); return }
+    this.inUse[buf.index] = 0
+    this.free[this.freeCount++] = buf.index
+  }
+
+  private take (): PoolBuffer {
+    const index = this.free[--this.freeCount]
+    this.inUse[index] = 1
+    return this.slots[index]
+  }
+}

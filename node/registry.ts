@@ -1,0 +1,86 @@
+// The node's devices by name, opened from the config in dependency order and closed in reverse.
+
+import { ConfigError } from './errors'
+import type { Device, DeviceStatus } from './device'
+import type { DeviceConfig, NodeConfig } from './config'
+import { FileDevice } from './file-device'
+import { MemoryDevice } from './memory-device'
+import { RemoteDevice } from '../export/remote-device'
+
+export interface RegistryOptions {
+  log: (message: string) => void
+  /** How long to keep trying to reach a remote device's node at start (ms). */
+  remoteOpenTimeout: number
+  pingInterval: number
+}
+
+export class DeviceRegistry {
+  private readonly devices = new Map<string, Device>()
+  private readonly order: string[] = []
+
+  get (name: string): Device | undefined { return this.devices.get(name) }
+  names (): string[] { return [...this.order] }
+
+  /** Opens every device; on any failure closes what was opened and rethrows. */
+  async open (config: NodeConfig, options: RegistryOptions): Promise<void> {
+    try {
+      // Leaves first (in parallel, so one slow peer does not serialise the rest), then arrays.
+      const leaves = [...config.devices.values()].filter(d => d.type !== 'mirror' && d.type !== 'linear')
+      const opened = await Promise.allSettled(leaves.map(d => this.openLeaf(d, config, options)))
+      for (const [i, r] of opened.entries()) {
+        if (r.status === 'fulfilled') { this.devices.set(leaves[i].name, r.value); this.order.push(leaves[i].name) }
+      }
+      const failed = opened.find(r => r.status === 'rejected')
+      if (failed !== undefined) throw (failed as PromiseRejectedResult).reason
+      for (const d of config.devices.values()) {
+        if (d.type === 'mirror' || d.type === 'linear') {
+          throw new ConfigError(`devices.${d.name}.type: '${d.type}' arrays are not available in this version of dst yet`)
+        }
+      }
+    } catch (err) {
+      await this.close()
+      throw err
+    }
+  }
+
+  private async openLeaf (d: DeviceConfig, config: NodeConfig, options: RegistryOptions): Promise<Device> {
+    const log = (m: string): void => options.log(`device '${d.name}': ${m}`)
+    try {
+      switch (d.type) {
+        case 'file':
+          return await FileDevice.open({ path: d.path, size: d.size, readOnly: d.readOnly, blockSize: d.blockSize, warn: log })
+        case 'memory':
+          return new MemoryDevice({ size: d.size, blockSize: d.blockSize })
+        case 'remote':
+          return await RemoteDevice.open({ host: d.host, port: d.port, export: d.export }, {
+            token: d.token, queueDepth: d.queueDepth, openTimeout: options.remoteOpenTimeout, pingInterval: config.pingInterval, log,
+          })
+        default:
+          throw new Error(`not a leaf: ${d.type}`)
+      }
+    } catch (err) {
+      const e = err as Error & { code?: string }
+      if (e.message.startsWith(`device '${d.name}'`)) throw err
+      e.message = `device '${d.name}': ${e.message}`
+      throw e
+    }
+  }
+
+  status (): Record<string, DeviceStatus> {
+    const out: Record<string, DeviceStatus> = {}
+    for (const name of this.order) out[name] = (this.devices.get(name) as Device).status()
+    return out
+  }
+
+  async flushAll (): Promise<void> {
+    await Promise.all([...this.devices.values()].filter(d => d.writable && d.state !== 'closed').map(d => d.flush().catch(() => {})))
+  }
+
+  async close (): Promise<void> {
+    for (const name of [...this.order].reverse()) {
+      await (this.devices.get(name) as Device).close().catch(() => {})
+    }
+    this.devices.clear()
+    this.order.length = 0
+  }
+}

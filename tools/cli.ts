@@ -1,0 +1,213 @@
+// The `dst` command line: `dst <verb> ...` with --help on every verb, errors on stderr, exit 2 on bad usage or config.
+
+import { parseArgs, type ParseArgsConfig } from 'node:util'
+import * as path from 'node:path'
+import { ConfigError } from '../node/errors'
+import { DEFAULT_CONFIG, loadConfigFile, parseConfig, type NodeConfig } from '../node/config'
+import { requireSize } from '../node/size'
+import { DstNode } from '../node/node'
+import { copy } from './copy'
+import { fetchStatus, renderStatus } from './status'
+
+const USAGE = `dst: a distributed storage tree
+
+usage: dst <verb> [options]
+
+verbs:
+  node     run a node from a config file
+  export   export one file without a config
+  copy     copy between files, stdin/stdout and dst:// URLs
+  status   show a node's devices and exports
+
+Run 'dst <verb> --help' for a verb's options.`
+
+const HELP: Record<string, string> = {
+  node: `usage: dst node --config FILE
+       dst node --default
+
+Runs a node in the foreground: opens the config's devices and serves its exports
+(native protocol over WebSocket, plus HTTP /status and /metrics on the same port).
+SIGINT or SIGTERM stops accepting, finishes requests in flight, flushes and exits 0.
+
+  --config FILE   the node's JSON config (see the README)
+  --default       the embedded default config: ./data/disk0.img (1 GiB sparse)
+                  exported as dst://127.0.0.1:7001/disk0
+  --help          this text`,
+  export: `usage: dst export FILE --listen HOST:PORT [--name NAME] [--size SIZE] [--read-only]
+                  [--allow CIDR]... [--token TOKEN]
+
+Exports one file (or block device) without a config. A missing FILE is created
+sparse with --size.
+
+  --listen HOST:PORT  address to serve on (port 0 picks a free one)
+  --name NAME         export name (default: the file's base name)
+  --size SIZE         size in bytes or KiB/MiB/GiB/TiB (creates or grows FILE)
+  --read-only         refuse writes
+  --allow CIDR        client addresses allowed (repeatable; default loopback only)
+  --token TOKEN       shared secret clients must present
+  --help              this text`,
+  copy: `usage: dst copy SRC DST [--offset N] [--length N] [--token TOKEN]
+
+Copies bytes between a local file or block device, '-' (stdin or stdout) and
+dst://HOST:PORT/NAME URLs, with many requests in flight. Shows a progress bar
+when stderr is a terminal.
+
+  --offset N        byte offset on the dst:// side (both sides if both are dst://)
+  --length N        bytes to copy (default: all of the source)
+  --token TOKEN     token for the dst:// export(s)
+  --chunk SIZE      bytes per request (default 1MiB)
+  --in-flight N     requests in flight (default 16)
+  --no-progress     never draw the progress bar
+  --help            this text`,
+  status: `usage: dst status [http://HOST:PORT] [--json]
+
+Prints a node's devices as a tree with state and size, and its exports.
+
+  URL      the node's listen address (default http://127.0.0.1:7001)
+  --json   print the raw /status JSON
+  --help   this text`,
+}
+
+class UsageError extends Error {}
+
+function parse (verb: string, argv: string[], options: ParseArgsConfig['options']): { values: Record<string, unknown>, positionals: string[] } {
+  try {
+    const { values, positionals } = parseArgs({ args: argv, options: { ...options, help: { type: 'boolean' } }, allowPositionals: true, strict: true })
+    if (values.help === true) { process.stdout.write(HELP[verb] + '\n'); process.exit(0) }
+    return { values: values as Record<string, unknown>, positionals }
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+}
+
+export async function main (argv: string[]): Promise<void> {
+  const [verb, ...rest] = argv
+  try {
+    switch (verb) {
+      case undefined:
+      case '-h':
+      case '--help':
+      case 'help':
+        if (rest[0] !== undefined && HELP[rest[0]] !== undefined) { process.stdout.write(HELP[rest[0]] + '\n'); return }
+        process.stdout.write(USAGE + '\n')
+        if (verb === undefined) process.exitCode = 2
+        return
+      case 'node': return await nodeVerb(rest)
+      case 'export': return await exportVerb(rest)
+      case 'copy': return await copyVerb(rest)
+      case 'status': return await statusVerb(rest)
+      default:
+        throw new UsageError(`unknown verb '${verb}' (try 'dst --help')`)
+    }
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`dst ${verb ?? ''}: ${err.message}\n`)
+      process.exit(2)
+    }
+    if (err instanceof ConfigError) {
+      process.stderr.write(`dst ${verb}: ${err.message}\n`)
+      process.exit(2)
+    }
+    process.stderr.write(`dst ${verb}: ${(err as Error).message}\n`)
+    process.exit(1)
+  }
+}
+
+async function nodeVerb (argv: string[]): Promise<void> {
+  const { values, positionals } = parse('node', argv, { config: { type: 'string' }, default: { type: 'boolean' } })
+  if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`)
+  let config: NodeConfig
+  if (typeof values.config === 'string') {
+    config = loadConfigFile(values.config)
+  } else if (values.default === true) {
+    const base = process.cwd()
+    const fs = await import('node:fs')
+    fs.mkdirSync(path.join(base, 'data'), { recursive: true })
+    config = parseConfig(DEFAULT_CONFIG, base, 'default config')
+  } else {
+    throw new UsageError('give --config FILE (or --default for the embedded default config)')
+  }
+  await runNode(config)
+}
+
+async function exportVerb (argv: string[]): Promise<void> {
+  const { values, positionals } = parse('export', argv, {
+    listen: { type: 'string' }, name: { type: 'string' }, size: { type: 'string' }, 'read-only': { type: 'boolean' },
+    allow: { type: 'string', multiple: true }, token: { type: 'string' },
+  })
+  if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? 'give the FILE to export' : `unexpected argument '${positionals[1]}'`)
+  if (typeof values.listen !== 'string') throw new UsageError('give --listen HOST:PORT')
+  const file = path.resolve(positionals[0])
+  const name = typeof values.name === 'string' ? values.name : path.basename(file).replace(/[^A-Za-z0-9._-]/g, '_')
+  let size: number | undefined
+  if (typeof values.size === 'string') {
+    try { size = requireSize(values.size, '--size') } catch (err) { throw new UsageError((err as Error).message) }
+  }
+  const raw = {
+    name: 'export',
+    listen: values.listen,
+    devices: { [name]: { type: 'file', path: file, ...(size !== undefined ? { size } : {}), ...(values['read-only'] === true ? { readOnly: true } : {}) } },
+    exports: [{ device: name, name, readOnly: values['read-only'] === true, ...(values.allow !== undefined ? { allow: values.allow } : {}), ...(values.token !== undefined ? { token: values.token } : {}) }],
+  }
+  const config = parseConfig(raw, process.cwd(), 'dst export')
+  config.dataDir = null
+  await runNode(config)
+}
+
+async function runNode (config: NodeConfig): Promise<void> {
+  const node = new DstNode(config)
+  await node.start()
+  for (const line of node.addresses()) process.stdout.write(`${line}\n`)
+  process.stdout.write(`node ${config.name} ready\n`)
+  let stopping = false
+  const stop = (signal: string): void => {
+    if (stopping) { process.stderr.write(`[${config.name}] second ${signal}: exiting now\n`); process.exit(1) }
+    stopping = true
+    process.stderr.write(`[${config.name}] ${signal}: finishing requests in flight, flushing\n`)
+    node.stop().then(() => {
+      process.stderr.write(`[${config.name}] stopped\n`)
+      process.exit(0)
+    }, err => {
+      process.stderr.write(`[${config.name}] stop failed: ${(err as Error).message}\n`)
+      process.exit(1)
+    })
+  }
+  process.on('SIGINT', () => stop('SIGINT'))
+  process.on('SIGTERM', () => stop('SIGTERM'))
+}
+
+async function copyVerb (argv: string[]): Promise<void> {
+  const { values, positionals } = parse('copy', argv, {
+    offset: { type: 'string' }, length: { type: 'string' }, token: { type: 'string' },
+    chunk: { type: 'string' }, 'in-flight': { type: 'string' }, 'no-progress': { type: 'boolean' },
+  })
+  if (positionals.length !== 2) throw new UsageError('give SRC and DST')
+  const [src, dst] = positionals
+  if (!src.startsWith('dst://') && !dst.startsWith('dst://')) throw new UsageError('one of SRC and DST must be a dst:// URL')
+  let offset = 0
+  let length: number | undefined
+  let chunk = 1024 * 1024
+  let inFlight = 16
+  try {
+    if (typeof values.offset === 'string') offset = requireSize(values.offset, '--offset')
+    if (typeof values.length === 'string') length = requireSize(values.length, '--length')
+    if (typeof values.chunk === 'string') chunk = requireSize(values.chunk, '--chunk')
+    if (typeof values['in-flight'] === 'string') inFlight = requireSize(values['in-flight'], '--in-flight')
+  } catch (err) { throw new UsageError((err as Error).message) }
+  if (chunk < 512 || chunk > 64 * 1024 * 1024) throw new UsageError('--chunk must be between 512 and 64MiB')
+  if (inFlight < 1 || inFlight > 1024) throw new UsageError('--in-flight must be between 1 and 1024')
+  const total = await copy(src, dst, {
+    offset, length, chunk, inFlight, token: values.token as string | undefined,
+    progress: process.stderr.isTTY && values['no-progress'] !== true,
+  })
+  if (dst !== '-' || !process.stdout.isTTY) process.stderr.write(process.stderr.isTTY ? `copied ${total} bytes\n` : '')
+}
+
+async function statusVerb (argv: string[]): Promise<void> {
+  const { values, positionals } = parse('status', argv, { json: { type: 'boolean' } })
+  if (positionals.length > 1) throw new UsageError(`unexpected argument '${positionals[1]}'`)
+  const base = positionals[0] ?? `http://${DEFAULT_CONFIG.listen}`
+  if (!/^https?:\/\//.test(base)) throw new UsageError(`'${base}' is not an http://HOST:PORT address`)
+  const status = await fetchStatus(base)
+  process.stdout.write(values.json === true ? JSON.stringify(status, null, 2) + '\n' : renderStatus(status) + '\n')
+}

@@ -1,0 +1,57 @@
+// `dst status`: fetches a node's /status and draws its devices as a tree with state and size.
+
+import { formatSize } from '../node/size'
+
+interface DeviceView {
+  type: string
+  size: number
+  state: string
+  members?: Array<DeviceView & { name: string }>
+  [key: string]: unknown
+}
+
+interface StatusView {
+  name: string
+  listen?: string
+  devices: Record<string, DeviceView>
+  exports: Array<{ name: string, device: string, url: string, readOnly: boolean, connections: number }>
+}
+
+export async function fetchStatus (base: string): Promise<StatusView> {
+  const url = new URL('/status', base).toString()
+  let res: Response
+  try {
+    res = await fetch(url, { signal: AbortSignal.timeout(10000) })
+  } catch (err) {
+    const cause = (err as { cause?: { code?: string } }).cause?.code
+    throw new Error(`${url}: ${cause ?? (err as Error).message}`)
+  }
+  if (!res.ok) throw new Error(`${url}: HTTP ${res.status}`)
+  return await res.json() as StatusView
+}
+
+export function renderStatus (s: StatusView): string {
+  const lines = [`node ${s.name}${s.listen !== undefined ? ` (${s.listen})` : ''}`]
+  const memberNames = new Set<string>()
+  for (const d of Object.values(s.devices)) for (const m of d.members ?? []) memberNames.add(m.name)
+  const roots = Object.entries(s.devices).filter(([name]) => !memberNames.has(name))
+  const draw = (name: string, d: DeviceView, prefix: string, last: boolean): void => {
+    const detail = [d.type, formatSize(d.size), d.state]
+    if (typeof d.path === 'string') detail.push(d.path)
+    if (typeof d.url === 'string') detail.push(d.url)
+    if (d.writable === false) detail.push('read-only')
+    if (typeof d.lastError === 'string') detail.push(`last error: ${d.lastError}`)
+    lines.push(`${prefix}${last ? '└─ ' : '├─ '}${name}  ${detail.join('  ')}`)
+    const kids = d.members ?? []
+    kids.forEach((m, i) => draw(m.name, m, prefix + (last ? '   ' : '│  '), i === kids.length - 1))
+  }
+  lines.push('devices')
+  roots.forEach(([name, d], i) => draw(name, d, '', i === roots.length - 1))
+  lines.push('exports')
+  s.exports.forEach((e, i) => {
+    const last = i === s.exports.length - 1
+    lines.push(`${last ? '└─ ' : '├─ '}${e.url}  device ${e.device}  ${e.readOnly ? 'read-only' : 'read-write'}  ${e.connections} connection${e.connections === 1 ? '' : 's'}`)
+  })
+  if (s.exports.length === 0) lines.push('└─ (none)')
+  return lines.join('\n')
+}
