@@ -1,0 +1,94 @@
+// Starts real `dst` processes for end-to-end tests: each on loopback, on a port the OS picks (listen port 0), killed
+// by its own pid when the test ends. The port is read from the node's start-up lines.
+
+import { spawn, type ChildProcess } from 'node:child_process'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+
+export const DST = path.join(__dirname, '..', '..', 'tools', 'dst.js')
+
+export interface RunningNode {
+  proc: ChildProcess
+  port: number
+  /** Base HTTP address, e.g. http://127.0.0.1:40123 */
+  http: string
+  /** dst:// URL of an export on this node. */
+  url: (exportName: string) => string
+  output: () => string
+  /** SIGTERM and wait for exit; resolves with the exit code. */
+  stop: () => Promise<number | null>
+  /** SIGKILL and wait for exit. */
+  kill: () => Promise<void>
+}
+
+const live = new Set<ChildProcess>()
+process.on('exit', () => { for (const p of live) { try { p.kill('SIGKILL') } catch {} } })
+
+export function tempDir (prefix = 'dst-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+}
+
+/** Runs `dst ARGS...` to completion; for CLI tests. */
+export function runDst (args: string[], options: { input?: Buffer, cwd?: string, timeout?: number } = {}): Promise<{ code: number | null, stdout: Buffer, stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(process.execPath, [DST, ...args], { cwd: options.cwd, stdio: ['pipe', 'pipe', 'pipe'] })
+    live.add(proc)
+    const out: Buffer[] = []
+    let err = ''
+    proc.stdout.on('data', (c: Buffer) => out.push(c))
+    proc.stderr.on('data', (c: Buffer) => { err += c.toString() })
+    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`dst ${args.join(' ')} timed out; stderr: ${err}`)) }, options.timeout ?? 60000)
+    proc.on('error', reject)
+    proc.on('close', code => { clearTimeout(timer); live.delete(proc); resolve({ code, stdout: Buffer.concat(out), stderr: err }) })
+    proc.stdin.on('error', () => {})
+    if (options.input !== undefined) proc.stdin.end(options.input); else proc.stdin.end()
+  })
+}
+
+/** Writes `config` (listen defaults to 127.0.0.1:0) into `dir/NAME.json` and starts `dst node --config` on it. */
+export function startNode (dir: string, config: Record<string, unknown>, options: { timeout?: number } = {}): Promise<RunningNode> {
+  const full: Record<string, unknown> = { listen: '127.0.0.1:0', ...config }
+  const file = path.join(dir, `${String(full.name ?? 'node')}.json`)
+  fs.writeFileSync(file, JSON.stringify(full, null, 2))
+  return startProcess(['node', '--config', file], options.timeout)
+}
+
+/** Starts `dst export ...` (give --listen 127.0.0.1:0 to let the OS pick the port). */
+export function startExport (args: string[], options: { timeout?: number } = {}): Promise<RunningNode> {
+  return startProcess(['export', ...args], options.timeout)
+}
+
+function startProcess (args: string[], timeout = 40000): Promise<RunningNode> {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(process.execPath, [DST, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    live.add(proc)
+    let out = ''
+    let exited = false
+    const exit = new Promise<number | null>(res => proc.on('exit', code => { exited = true; live.delete(proc); res(code) }))
+    const fail = (why: string): void => { clearTimeout(timer); proc.kill('SIGKILL'); reject(new Error(`${why}; output:\n${out}`)) }
+    const timer = setTimeout(() => fail(`dst ${args.join(' ')} did not start within ${timeout} ms`), timeout)
+    const onData = (c: Buffer): void => {
+      out += c.toString()
+      const m = /status {2}http:\/\/([^\s/]+):(\d+)\/status/.exec(out)
+      if (m !== null && out.includes(' ready\n')) {
+        clearTimeout(timer)
+        proc.stdout?.off('data', onData)
+        proc.stdout?.on('data', (d: Buffer) => { out += d.toString() })
+        const port = Number(m[2])
+        resolve({
+          proc,
+          port,
+          http: `http://127.0.0.1:${port}`,
+          url: name => `dst://127.0.0.1:${port}/${name}`,
+          output: () => out,
+          stop: async () => { if (!exited) proc.kill('SIGTERM'); return await exit },
+          kill: async () => { if (!exited) proc.kill('SIGKILL'); await exit },
+        })
+      }
+    }
+    proc.stdout?.on('data', onData)
+    proc.stderr?.on('data', (c: Buffer) => { out += c.toString() })
+    proc.on('exit', code => { if (!out.includes(' ready\n')) fail(`dst ${args.join(' ')} exited with ${code} before it was ready`) })
+  })
+}
