@@ -30,7 +30,7 @@ export class RemoteDevice extends Device {
 
   private constructor (target: DstUrl, conn: Connection, options: RemoteDeviceOptions) {
     const h = conn.handshake
-    super({ size: h.size, blockSize: h.blockSize, readOnly: conn.readOnly })
+    super({ size: h.size, blockSize: h.blockSize, readOnly: conn.readOnly, canFlush: conn.canFlush, canTrim: conn.canTrim })
     this.target = target
     this.url = formatDstUrl(target)
     this.conn = conn
@@ -149,7 +149,7 @@ export class RemoteDevice extends Device {
         this.watch(conn)
       }, (err: Error) => {
         this.lastError = err.message
-        this.backoff = Math.min(this.backoff * 2, 5000)
+        this.backoff = Math.min(this.backoff * 2, 2000)
         this.scheduleReconnect()
       })
     }, this.backoff)

@@ -13,7 +13,7 @@ export type DeviceConfig =
   | { type: 'file', name: string, path: string, size?: number, readOnly: boolean, blockSize?: number }
   | { type: 'memory', name: string, size: number, blockSize?: number }
   | { type: 'remote', name: string, url: string, host: string, port: number, export: string, token?: string, queueDepth: number }
-  | { type: 'mirror', name: string, members: string[], region: number }
+  | { type: 'mirror', name: string, members: string[], region: number, resyncRate: number }
   | { type: 'linear', name: string, members: string[] }
 
 export interface ExportConfig {
@@ -174,7 +174,7 @@ function parseDevice (name: string, d: unknown, field: string, baseDir: string, 
     }
     case 'mirror':
     case 'linear': {
-      allowKeys(x, x.type === 'mirror' ? ['type', 'members', 'region'] : ['type', 'members'], `${field}.`, fail)
+      allowKeys(x, x.type === 'mirror' ? ['type', 'members', 'region', 'resyncRate'] : ['type', 'members'], `${field}.`, fail)
       if (!Array.isArray(x.members) || x.members.length === 0 || !x.members.every(m => typeof m === 'string')) {
         fail(`${field}.members`, 'expected a non-empty array of device names')
       }
@@ -183,8 +183,9 @@ function parseDevice (name: string, d: unknown, field: string, baseDir: string, 
       if (new Set(members).size !== members.length) fail(`${field}.members`, 'a device is listed twice')
       if (x.type === 'linear') return { type: 'linear', name, members }
       const region = x.region === undefined ? 64 * 1024 : sizeOf(x.region, `${field}.region`, fail)
-      if (region < 4096 || (region & (region - 1)) !== 0) fail(`${field}.region`, 'expected a power of two of at least 4KiB')
-      return { type: 'mirror', name, members, region }
+      if (region < 4096 || region > 64 * 1024 * 1024 || (region & (region - 1)) !== 0) fail(`${field}.region`, 'expected a power of two from 4KiB to 64MiB')
+      const resyncRate = x.resyncRate === undefined ? 0 : sizeOf(x.resyncRate, `${field}.resyncRate`, fail)
+      return { type: 'mirror', name, members, region, resyncRate }
     }
     case undefined:
       return fail(`${field}.type`, 'missing (one of file, remote, memory, mirror, linear)')

@@ -21,6 +21,9 @@ export interface DeviceOptions {
   blockSize?: number
   /** Force read-only even when the backend can write. */
   readOnly?: boolean
+  /** Narrow what the overridden methods imply: arrays and remote devices can only do what their members/peer can. */
+  canFlush?: boolean
+  canTrim?: boolean
 }
 
 export abstract class Device {
@@ -44,8 +47,8 @@ export abstract class Device {
     const proto = Device.prototype as unknown as Record<string, unknown>
     const self = this as unknown as Record<string, unknown>
     this.writable = options.readOnly !== true && self._write !== proto._write
-    this.canFlush = self._flush !== proto._flush
-    this.canTrim = this.writable && self._trim !== proto._trim
+    this.canFlush = options.canFlush !== false && self._flush !== proto._flush
+    this.canTrim = options.canTrim !== false && this.writable && self._trim !== proto._trim
   }
 
   /** Fills `into[0..length)` with the bytes at `offset`. */

@@ -6,6 +6,10 @@ import type { DeviceConfig, NodeConfig } from './config'
 import { FileDevice } from './file-device'
 import { MemoryDevice } from './memory-device'
 import { RemoteDevice } from '../export/remote-device'
+import { LinearDevice, type Member } from '../algorithms/linear'
+import { MirrorDevice } from '../algorithms/mirror'
+import { FileIntentStore } from '../algorithms/intent-store'
+import * as path from 'node:path'
 
 export interface RegistryOptions {
   log: (message: string) => void
@@ -32,10 +36,9 @@ export class DeviceRegistry {
       }
       const failed = opened.find(r => r.status === 'rejected')
       if (failed !== undefined) throw (failed as PromiseRejectedResult).reason
-      for (const d of config.devices.values()) {
-        if (d.type === 'mirror' || d.type === 'linear') {
-          throw new ConfigError(`devices.${d.name}.type: '${d.type}' arrays are not available in this version of dst yet`)
-        }
+      for (const d of arrayOrder(config)) {
+        this.devices.set(d.name, await this.openArray(d, config, options))
+        this.order.push(d.name)
       }
     } catch (err) {
       await this.close()
@@ -66,6 +69,26 @@ export class DeviceRegistry {
     }
   }
 
+  private async openArray (d: DeviceConfig, config: NodeConfig, options: RegistryOptions): Promise<Device> {
+    if (d.type !== 'mirror' && d.type !== 'linear') throw new Error(`not an array: ${d.type}`)
+    const members: Member[] = d.members.map(name => ({ name, device: this.devices.get(name) as Device }))
+    for (const m of members) {
+      if (m.device.size === 0) throw new ConfigError(`devices.${d.name}.members: '${m.name}' has size 0`)
+    }
+    if (d.type === 'linear') return new LinearDevice(members)
+    if (config.dataDir === null) throw new ConfigError(`devices.${d.name}: a mirror needs the node's dataDir for its write-intent map`)
+    const store = new FileIntentStore(path.join(config.dataDir, `mirror-${d.name}.intent`))
+    try {
+      return await MirrorDevice.open({
+        name: d.name, legs: members, region: d.region, store, resyncRate: d.resyncRate,
+        log: m => options.log(`mirror '${d.name}': ${m}`),
+      })
+    } catch (err) {
+      await store.close()
+      throw err
+    }
+  }
+
   status (): Record<string, DeviceStatus> {
     const out: Record<string, DeviceStatus> = {}
     for (const name of this.order) out[name] = (this.devices.get(name) as Device).status()
@@ -83,4 +106,20 @@ export class DeviceRegistry {
     this.devices.clear()
     this.order.length = 0
   }
+}
+
+/** Arrays in an order where every member opens before the array that uses it (the config has no cycles). */
+function arrayOrder (config: NodeConfig): DeviceConfig[] {
+  const out: DeviceConfig[] = []
+  const done = new Set<string>()
+  const visit = (name: string): void => {
+    if (done.has(name)) return
+    done.add(name)
+    const d = config.devices.get(name) as DeviceConfig
+    if (d.type !== 'mirror' && d.type !== 'linear') return
+    for (const m of d.members) visit(m)
+    out.push(d)
+  }
+  for (const name of config.devices.keys()) visit(name)
+  return out
 }

@@ -1,0 +1,84 @@
+// linear: members placed one after another, like nbdkit's offset filter repeated. A request that crosses a member
+// boundary is split into one piece per member and completes as one request; a failed member fails only the requests
+// that touch it.
+
+import { Device, type DeviceStatus } from '../node/device'
+import { DstError, Errno } from '../node/errors'
+
+export interface Member { name: string, device: Device }
+
+export class LinearDevice extends Device {
+  readonly type = 'linear'
+  readonly members: Member[]
+  /** starts[i] is the array offset where member i begins; starts[n] is the size. */
+  private readonly starts: number[]
+
+  constructor (members: Member[]) {
+    if (members.length === 0) throw new DstError('DST_ERR_CONFIG', 'a linear array needs at least one member', Errno.EINVAL)
+    const starts = [0]
+    for (const m of members) starts.push(starts[starts.length - 1] + m.device.size)
+    super({
+      size: starts[starts.length - 1],
+      blockSize: Math.max(...members.map(m => m.device.blockSize)),
+      readOnly: !members.every(m => m.device.writable),
+      canFlush: members.some(m => m.device.canFlush),
+      canTrim: members.every(m => m.device.canTrim),
+    })
+    this.members = members
+    this.starts = starts
+    this.identity = ''
+  }
+
+  protected override _read (offset: number, length: number, into: Uint8Array): Promise<void> {
+    return this.each(offset, length, (m, at, n, done) => m.device.read(at, n, into.subarray(done, done + n)))
+  }
+
+  protected override _write (offset: number, data: Uint8Array): Promise<void> {
+    return this.each(offset, data.byteLength, (m, at, n, done) => m.device.write(at, data.subarray(done, done + n)))
+  }
+
+  protected override _flush (): Promise<void> {
+    return Promise.all(this.members.map(m => m.device.flush())).then(noop)
+  }
+
+  protected override _trim (offset: number, length: number): Promise<void> {
+    return this.each(offset, length, (m, at, n) => m.device.trim(at, n))
+  }
+
+  override status (): DeviceStatus {
+    const failed = this.members.filter(m => m.device.state === 'failed' || m.device.state === 'connecting')
+    return {
+      ...super.status(),
+      state: failed.length > 0 ? 'degraded' : this.state,
+      members: this.members.map((m, i) => ({ name: m.name, start: this.starts[i], ...m.device.status() })),
+    }
+  }
+
+  /** Calls `fn` once per member the range touches, with the member-local offset and the offset into the buffer. */
+  private each (offset: number, length: number, fn: (m: Member, at: number, n: number, done: number) => Promise<void>): Promise<void> {
+    let i = this.memberAt(offset)
+    const end = offset + length
+    const first = this.starts[i + 1]
+    if (end <= first) return fn(this.members[i], offset - this.starts[i], length, 0)
+    const parts: Array<Promise<void>> = []
+    for (let pos = offset; pos < end; i++) {
+      const stop = Math.min(end, this.starts[i + 1])
+      parts.push(fn(this.members[i], pos - this.starts[i], stop - pos, pos - offset))
+      pos = stop
+    }
+    return Promise.all(parts).then(noop)
+  }
+
+  /** The member holding `offset` (binary search over the starts). */
+  private memberAt (offset: number): number {
+    let lo = 0
+    let hi = this.members.length - 1
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1
+      if (this.starts[mid] <= offset) lo = mid; else hi = mid - 1
+    }
+    return lo
+  }
+}
+
+function noop (): void {}
