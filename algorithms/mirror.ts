@@ -103,7 +103,7 @@ export class MirrorDevice extends Device {
 
   static async open (options: MirrorOptions): Promise<MirrorDevice> {
     const { legs: members, region, store } = options
-    if (members.length < 2) throw new DstError('DST_ERR_CONFIG', `mirror '${options.name}': needs at least two legs`, Errno.EINVAL)
+    if (members.length < 1) throw new DstError('DST_ERR_CONFIG', `mirror '${options.name}': needs at least one leg`, Errno.EINVAL)
     const sizes = members.map(m => m.device.size)
     const size = Math.min(...sizes)
     if (new Set(sizes).size > 1) {
@@ -665,7 +665,7 @@ export class MirrorDevice extends Device {
     if (this.state === 'closed' || this.state === 'closing') return this.state
     const inSync = this.legs.filter(l => l.state === 'in-sync').length
     if (inSync === 0) return 'failed'
-    return inSync === this.legs.length ? 'online' : 'degraded'
+    return inSync === this.legs.length && inSync > 1 ? 'online' : 'degraded'
   }
 
   private noLegError (what: string): DstError {

@@ -6,6 +6,7 @@ import * as path from 'node:path'
 import { ConfigError } from './errors'
 import { parseSize } from './size'
 import { LOOPBACK_ONLY, parseCidr, type Cidr } from './acl'
+import { applyOverlay, overlayFile, readOverlay, type NodeOverlay } from './state'
 
 export interface Address { host: string, port: number }
 
@@ -37,6 +38,10 @@ export interface NodeConfig {
   exports: ExportConfig[]
   /** The config file's folder; relative paths were resolved against it. */
   baseDir: string
+  /** Who may change arrays live (POST /arrays/...): addresses, and an optional token. */
+  admin: { allow: Cidr[], token?: string }
+  /** Live changes read from dataDir (see node/state.ts). */
+  overlay?: NodeOverlay
 }
 
 export const RESERVED_EXPORT_NAMES = ['status', 'metrics']
@@ -64,13 +69,26 @@ export function loadConfigFile (file: string): NodeConfig {
   } catch (err) {
     throw new ConfigError(`config ${file}: not valid JSON: ${(err as Error).message}`)
   }
-  return parseConfig(raw, path.dirname(path.resolve(file)), file)
+  const baseDir = path.dirname(path.resolve(file))
+  const config = parseConfig(raw, baseDir, file)
+  if (config.dataDir === null) return config
+  // Array changes made live (dst array add/remove/split) are kept in dataDir and laid over the file.
+  let overlay: NodeOverlay | null
+  try {
+    overlay = readOverlay(config.dataDir)
+  } catch (err) {
+    throw new ConfigError(`${overlayFile(config.dataDir)}: cannot read it: ${(err as Error).message}`)
+  }
+  if (overlay === null) return config
+  const merged = parseConfig(applyOverlay(raw as Record<string, unknown>, overlay), baseDir, `${file} with ${overlayFile(config.dataDir)}`, { live: true })
+  merged.overlay = overlay
+  return merged
 }
 
-export function parseConfig (raw: unknown, baseDir: string, label = 'config'): NodeConfig {
+export function parseConfig (raw: unknown, baseDir: string, label = 'config', options: { live?: boolean } = {}): NodeConfig {
   const fail = (field: string, problem: string): never => { throw new ConfigError(`${label}: ${field}: ${problem}`) }
   if (!isObject(raw)) return fail('(top level)', 'expected a JSON object')
-  allowKeys(raw, ['name', 'listen', 'nbd', 'dataDir', 'pool', 'maxInFlight', 'pingInterval', 'devices', 'exports'], '', fail)
+  allowKeys(raw, ['name', 'listen', 'nbd', 'dataDir', 'pool', 'maxInFlight', 'pingInterval', 'admin', 'devices', 'exports'], '', fail)
 
   const name = raw.name ?? 'dst'
   if (typeof name !== 'string' || !NAME.test(name)) fail('name', `expected a name of letters, digits, '.', '_' or '-', got ${JSON.stringify(raw.name)}`)
@@ -95,13 +113,15 @@ export function parseConfig (raw: unknown, baseDir: string, label = 'config'): N
   const maxInFlight = raw.maxInFlight === undefined ? 128 : positiveInt(raw.maxInFlight, 'maxInFlight', 1, 65536, fail)
   const pingInterval = raw.pingInterval === undefined ? 10000 : positiveInt(raw.pingInterval, 'pingInterval', 100, 3600000, fail)
 
+  const admin = parseAccess(raw.admin, 'admin', fail)
+
   if (raw.devices === undefined) fail('devices', 'missing: a node needs at least one device')
   if (!isObject(raw.devices)) fail('devices', 'expected an object mapping device names to devices')
   const devices = new Map<string, DeviceConfig>()
   for (const [dname, d] of Object.entries(raw.devices as Record<string, unknown>)) {
     const field = `devices.${dname}`
     if (!NAME.test(dname)) fail(field, 'a device name is letters, digits, \'.\', \'_\' or \'-\' (at most 64)')
-    devices.set(dname, parseDevice(dname, d, field, baseDir, fail))
+    devices.set(dname, parseDevice(dname, d, field, baseDir, fail, options.live === true))
   }
   if (devices.size === 0) fail('devices', 'empty: a node needs at least one device')
   checkMembers(devices, fail)
@@ -123,26 +143,35 @@ export function parseConfig (raw: unknown, baseDir: string, label = 'config'): N
     if (seen.has(ename as string)) fail(`${field}.name`, `duplicate export name '${ename as string}'`)
     seen.add(ename as string)
     if (x.readOnly !== undefined && typeof x.readOnly !== 'boolean') fail(`${field}.readOnly`, 'expected true or false')
-    let allow: Cidr[]
-    if (x.allow === undefined) {
-      allow = LOOPBACK_ONLY.map(c => parseCidr(c) as Cidr)
-    } else {
-      if (!Array.isArray(x.allow)) fail(`${field}.allow`, 'expected an array of addresses or CIDR blocks, like ["127.0.0.0/8"]')
-      allow = (x.allow as unknown[]).map((c, j) => {
-        const cidr = parseCidr(c)
-        return typeof cidr === 'string' ? fail(`${field}.allow[${j}]`, cidr) : cidr
-      })
-    }
-    if (x.token !== undefined && (typeof x.token !== 'string' || x.token.length === 0)) fail(`${field}.token`, 'expected a non-empty string')
-    exportList.push({ name: ename as string, device: x.device as string, readOnly: x.readOnly === true, allow, token: x.token as string | undefined })
+    const { allow, token } = parseAccess({ allow: x.allow, token: x.token }, field, fail)
+    exportList.push({ name: ename as string, device: x.device as string, readOnly: x.readOnly === true, allow, token })
   }
 
-  return { name: name as string, listen, nbd, dataDir, pool, maxInFlight, pingInterval, devices, exports: exportList, baseDir }
+  return { name: name as string, listen, nbd, dataDir, pool, maxInFlight, pingInterval, devices, exports: exportList, baseDir, admin }
 }
 
 type Fail = (field: string, problem: string) => never
 
-function parseDevice (name: string, d: unknown, field: string, baseDir: string, fail: Fail): DeviceConfig {
+/** `allow` (addresses/CIDRs, default loopback only) and `token` of an export or of the admin endpoints. */
+function parseAccess (value: unknown, field: string, fail: Fail): { allow: Cidr[], token?: string } {
+  if (value === undefined) return { allow: LOOPBACK_ONLY.map(c => parseCidr(c) as Cidr) }
+  if (!isObject(value)) return fail(field, 'expected an object like { "allow": ["127.0.0.0/8"], "token": "secret" }')
+  const x = value
+  let allow: Cidr[]
+  if (x.allow === undefined) {
+    allow = LOOPBACK_ONLY.map(c => parseCidr(c) as Cidr)
+  } else {
+    if (!Array.isArray(x.allow)) fail(`${field}.allow`, 'expected an array of addresses or CIDR blocks, like ["127.0.0.0/8"]')
+    allow = (x.allow as unknown[]).map((c, j) => {
+      const cidr = parseCidr(c)
+      return typeof cidr === 'string' ? fail(`${field}.allow[${j}]`, cidr) : cidr
+    })
+  }
+  if (x.token !== undefined && (typeof x.token !== 'string' || x.token.length === 0)) fail(`${field}.token`, 'expected a non-empty string')
+  return { allow, token: x.token as string | undefined }
+}
+
+function parseDevice (name: string, d: unknown, field: string, baseDir: string, fail: Fail, live: boolean): DeviceConfig {
   if (!isObject(d)) return fail(field, 'expected an object with a "type"')
   const x = d as Record<string, unknown>
   switch (x.type) {
@@ -179,7 +208,8 @@ function parseDevice (name: string, d: unknown, field: string, baseDir: string, 
         fail(`${field}.members`, 'expected a non-empty array of device names')
       }
       const members = x.members as string[]
-      if (x.type === 'mirror' && members.length < 2) fail(`${field}.members`, 'a mirror needs at least two members')
+      // A mirror left with one leg by `dst array remove/split` is allowed (degraded); a config must give two.
+      if (x.type === 'mirror' && members.length < 2 && !live) fail(`${field}.members`, 'a mirror needs at least two members')
       if (new Set(members).size !== members.length) fail(`${field}.members`, 'a device is listed twice')
       if (x.type === 'linear') return { type: 'linear', name, members }
       const region = x.region === undefined ? 64 * 1024 : sizeOf(x.region, `${field}.region`, fail)

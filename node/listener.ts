@@ -4,7 +4,7 @@
 import * as uws from 'uWebSockets.js'
 import { timingSafeEqual, createHash } from 'node:crypto'
 import type { BufferPool } from './pool'
-import { allowed } from './acl'
+import { allowed, type Cidr } from './acl'
 import { CloseCode, ExportSession, type ServedExport, type SessionLimits } from '../export/server'
 import { REQUEST_HEADER_SIZE } from '../export/codec'
 
@@ -19,6 +19,9 @@ export interface ListenerOptions {
   status: () => unknown
   metrics: () => string
   log: (message: string) => void
+  /** Who may use the admin endpoints (POST /arrays/NAME/ACTION), and what they do. */
+  admin: { allow: Cidr[], token?: string }
+  onAdmin: (array: string, action: string, body: Record<string, unknown>) => Promise<unknown>
 }
 
 export class Listener {
@@ -68,6 +71,7 @@ export class Listener {
     this.app.get('/metrics', res => {
       res.writeHeader('content-type', 'text/plain; version=0.0.4').end(this.options.metrics())
     })
+    this.app.post('/arrays/:name/:action', (res, req) => this.admin(res, req))
     this.app.any('/*', res => {
       res.writeStatus('404 Not Found').end('not found: try GET /status, GET /metrics, or a WebSocket upgrade at /EXPORT\n')
     })
@@ -100,6 +104,47 @@ export class Listener {
       ws.end(CloseCode.GOING_AWAY, 'node shutting down')
     }
     this.sessions.clear()
+  }
+
+  /** POST /arrays/NAME/ACTION with a JSON body: live array changes, for the admin allow list and token only. */
+  private admin (res: uws.HttpResponse, req: uws.HttpRequest): void {
+    const array = decodeURIComponent(req.getParameter(0) ?? '')
+    const action = req.getParameter(1) ?? ''
+    const auth = req.getHeader('authorization')
+    const address = Buffer.from(res.getRemoteAddressAsText()).toString()
+    let aborted = false
+    res.onAborted(() => { aborted = true })
+    const answer = (status: string, body: unknown): void => {
+      if (aborted) return
+      res.cork(() => { res.writeStatus(status).writeHeader('content-type', 'application/json').end(JSON.stringify(body, null, 2) + '\n') })
+    }
+    const { allow, token } = this.options.admin
+    if (!allowed(allow, address)) { answer('403 Forbidden', { error: `address ${address} may not change arrays on this node` }); return }
+    if (token !== undefined && !(auth.startsWith('Bearer ') && sameSecret(auth.slice(7), token))) {
+      answer('401 Unauthorized', { error: 'this node needs the admin token to change arrays' })
+      return
+    }
+    const chunks: Buffer[] = []
+    let size = 0
+    res.onData((chunk, isLast) => {
+      size += chunk.byteLength
+      if (size > 65536) { if (!aborted) { aborted = true; res.cork(() => res.writeStatus('413 Payload Too Large').end('request body too large\n')) } return }
+      chunks.push(Buffer.from(chunk.slice(0)))
+      if (!isLast || aborted) return
+      let body: Record<string, unknown>
+      try {
+        const text = Buffer.concat(chunks).toString()
+        body = text.trim() === '' ? {} : JSON.parse(text) as Record<string, unknown>
+        if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new Error('expected a JSON object')
+      } catch (err) {
+        answer('400 Bad Request', { error: `bad request body: ${(err as Error).message}` })
+        return
+      }
+      this.options.onAdmin(array, action, body).then(result => answer('200 OK', result), (err: Error & { code?: string }) => {
+        this.options.log(`array ${action} on '${array}' refused: ${err.message}`)
+        answer(err.code === 'DST_ERR_NOTFOUND' ? '404 Not Found' : '409 Conflict', { error: err.message, code: err.code })
+      })
+    })
   }
 
   private upgrade (res: uws.HttpResponse, req: uws.HttpRequest, context: uws.us_socket_context_t): void {

@@ -10,6 +10,13 @@ import type { NodeConfig } from './config'
 import type { ServedExport } from '../export/server'
 import { REPLY_HEADER_SIZE } from '../export/codec'
 import { formatDstUrl } from '../export/client'
+import { RemoteDevice } from '../export/remote-device'
+import { MirrorDevice } from '../algorithms/mirror'
+import type { Device } from './device'
+import { DstError, Errno } from './errors'
+import { parseDstUrl, RESERVED_EXPORT_NAMES } from './config'
+import { emptyOverlay, writeOverlay } from './state'
+import { LOOPBACK_ONLY, parseCidr, type Cidr } from './acl'
 
 export interface NodeOptions {
   log?: (message: string) => void
@@ -26,6 +33,8 @@ export class DstNode {
   readonly pool: BufferPool
   private listener: Listener | null = null
   private readonly exports = new Map<string, ServedExport>()
+  /** Device names of exports added while running (split-off legs). */
+  private readonly exportDevices = new Map<string, string>()
   private readonly log: (message: string) => void
   private readonly startedAt = Date.now()
   private stopped: Promise<void> | null = null
@@ -59,6 +68,8 @@ export class DstNode {
       status: () => this.status(),
       metrics: () => renderMetrics(c.name, [...this.exports.values()], { count: this.pool.count, size: this.pool.size, available: this.pool.available, waits: this.pool.waits }),
       log: this.log,
+      admin: c.admin,
+      onAdmin: (array, action, body) => this.changeArray(array, action, body),
     })
     try {
       await this.listener.listen()
@@ -114,7 +125,83 @@ export class DstNode {
     return this.stopped
   }
 
+  /**
+   * Live array changes (dst array add/remove/split): applied with I/O paused only for the switch, then recorded in
+   * dataDir so a restart keeps them.
+   */
+  async changeArray (array: string, action: string, body: Record<string, unknown>): Promise<unknown> {
+    const c = this.config
+    const device = this.registry.get(array)
+    if (device === undefined) throw new DstError('DST_ERR_NOTFOUND', `no device named '${array}' on node ${c.name}`, Errno.EINVAL)
+    if (!(device instanceof MirrorDevice)) {
+      throw new DstError('DST_ERR_NOTMIRROR', `'${array}' is a ${device.type} device; only mirror arrays change members while running`, Errno.EINVAL)
+    }
+    if (c.dataDir === null) throw new DstError('DST_ERR_NOSTATE', 'this node has no dataDir to record array changes in', Errno.EINVAL)
+    const leg = body.device
+    if (typeof leg !== 'string' || leg === '') throw new DstError('DST_ERR_USAGE', 'give "device": a device name or a dst:// URL', Errno.EINVAL)
+    const overlay = c.overlay ?? emptyOverlay()
+    let detail: string
+    switch (action) {
+      case 'add': {
+        let name = leg
+        let member: Device
+        if (leg.startsWith('dst://')) {
+          const target = parseDstUrl(leg)
+          if (typeof target === 'string') throw new DstError('DST_ERR_USAGE', target, Errno.EINVAL)
+          name = typeof body.name === 'string' && body.name !== '' ? body.name : `${target.export}@${target.host}_${target.port}`.replace(/[^A-Za-z0-9._-]/g, '_')
+          if (this.registry.get(name) !== undefined) throw new DstError('DST_ERR_EXISTS', `a device named '${name}' already exists; pick another with "name"`, Errno.EINVAL)
+          const token = typeof body.token === 'string' ? body.token : undefined
+          member = await RemoteDevice.open(target, { token, pingInterval: c.pingInterval, log: m => this.log(`device '${name}': ${m}`) })
+          this.registry.add(name, member)
+          overlay.devices[name] = { type: 'remote', url: leg, ...(token !== undefined ? { token } : {}) }
+        } else {
+          const found = this.registry.get(leg)
+          if (found === undefined) throw new DstError('DST_ERR_NOTFOUND', `no device named '${leg}' on node ${c.name}`, Errno.EINVAL)
+          const owner = this.registry.ownerOf(leg)
+          if (owner !== undefined) throw new DstError('DST_ERR_INUSE', `'${leg}' is already a member of '${owner}'`, Errno.EINVAL)
+          if (this.registry.contains(leg, array) || leg === array) throw new DstError('DST_ERR_CYCLE', `'${leg}' contains '${array}': adding it would make a cycle`, Errno.EINVAL)
+          const exported = [...this.exports.values()].find(e => e.device === found)
+          if (exported !== undefined) throw new DstError('DST_ERR_INUSE', `'${leg}' is exported as '${exported.name}'; a leg must have one writer, the mirror`, Errno.EINVAL)
+          member = found
+        }
+        await device.addLeg({ name, device: member })
+        detail = `leg '${name}' added to '${array}'; full sync started`
+        break
+      }
+      case 'remove': {
+        await device.removeLeg(leg)
+        detail = `leg '${leg}' removed from '${array}'`
+        break
+      }
+      case 'split': {
+        const exportName = typeof body.export === 'string' && body.export !== '' ? body.export : undefined
+        if (exportName !== undefined && (this.exports.has(exportName) || RESERVED_EXPORT_NAMES.includes(exportName))) {
+          throw new DstError('DST_ERR_EXISTS', `export name '${exportName}' is taken`, Errno.EINVAL)
+        }
+        const detached = await device.splitLeg(leg)
+        detail = `leg '${leg}' split off '${array}' as a point-in-time copy`
+        if (exportName !== undefined) {
+          const readOnly = body.readOnly === true
+          this.exports.set(exportName, { name: exportName, device: detached, readOnly, allow: LOOPBACK_ONLY.map(x => parseCidr(x) as Cidr), metrics: new ExportMetrics() })
+          this.exportDevices.set(exportName, leg)
+          overlay.exports.push({ name: exportName, device: leg, readOnly })
+          detail += `, exported as ${formatDstUrl({ host: c.listen.host, port: this.port, export: exportName })}`
+        }
+        break
+      }
+      default:
+        throw new DstError('DST_ERR_USAGE', `unknown array action '${action}' (add, remove, split)`, Errno.EINVAL)
+    }
+    overlay.arrays[array] = { members: device.legNames }
+    c.overlay = overlay
+    await writeOverlay(c.dataDir, overlay)
+    this.log(detail)
+    return { ok: true, message: detail, array: device.status() }
+  }
+
   private deviceName (e: ServedExport): string {
+    const added = this.exportDevices.get(e.name)
+    if (added !== undefined) return added
     return this.config.exports.find(x => x.name === e.name)?.device ?? '?'
   }
 }

@@ -23,6 +23,28 @@ export class DeviceRegistry {
   private readonly order: string[] = []
 
   get (name: string): Device | undefined { return this.devices.get(name) }
+
+  /** Registers a device opened while running (a remote leg added by URL). */
+  add (name: string, device: Device): void {
+    if (this.devices.has(name)) throw new Error(`device '${name}' already exists`)
+    this.devices.set(name, device)
+    this.order.push(name)
+  }
+
+  /** The array that has `name` as a member, if any. */
+  ownerOf (name: string): string | undefined {
+    for (const [owner, d] of this.devices) {
+      if (memberNames(d).includes(name)) return owner
+    }
+    return undefined
+  }
+
+  /** True when `target` is somewhere inside the device tree of `name`. */
+  contains (name: string, target: string): boolean {
+    const d = this.devices.get(name)
+    if (d === undefined) return false
+    return memberNames(d).some(m => m === target || this.contains(m, target))
+  }
   names (): string[] { return [...this.order] }
 
   /** Opens every device; on any failure closes what was opened and rethrows. */
@@ -122,4 +144,10 @@ function arrayOrder (config: NodeConfig): DeviceConfig[] {
   }
   for (const name of config.devices.keys()) visit(name)
   return out
+}
+
+function memberNames (d: Device): string[] {
+  if (d instanceof MirrorDevice) return d.legNames
+  if (d instanceof LinearDevice) return d.members.map(m => m.name)
+  return []
 }

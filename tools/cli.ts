@@ -18,6 +18,7 @@ verbs:
   export   export one file without a config
   copy     copy between files, stdin/stdout and dst:// URLs
   status   show a node's devices and exports
+  array    add, remove or split off a mirror leg on a running node
 
 Run 'dst <verb> --help' for a verb's options.`
 
@@ -59,6 +60,25 @@ when stderr is a terminal.
   --in-flight N     requests in flight (default 16)
   --no-progress     never draw the progress bar
   --help            this text`,
+  array: `usage: dst array add    NODE_URL ARRAY DEVICE [--name NAME] [--token TOKEN]
+       dst array remove NODE_URL ARRAY LEG
+       dst array split  NODE_URL ARRAY LEG [--export NAME] [--read-only]
+
+Changes a mirror on a running node (NODE_URL is its http://HOST:PORT). I/O is held
+only for the switch; the change is kept in the node's dataDir, so a restart keeps it.
+
+  add     DEVICE is a device of that node not used elsewhere, or a dst:// URL (a
+          remote device is created, named NAME); the new leg gets a full sync
+  remove  drops a leg (never the last in-sync one)
+  split   detaches an in-sync leg as a consistent point-in-time copy, usable on
+          its own; --export serves it under that name
+
+  --name NAME         name for a remote device added by URL
+  --token TOKEN       token of the dst:// export added
+  --export NAME       export the split-off leg as NAME
+  --read-only         with --export: export it read-only
+  --admin-token T     the node's admin token, if it has one
+  --help              this text`,
   status: `usage: dst status [http://HOST:PORT] [--json]
 
 Prints a node's devices as a tree with state and size, and its exports.
@@ -96,6 +116,7 @@ export async function main (argv: string[]): Promise<void> {
       case 'export': return await exportVerb(rest)
       case 'copy': return await copyVerb(rest)
       case 'status': return await statusVerb(rest)
+      case 'array': return await arrayVerb(rest)
       default:
         throw new UsageError(`unknown verb '${verb}' (try 'dst --help')`)
     }
@@ -210,4 +231,33 @@ async function statusVerb (argv: string[]): Promise<void> {
   if (!/^https?:\/\//.test(base)) throw new UsageError(`'${base}' is not an http://HOST:PORT address`)
   const status = await fetchStatus(base)
   process.stdout.write(values.json === true ? JSON.stringify(status, null, 2) + '\n' : renderStatus(status) + '\n')
+}
+
+async function arrayVerb (argv: string[]): Promise<void> {
+  const { values, positionals } = parse('array', argv, {
+    name: { type: 'string' }, token: { type: 'string' }, export: { type: 'string' }, 'read-only': { type: 'boolean' },
+    'admin-token': { type: 'string' },
+  })
+  const [action, node, array, device, extra] = positionals
+  if (action === undefined || !['add', 'remove', 'split'].includes(action)) throw new UsageError('give add, remove or split (try dst array --help)')
+  if (node === undefined || array === undefined || device === undefined) throw new UsageError(`usage: dst array ${action} NODE_URL ARRAY ${action === 'add' ? 'DEVICE' : 'LEG'}`)
+  if (extra !== undefined) throw new UsageError(`unexpected argument '${extra}'`)
+  if (!/^https?:\/\//.test(node)) throw new UsageError(`'${node}' is not an http://HOST:PORT address`)
+  const body: Record<string, unknown> = { device }
+  if (typeof values.name === 'string') body.name = values.name
+  if (typeof values.token === 'string') body.token = values.token
+  if (typeof values.export === 'string') body.export = values.export
+  if (values['read-only'] === true) body.readOnly = true
+  const url = new URL(`/arrays/${encodeURIComponent(array)}/${action}`, node).toString()
+  const headers: Record<string, string> = { 'content-type': 'application/json' }
+  if (typeof values['admin-token'] === 'string') headers.authorization = `Bearer ${values['admin-token']}`
+  let res: Response
+  try {
+    res = await fetch(url, { method: 'POST', headers, body: JSON.stringify(body), signal: AbortSignal.timeout(120000) })
+  } catch (err) {
+    throw new Error(`${url}: ${(err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message}`)
+  }
+  const answer = await res.json().catch(() => ({})) as { message?: string, error?: string }
+  if (!res.ok) throw new Error(answer.error ?? `HTTP ${res.status}`)
+  process.stdout.write(`${answer.message ?? 'done'}\n`)
 }

@@ -40,8 +40,15 @@ export function renderStatus (s: StatusView): string {
     if (typeof d.path === 'string') detail.push(d.path)
     if (typeof d.url === 'string') detail.push(d.url)
     if (d.writable === false) detail.push('read-only')
+    if (typeof d.dirtyBytes === 'number' && d.dirtyBytes > 0) detail.push(`dirty ${formatSize(d.dirtyBytes)}`)
     if (typeof d.lastError === 'string') detail.push(`last error: ${d.lastError}`)
     lines.push(`${prefix}${last ? '└─ ' : '├─ '}${name}  ${detail.join('  ')}`)
+    const resync = d.resync as { doneBytes: number, totalBytes: number } | undefined
+    if (resync !== undefined) {
+      const frac = resync.totalBytes > 0 ? Math.min(1, resync.doneBytes / resync.totalBytes) : 1
+      const fill = Math.round(frac * 24)
+      lines.push(`${prefix}${last ? '   ' : '│  '}   resync [${'#'.repeat(fill)}${'.'.repeat(24 - fill)}] ${(frac * 100).toFixed(0)}% ${formatSize(resync.doneBytes)} / ${formatSize(resync.totalBytes)}`)
+    }
     const kids = d.members ?? []
     kids.forEach((m, i) => draw(m.name, m, prefix + (last ? '   ' : '│  '), i === kids.length - 1))
   }
