@@ -18,7 +18,13 @@ export function parseCidr (text: unknown): Cidr | string {
   if (!Number.isInteger(prefix) || prefix < 0 || prefix > width || (prefixText !== undefined && !/^\d+$/.test(prefixText))) {
     return `"${text}" has a bad prefix length (0..${width})`
   }
-  return { family, bits: addressBits(addr, family), prefix, text }
+  const bits = addressBits(addr, family)
+  // An IPv4-mapped IPv6 entry (::ffff:a.b.c.d) names IPv4 clients, which is how clients are compared.
+  if (family === 6 && (bits >> 32n) === 0xffffn) {
+    if (prefix < 96) return `"${text}" mixes IPv4-mapped and other IPv6 addresses; write the IPv4 form`
+    return { family: 4, bits: bits & 0xffffffffn, prefix: prefix - 96, text }
+  }
+  return { family, bits, prefix, text }
 }
 
 export function allowed (list: readonly Cidr[], address: string): boolean {

@@ -287,7 +287,13 @@ export function parseDstUrl (value: unknown): { host: string, port: number, expo
   const port = Number(m[2])
   if (port < 1 || port > 65535) return `"${value}": port ${port} is out of range`
   const host = m[1].startsWith('[') ? m[1].slice(1, -1) : m[1]
-  return { host, port, export: decodeURIComponent(m[3]) }
+  let name: string
+  try {
+    name = decodeURIComponent(m[3])
+  } catch {
+    return `"${value}": bad %-escape in the export name`
+  }
+  return { host, port, export: name }
 }
 
 export function parseAddress (value: unknown, field: string, fail: Fail): Address {

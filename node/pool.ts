@@ -41,6 +41,7 @@ export class BufferPool {
     const headroom = options.headroom ?? 0
     if (!Number.isInteger(count) || count <= 0) throw new RangeError(`buffer pool count must be a positive integer, got ${count}`)
     if (!Number.isInteger(size) || size <= 0) throw new RangeError(`buffer pool size must be a positive integer, got ${size}`)
+    if (!Number.isInteger(headroom) || headroom < 0) throw new RangeError(`buffer pool headroom must be a whole number of bytes, got ${headroom}`)
     this.count = count
     this.size = size
     this.headroom = headroom
