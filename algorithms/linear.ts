@@ -4,6 +4,7 @@
 
 import { Device, type DeviceStatus } from '../node/device'
 import { DstError, Errno } from '../node/errors'
+import { derivedIdentity } from '../node/identity'
 
 export interface Member { name: string, device: Device }
 
@@ -26,7 +27,8 @@ export class LinearDevice extends Device {
     })
     this.members = members
     this.starts = starts
-    this.identity = ''
+    // A concatenation is the same data exactly when it has the same members in the same order.
+    this.identity = derivedIdentity(`linear:${members.map(m => `${m.device.identity}/${m.device.size}`).join(',')}`)
   }
 
   protected override _read (offset: number, length: number, into: Uint8Array): Promise<void> {

@@ -41,7 +41,7 @@ export interface SessionTransport {
   end: (code: number, reason: string) => void
 }
 
-export const CloseCode = { NORMAL: 1000, GOING_AWAY: 1001, PROTOCOL: 1002, BAD_DATA: 1007, POLICY: 1008 } as const
+export const CloseCode = { NORMAL: 1000, GOING_AWAY: 1001, PROTOCOL: 1002, BAD_DATA: 1007, POLICY: 1008, INTERNAL: 1011 } as const
 
 export class ExportSession {
   private readonly decoder: FrameDecoder<RequestHeader>

@@ -2,7 +2,7 @@
 // and writes looped, flush = fdatasync. A missing file is created sparse at the configured size.
 
 import * as fs from 'node:fs'
-import { createHash } from 'node:crypto'
+import { derivedIdentity } from './identity'
 import { Device } from './device'
 import { DstError, Errno } from './errors'
 
@@ -103,8 +103,7 @@ export class FileDevice extends Device {
 
 /** The identity of a file is its inode and birth time: the same file keeps it, a replaced file gets a new one. */
 function identityOf (st: fs.Stats): string {
-  const h = createHash('sha256').update(`${st.dev}:${st.ino}:${st.rdev}:${st.birthtimeMs}`).digest('hex')
-  return `${h.slice(0, 8)}-${h.slice(8, 12)}-4${h.slice(13, 16)}-8${h.slice(17, 20)}-${h.slice(20, 32)}`
+  return derivedIdentity(`${st.dev}:${st.ino}:${st.rdev}:${st.birthtimeMs}`)
 }
 
 /** Size of a block device from its device number (Node has no lseek or BLKGETSIZE64; the kernel reports it in /sys). */

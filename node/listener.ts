@@ -52,13 +52,21 @@ export class Listener {
         data.session = session
         this.sessions.add(ws)
         if (this.stopping) session.stopping = true
-        ws.send(session.handshake(), true, false)
+        try {
+          ws.send(session.handshake(), true, false)
+        } catch (err) {
+          this.internalError(ws, session, err)
+        }
       },
       message: (ws, message, isBinary) => {
         const session = ws.getUserData().session
         if (session === null) return
         if (!isBinary) { ws.end(CloseCode.BAD_DATA, 'text messages are not part of the protocol'); session.onClose(); return }
-        session.onMessage(Buffer.from(message))
+        try {
+          session.onMessage(Buffer.from(message))
+        } catch (err) {
+          this.internalError(ws, session, err)
+        }
       },
       close: ws => {
         this.sessions.delete(ws)
@@ -104,6 +112,13 @@ export class Listener {
       ws.end(CloseCode.GOING_AWAY, 'node shutting down')
     }
     this.sessions.clear()
+  }
+
+  /** A bug must cost one connection, never the node: log it and close that connection (1011). */
+  private internalError (ws: uws.WebSocket<UserData>, session: ExportSession, err: unknown): void {
+    this.options.log(`internal error on a connection to '${ws.getUserData().exp.name}': ${(err as Error).stack ?? String(err)}`)
+    session.onClose()
+    ws.end(CloseCode.INTERNAL, 'internal error')
   }
 
   /** POST /arrays/NAME/ACTION with a JSON body: live array changes, for the admin allow list and token only. */
