@@ -1,0 +1,186 @@
+// `npm run bench`: measures, side by side in one run on loopback, a device one dst:// hop away against a mirror of
+// two remote nodes (and the leaf exported directly), with the same client and the same jobs. Reports ratios, which
+// mean something on a shared machine; the absolute numbers are only for orientation. Not part of `npm test`.
+
+import { spawn, type ChildProcess } from 'node:child_process'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import { randomFillSync } from 'node:crypto'
+import { RemoteDevice } from '../export/remote-device'
+import { parseDstUrl } from '../node/config'
+
+const MiB = 1024 * 1024
+const DST = path.join(__dirname, 'dst.js')
+const procs: ChildProcess[] = []
+
+interface Target { name: string, url: string, pid: () => number }
+interface Job { name: string, run: (dev: RemoteDevice) => Promise<{ ops: number, bytes: number, secs: number, p99: number }> }
+
+function start (args: string[]): Promise<{ port: number, proc: ChildProcess }> {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(process.execPath, [DST, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    procs.push(proc)
+    let out = ''
+    const timer = setTimeout(() => reject(new Error(`dst ${args.join(' ')} did not start: ${out}`)), 60000)
+    const onData = (c: Buffer): void => {
+      out += c.toString()
+      const m = /status {2}http:\/\/[^\s/]+:(\d+)\/status/.exec(out)
+      if (m !== null && out.includes(' ready\n')) { clearTimeout(timer); resolve({ port: Number(m[1]), proc }) }
+    }
+    proc.stdout?.on('data', onData)
+    proc.stderr?.on('data', (c: Buffer) => { out += c.toString() })
+    proc.on('exit', code => { clearTimeout(timer); reject(new Error(`dst ${args.join(' ')} exited ${code}: ${out}`)) })
+  })
+}
+
+async function open (url: string): Promise<RemoteDevice> {
+  const t = parseDstUrl(url)
+  if (typeof t === 'string') throw new Error(t)
+  return RemoteDevice.open(t, { queueDepth: 64, openTimeout: 30000 })
+}
+
+function percentile (xs: number[], p: number): number {
+  if (xs.length === 0) return 0
+  const s = xs.slice().sort((a, b) => a - b)
+  return s[Math.min(s.length - 1, Math.floor(p * s.length))]
+}
+
+/** Runs `depth` workers issuing requests from `next` until `seconds` pass. */
+async function loop (seconds: number, depth: number, issue: (worker: number, i: number) => Promise<number>): Promise<{ ops: number, bytes: number, secs: number, p99: number }> {
+  const end = Date.now() + seconds * 1000
+  let ops = 0
+  let bytes = 0
+  const lat: number[] = []
+  const began = process.hrtime.bigint()
+  await Promise.all(Array.from({ length: depth }, async (_, w) => {
+    for (let i = 0; Date.now() < end; i++) {
+      const t0 = process.hrtime.bigint()
+      bytes += await issue(w, i)
+      lat.push(Number(process.hrtime.bigint() - t0) / 1e6)
+      ops++
+    }
+  }))
+  const secs = Number(process.hrtime.bigint() - began) / 1e9
+  return { ops, bytes, secs, p99: percentile(lat, 0.99) }
+}
+
+function jobs (seconds: number): Job[] {
+  const rnd = (n: number): number => Math.floor(Math.random() * n)
+  return [
+    {
+      name: 'seq read 1MiB qd8',
+      run: async dev => {
+        const bufs = Array.from({ length: 8 }, () => Buffer.alloc(MiB))
+        const blocks = Math.floor(dev.size / MiB)
+        let next = 0
+        return loop(seconds, 8, async w => { const at = (next++ % blocks) * MiB; await dev.read(at, MiB, bufs[w]); return MiB })
+      },
+    },
+    {
+      name: 'seq write 1MiB qd4',
+      run: async dev => {
+        const bufs = Array.from({ length: 4 }, () => randomFillSync(Buffer.alloc(MiB)))
+        const blocks = Math.floor(dev.size / MiB)
+        let next = 0
+        return loop(seconds, 4, async w => { const at = (next++ % blocks) * MiB; await dev.write(at, bufs[w]); return MiB })
+      },
+    },
+    {
+      name: 'rand read 4KiB qd16',
+      run: async dev => {
+        const bufs = Array.from({ length: 16 }, () => Buffer.alloc(4096))
+        const blocks = Math.floor(dev.size / 4096)
+        return loop(seconds, 16, async w => { await dev.read(rnd(blocks) * 4096, 4096, bufs[w]); return 4096 })
+      },
+    },
+    {
+      name: 'rand write 4KiB qd16',
+      run: async dev => {
+        const bufs = Array.from({ length: 16 }, () => randomFillSync(Buffer.alloc(4096)))
+        const blocks = Math.floor(dev.size / 4096)
+        return loop(seconds, 16, async w => { await dev.write(rnd(blocks) * 4096, bufs[w]); return 4096 })
+      },
+    },
+  ]
+}
+
+function peakRss (pid: number): number {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))
+    return m === null ? 0 : Number(m[1]) * 1024
+  } catch { return 0 }
+}
+
+async function main (): Promise<void> {
+  const seconds = Number(process.env.BENCH_SECONDS ?? 5)
+  const size = Number(process.env.BENCH_SIZE_MIB ?? 256) * MiB
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dst-bench-'))
+  try {
+    // Two leaves with identical contents (so the mirror's first sync only compares), kept in the page cache.
+    const data = randomFillSync(Buffer.alloc(size))
+    fs.writeFileSync(path.join(dir, 'l1.img'), data)
+    fs.writeFileSync(path.join(dir, 'l2.img'), data)
+    const l1 = await start(['export', path.join(dir, 'l1.img'), '--listen', '127.0.0.1:0', '--name', 'disk'])
+    const l2 = await start(['export', path.join(dir, 'l2.img'), '--listen', '127.0.0.1:0', '--name', 'disk'])
+    const cfg = (name: string, devices: object, device: string): string => {
+      const file = path.join(dir, `${name}.json`)
+      fs.writeFileSync(file, JSON.stringify({ name, listen: '127.0.0.1:0', dataDir: `./state-${name}`, devices, exports: [{ device }] }))
+      return file
+    }
+    const hop = await start(['node', '--config', cfg('hop', { far: { type: 'remote', url: `dst://127.0.0.1:${l1.port}/disk` } }, 'far')])
+    const mir = await start(['node', '--config', cfg('mir', {
+      a: { type: 'remote', url: `dst://127.0.0.1:${l1.port}/disk` },
+      b: { type: 'remote', url: `dst://127.0.0.1:${l2.port}/disk` },
+      m: { type: 'mirror', members: ['a', 'b'] },
+    }, 'm')])
+    // Wait for the mirror's first sync (a compare of identical legs).
+    for (let i = 0; i < 600; i++) {
+      const s = await (await fetch(`http://127.0.0.1:${mir.port}/status`)).json() as { devices: { m: { state: string } } }
+      if (s.devices.m.state === 'online') break
+      await new Promise(resolve => setTimeout(resolve, 200))
+    }
+    const targets: Target[] = [
+      { name: 'leaf (direct)', url: `dst://127.0.0.1:${l1.port}/disk`, pid: () => l1.proc.pid ?? 0 },
+      { name: 'remote, one hop', url: `dst://127.0.0.1:${hop.port}/far`, pid: () => hop.proc.pid ?? 0 },
+      { name: 'mirror of 2 remote', url: `dst://127.0.0.1:${mir.port}/m`, pid: () => mir.proc.pid ?? 0 },
+    ]
+    const results = new Map<string, Map<string, { mibs: number, iops: number, p99: number }>>()
+    console.log(`dst bench: ${seconds} s per job, ${size / MiB} MiB devices, loopback, ${os.cpus().length} cores\n`)
+    for (const job of jobs(seconds)) {
+      for (const target of targets) {
+        const dev = await open(target.url)
+        const r = await job.run(dev)
+        await dev.close()
+        const row = results.get(job.name) ?? new Map()
+        row.set(target.name, { mibs: r.bytes / MiB / r.secs, iops: r.ops / r.secs, p99: r.p99 })
+        results.set(job.name, row)
+      }
+    }
+    const base = 'remote, one hop'
+    const pad = (s: string, n: number): string => s.padEnd(n)
+    console.log(`${pad('job', 22)}${pad('target', 22)}${pad('MiB/s', 10)}${pad('IOPS', 10)}${pad('p99 ms', 9)}vs one hop`)
+    for (const [job, row] of results) {
+      for (const [target, r] of row) {
+        const ratio = r.mibs / (row.get(base)?.mibs ?? r.mibs)
+        console.log(`${pad(job, 22)}${pad(target, 22)}${pad(r.mibs.toFixed(1), 10)}${pad(r.iops.toFixed(0), 10)}${pad(r.p99.toFixed(2), 9)}${ratio.toFixed(2)}x`)
+      }
+    }
+    console.log('\npeak RSS (VmHWM):')
+    for (const t of targets) console.log(`  ${pad(t.name, 22)}${(peakRss(t.pid()) / MiB).toFixed(0)} MiB`)
+    const seq = results.get('seq read 1MiB qd8')
+    if (seq !== undefined) {
+      const ratio = (seq.get('mirror of 2 remote')?.mibs ?? 0) / (seq.get(base)?.mibs ?? 1)
+      console.log(`\nsequential read, mirror of two remote nodes vs one: ${ratio.toFixed(2)}x`)
+    }
+  } finally {
+    for (const p of procs) p.kill('SIGKILL')
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+main().catch(err => {
+  for (const p of procs) p.kill('SIGKILL')
+  console.error(`bench: ${(err as Error).message}`)
+  process.exit(1)
+})
