@@ -94,9 +94,22 @@ export class FileIntentStore implements IntentStore {
     }
     const head = buf.subarray(0, PAGE).toString('utf8')
     if (!head.startsWith(FileIntentStore.MAGIC)) throw new Error(`${this.file}: not a dst mirror intent file`)
-    const superblock = JSON.parse(head.slice(FileIntentStore.MAGIC.length).trim()) as Superblock
+    let superblock: Superblock
+    try {
+      superblock = JSON.parse(head.slice(FileIntentStore.MAGIC.length).trim()) as Superblock
+      if (!Number.isSafeInteger(superblock.size) || !Number.isSafeInteger(superblock.region) || superblock.region <= 0 || !Array.isArray(superblock.legs)) {
+        throw new Error('missing size, region or legs')
+      }
+    } catch (err) {
+      throw new Error(`${this.file}: damaged mirror superblock: ${(err as Error).message}`)
+    }
     const bytes = bitmapBytes(Math.ceil(superblock.size / superblock.region))
     const stride = roundUp(bytes, PAGE)
+    // Missing bitmap bytes would read as "clean" and hide regions that may differ: refuse instead.
+    const needed = PAGE + stride * (superblock.legs.length - 1) + bytes
+    if (superblock.legs.length > 0 && buf.length < needed) {
+      throw new Error(`${this.file}: truncated (${buf.length} bytes, the layout needs ${needed})`)
+    }
     const bits = superblock.legs.map((_, i) => {
       const b = new Uint8Array(bytes)
       b.set(buf.subarray(PAGE + i * stride, PAGE + i * stride + bytes))

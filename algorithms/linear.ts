@@ -5,6 +5,7 @@
 import { Device, type DeviceStatus } from '../node/device'
 import { DstError, Errno } from '../node/errors'
 import { derivedIdentity } from '../node/identity'
+import { settleAll } from '../node/settle'
 
 export interface Member { name: string, device: Device }
 
@@ -40,7 +41,7 @@ export class LinearDevice extends Device {
   }
 
   protected override _flush (): Promise<void> {
-    return Promise.all(this.members.map(m => m.device.flush())).then(noop)
+    return settleAll(this.members.map(m => m.device.flush()))
   }
 
   protected override _trim (offset: number, length: number): Promise<void> {
@@ -68,7 +69,7 @@ export class LinearDevice extends Device {
       parts.push(fn(this.members[i], pos - this.starts[i], stop - pos, pos - offset))
       pos = stop
     }
-    return Promise.all(parts).then(noop)
+    return settleAll(parts)
   }
 
   /** The member holding `offset` (binary search over the starts). */
@@ -83,4 +84,3 @@ export class LinearDevice extends Device {
   }
 }
 
-function noop (): void {}

@@ -10,6 +10,7 @@ import { Device, type DeviceStatus } from '../node/device'
 import { DstError, Errno } from '../node/errors'
 import { bitmapBytes, PAGE, type IntentState, type IntentStore, type LegRecord } from './intent-store'
 import type { Member } from './linear'
+import { settleAll } from '../node/settle'
 
 export type LegState = 'in-sync' | 'stale' | 'resyncing' | 'failed'
 
@@ -70,10 +71,11 @@ export class MirrorDevice extends Device {
   private pages = new Map<number, Set<number>>()
   private saving: Promise<void> | null = null
   private saveQueued: Promise<void> | null = null
-  private locked = -1
+  /** Regions being copied by a resync, and by how many resyncs (several legs may resync at once). */
+  private readonly locked = new Map<number, number>()
   private paused = false
   private readonly gate: Array<() => void> = []
-  private readonly idleWaiters = new Map<number, () => void>()
+  private readonly idleWaiters = new Map<number, Array<() => void>>()
   private activeIdle: (() => void) | null = null
   private timers: NodeJS.Timeout[] = []
   private stopping = false
@@ -257,7 +259,7 @@ export class MirrorDevice extends Device {
           work.push(this.legRead(leg, offset + pos, n, into.subarray(pos, pos + n))
             .catch(() => this.readRange(offset + pos, n, into.subarray(pos, pos + n))))
         }
-        await Promise.all(work)
+        await settleAll(work)
         return
       }
       const leg = eligible[0]
@@ -287,7 +289,6 @@ export class MirrorDevice extends Device {
     const r0 = this.regionOf(offset)
     const r1 = this.regionOf(offset + length - 1)
     await this.enter(r0, r1)
-    for (let r = r0; r <= r1; r++) { this.regionInflight.set(r, (this.regionInflight.get(r) ?? 0) + 1); this.touched.add(r) }
     try {
       if (this.markIntent(r0, r1)) await this.save()
       const targets: Leg[] = []
@@ -300,25 +301,38 @@ export class MirrorDevice extends Device {
           .finally(() => { l.outstanding-- })
       }))
       if (!targets.some((l, i) => ok[i] && l.state === 'in-sync')) throw this.noLegError(`write ${offset}+${length}`)
+      // A leg failed under this write: the superblock must say so on disk before the write is acknowledged, or a crash
+      // now could pick that leg as the source and copy its old data over the legs that took the write.
+      if (ok.includes(false)) await this.save()
     } finally {
       for (let r = r0; r <= r1; r++) {
         const n = (this.regionInflight.get(r) ?? 1) - 1
         if (n === 0) {
           this.regionInflight.delete(r)
           const idle = this.idleWaiters.get(r)
-          if (idle !== undefined) { this.idleWaiters.delete(r); idle() }
+          if (idle !== undefined) { this.idleWaiters.delete(r); for (const wake of idle) wake() }
         } else this.regionInflight.set(r, n)
       }
       this.exit()
     }
   }
 
-  /** Waits while I/O is paused or (for writes) while a region of the range is being resynced. */
+  /**
+   * Waits while I/O is paused or (for writes, r0 >= 0) while a region of the range is being resynced; then, in the same
+   * synchronous step, counts the request in, so a resync that locks a region afterwards waits for it.
+   */
   private async enter (r0 = -1, r1 = -1): Promise<void> {
-    while (this.paused || (this.locked >= 0 && this.locked >= r0 && this.locked <= r1)) {
+    while (this.paused || (r0 >= 0 && this.anyLocked(r0, r1))) {
       await new Promise<void>(resolve => this.gate.push(resolve))
     }
     this.active++
+    for (let r = r0; r >= 0 && r <= r1; r++) { this.regionInflight.set(r, (this.regionInflight.get(r) ?? 0) + 1); this.touched.add(r) }
+  }
+
+  private anyLocked (r0: number, r1: number): boolean {
+    if (this.locked.size === 0) return false
+    for (let r = r0; r <= r1; r++) if (this.locked.has(r)) return true
+    return false
   }
 
   private exit (): void {
@@ -363,7 +377,7 @@ export class MirrorDevice extends Device {
   private clearQuiet (all = false): boolean {
     let changed = false
     for (const r of this.marked) {
-      if (this.regionInflight.has(r) || (!all && this.touched.has(r)) || r === this.locked) continue
+      if (this.regionInflight.has(r) || (!all && this.touched.has(r)) || this.locked.has(r)) continue
       let left = false
       for (let i = 0; i < this.legs.length; i++) {
         const l = this.legs[i]
@@ -440,7 +454,8 @@ export class MirrorDevice extends Device {
   private probe (): void {
     const now = Date.now()
     for (const l of this.legs) {
-      if (l.state !== 'failed' || now < l.nextProbe || this.stopping) continue
+      // A leg whose old resync is still winding down is probed once that has stopped.
+      if (l.state !== 'failed' || now < l.nextProbe || this.stopping || l.running !== null) continue
       const ds = l.device.state
       if (ds === 'connecting' || ds === 'closed' || ds === 'closing' || ds === 'failed') continue
       l.nextProbe = Number.POSITIVE_INFINITY
@@ -494,7 +509,7 @@ export class MirrorDevice extends Device {
           l.resync.copiedBytes += copied
           this.resyncedBytes += copied
         } finally {
-          this.unlockRegion()
+          this.unlockRegion(r)
         }
         if (rate > 0) {
           const ahead = (l.resync.doneBytes / rate) * 1000 - (Date.now() - began)
@@ -547,12 +562,18 @@ export class MirrorDevice extends Device {
   }
 
   private async lockRegion (r: number): Promise<void> {
-    this.locked = r
-    if (this.regionInflight.has(r)) await new Promise<void>(resolve => this.idleWaiters.set(r, resolve))
+    this.locked.set(r, (this.locked.get(r) ?? 0) + 1)
+    if (this.regionInflight.has(r)) {
+      await new Promise<void>(resolve => {
+        const list = this.idleWaiters.get(r)
+        if (list === undefined) this.idleWaiters.set(r, [resolve]); else list.push(resolve)
+      })
+    }
   }
 
-  private unlockRegion (): void {
-    this.locked = -1
+  private unlockRegion (r: number): void {
+    const n = (this.locked.get(r) ?? 1) - 1
+    if (n === 0) this.locked.delete(r); else this.locked.set(r, n)
     this.openGate()
   }
 
@@ -688,3 +709,4 @@ function countOnes (a: Uint8Array): number {
   for (let i = 0; i < a.length; i++) n += a[i]
   return n
 }
+

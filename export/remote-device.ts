@@ -7,6 +7,7 @@
 import { Device, type DeviceStatus } from '../node/device'
 import { DstError, Errno } from '../node/errors'
 import { Op } from './codec'
+import { settleAll } from '../node/settle'
 import { Connection, formatDstUrl, type ConnectOptions, type DstUrl } from './client'
 
 export interface RemoteDeviceOptions extends ConnectOptions {
@@ -106,7 +107,7 @@ export class RemoteDevice extends Device {
       const view = buf.subarray(done, done + n)
       parts.push(conn.request(op, offset + done, n, op === Op.READ ? view : null, op === Op.WRITE ? view : null))
     }
-    return Promise.all(parts).then(noop)
+    return settleAll(parts)
   }
 
   private live (): Connection {
@@ -157,4 +158,3 @@ export class RemoteDevice extends Device {
   }
 }
 
-function noop (): void {}

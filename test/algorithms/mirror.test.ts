@@ -1,0 +1,770 @@
+// Tests for algorithms/mirror.ts: legs that each hold the whole array. Legs are MemoryDevices behind FaultDevices, so
+// a test can fail a leg (`failing`), slow it (`delay`) and count its traffic (`counts`). What is checked: size and
+// writes fan-out, reads only from legs that hold the range and balanced across them, degraded service while a leg is
+// away, resync of only the dirty regions (and compare-first full sync for a new array or leg), crash recovery from the
+// durable write-intent map, writes racing a resync, and add/remove/split of legs. A fast-check property runs random
+// writes, reads, leg failures and returns against a Buffer model.
+
+import test, { type ExecutionContext } from 'ava'
+import fc from 'fast-check'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import { MirrorDevice, type MirrorOptions } from '../../algorithms/mirror'
+import { FileIntentStore, MemoryIntentStore, type IntentState, type IntentStore } from '../../algorithms/intent-store'
+import type { Member } from '../../algorithms/linear'
+import { Device } from '../../node/device'
+import { MemoryDevice } from '../../node/memory-device'
+import { FaultDevice } from '../../node/fault-device'
+import { DstError, Errno } from '../../node/errors'
+
+const KiB = 1024
+const REGION = 4 * KiB
+
+const sleep = (ms: number): Promise<void> => new Promise(resolve => setTimeout(resolve, ms))
+
+/** Polls `cond` every few ms for at most `ms`; true when it held. */
+async function waitFor (cond: () => boolean, ms = 5000): Promise<boolean> {
+  const until = Date.now() + ms
+  while (!cond()) {
+    if (Date.now() > until) return false
+    await sleep(5)
+  }
+  return true
+}
+
+function allInSync (m: MirrorDevice): boolean {
+  return m.legStates().every(l => l.state === 'in-sync')
+}
+
+function legState (m: MirrorDevice, name: string): string {
+  return m.legStates().find(l => l.name === name)?.state ?? 'absent'
+}
+
+/** Bytes that differ at every position, so a misplaced or stale piece shows up. */
+function pattern (length: number, seed: number): Buffer {
+  const b = Buffer.alloc(length)
+  for (let i = 0; i < length; i++) b[i] = (seed * 31 + i * 7 + (i >> 9)) & 0xff
+  return b
+}
+
+interface Rig { mems: MemoryDevice[], faults: FaultDevice[], members: Member[] }
+
+function rig (sizes: number[]): Rig {
+  const mems = sizes.map(size => new MemoryDevice({ size }))
+  const faults = mems.map(m => new FaultDevice(m))
+  return { mems, faults, members: faults.map((device, i) => ({ name: legName(i), device })) }
+}
+
+function legName (i: number): string { return String.fromCharCode(97 + i) } // a, b, c
+
+/** Opens a mirror (fast timers by default) and closes it when the test ends, so its timers stop. */
+async function openMirror (t: ExecutionContext, members: Member[], options: Partial<MirrorOptions> = {}): Promise<MirrorDevice> {
+  const m = await MirrorDevice.open({
+    name: 'm', legs: members, region: REGION, store: new MemoryIntentStore(), clearDelay: 10, probeInterval: 10, ...options,
+  })
+  t.teardown(() => closeSoon(m))
+  return m
+}
+
+/** Closes a mirror, but never lets a test hang on it. */
+async function closeSoon (m: Device): Promise<void> {
+  await Promise.race([m.close().catch(() => {}), sleep(2000)])
+}
+
+/** Opens a new array and waits for its first (compare-only) sync of legs 2..n. */
+async function openSynced (t: ExecutionContext, members: Member[], options: Partial<MirrorOptions> = {}): Promise<MirrorDevice> {
+  const m = await openMirror(t, members, options)
+  if (options.autoResync === false) for (const l of m.legNames) await m.startResync(l)
+  t.true(await waitFor(() => allInSync(m)), 'the new array synced')
+  return m
+}
+
+function regionsWithBits (state: IntentState, region: number): number {
+  const regions = Math.ceil(state.superblock.size / region)
+  let n = 0
+  for (let r = 0; r < regions; r++) if (state.bits.some(b => (b[r >> 3] & (1 << (r & 7))) !== 0)) n++
+  return n
+}
+
+/** A device that stops answering at a "crash": afterwards every request fails, so nothing reaches the disk below. */
+class Crashable extends Device {
+  readonly type = 'crashable'
+  crashed = false
+  constructor (readonly inner: Device) {
+    super({ size: inner.size, blockSize: inner.blockSize, canFlush: inner.canFlush, canTrim: inner.canTrim })
+    this.identity = inner.identity
+  }
+
+  protected override _read (offset: number, length: number, into: Uint8Array): Promise<void> {
+    return this.crashed ? Promise.reject(gone()) : this.inner.read(offset, length, into)
+  }
+
+  protected override _write (offset: number, data: Uint8Array): Promise<void> {
+    return this.crashed ? Promise.reject(gone()) : this.inner.write(offset, data)
+  }
+
+  protected override _flush (): Promise<void> { return this.crashed ? Promise.reject(gone()) : this.inner.flush() }
+  protected override _trim (offset: number, length: number): Promise<void> {
+    return this.crashed ? Promise.reject(gone()) : this.inner.trim(offset, length)
+  }
+}
+
+function gone (): DstError { return new DstError('DST_ERR_EIO', 'crashed', Errno.EIO) }
+
+/**
+ * A store in front of a MemoryIntentStore whose saves take `delay` ms to become durable (as an fdatasync does); after
+ * crash() nothing more becomes durable. `inner.saved` is then exactly what survived.
+ */
+class CrashableStore implements IntentStore {
+  readonly inner = new MemoryIntentStore()
+  crashed = false
+  /** Saves under way (not yet durable). */
+  pending = 0
+  constructor (readonly delay = 0) {}
+
+  load (): Promise<IntentState | null> { return this.inner.load() }
+
+  async create (state: IntentState): Promise<void> {
+    const copy = snapshot(state)
+    this.pending++
+    try {
+      if (this.delay > 0) await sleep(this.delay)
+      if (!this.crashed) await this.inner.create(copy)
+    } finally { this.pending-- }
+  }
+
+  async update (state: IntentState, pages: Map<number, Set<number>>): Promise<void> {
+    const copy = snapshot(state)
+    this.pending++
+    try {
+      if (this.delay > 0) await sleep(this.delay)
+      if (!this.crashed) await this.inner.update(copy, pages)
+    } finally { this.pending-- }
+  }
+}
+
+function snapshot (s: IntentState): IntentState {
+  return { superblock: JSON.parse(JSON.stringify(s.superblock)) as IntentState['superblock'], bits: s.bits.map(b => b.slice()) }
+}
+
+/** A device whose writes can be slowed on their own (reads stay fast) and observed as they are issued. */
+class HookDevice extends Device {
+  readonly type = 'hook'
+  writeDelay = 0
+  onWrite: ((offset: number) => void) | null = null
+  constructor (readonly inner: Device) {
+    super({ size: inner.size, blockSize: inner.blockSize })
+    this.identity = inner.identity
+  }
+
+  protected override _read (offset: number, length: number, into: Uint8Array): Promise<void> {
+    return this.inner.read(offset, length, into)
+  }
+
+  protected override async _write (offset: number, data: Uint8Array): Promise<void> {
+    this.onWrite?.(offset)
+    if (this.writeDelay > 0) await sleep(this.writeDelay)
+    return this.inner.write(offset, data)
+  }
+}
+
+// ---- opening -------------------------------------------------------------------------------------------------------
+
+test('size is the smallest leg; a new array syncs legs 2..n from leg 1', async t => {
+  const { mems, faults, members } = rig([64 * KiB, 64 * KiB + 3000, 80 * KiB])
+  mems[0].data.set(pattern(64 * KiB, 1))
+  const m = await openSynced(t, members)
+  t.is(m.size, 64 * KiB)
+  t.is(m.regions, 16)
+  t.true(m.writable)
+  t.is(m.status().state, 'online')
+  for (const i of [1, 2]) t.true(mems[i].data.subarray(0, m.size).equals(mems[0].data), `leg ${legName(i)} holds leg a's data`)
+  t.is(faults[0].counts.writeBytes, 0, 'leg 1 is the truth: nothing is written to it')
+})
+
+test('a new array compares before it copies: identical regions are not written', async t => {
+  const { mems, faults, members } = rig([64 * KiB, 64 * KiB])
+  const truth = pattern(64 * KiB, 5)
+  mems[0].data.set(truth)
+  mems[1].data.set(truth)
+  // Three regions differ on leg b; one of them only in its last byte.
+  mems[1].data.fill(0, 2 * REGION, 3 * REGION)
+  mems[1].data[9 * REGION + REGION - 1] ^= 0xff
+  mems[1].data.fill(0xee, 15 * REGION + 10, 15 * REGION + 20)
+  const m = await openSynced(t, members)
+  t.is(faults[1].counts.writeBytes, 3 * REGION)
+  t.is(m.resyncedBytes, 3 * REGION)
+  t.is(m.comparedBytes, 64 * KiB, 'every region was compared once')
+  t.true(mems[1].data.equals(truth))
+  t.true(mems[0].data.equals(truth))
+})
+
+test('a mirror needs at least one leg', async t => {
+  const err = await t.throwsAsync(MirrorDevice.open({ name: 'none', legs: [], region: REGION, store: new MemoryIntentStore() }))
+  t.is((err as DstError).code, 'DST_ERR_CONFIG')
+})
+
+// A mirror of one leg is what `dst array remove/split` can leave behind; it opens, degraded, and its last leg stays.
+test('a mirror of one leg is degraded and its only leg can be neither removed nor split', async t => {
+  const { mems, members } = rig([16 * KiB])
+  const m = await openMirror(t, members)
+  t.is(m.status().state, 'degraded')
+  await m.write(100, Buffer.from('alone'))
+  t.is(mems[0].data.subarray(100, 105).toString(), 'alone')
+  await t.throwsAsync(m.removeLeg('a'), { code: 'DST_ERR_LASTLEG' })
+  await t.throwsAsync(m.splitLeg('a'), { code: 'DST_ERR_LASTLEG' })
+})
+
+test('reopening after a clean close costs no resync (FileIntentStore)', async t => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dst-mirror-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const file = path.join(dir, 'm.intent')
+  const { mems, faults, members } = rig([64 * KiB, 64 * KiB])
+  const m1 = await openSynced(t, members, { store: new FileIntentStore(file) })
+  await m1.write(5000, pattern(20000, 2))
+  await m1.close()
+  const before = faults[1].counts.writeBytes
+  const m2 = await openMirror(t, members, { store: new FileIntentStore(file) })
+  t.deepEqual(m2.legStates().map(l => l.state), ['in-sync', 'in-sync'])
+  t.is(m2.identity, m1.identity, 'the array keeps its UUID')
+  await sleep(30)
+  t.is(m2.resyncedBytes + m2.comparedBytes, 0)
+  t.is(faults[1].counts.writeBytes, before)
+  t.true(mems[0].data.equals(mems[1].data))
+  // A leg with a different identity in the same slot is new to the array: full (compare-first) sync.
+  const fresh = new FaultDevice(new MemoryDevice({ size: 64 * KiB }))
+  await m2.close()
+  const m3 = await openMirror(t, [members[0], { name: 'b', device: fresh }], { store: new FileIntentStore(file) })
+  t.true(await waitFor(() => allInSync(m3)))
+  t.is(m3.comparedBytes, 64 * KiB)
+  t.true((fresh.inner as MemoryDevice).data.equals(mems[0].data))
+})
+
+// ---- I/O ----------------------------------------------------------------------------------------------------------
+
+test('writes go to every leg; reads come back', async t => {
+  const { mems, members } = rig([64 * KiB, 64 * KiB, 64 * KiB])
+  const m = await openSynced(t, members)
+  const data = pattern(10000, 9)
+  await m.write(3000, data)
+  for (const mem of mems) t.true(mem.data.subarray(3000, 13000).equals(data))
+  const into = Buffer.alloc(10000)
+  await m.read(3000, 10000, into)
+  t.true(into.equals(data))
+})
+
+test('reads are balanced across in-sync legs', async t => {
+  const { faults, members } = rig([64 * KiB, 64 * KiB])
+  const m = await openSynced(t, members)
+  await m.write(0, pattern(64 * KiB, 3))
+  const before = faults.map(f => f.counts.read)
+  await Promise.all(Array.from({ length: 100 }, (_, i) => m.read((i % 16) * REGION, REGION, Buffer.alloc(REGION))))
+  const reads = faults.map((f, i) => f.counts.read - before[i])
+  t.is(reads[0] + reads[1], 100)
+  t.true(reads[0] >= 20 && reads[1] >= 20, `reads per leg: ${reads.join(', ')}`)
+})
+
+test('a large read is split across legs, and still succeeds when a leg fails under it', async t => {
+  const size = 512 * KiB
+  const { faults, members } = rig([size, size])
+  const m = await openSynced(t, members, { region: 64 * KiB })
+  const data = pattern(size, 4)
+  await m.write(0, data)
+  const before = faults.map(f => f.counts.read)
+  const into = Buffer.alloc(256 * KiB)
+  await m.read(100 * KiB, 256 * KiB, into)
+  t.true(into.equals(data.subarray(100 * KiB, 356 * KiB)))
+  t.true(faults.every((f, i) => f.counts.read > before[i]), 'both legs served part of it')
+  faults[1].failing = true
+  into.fill(0)
+  await m.read(0, 256 * KiB, into)
+  t.true(into.equals(data.subarray(0, 256 * KiB)))
+  t.is(legState(m, 'b'), 'failed')
+})
+
+test('with a leg failed, reads and writes go on without error and the leg\'s missed regions are counted', async t => {
+  const { mems, faults, members } = rig([64 * KiB, 64 * KiB])
+  const m = await openSynced(t, members)
+  const model = Buffer.alloc(64 * KiB)
+  faults[1].failing = true
+  const writes: Array<[number, Buffer]> = [
+    [2 * REGION, pattern(REGION, 1)], // region 2
+    [5000, pattern(4000, 2)], // regions 1 and 2
+    [10 * REGION + 7, pattern(100, 3)], // part of region 10
+  ]
+  for (const [at, data] of writes) {
+    await t.notThrowsAsync(m.write(at, data))
+    data.copy(model, at)
+  }
+  const into = Buffer.alloc(64 * KiB)
+  await m.read(0, 64 * KiB, into)
+  t.true(into.equals(model))
+  t.deepEqual(m.legStates(), [
+    { name: 'a', state: 'in-sync', dirtyBytes: 0 },
+    { name: 'b', state: 'failed', dirtyBytes: 3 * REGION },
+  ])
+  t.is(m.status().state, 'degraded')
+  t.true(mems[1].data.equals(Buffer.alloc(64 * KiB)), 'nothing reached the failed leg')
+})
+
+test('a returning leg is resynced: only its dirty regions are copied', async t => {
+  const { mems, faults, members } = rig([64 * KiB, 64 * KiB])
+  const m = await openSynced(t, members)
+  await m.write(0, pattern(64 * KiB, 7)) // both legs hold this
+  faults[1].failing = true
+  await m.write(2 * REGION, pattern(REGION, 1))
+  await m.write(5000, pattern(4000, 2))
+  await m.write(10 * REGION + 7, pattern(100, 3))
+  t.is(m.legStates()[1].dirtyBytes, 3 * REGION)
+  const writtenBefore = faults[1].counts.writeBytes
+  const copiedBefore = m.resyncedBytes
+  faults[1].failing = false
+  t.true(await waitFor(() => allInSync(m)), 'the probe brought the leg back and resynced it')
+  t.is(faults[1].counts.writeBytes - writtenBefore, 3 * REGION, 'only the dirty regions were written')
+  t.is(m.resyncedBytes - copiedBefore, 3 * REGION)
+  t.is(m.legStates()[1].dirtyBytes, 0)
+  t.is(m.status().state, 'online')
+  t.true(mems[0].data.equals(mems[1].data))
+})
+
+test('dirty bytes and resync of a last region shorter than a region', async t => {
+  const size = 2 * REGION + 1808
+  const { mems, faults, members } = rig([size, size])
+  const m = await openSynced(t, members)
+  faults[1].failing = true
+  await m.write(size - 10, Buffer.alloc(10, 1))
+  t.is(m.legStates()[1].dirtyBytes, 1808)
+  const before = faults[1].counts.writeBytes
+  faults[1].failing = false
+  t.true(await waitFor(() => allInSync(m)))
+  t.is(faults[1].counts.writeBytes - before, 1808)
+  t.true(mems[0].data.equals(mems[1].data))
+})
+
+test('a stale leg never serves reads of the regions it misses', async t => {
+  const { faults, members } = rig([64 * KiB, 64 * KiB])
+  const m = await openSynced(t, members, { autoResync: false })
+  await m.write(0, pattern(64 * KiB, 1))
+  faults[1].failing = true
+  const fresh = pattern(REGION, 2)
+  await m.write(3 * REGION, fresh)
+  faults[1].failing = false
+  t.true(await waitFor(() => legState(m, 'b') === 'stale'), 'the probe found the leg back; no resync starts by itself')
+  const readsBefore = faults[1].counts.read
+  const into = Array.from({ length: 40 }, () => Buffer.alloc(REGION + 200))
+  await Promise.all(into.map((b, i) => i % 2 === 0
+    ? m.read(3 * REGION, REGION, b)
+    : m.read(3 * REGION - 100, REGION + 200, b))) // spans a clean and the dirty region
+  t.is(faults[1].counts.read, readsBefore, 'no read went to the stale leg')
+  for (const [i, b] of into.entries()) {
+    if (i % 2 === 0) t.true(b.subarray(0, REGION).equals(fresh))
+    else t.true(b.subarray(100, 100 + REGION).equals(fresh))
+  }
+  t.is(legState(m, 'b'), 'stale')
+  await m.startResync('b')
+  t.is(legState(m, 'b'), 'in-sync')
+  await Promise.all(Array.from({ length: 40 }, () => m.read(3 * REGION, REGION, Buffer.alloc(REGION))))
+  t.true(faults[1].counts.read > readsBefore, 'once in sync the leg serves reads again')
+})
+
+test('writes fail only when no in-sync leg took them', async t => {
+  const { faults, members } = rig([64 * KiB, 64 * KiB])
+  const m = await openSynced(t, members)
+  faults[0].failing = true
+  faults[1].failing = true
+  await t.throwsAsync(m.write(0, Buffer.alloc(10)), { code: 'DST_ERR_NOLEG' })
+  await t.throwsAsync(m.read(0, 10, Buffer.alloc(10)), { code: 'DST_ERR_NOLEG' })
+  t.is(m.status().state, 'failed')
+})
+
+test('a write racing a resync of its region is never overwritten by older data (slow source)', async t => {
+  const { mems, faults, members } = rig([64 * KiB, 64 * KiB])
+  const m = await openSynced(t, members)
+  const model = pattern(64 * KiB, 1)
+  await m.write(0, model)
+  faults[1].failing = true
+  const old = pattern(64 * KiB, 2)
+  await m.write(0, old) // leg b misses all 16 regions
+  old.copy(model)
+  faults[0].delay = 15 // the source of the copy is slow
+  faults[1].failing = false
+  t.true(await waitFor(() => legState(m, 'b') === 'resyncing'))
+  // New data into every region while the copy walks through them: some are copied already, one is being copied, the
+  // rest are still to come.
+  const news = Array.from({ length: 16 }, (_, r) => pattern(1000, 100 + r))
+  await Promise.all(news.map((data, r) => m.write(r * REGION + 500, data).then(() => { data.copy(model, r * REGION + 500) })))
+  t.true(await waitFor(() => allInSync(m)))
+  faults[0].delay = 0
+  t.true(mems[0].data.equals(model), 'leg a holds the newest data')
+  t.true(mems[1].data.equals(model), 'leg b holds the newest data')
+})
+
+// BUG (algorithms/mirror.ts, mutate(): `await this.enter(r0, r1)` and only then `regionInflight.set(...)`): a write
+// passes enter() while its region is not locked, but registers itself in regionInflight one microtask later. If the
+// resync moves on and calls lockRegion() for that region in between, lockRegion sees no write in flight and copies
+// concurrently with the write. When the source leg answers the copy's read before the write lands there (reads faster
+// than writes, as on a busy remote leg), the copy reads the old data and writes it to the resyncing leg after the new
+// write: the leg is then marked in sync while holding older data than the other leg. Fix: register the regions in
+// regionInflight in the same synchronous step in which enter() finds them unlocked (e.g. let enter() take the range
+// and do the increment before it returns), or have lockRegion() also wait for writers that have entered.
+test('a write entering just as the resync locks its region is not overwritten by older data', async t => {
+  const bad: string[] = []
+  // The window is one microtask wide; step the write's start across the resync's step from region 0 to region 1.
+  for (let k = 0; k < 60; k++) {
+    const memA = new MemoryDevice({ size: 64 * KiB })
+    const memB = new MemoryDevice({ size: 64 * KiB })
+    memA.data.fill(1) // leg a is the truth of the new array; leg b must get all of it
+    const hookA = new HookDevice(memA)
+    const hookB = new HookDevice(memB)
+    const m = await MirrorDevice.open({
+      name: 'race', legs: [{ name: 'a', device: hookA }, { name: 'b', device: hookB }], region: REGION,
+      store: new MemoryIntentStore(), clearDelay: 60_000, probeInterval: 60_000, autoResync: false,
+    })
+    hookA.writeDelay = 20
+    let writer: Promise<void> | null = null
+    hookB.onWrite = offset => {
+      if (offset !== 0 || writer !== null) return
+      writer = (async () => {
+        for (let i = 0; i < k; i++) await Promise.resolve()
+        await m.write(REGION, Buffer.alloc(REGION, 2))
+      })()
+    }
+    await m.startResync('b')
+    await writer
+    if (!memA.data.equals(memB.data)) {
+      bad.push(`k=${k}: a[${REGION}]=${memA.data[REGION]} b[${REGION}]=${memB.data[REGION]}, legs ${m.legStates().map(l => l.state).join('/')}`)
+    }
+    await m.close()
+  }
+  t.deepEqual(bad, [], 'legs diverged')
+})
+
+// BUG (algorithms/mirror.ts, probe() and resync()): a leg that fails while its resync is waiting on a copy, and comes
+// back before that copy returns, is marked 'stale' by probe(); startResync() then returns the old, still running
+// resync instead of starting one. That resync sees `l.state !== 'resyncing'` at its next region and returns, and its
+// finally leaves the leg 'stale'. Nothing ever restarts it: probe() only looks at failed legs, so the leg stays stale
+// (and the array degraded) until it fails again. Fix: in probe(), skip a leg whose `running` is not null (probe it
+// again later), or at the end of resync() restart when the leg is 'stale' and autoResync is on.
+test('a leg that fails and returns while its resync waits on a copy is still resynced', async t => {
+  const { mems, faults, members } = rig([64 * KiB, 64 * KiB])
+  const m = await openSynced(t, members)
+  faults[1].failing = true
+  await m.write(0, pattern(64 * KiB, 1)) // leg b misses everything
+  faults[0].delay = 250 // each copy waits 250 ms on the source
+  faults[1].failing = false
+  t.true(await waitFor(() => legState(m, 'b') === 'resyncing'))
+  await sleep(10)
+  // The copy of region 0 is waiting on leg a. Leg b fails under a write elsewhere, and is back at once.
+  faults[1].failing = true
+  const write = m.write(15 * REGION, Buffer.alloc(10, 9))
+  t.true(await waitFor(() => legState(m, 'b') === 'failed', 50))
+  faults[1].failing = false
+  await write // by now the old resync has seen the leg 'stale' and returned
+  faults[0].delay = 0
+  const synced = await waitFor(() => allInSync(m), 3000)
+  t.true(synced, `leg states: ${JSON.stringify(m.legStates())}`)
+  t.true(mems[0].data.equals(mems[1].data))
+})
+
+// BUG (algorithms/mirror.ts, lockRegion()/unlockRegion()/enter(): one `locked` field and one `idleWaiters` entry per
+// region for the whole mirror): resyncs of two legs run at once (every new array of three legs, two legs returning
+// together), yet they share one lock slot. When one resync unlocks (`locked = -1`) it drops the lock the other still
+// holds on the region it is copying; a write waiting at the gate then runs concurrently with that copy, and the copy,
+// built from data read before the write, lands on its leg after the write. The leg is then marked in sync holding old
+// data, and reads balanced onto it return it. Fix: lock per region with a holder count (e.g. `Map<region, holders>`),
+// have enter() and clearQuiet() check every region of the range against it, and keep a list of idle waiters per region
+// (see the next test) -- or run one resync pass that copies each region to every stale leg under one lock.
+test('with three legs, a write during the first sync reaches every leg', async t => {
+  const { mems, faults, members } = rig([64 * KiB, 64 * KiB, 64 * KiB])
+  const m = await openMirror(t, members) // legs b and c are compared against leg a, both at once
+  faults[0].delay = 2
+  const data = pattern(2 * REGION, 6)
+  await m.write(0, data) // regions 0 and 1
+  t.true(await waitFor(() => allInSync(m)))
+  for (const [i, mem] of mems.entries()) t.true(mem.data.subarray(0, 2 * REGION).equals(data), `leg ${legName(i)} holds the write`)
+  const into = Buffer.alloc(2 * REGION)
+  for (let i = 0; i < 6; i++) {
+    await m.read(0, 2 * REGION, into)
+    t.true(into.equals(data), 'every read returns the write')
+  }
+})
+
+// Same cause as above, second symptom: two resyncs that wait for the same busy region both do
+// `idleWaiters.set(r, resolve)`; the second replaces the first, which then waits forever. Its leg stays 'resyncing'
+// for good, and close() never returns because _close() awaits every running resync.
+test('two resyncs waiting on the same busy region both finish, and close() returns', async t => {
+  const { mems, faults, members } = rig([64 * KiB, 64 * KiB, 64 * KiB])
+  const m = await openSynced(t, members, { autoResync: false })
+  faults[1].failing = true
+  faults[2].failing = true
+  await m.write(0, pattern(64 * KiB, 1)) // legs b and c miss everything
+  faults[1].failing = false
+  faults[2].failing = false
+  t.true(await waitFor(() => legState(m, 'b') === 'stale' && legState(m, 'c') === 'stale'))
+  faults[0].delay = 200
+  const busy = m.write(10, Buffer.alloc(10, 2)) // region 0 is busy while both resyncs try to lock it
+  await sleep(2)
+  const resyncs = [m.startResync('b'), m.startResync('c')]
+  await busy
+  faults[0].delay = 0
+  const finished = await Promise.race([Promise.all(resyncs).then(() => true), sleep(1000).then(() => false)])
+  t.true(finished, `leg states: ${JSON.stringify(m.legStates())}`)
+  t.true(mems[1].data.equals(mems[0].data) && mems[2].data.equals(mems[0].data))
+  const closed = await Promise.race([m.close().then(() => true), sleep(1000).then(() => false)])
+  t.true(closed, 'close() returned')
+})
+
+// ---- crash --------------------------------------------------------------------------------------------------------
+
+test('after a crash with writes in flight, the reopened mirror resyncs only marked regions and the legs agree', async t => {
+  const memA = new MemoryDevice({ size: 64 * KiB })
+  const memB = new MemoryDevice({ size: 64 * KiB })
+  const crashA = new Crashable(memA)
+  const crashB = new Crashable(memB)
+  const slowB = new FaultDevice(crashB)
+  const store = new CrashableStore()
+  const m1 = await openSynced(t, [{ name: 'a', device: new FaultDevice(crashA) }, { name: 'b', device: slowB }], { store })
+  // Acknowledged writes to the lower half.
+  const model = Buffer.alloc(64 * KiB)
+  for (let r = 0; r < 8; r++) {
+    const data = pattern(3000, r)
+    await m1.write(r * REGION + 500, data)
+    data.copy(model, r * REGION + 500)
+  }
+  t.true(await waitFor(() => store.inner.saved !== null && regionsWithBits(store.inner.saved, REGION) === 0), 'quiet: their intent bits are cleared')
+  // Writes to the upper half are in flight at the crash: leg a has them, leg b (slow) never will.
+  slowB.delay = 200
+  const inflight = Array.from({ length: 6 }, (_, i) => m1.write((9 + i) * REGION, pattern(REGION + 100, 50 + i)).catch(() => {}))
+  await sleep(5)
+  store.crashed = true
+  crashA.crashed = true
+  crashB.crashed = true
+  await Promise.all(inflight) // the old mirror's requests drain (those still going to the disks are dropped)
+  t.false(memA.data.equals(memB.data), 'the crash left the legs different')
+  const saved = store.inner.saved
+  if (saved === null) return t.fail('nothing was saved')
+  const marked = regionsWithBits(saved, REGION)
+  t.true(marked >= 6 && marked <= 8, `marked regions: ${marked}`)
+
+  const legs = [{ name: 'a', device: new FaultDevice(memA) }, { name: 'b', device: new FaultDevice(memB) }]
+  const m2 = await openMirror(t, legs, { store: store.inner })
+  t.is(m2.identity, m1.identity)
+  t.true(await waitFor(() => allInSync(m2)))
+  t.true(memA.data.equals(memB.data), 'the legs are identical')
+  t.true(memA.data.subarray(0, 8 * REGION).equals(model.subarray(0, 8 * REGION)), 'acknowledged writes survived')
+  t.true(m2.resyncedBytes > 0)
+  t.true(m2.resyncedBytes <= marked * REGION, `copied ${m2.resyncedBytes} bytes for ${marked} marked regions`)
+  t.is(m2.comparedBytes, 0, 'known legs are not compared')
+  await closeSoon(m1)
+})
+
+// BUG (algorithms/mirror.ts, mutate()): when a leg fails under a write, fail() starts a save of the superblock that
+// records the leg as out of sync, but the write is acknowledged without waiting for it. If the region's intent bits
+// were already set (a recent write), no other save stands between the failure and the acknowledgement. After a crash
+// in that window the saved superblock still says the failed leg is in sync with its bit set like every other leg's,
+// so open() takes it as the source for that region ("the first leg that was in sync") and copies its OLD data over
+// the leg that took the acknowledged write. Fix: when any target failed in mutate(), `await this.save()` before
+// resolving, so a leg's failure is durable before a write it missed is acknowledged (same for trim).
+test('a write acknowledged while a leg failed under it survives a crash', async t => {
+  const memA = new MemoryDevice({ size: 64 * KiB })
+  const memB = new MemoryDevice({ size: 64 * KiB })
+  const crash = [new Crashable(memA), new Crashable(memB)]
+  const faults = crash.map(c => new FaultDevice(c))
+  const store = new CrashableStore(20) // a save takes 20 ms to be durable, like an fdatasync
+  const m1 = await openMirror(t, [{ name: 'a', device: faults[0] }, { name: 'b', device: faults[1] }], { store, clearDelay: 60_000, probeInterval: 60_000 })
+  t.true(await waitFor(() => allInSync(m1)))
+  await m1.write(0, Buffer.alloc(REGION, 1))
+  await sleep(30)
+  t.true(await waitFor(() => store.pending === 0)) // every save so far is durable; region 0's bits stay set (clearDelay)
+  t.is(store.inner.saved === null ? -1 : regionsWithBits(store.inner.saved, REGION), 1)
+  t.true(store.inner.saved?.superblock.legs.every(l => l.inSync))
+  faults[0].failing = true
+  await m1.write(0, Buffer.alloc(REGION, 2)) // acknowledged: leg b took it
+  t.is(memB.data[0], 2)
+  store.crashed = true
+  for (const c of crash) c.crashed = true
+
+  const m2 = await openMirror(t, [{ name: 'a', device: new FaultDevice(memA) }, { name: 'b', device: new FaultDevice(memB) }], { store: store.inner })
+  t.true(await waitFor(() => allInSync(m2)))
+  const into = Buffer.alloc(REGION)
+  await m2.read(0, REGION, into)
+  t.true(into.equals(Buffer.alloc(REGION, 2)), `read back ${into[0]}: the acknowledged write was lost`)
+  t.true(memA.data.equals(memB.data))
+  await closeSoon(m1)
+})
+
+// ---- managing legs ------------------------------------------------------------------------------------------------
+
+test('addLeg: a new leg is compared and filled in the background while I/O goes on', async t => {
+  const { mems, members } = rig([64 * KiB, 64 * KiB])
+  const m = await openSynced(t, members)
+  const model = pattern(64 * KiB, 8)
+  await m.write(0, model)
+  const memC = new MemoryDevice({ size: 128 * KiB })
+  memC.data.set(model.subarray(0, 8 * REGION)) // half of it already matches
+  const c = new FaultDevice(memC)
+  await m.addLeg({ name: 'c', device: c })
+  t.deepEqual(m.legNames, ['a', 'b', 'c'])
+  const extra = pattern(REGION, 9)
+  await m.write(12 * REGION, extra)
+  extra.copy(model, 12 * REGION)
+  t.true(await waitFor(() => allInSync(m)))
+  t.true(memC.data.subarray(0, 64 * KiB).equals(model))
+  t.true(mems[0].data.equals(model) && mems[1].data.equals(model))
+  t.true(c.counts.writeBytes <= 8 * REGION + REGION, `matching regions were not copied (${c.counts.writeBytes} bytes written)`)
+  await t.throwsAsync(m.addLeg({ name: 'c', device: new MemoryDevice({ size: 64 * KiB }) }), { code: 'DST_ERR_EXISTS' })
+  await t.throwsAsync(m.addLeg({ name: 'd', device: new MemoryDevice({ size: 60 * KiB }) }), { code: 'DST_ERR_SIZE' })
+  await t.throwsAsync(m.addLeg({ name: 'e', device: new MemoryDevice({ size: 64 * KiB, readOnly: true }) }), { code: 'DST_ERR_EROFS' })
+})
+
+test('removeLeg: the leg gets no more I/O and the store forgets it', async t => {
+  const { faults, members } = rig([64 * KiB, 64 * KiB, 64 * KiB])
+  const store = new MemoryIntentStore()
+  const m = await openSynced(t, members, { store })
+  const removed = await m.removeLeg('b')
+  t.is(removed, faults[1])
+  t.deepEqual(m.legNames, ['a', 'c'])
+  t.deepEqual(store.saved?.superblock.legs.map(l => l.name), ['a', 'c'])
+  t.is(store.saved?.bits.length, 2)
+  const before = { ...faults[1].counts }
+  await m.write(0, pattern(10000, 1))
+  await Promise.all(Array.from({ length: 20 }, () => m.read(0, 10000, Buffer.alloc(10000))))
+  t.deepEqual(faults[1].counts, before)
+  await t.throwsAsync(m.removeLeg('zz'), { code: 'DST_ERR_NOLEG' })
+})
+
+test('removing the only in-sync leg is refused; a failed leg can be removed', async t => {
+  const { faults, members } = rig([64 * KiB, 64 * KiB])
+  const m = await openSynced(t, members)
+  faults[1].failing = true
+  await m.write(0, Buffer.alloc(100, 1))
+  t.is(legState(m, 'b'), 'failed')
+  const err = await t.throwsAsync(m.removeLeg('a'), { code: 'DST_ERR_LASTLEG' })
+  t.regex(err?.message ?? '', /'a'/)
+  t.deepEqual(m.legNames, ['a', 'b'])
+  await m.removeLeg('b')
+  t.deepEqual(m.legNames, ['a'])
+  await t.notThrowsAsync(m.write(0, Buffer.alloc(100, 2)))
+})
+
+test('splitLeg leaves a point-in-time copy: writes in flight before it are on it, writes after it are not', async t => {
+  const { mems, faults, members } = rig([64 * KiB, 64 * KiB, 64 * KiB])
+  const m = await openSynced(t, members)
+  const model = pattern(64 * KiB, 3)
+  await m.write(0, model)
+  for (const f of faults) f.delay = 5
+  const inflight = Array.from({ length: 8 }, (_, i) => {
+    const data = pattern(2000, 20 + i)
+    data.copy(model, i * 8000)
+    return m.write(i * 8000, data)
+  })
+  const split = await m.splitLeg('b')
+  await Promise.all(inflight)
+  t.is(split, faults[1])
+  t.deepEqual(m.legNames, ['a', 'c'])
+  const pointInTime = Buffer.from(model)
+  t.true(mems[1].data.equals(pointInTime), 'the split leg holds every write made before the split')
+  const writesBefore = faults[1].counts.write
+  await m.write(100, pattern(5000, 77))
+  t.is(faults[1].counts.write, writesBefore, 'no write after the split reached it')
+  t.true(mems[1].data.equals(pointInTime))
+  t.false(mems[0].data.equals(pointInTime))
+  t.true(mems[0].data.equals(mems[2].data))
+})
+
+test('splitLeg refuses a leg that is not in sync, or the last in-sync leg', async t => {
+  const { faults, members } = rig([64 * KiB, 64 * KiB])
+  const m = await openSynced(t, members)
+  faults[1].failing = true
+  await m.write(0, Buffer.alloc(10))
+  await t.throwsAsync(m.splitLeg('b'), { code: 'DST_ERR_NOTSYNC' })
+  await t.throwsAsync(m.splitLeg('a'), { code: 'DST_ERR_LASTLEG' })
+  await t.throwsAsync(m.splitLeg('x'), { code: 'DST_ERR_NOLEG' })
+  t.deepEqual(m.legNames, ['a', 'b'])
+})
+
+// ---- property ------------------------------------------------------------------------------------------------------
+
+type Cmd =
+  | { kind: 'write', at: number, length: number, seed: number }
+  | { kind: 'read', at: number, length: number }
+  | { kind: 'fail', leg: number }
+  | { kind: 'return', leg: number }
+  | { kind: 'slow', leg: number, ms: number }
+  | { kind: 'wait', ms: number }
+
+const fraction = fc.double({ min: 0, max: 1, noNaN: true, maxExcluded: true })
+const cmdArb: fc.Arbitrary<Cmd> = fc.oneof(
+  { weight: 4, arbitrary: fc.record({ kind: fc.constant('write' as const), at: fraction, length: fc.integer({ min: 1, max: 12 * KiB }), seed: fc.nat(1000) }) },
+  { weight: 3, arbitrary: fc.record({ kind: fc.constant('read' as const), at: fraction, length: fc.integer({ min: 1, max: 12 * KiB }) }) },
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant('fail' as const), leg: fc.nat(2) }) },
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant('return' as const), leg: fc.nat(2) }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('slow' as const), leg: fc.nat(2), ms: fc.integer({ min: 0, max: 3 }) }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('wait' as const), ms: fc.integer({ min: 0, max: 20 }) }) },
+)
+
+// Regression: several resyncs at once used to share one lock slot, and a three-leg run found that within a few dozen
+// runs. With the per-region lock the property runs unrestricted; setting this to true keeps at most one leg away.
+const ONE_LEG_AWAY = false
+
+test('random writes, reads, leg failures and returns agree with a Buffer model (fast-check)', async t => {
+  await fc.assert(fc.asyncProperty(
+    fc.array(fc.constantFrom(64 * KiB, 64 * KiB + 3000, 60000), { minLength: 2, maxLength: 3 }),
+    fc.array(cmdArb, { minLength: 5, maxLength: 40, size: 'max' }),
+    async (sizes, cmds) => {
+      const { mems, faults, members } = rig(sizes)
+      const m = await MirrorDevice.open({ name: 'p', legs: members, region: REGION, store: new MemoryIntentStore(), clearDelay: 10, probeInterval: 10, autoResync: true })
+      try {
+        const size = Math.min(...sizes)
+        if (m.size !== size) throw new Error(`size ${m.size}, expected ${size}`)
+        const model = Buffer.alloc(size)
+        if (ONE_LEG_AWAY && sizes.length > 2 && !await waitFor(() => allInSync(m))) throw new Error('the first sync did not finish')
+        for (const [step, c] of cmds.entries()) {
+          switch (c.kind) {
+            case 'write': {
+              const at = Math.floor(c.at * size)
+              const data = pattern(Math.min(c.length, size - at), c.seed)
+              await m.write(at, data)
+              data.copy(model, at)
+              break
+            }
+            case 'read': {
+              const at = Math.floor(c.at * size)
+              const length = Math.min(c.length, size - at)
+              const into = Buffer.alloc(length)
+              await m.read(at, length, into)
+              if (!into.equals(model.subarray(at, at + length))) {
+                throw new Error(`step ${step}: read ${at}+${length} differs from the model; legs ${JSON.stringify(m.legStates())}`)
+              }
+              break
+            }
+            case 'fail': {
+              // Never fail the last working in-sync leg: the mirror promises service only while one remains. With
+              // three legs, also keep at most one leg away (see ONE_LEG_AWAY).
+              const i = c.leg % sizes.length
+              const states = m.legStates()
+              const others = states.map((s, j) => ({ j, ok: !faults[j].failing && s.state === 'in-sync' })).filter(o => o.j !== i)
+              if (ONE_LEG_AWAY ? others.every(o => o.ok) : others.some(o => o.ok)) faults[i].failing = true
+              break
+            }
+            case 'return': faults[c.leg % sizes.length].failing = false; break
+            case 'slow': faults[c.leg % sizes.length].delay = c.ms; break
+            case 'wait': await sleep(c.ms); break
+          }
+        }
+        for (const f of faults) { f.failing = false; f.delay = 0 }
+        if (!await waitFor(() => allInSync(m), 5000)) throw new Error(`legs not in sync after 5 s: ${JSON.stringify(m.legStates())}`)
+        for (const [i, mem] of mems.entries()) {
+          if (!mem.data.subarray(0, size).equals(model)) throw new Error(`leg ${legName(i)} differs from the model`)
+        }
+        const all = Buffer.alloc(size)
+        await m.read(0, size, all)
+        if (!all.equals(model)) throw new Error('a full read differs from the model')
+      } finally {
+        await closeSoon(m)
+      }
+    },
+  ), { numRuns: 50 })
+  t.pass('fast-check found no counterexample') // fc.assert throws on failure
+})
