@@ -71,6 +71,8 @@ export class MirrorDevice extends Device {
   private pages = new Map<number, Set<number>>()
   private saving: Promise<void> | null = null
   private saveQueued: Promise<void> | null = null
+  /** The save recording the latest leg failure, until it is on disk. */
+  private failSave: Promise<void> | null = null
   /** Regions being copied by a resync, and by how many resyncs (several legs may resync at once). */
   private readonly locked = new Map<number, number>()
   private paused = false
@@ -304,6 +306,7 @@ export class MirrorDevice extends Device {
       // A leg failed under this write: the superblock must say so on disk before the write is acknowledged, or a crash
       // now could pick that leg as the source and copy its old data over the legs that took the write.
       if (ok.includes(false)) await this.save()
+      else if (this.failSave !== null) await this.failSave
     } finally {
       for (let r = r0; r <= r1; r++) {
         const n = (this.regionInflight.get(r) ?? 1) - 1
@@ -435,7 +438,11 @@ export class MirrorDevice extends Device {
     l.nextProbe = Date.now() + l.probeWait
     this.state_.superblock.events++
     this.log(`leg '${l.name}' failed (was ${was}): ${l.lastError}`)
-    this.save().catch(() => {})
+    // Writes that skip this leg are acknowledged only once this save (the leg is out of sync) is on disk.
+    const saving: Promise<void> = this.save().catch(err => this.log((err as Error).message)).finally(() => {
+      if (this.failSave === saving) this.failSave = null
+    })
+    this.failSave = saving
   }
 
   private start (): void {
