@@ -53,7 +53,7 @@ export class RemoteDevice extends Device {
         // Refusals (token, allow list, no such export) will not change by waiting.
         if (e.code !== 'DST_ERR_CONNECT' && e.code !== 'DST_ERR_TIMEOUT') throw err
         if (Date.now() + wait > deadline) throw err
-        options.log?.(`${formatDstUrl(target)}: ${e.message}; retrying`)
+        options.log?.(`${e.message}; retrying`)
         await new Promise(resolve => setTimeout(resolve, wait))
         wait = Math.min(wait * 2, 2000)
       }
@@ -123,7 +123,7 @@ export class RemoteDevice extends Device {
       if (this.closedByUs) return
       this.lastError = err.message
       this.state = 'connecting'
-      this.options.log?.(`${this.url}: ${err.message}; reconnecting`)
+      this.options.log?.(`${err.message}; reconnecting`)
       this.scheduleReconnect()
     }
   }

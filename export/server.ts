@@ -153,7 +153,8 @@ export class ExportSession {
     const m = this.exp.metrics
     const opName = opNames[h.op] ?? 'other'
     m.requests[opName]++
-    let errno = h.op === Op.WRITE ? this.writeErrno : this.checkRequest(h)
+    // Only a WRITE with a payload went through payloadTarget; a zero-length one is checked like any other request.
+    let errno = h.op === Op.WRITE && h.length > 0 ? this.writeErrno : this.checkRequest(h)
     if (errno === 0 && this.stopping) errno = Errno.ESHUTDOWN
     if (errno === 0 && this.inFlight >= this.limits.maxInFlight) errno = Errno.EAGAIN
     if (errno !== 0) {
@@ -165,7 +166,9 @@ export class ExportSession {
     m.inFlight++
     switch (h.op) {
       case Op.READ: this.read(h); break
-      case Op.WRITE: this.write(h, this.takeWriteSlot()); break
+      case Op.WRITE:
+        if (h.length === 0) this.finish(h, opName, 0, null, 0); else this.write(h, this.takeWriteSlot())
+        break
       case Op.FLUSH: this.settle(h, opName, this.exp.device.flush()); break
       case Op.TRIM: this.settle(h, opName, this.exp.device.trim(h.offset, h.length)); break
       case Op.PING: this.finish(h, opName, 0, null, 0); break

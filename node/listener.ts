@@ -61,7 +61,12 @@ export class Listener {
       message: (ws, message, isBinary) => {
         const session = ws.getUserData().session
         if (session === null) return
-        if (!isBinary) { ws.end(CloseCode.BAD_DATA, 'text messages are not part of the protocol'); session.onClose(); return }
+        if (!isBinary) {
+          ws.getUserData().exp.metrics.protocolErrors++
+          ws.end(CloseCode.BAD_DATA, 'text messages are not part of the protocol')
+          session.onClose()
+          return
+        }
         try {
           session.onMessage(Buffer.from(message))
         } catch (err) {

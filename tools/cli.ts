@@ -7,7 +7,7 @@ import { DEFAULT_CONFIG, loadConfigFile, parseConfig, type NodeConfig } from '..
 import { requireSize } from '../node/size'
 import { DstNode } from '../node/node'
 import { copy } from './copy'
-import { fetchStatus, renderStatus } from './status'
+import { fetchFailure, fetchStatus, renderStatus } from './status'
 
 const USAGE = `dst: a distributed storage tree
 
@@ -255,7 +255,7 @@ async function arrayVerb (argv: string[]): Promise<void> {
   try {
     res = await fetch(url, { method: 'POST', headers, body: JSON.stringify(body), signal: AbortSignal.timeout(120000) })
   } catch (err) {
-    throw new Error(`${url}: ${(err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message}`)
+    throw new Error(`${url}: ${fetchFailure(err)}`)
   }
   const answer = await res.json().catch(() => ({})) as { message?: string, error?: string }
   if (!res.ok) throw new Error(answer.error ?? `HTTP ${res.status}`)

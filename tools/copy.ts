@@ -89,6 +89,9 @@ async function pump (source: Source, sink: Sink, length: number | null, options:
     const prev = lastWrite
     const written = readDone.then(async n => {
       if (n === 0) return
+      if (sink.size !== null && at + n > sink.size) {
+        throw new DstError('DST_ERR_RANGE', `${sink.name}: the input would pass its end (${sink.size} bytes fit); stopped after ${at} bytes`, Errno.EINVAL)
+      }
       if (!sink.positional) await prev
       await sink.write(at, n === buf.length ? buf : buf.subarray(0, n))
       copied += n
@@ -188,15 +191,18 @@ async function openSink (spec: string, options: CopyOptions): Promise<Sink> {
   }
   let fd: fs.promises.FileHandle
   let isFile = true
+  let created = false
   try {
     const st = await fs.promises.stat(spec).catch(() => null)
     isFile = st === null || st.isFile()
+    created = st === null
     fd = await fs.promises.open(spec, st === null ? 'w' : 'r+')
   } catch (err) {
     throw new DstError('DST_ERR_OPEN', `${spec}: ${(err as Error).message}`, Errno.EIO)
   }
   const st = await fd.stat()
   const size = st.isBlockDevice() ? await blockSize(fd) : null
+  let finished = false
   return {
     name: spec,
     size,
@@ -209,8 +215,9 @@ async function openSink (spec: string, options: CopyOptions): Promise<Sink> {
       }
     },
     // A regular file ends up exactly as long as what was copied, like cp.
-    finish: async total => { if (isFile) await fd.truncate(total); await fd.datasync().catch(() => {}) },
-    close: () => fd.close(),
+    finish: async total => { if (isFile) await fd.truncate(total); await fd.datasync().catch(() => {}); finished = true },
+    // A file this copy created is removed again when the copy failed.
+    close: async () => { await fd.close(); if (created && !finished) await fs.promises.rm(spec, { force: true }) },
   }
 }
 

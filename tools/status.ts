@@ -23,11 +23,16 @@ export async function fetchStatus (base: string): Promise<StatusView> {
   try {
     res = await fetch(url, { signal: AbortSignal.timeout(10000) })
   } catch (err) {
-    const cause = (err as { cause?: { code?: string } }).cause?.code
-    throw new Error(`${url}: ${cause ?? (err as Error).message}`)
+    throw new Error(`${url}: ${fetchFailure(err)}`)
   }
   if (!res.ok) throw new Error(`${url}: HTTP ${res.status}`)
   return await res.json() as StatusView
+}
+
+/** Why a fetch() failed, in words: undici's own message is only "fetch failed"; the cause says what happened. */
+export function fetchFailure (err: unknown): string {
+  const cause = (err as { cause?: { code?: string, message?: string } }).cause
+  return cause?.code ?? cause?.message ?? (err as Error).message
 }
 
 export function renderStatus (s: StatusView): string {

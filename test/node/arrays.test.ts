@@ -6,6 +6,7 @@ import * as fs from 'node:fs'
 import * as path from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { startNode, tempDir, type RunningNode } from '../helpers/node-process'
+import { freePort } from '../helpers/ports'
 import { RemoteDevice } from '../../export/remote-device'
 import { parseDstUrl } from '../../node/config'
 import { FileIntentStore } from '../../algorithms/intent-store'
@@ -48,7 +49,9 @@ test('a 3-level tree across 7 nodes: data written at the top lands in every leaf
     return n
   }
   // Level 1: four leaves exporting files.
-  const [l1, l2, l3, l4] = await Promise.all(['l1', 'l2', 'l3', 'l4'].map(n => leaf(n)))
+  // l2 is restarted later on the same address, so it gets a port that cannot be taken meanwhile (see helpers/ports).
+  const l2port = await freePort()
+  const [l1, l2, l3, l4] = await Promise.all(['l1', 'l2', 'l3', 'l4'].map(n => leaf(n, n === 'l2' ? `127.0.0.1:${l2port}` : undefined)))
   // Level 2: a mirror of two remote leaves, and a linear array of the other two.
   const [m1, m2] = await Promise.all([
     startNode(dir, {
@@ -102,7 +105,6 @@ test('a 3-level tree across 7 nodes: data written at the top lands in every leaf
   t.true(file('l4').equals(model.subarray(2 * leafSize, 3 * leafSize)), 'l4 holds the second linear member')
 
   // Kill leaf l2 (a mirror leg) while writes go on; the tree stays writable.
-  const l2port = l2.port
   const writeSome = async (from: number, count: number): Promise<void> => {
     for (let i = 0; i < count; i++) {
       const at = from + i * 64 * 1024

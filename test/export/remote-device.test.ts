@@ -1,0 +1,289 @@
+// RemoteDevice (export/remote-device.ts) against real node processes exporting files: what it learns from the
+// handshake, many concurrent random reads and writes (some split into several requests) checked against an in-memory
+// model and then against the exported file, identity across a restart, refusals, and a peer that dies mid-flight.
+
+import test from 'ava'
+import * as fs from 'node:fs'
+import * as path from 'node:path'
+import { startNode, tempDir, type RunningNode } from '../helpers/node-process'
+import { RawClient } from '../helpers/raw-client'
+import { between, newSeed, prng, seededBytes } from '../helpers/random'
+import { freePort } from '../helpers/ports'
+import { RemoteDevice, type RemoteDeviceOptions } from '../../export/remote-device'
+import type { DstError } from '../../node/errors'
+
+const KiB = 1024
+const MiB = 1024 * KiB
+
+interface Fixture { dir: string, node: RunningNode, file: string }
+
+/** A node exporting one file (`disk`, `size` bytes of seeded random data) with 16 pool buffers of 64 KiB. */
+async function fileNode (t: { teardown: (fn: () => unknown) => void }, size: number, rand: () => number, extra: Record<string, unknown> = {}): Promise<Fixture> {
+  const dir = tempDir('dst-remote-')
+  const file = path.join(dir, 'disk.img')
+  fs.writeFileSync(file, seededBytes(rand, size))
+  const node = await startNode(dir, {
+    name: 'rd',
+    pool: { count: 16, size: '64KiB' },
+    devices: { disk: { type: 'file', path: file, blockSize: 512 } },
+    exports: [{ device: 'disk' }],
+    ...extra,
+  })
+  t.teardown(() => node.kill())
+  return { dir, node, file }
+}
+
+async function openDevice (t: { teardown: (fn: () => unknown) => void }, node: RunningNode, name: string, options: RemoteDeviceOptions = {}): Promise<RemoteDevice> {
+  const dev = await RemoteDevice.open({ host: '127.0.0.1', port: node.port, export: name }, options)
+  t.teardown(() => dev.close())
+  return dev
+}
+
+/** Settles `p` or fails after `ms`, so a hang becomes a clear failure instead of a test timeout. */
+function within<T> (p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error(`${what}: still pending after ${ms} ms`)), ms) })
+  return Promise.race([p, late]).finally(() => clearTimeout(timer))
+}
+
+test('size, block size and identity come from the handshake', async t => {
+  const seed = newSeed()
+  const { node } = await fileNode(t, 3 * MiB + 512, prng(seed))
+  const dev = await openDevice(t, node, 'disk')
+  t.is(dev.size, 3 * MiB + 512)
+  t.is(dev.blockSize, 512)
+  t.true(dev.writable)
+  t.true(dev.canFlush)
+  t.false(dev.canTrim) // a file device does not trim, and the handshake says so
+  t.is(dev.url, `dst://127.0.0.1:${node.port}/disk`)
+  const raw = await RawClient.connect(node.port, 'disk')
+  t.teardown(() => raw.terminate())
+  t.is(dev.identity, raw.handshake.identity)
+  t.regex(dev.identity, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/)
+  t.not(dev.identity, '00000000-0000-0000-0000-000000000000')
+  const st = dev.status()
+  t.is(st.type, 'remote')
+  t.is(st.connected, true)
+  t.is(st.state, 'online')
+})
+
+test('hundreds of concurrent random reads and writes match an in-memory model, and the file matches at the end', async t => {
+  const seed = newSeed()
+  t.log(`seed ${seed}`)
+  const rand = prng(seed)
+  const size = 4 * MiB
+  const { node, file } = await fileNode(t, size, rand)
+  const model = fs.readFileSync(file)
+  const dev = await openDevice(t, node, 'disk')
+  t.is(dev.size, size)
+
+  const pickLength = (): number => {
+    const r = rand()
+    if (r < 0.5) return between(rand, 1, 4096) // small, unaligned
+    if (r < 0.8) return between(rand, 4097, 64 * KiB) // up to one maxRequest
+    return between(rand, 64 * KiB + 1, 320 * KiB) // split into 2..5 requests
+  }
+  const overlaps = (a: [number, number], b: [number, number]): boolean => a[0] < b[1] && b[0] < a[1]
+
+  const ops = 320
+  const wave = 24
+  let done = 0
+  let reads = 0
+  let writes = 0
+  let splits = 0
+  let mismatches = 0
+  for (let w = 0; done < ops && w < ops; w++) {
+    // One wave: operations issued together, none of which conflicts with a write in the same wave, so the model's
+    // answer does not depend on the order in which the node runs them.
+    const writeRanges: Array<[number, number]> = []
+    const readRanges: Array<[number, number]> = []
+    const pending: Array<Promise<void>> = []
+    for (let tries = 0; pending.length < wave && done < ops && tries < 10 * wave; tries++) {
+      const length = pickLength()
+      const offset = between(rand, 0, size - length)
+      const range: [number, number] = [offset, offset + length]
+      const isWrite = rand() < 0.5
+      if (writeRanges.some(r => overlaps(r, range))) continue
+      if (isWrite && readRanges.some(r => overlaps(r, range))) continue
+      if (length > 64 * KiB) splits++
+      done++
+      if (isWrite) {
+        writes++
+        writeRanges.push(range)
+        const data = seededBytes(rand, length)
+        data.copy(model, offset)
+        pending.push(dev.write(offset, data))
+      } else {
+        reads++
+        readRanges.push(range)
+        const expected = Buffer.from(model.subarray(offset, offset + length))
+        // Read into the middle of a larger buffer: the device must fill exactly the view it is given.
+        const outer = Buffer.alloc(length + 64, 0xee)
+        const into = outer.subarray(32, 32 + length)
+        pending.push(dev.read(offset, length, into).then(() => {
+          if (!into.equals(expected) || outer[31] !== 0xee || outer[32 + length] !== 0xee) {
+            mismatches++
+            t.fail(`read ${offset}+${length} differs from the model`)
+          }
+        }))
+      }
+    }
+    await within(Promise.all(pending), 30000, `wave ${w}`)
+  }
+  t.is(done, ops)
+  t.true(reads > 50 && writes > 50 && splits > 20, `reads ${reads}, writes ${writes}, split requests ${splits}`)
+  t.is(mismatches, 0)
+  await dev.flush()
+  const onDisk = fs.readFileSync(file)
+  t.is(onDisk.length, size)
+  t.true(onDisk.equals(model), 'the exported file equals the model')
+})
+
+test('identity is stable across a node restart on the same file, and differs for another file', async t => {
+  const seed = newSeed()
+  const rand = prng(seed)
+  const { dir, node, file } = await fileNode(t, 1 * MiB, rand)
+  const other = path.join(dir, 'other.img')
+  fs.writeFileSync(other, seededBytes(rand, 1 * MiB))
+  const config = {
+    name: 'rd2',
+    devices: { disk: { type: 'file', path: file }, other: { type: 'file', path: other } },
+    exports: [{ device: 'disk' }, { device: 'other' }],
+  }
+  const first = await openDevice(t, node, 'disk')
+  const identity = first.identity
+  await first.close()
+  t.is(await node.stop(), 0)
+
+  const again = await startNode(dir, config)
+  t.teardown(() => again.kill())
+  const second = await openDevice(t, again, 'disk')
+  t.is(second.identity, identity)
+  const third = await openDevice(t, again, 'other')
+  t.not(third.identity, identity)
+})
+
+test('a read-only export gives a device with writable=false whose writes are refused', async t => {
+  const seed = newSeed()
+  const { node, file } = await fileNode(t, 1 * MiB, prng(seed), { exports: [{ device: 'disk', readOnly: true }] })
+  const dev = await openDevice(t, node, 'disk')
+  t.false(dev.writable)
+  t.false(dev.canTrim)
+  const err = await t.throwsAsync(dev.write(0, Buffer.alloc(4096, 1)))
+  t.is((err as DstError).code, 'DST_ERR_EROFS')
+  const into = Buffer.alloc(8192)
+  await dev.read(4096, 8192, into)
+  t.true(into.equals(fs.readFileSync(file).subarray(4096, 4096 + 8192)))
+})
+
+test('a refused token gives DST_ERR_TOKEN at once, without retrying', async t => {
+  const seed = newSeed()
+  const { node } = await fileNode(t, 1 * MiB, prng(seed), { exports: [{ device: 'disk', token: 'right' }] })
+  const started = Date.now()
+  const wrong = await t.throwsAsync(RemoteDevice.open({ host: '127.0.0.1', port: node.port, export: 'disk' }, { token: 'wrong', openTimeout: 20000 }))
+  t.is((wrong as DstError).code, 'DST_ERR_TOKEN')
+  t.regex(wrong?.message ?? '', /401/)
+  t.true(Date.now() - started < 5000, 'a refusal is not retried until the open timeout')
+  const missing = await t.throwsAsync(RemoteDevice.open({ host: '127.0.0.1', port: node.port, export: 'disk' }))
+  t.is((missing as DstError).code, 'DST_ERR_TOKEN')
+  const dev = await openDevice(t, node, 'disk', { token: 'right' })
+  t.is(dev.size, 1 * MiB)
+  // The other refusals have codes of their own.
+  const nosuch = await t.throwsAsync(RemoteDevice.open({ host: '127.0.0.1', port: node.port, export: 'nosuch' }, { openTimeout: 20000 }))
+  t.is((nosuch as DstError).code, 'DST_ERR_NOEXPORT')
+})
+
+test('a memory export can trim: the handshake says so and a trimmed range (larger than maxRequest) reads as zeros', async t => {
+  const seed = newSeed()
+  const rand = prng(seed)
+  const { node } = await fileNode(t, 64 * KiB, rand, {
+    devices: { mem: { type: 'memory', size: '4MiB' } },
+    exports: [{ device: 'mem' }],
+  })
+  const dev = await openDevice(t, node, 'mem')
+  t.true(dev.canTrim)
+  const data = seededBytes(rand, 4 * MiB)
+  await dev.write(0, data)
+  await dev.trim(100000, 3 * MiB) // one request: TRIM is not limited to maxRequest
+  const back = Buffer.alloc(4 * MiB)
+  await dev.read(0, back.length, back)
+  t.true(back.subarray(0, 100000).equals(data.subarray(0, 100000)))
+  t.true(back.subarray(100000, 100000 + 3 * MiB).every(b => b === 0))
+  t.true(back.subarray(100000 + 3 * MiB).equals(data.subarray(100000 + 3 * MiB)))
+  const err = await t.throwsAsync(dev.trim(4 * MiB - 10, 20))
+  t.is((err as DstError).code, 'DST_ERR_EINVAL')
+})
+
+test('requests after the peer is SIGKILLed reject with a clear error instead of hanging', async t => {
+  const seed = newSeed()
+  const rand = prng(seed)
+  const { node } = await fileNode(t, 8 * MiB, rand)
+  const dev = await openDevice(t, node, 'disk')
+  const data = seededBytes(rand, 64 * KiB)
+  await dev.write(0, data)
+
+  // Plenty in flight when the peer dies: every one of them must settle.
+  const inFlight: Array<Promise<unknown>> = []
+  for (let i = 0; i < 200; i++) {
+    const offset = (i % 120) * 64 * KiB
+    inFlight.push(i % 2 === 0 ? dev.write(offset, data) : dev.read(offset, 64 * KiB, Buffer.alloc(64 * KiB)))
+  }
+  await node.kill()
+  const settled = await within(Promise.allSettled(inFlight), 10000, 'requests in flight when the peer died')
+  const failures = settled.filter((s): s is PromiseRejectedResult => s.status === 'rejected').map(s => s.reason as DstError)
+  t.true(failures.length > 0, 'some requests were cut off')
+  for (const err of failures) t.is(err.code, 'DST_ERR_DISCONNECTED', err.message)
+
+  const later = await within(dev.read(0, 4096, Buffer.alloc(4096)).then(() => null, (err: DstError) => err), 5000, 'read after the peer died')
+  t.truthy(later, 'a read after the peer died rejects')
+  t.is(later?.code, 'DST_ERR_DISCONNECTED')
+  t.regex(later?.message ?? '', /not connected|connection/)
+  t.regex(later?.message ?? '', new RegExp(`127\\.0\\.0\\.1:${node.port}/disk`))
+  const laterWrite = await within(dev.write(0, data).then(() => null, (err: DstError) => err), 5000, 'write after the peer died')
+  t.is(laterWrite?.code, 'DST_ERR_DISCONNECTED')
+  t.false(dev.connected)
+  t.is(dev.status().state, 'connecting')
+  // Closing a device whose peer is gone does not hang either.
+  await within(dev.close(), 5000, 'close after the peer died')
+})
+
+test('after the peer restarts on its port with the same file the device reconnects; with another file it is refused', async t => {
+  const seed = newSeed()
+  const rand = prng(seed)
+  const port = await freePort()
+  const { dir, node, file } = await fileNode(t, 1 * MiB, rand, { listen: `127.0.0.1:${port}` })
+  const logs: string[] = []
+  const dev = await openDevice(t, node, 'disk', { log: m => logs.push(m) })
+  const identity = dev.identity
+  const data = seededBytes(rand, 10000)
+  await dev.write(5000, data)
+  await node.kill()
+
+  // Down: requests fail at once with the reason, and the device says it is reconnecting.
+  const down = await within(dev.read(0, 512, Buffer.alloc(512)).then(() => null, (err: DstError) => err), 5000, 'read while the peer is down')
+  t.is(down?.code, 'DST_ERR_DISCONNECTED')
+  t.is(dev.status().state, 'connecting')
+
+  const again = await startNode(dir, { name: 'rd', listen: `127.0.0.1:${port}`, pool: { count: 16, size: '64KiB' }, devices: { disk: { type: 'file', path: file, blockSize: 512 } }, exports: [{ device: 'disk' }] })
+  t.teardown(() => again.kill())
+  for (let i = 0; i < 100 && !dev.connected; i++) await new Promise(resolve => setTimeout(resolve, 100))
+  t.true(dev.connected, `reconnected; log: ${logs.join(' | ')}`)
+  t.is(dev.status().state, 'online')
+  t.is(dev.identity, identity)
+  const back = Buffer.alloc(data.length)
+  await dev.read(5000, data.length, back)
+  t.true(back.equals(data), 'the data written before the crash reads back after the reconnect')
+
+  // The same address now serving another file: the device must not talk to it.
+  const other = path.join(dir, 'other.img')
+  fs.writeFileSync(other, seededBytes(rand, 1 * MiB))
+  await again.kill()
+  const impostor = await startNode(dir, { name: 'imp', listen: `127.0.0.1:${port}`, devices: { disk: { type: 'file', path: other } }, exports: [{ device: 'disk' }] })
+  t.teardown(() => impostor.kill())
+  for (let i = 0; i < 100 && dev.status().state !== 'failed'; i++) await new Promise(resolve => setTimeout(resolve, 100))
+  t.is(dev.status().state, 'failed')
+  t.regex(String(dev.status().lastError), /different disk/)
+  const refused = await dev.read(0, 512, Buffer.alloc(512)).then(() => null, (err: DstError) => err)
+  t.is(refused?.code, 'DST_ERR_DISCONNECTED')
+  t.regex(refused?.message ?? '', /different disk/)
+})
