@@ -17,9 +17,11 @@ const procs: ChildProcess[] = []
 interface Target { name: string, url: string, pid: () => number }
 interface Job { name: string, run: (dev: RemoteDevice) => Promise<{ ops: number, bytes: number, secs: number, p99: number }> }
 
-function start (args: string[]): Promise<{ port: number, proc: ChildProcess }> {
+function start (args: string[], netns?: string): Promise<{ port: number, proc: ChildProcess }> {
   return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, [DST, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    const proc = netns === undefined
+      ? spawn(process.execPath, [DST, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn('ip', ['netns', 'exec', netns, process.execPath, DST, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
     procs.push(proc)
     let out = ''
     const timer = setTimeout(() => reject(new Error(`dst ${args.join(' ')} did not start: ${out}`)), 60000)
@@ -56,7 +58,9 @@ async function loop (seconds: number, depth: number, issue: (worker: number, i: 
   await Promise.all(Array.from({ length: depth }, async (_, w) => {
     for (let i = 0; Date.now() < end; i++) {
       const t0 = process.hrtime.bigint()
-      bytes += await issue(w, i)
+      // Not `bytes += await …`: that reads `bytes` before the await and loses the other workers' additions.
+      const n = await issue(w, i)
+      bytes += n
       lat.push(Number(process.hrtime.bigint() - t0) / 1e6)
       ops++
     }
@@ -112,43 +116,95 @@ function peakRss (pid: number): number {
   } catch { return 0 }
 }
 
-async function main (): Promise<void> {
-  const seconds = Number(process.env.BENCH_SECONDS ?? 5)
-  const size = Number(process.env.BENCH_SIZE_MIB ?? 256) * MiB
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dst-bench-'))
+/**
+ * Test hosts for the "links" scenario: two network namespaces, each joined to this one by a veth pair whose leaf side
+ * is rate-limited (tc tbf), so each leaf sits behind its own link like a separate machine. Addresses are the
+ * namespaces' own (10.77.N.0/24); nothing leaves this machine.
+ */
+function run (cmd: string, args: string[]): void {
+  const r = require('node:child_process').spawnSync(cmd, args, { encoding: 'utf8' }) as { status: number | null, stderr: string }
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr.trim()}`)
+}
+
+function linksAvailable (): boolean {
+  if (process.getuid?.() !== 0 || process.env.BENCH_LINKS === '0') return false
+  try { run('ip', ['netns', 'list']); run('tc', ['-V']); return true } catch { return false }
+}
+
+function makeLinks (rate: string): { hosts: string[], cleanup: () => void } {
+  const hosts: string[] = []
+  const made: string[] = []
+  const cleanup = (): void => {
+    for (const ns of made) { try { run('ip', ['netns', 'del', ns]) } catch {} }
+  }
   try {
-    // Two leaves with identical contents (so the mirror's first sync only compares), kept in the page cache.
-    const data = randomFillSync(Buffer.alloc(size))
-    fs.writeFileSync(path.join(dir, 'l1.img'), data)
-    fs.writeFileSync(path.join(dir, 'l2.img'), data)
-    const l1 = await start(['export', path.join(dir, 'l1.img'), '--listen', '127.0.0.1:0', '--name', 'disk'])
-    const l2 = await start(['export', path.join(dir, 'l2.img'), '--listen', '127.0.0.1:0', '--name', 'disk'])
+    for (const n of [1, 2]) {
+      const ns = `dstbench${n}`
+      try { run('ip', ['netns', 'del', ns]) } catch {}
+      run('ip', ['netns', 'add', ns])
+      made.push(ns)
+      run('ip', ['link', 'add', `dstb${n}h`, 'type', 'veth', 'peer', 'name', `dstb${n}l`])
+      run('ip', ['link', 'set', `dstb${n}l`, 'netns', ns])
+      run('ip', ['addr', 'add', `10.77.${n}.1/24`, 'dev', `dstb${n}h`])
+      run('ip', ['link', 'set', `dstb${n}h`, 'up'])
+      run('ip', ['netns', 'exec', ns, 'ip', 'addr', 'add', `10.77.${n}.2/24`, 'dev', `dstb${n}l`])
+      run('ip', ['netns', 'exec', ns, 'ip', 'link', 'set', `dstb${n}l`, 'up'])
+      run('ip', ['netns', 'exec', ns, 'ip', 'link', 'set', 'lo', 'up'])
+      // Both directions of the link are limited: the leaf's side (reads) and ours (writes).
+      run('ip', ['netns', 'exec', ns, 'tc', 'qdisc', 'add', 'dev', `dstb${n}l`, 'root', 'tbf', 'rate', rate, 'burst', '256kb', 'latency', '20ms'])
+      run('tc', ['qdisc', 'add', 'dev', `dstb${n}h`, 'root', 'tbf', 'rate', rate, 'burst', '256kb', 'latency', '20ms'])
+      hosts.push(`10.77.${n}.2`)
+    }
+    return { hosts, cleanup }
+  } catch (err) {
+    cleanup()
+    throw err
+  }
+}
+
+interface Scenario { title: string, leafHosts: string[], netns: Array<string | undefined> }
+
+async function scenario (sc: Scenario, dir: string, seconds: number, size: number): Promise<void> {
+  const started: ChildProcess[] = []
+  try {
+    const leaves: Array<{ port: number, proc: ChildProcess, url: string }> = []
+    for (const [i, host] of sc.leafHosts.entries()) {
+      const file = path.join(dir, `l${i + 1}.img`)
+      const leaf = await start(['export', file, '--listen', `${host}:0`, '--name', 'disk', '--allow', '127.0.0.0/8', '--allow', '10.77.0.0/16'], sc.netns[i])
+      started.push(leaf.proc)
+      leaves.push({ ...leaf, url: `dst://${host}:${leaf.port}/disk` })
+    }
     const cfg = (name: string, devices: object, device: string): string => {
       const file = path.join(dir, `${name}.json`)
+      fs.rmSync(path.join(dir, `state-${name}`), { recursive: true, force: true })
       fs.writeFileSync(file, JSON.stringify({ name, listen: '127.0.0.1:0', dataDir: `./state-${name}`, devices, exports: [{ device }] }))
       return file
     }
-    const hop = await start(['node', '--config', cfg('hop', { far: { type: 'remote', url: `dst://127.0.0.1:${l1.port}/disk` } }, 'far')])
+    const hop = await start(['node', '--config', cfg('hop', { far: { type: 'remote', url: leaves[0].url } }, 'far')])
+    started.push(hop.proc)
     const mir = await start(['node', '--config', cfg('mir', {
-      a: { type: 'remote', url: `dst://127.0.0.1:${l1.port}/disk` },
-      b: { type: 'remote', url: `dst://127.0.0.1:${l2.port}/disk` },
+      a: { type: 'remote', url: leaves[0].url },
+      b: { type: 'remote', url: leaves[1].url },
       m: { type: 'mirror', members: ['a', 'b'] },
     }, 'm')])
+    started.push(mir.proc)
     // Wait for the mirror's first sync (a compare of identical legs).
-    for (let i = 0; i < 600; i++) {
-      const s = await (await fetch(`http://127.0.0.1:${mir.port}/status`)).json() as { devices: { m: { state: string } } }
-      if (s.devices.m.state === 'online') break
+    for (let i = 0; i < 1500; i++) {
+      const st = await (await fetch(`http://127.0.0.1:${mir.port}/status`)).json() as { devices: { m: { state: string } } }
+      if (st.devices.m.state === 'online') break
       await new Promise(resolve => setTimeout(resolve, 200))
     }
     const targets: Target[] = [
-      { name: 'leaf (direct)', url: `dst://127.0.0.1:${l1.port}/disk`, pid: () => l1.proc.pid ?? 0 },
+      { name: 'leaf (direct)', url: leaves[0].url, pid: () => leaves[0].proc.pid ?? 0 },
       { name: 'remote, one hop', url: `dst://127.0.0.1:${hop.port}/far`, pid: () => hop.proc.pid ?? 0 },
       { name: 'mirror of 2 remote', url: `dst://127.0.0.1:${mir.port}/m`, pid: () => mir.proc.pid ?? 0 },
     ]
+    const only = process.env.BENCH_TARGETS?.split(',')
+    const chosen = only === undefined ? targets : targets.filter(t => only.some(o => t.name.includes(o)))
     const results = new Map<string, Map<string, { mibs: number, iops: number, p99: number }>>()
-    console.log(`dst bench: ${seconds} s per job, ${size / MiB} MiB devices, loopback, ${os.cpus().length} cores\n`)
+    console.log(`\n== ${sc.title}\n`)
     for (const job of jobs(seconds)) {
-      for (const target of targets) {
+      for (const target of chosen) {
         const dev = await open(target.url)
         const r = await job.run(dev)
         await dev.close()
@@ -158,7 +214,7 @@ async function main (): Promise<void> {
       }
     }
     const base = 'remote, one hop'
-    const pad = (s: string, n: number): string => s.padEnd(n)
+    const pad = (x: string, n: number): string => x.padEnd(n)
     console.log(`${pad('job', 22)}${pad('target', 22)}${pad('MiB/s', 10)}${pad('IOPS', 10)}${pad('p99 ms', 9)}vs one hop`)
     for (const [job, row] of results) {
       for (const [target, r] of row) {
@@ -166,15 +222,50 @@ async function main (): Promise<void> {
         console.log(`${pad(job, 22)}${pad(target, 22)}${pad(r.mibs.toFixed(1), 10)}${pad(r.iops.toFixed(0), 10)}${pad(r.p99.toFixed(2), 9)}${ratio.toFixed(2)}x`)
       }
     }
-    console.log('\npeak RSS (VmHWM):')
-    for (const t of targets) console.log(`  ${pad(t.name, 22)}${(peakRss(t.pid()) / MiB).toFixed(0)} MiB`)
+    console.log('\npeak RSS (VmHWM) of the serving process:')
+    for (const t of chosen) console.log(`  ${pad(t.name, 22)}${(peakRss(t.pid()) / MiB).toFixed(0)} MiB`)
     const seq = results.get('seq read 1MiB qd8')
-    if (seq !== undefined) {
+    if (seq?.get(base) !== undefined && seq.get('mirror of 2 remote') !== undefined) {
       const ratio = (seq.get('mirror of 2 remote')?.mibs ?? 0) / (seq.get(base)?.mibs ?? 1)
       console.log(`\nsequential read, mirror of two remote nodes vs one: ${ratio.toFixed(2)}x`)
     }
   } finally {
+    for (const p of started) p.kill('SIGKILL')
+    await new Promise(resolve => setTimeout(resolve, 300))
+  }
+}
+
+async function main (): Promise<void> {
+  const seconds = Number(process.env.BENCH_SECONDS ?? 5)
+  const size = Number(process.env.BENCH_SIZE_MIB ?? 256) * MiB
+  const rate = process.env.BENCH_LINK_RATE ?? '1gbit'
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dst-bench-'))
+  let links: { hosts: string[], cleanup: () => void } | null = null
+  try {
+    // Two leaves with identical contents (so the mirror's first sync only compares), kept in the page cache.
+    const data = randomFillSync(Buffer.alloc(size))
+    for (const name of ['l1.img', 'l2.img']) {
+      // Written and synced before any job, so no job pays for the write-back of the setup's dirty pages.
+      const fd = fs.openSync(path.join(dir, name), 'w')
+      fs.writeSync(fd, data)
+      fs.fsyncSync(fd)
+      fs.closeSync(fd)
+    }
+    console.log(`dst bench: ${seconds} s per job, ${size / MiB} MiB devices, ${os.cpus().length} cores; the same client and jobs for every target`)
+    if (process.env.BENCH_SCENARIOS === undefined || process.env.BENCH_SCENARIOS.includes('loopback')) {
+      await scenario({ title: 'loopback: every process on this machine\'s CPUs, no link limit', leafHosts: ['127.0.0.1', '127.0.0.1'], netns: [undefined, undefined] }, dir, seconds, size)
+    }
+    if (process.env.BENCH_SCENARIOS === undefined || process.env.BENCH_SCENARIOS.includes('links')) {
+      if (!linksAvailable()) {
+        console.log('\n== links: skipped (needs root, ip and tc; BENCH_LINKS=0 turns it off)')
+      } else {
+        links = makeLinks(rate)
+        await scenario({ title: `links: each leaf in its own network namespace behind a ${rate} veth link (tc tbf)`, leafHosts: links.hosts, netns: ['dstbench1', 'dstbench2'] }, dir, seconds, size)
+      }
+    }
+  } finally {
     for (const p of procs) p.kill('SIGKILL')
+    links?.cleanup()
     fs.rmSync(dir, { recursive: true, force: true })
   }
 }
