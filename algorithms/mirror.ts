@@ -448,7 +448,7 @@ export class MirrorDevice extends Device {
   private start (): void {
     const clear = setInterval(() => {
       if (this.clearQuiet()) this.save().catch(err => this.log((err as Error).message))
-    }, this.options.clearDelay ?? 1000)
+    }, this.options.clearDelay ?? 5000)
     clear.unref()
     this.timers.push(clear)
     const probe = setInterval(() => this.probe(), this.options.probeInterval ?? 1000)

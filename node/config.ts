@@ -212,7 +212,7 @@ function parseDevice (name: string, d: unknown, field: string, baseDir: string, 
       if (x.type === 'mirror' && members.length < 2 && !live) fail(`${field}.members`, 'a mirror needs at least two members')
       if (new Set(members).size !== members.length) fail(`${field}.members`, 'a device is listed twice')
       if (x.type === 'linear') return { type: 'linear', name, members }
-      const region = x.region === undefined ? 64 * 1024 : sizeOf(x.region, `${field}.region`, fail)
+      const region = x.region === undefined ? 1024 * 1024 : sizeOf(x.region, `${field}.region`, fail)
       if (region < 4096 || region > 64 * 1024 * 1024 || (region & (region - 1)) !== 0) fail(`${field}.region`, 'expected a power of two from 4KiB to 64MiB')
       const resyncRate = x.resyncRate === undefined ? 0 : sizeOf(x.resyncRate, `${field}.resyncRate`, fail)
       return { type: 'mirror', name, members, region, resyncRate }
