@@ -768,3 +768,39 @@ test('random writes, reads, leg failures and returns agree with a Buffer model (
   ), { numRuns: 50 })
   t.pass('fast-check found no counterexample') // fc.assert throws on failure
 })
+
+test('resyncRate bounds how fast a resync copies', async t => {
+  const { faults, members } = rig([64 * KiB, 64 * KiB])
+  const m = await openSynced(t, members, { resyncRate: 64 * KiB })
+  faults[1].failing = true
+  await m.write(0, pattern(32 * KiB, 5)) // 8 regions dirty for leg b
+  t.is(legState(m, 'b'), 'failed')
+  const began = Date.now()
+  faults[1].failing = false
+  t.true(await waitFor(() => allInSync(m), 5000), 'resynced')
+  const took = Date.now() - began
+  // 32 KiB at 64 KiB/s is half a second; the probe adds a little.
+  t.true(took >= 400, `a rate-limited resync of 32 KiB at 64 KiB/s took ${took} ms`)
+})
+
+test('a full sync interrupted by a restart resumes where it stopped', async t => {
+  const size = 64 * KiB
+  const a = new FaultDevice(new MemoryDevice({ size }))
+  await a.write(0, pattern(size, 9))
+  const b = new FaultDevice(new MemoryDevice({ size }))
+  const store = new MemoryIntentStore()
+  // A new array: leg b gets a full sync, slowed so that it is stopped part-way by a clean close (a restart).
+  const first = await MirrorDevice.open({ name: 'm', legs: [{ name: 'a', device: a }, { name: 'b', device: b }], region: REGION, store, clearDelay: 10, probeInterval: 10, resyncRate: 32 * KiB })
+  await sleep(700)
+  await first.close()
+  const remaining = regionsWithBits(store.saved!, REGION)
+  t.true(remaining > 0 && remaining < size / REGION, `the sync stopped part-way: ${remaining} of ${size / REGION} regions left`)
+  const writesBefore = b.counts.writeBytes
+  const second = await MirrorDevice.open({ name: 'm', legs: [{ name: 'a', device: a }, { name: 'b', device: b }], region: REGION, store, clearDelay: 10, probeInterval: 10 })
+  t.teardown(() => closeSoon(second))
+  t.true(await waitFor(() => allInSync(second)), 'the resumed sync finished')
+  t.true(b.counts.writeBytes - writesBefore <= remaining * REGION, `the second run wrote ${b.counts.writeBytes - writesBefore} bytes for ${remaining} regions left`)
+  const got = Buffer.alloc(size)
+  await (b.inner as MemoryDevice).read(0, size, got)
+  t.true(got.equals(pattern(size, 9)), 'leg b holds the array')
+})

@@ -5,7 +5,7 @@ import test from 'ava'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import { randomBytes } from 'node:crypto'
-import { startNode, tempDir, type RunningNode } from '../helpers/node-process'
+import { runDst, startNode, tempDir, type RunningNode } from '../helpers/node-process'
 import { freePort } from '../helpers/ports'
 import { RemoteDevice } from '../../export/remote-device'
 import { parseDstUrl } from '../../node/config'
@@ -184,4 +184,83 @@ test('kill -9 of a node during mirror writes: after restart only dirty regions a
   t.true(s.devices.m.resyncedBytes <= dirty * region, `copied ${s.devices.m.resyncedBytes} bytes for ${dirty} dirty regions`)
   t.is(await second.stop(), 0)
   t.true(fs.readFileSync(path.join(dir, 'a.img')).equals(fs.readFileSync(path.join(dir, 'b.img'))), 'legs byte-identical')
+})
+
+test('dst array add, split and remove change a mirror live, refuse what would lose data, and survive a restart', async t => {
+  const dir = tempDir()
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const size = 4 * MiB
+  const port = await freePort()
+  const config = {
+    name: 'mgmt', listen: `127.0.0.1:${port}`, dataDir: './state',
+    admin: { token: 'sesame' },
+    devices: {
+      a: { type: 'file', path: './a.img', size }, b: { type: 'file', path: './b.img', size },
+      spare: { type: 'file', path: './spare.img', size },
+      m: { type: 'mirror', members: ['a', 'b'], region: '64KiB' },
+    },
+    exports: [{ device: 'm' }],
+  }
+  let node = await startNode(dir, config)
+  t.teardown(() => node.kill())
+  await until('first sync', async () => (await status(node)).devices.m.state === 'online')
+  const dev = await open(node.url('m'))
+  const first = randomBytes(size)
+  await dev.write(0, first)
+  const admin = (args: string[]): Promise<{ code: number | null, stdout: Buffer, stderr: string }> =>
+    runDst(['array', ...args, '--admin-token', 'sesame'])
+
+  // Without the admin token the node refuses.
+  const noToken = await runDst(['array', 'add', node.http, 'm', 'spare'])
+  t.is(noToken.code, 1)
+  t.regex(noToken.stderr, /admin token/)
+
+  // add: the spare becomes a leg and is filled in the background.
+  const add = await admin(['add', node.http, 'm', 'spare'])
+  t.is(add.code, 0, add.stderr)
+  t.regex(add.stdout.toString(), /leg 'spare' added/)
+  await until('spare in sync', async () => (await status(node)).devices.m.members.every((l: any) => l.state === 'in-sync'))
+  t.true(fs.readFileSync(path.join(dir, 'spare.img')).equals(first), 'the added leg holds the array')
+
+  // split: b is detached as a point-in-time copy and exported as "snap"; later writes do not reach it.
+  const split = await admin(['split', node.http, 'm', 'b', '--export', 'snap', '--read-only'])
+  t.is(split.code, 0, split.stderr)
+  const later = randomBytes(64 * 1024)
+  await dev.write(0, later)
+  const snap = await open(node.url('snap'))
+  t.false(snap.writable, 'exported read-only')
+  const snapData = Buffer.alloc(size)
+  await snap.read(0, size, snapData)
+  await snap.close()
+  t.true(snapData.equals(first), 'the split-off leg keeps the data as of the split')
+
+  // Refusals: adding a device that is exported (one writer per leg), an unknown device, removing the last in-sync leg.
+  const exported = await admin(['add', node.http, 'm', 'b'])
+  t.is(exported.code, 1)
+  t.regex(exported.stderr, /exported as 'snap'/)
+  const unknown = await admin(['add', node.http, 'm', 'nosuch'])
+  t.is(unknown.code, 1)
+  t.regex(unknown.stderr, /no device named 'nosuch'/)
+  const rmA = await admin(['remove', node.http, 'm', 'spare'])
+  t.is(rmA.code, 0, rmA.stderr)
+  const rmLast = await admin(['remove', node.http, 'm', 'a'])
+  t.is(rmLast.code, 1)
+  t.regex(rmLast.stderr, /only in-sync leg/)
+  const notMirror = await admin(['add', node.http, 'a', 'spare'])
+  t.is(notMirror.code, 1)
+  t.regex(notMirror.stderr, /only mirror arrays/)
+  await dev.close()
+
+  // A restart keeps every change: m has one leg (a), snap is still exported.
+  t.is(await node.stop(), 0)
+  node = await startNode(dir, config)
+  const s = await status(node)
+  t.deepEqual(s.devices.m.members.map((l: any) => l.name), ['a'])
+  t.is(s.devices.m.state, 'degraded')
+  t.true(s.exports.some((e: any) => e.name === 'snap' && e.device === 'b' && e.readOnly === true))
+  const again = await open(node.url('m'))
+  const head = Buffer.alloc(later.length)
+  await again.read(0, head.length, head)
+  await again.close()
+  t.true(head.equals(later), 'the array kept its latest data across the restart')
 })
