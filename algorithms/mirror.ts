@@ -116,10 +116,7 @@ export class MirrorDevice extends Device {
     const regions = Math.ceil(size / region)
     const bytes = bitmapBytes(regions)
     const loaded = await store.load()
-    const legs: Leg[] = members.map(m => ({
-      name: m.name, device: m.device, state: 'in-sync', outstanding: 0, stale: new Uint8Array(regions), staleCount: 0,
-      full: false, resync: null, running: null, lastError: '', nextProbe: 0, probeWait: options.probeInterval ?? 1000,
-    }))
+    const legs: Leg[] = members.map(m => newLeg(m, regions, options))
     const records: LegRecord[] = members.map(m => ({ name: m.name, identity: m.device.identity, inSync: true }))
     const bits = members.map(() => new Uint8Array(bytes))
     let uuid: string = randomUUID()
@@ -528,8 +525,8 @@ export class MirrorDevice extends Device {
       l.full = false
       this.state_.superblock.events++
       this.log(`leg '${l.name}' in sync (${l.resync.copiedBytes} of ${total} bytes copied)`)
-      if (this.clearQuiet(true)) await this.save()
-      else await this.save()
+      this.clearQuiet(true)
+      await this.save()
     } finally {
       if (l.state === 'resyncing') l.state = 'stale'
       l.resync = null
@@ -587,7 +584,7 @@ export class MirrorDevice extends Device {
   // ---- management ------------------------------------------------------------------------------------------------
 
   /** Holds new I/O and waits for what is in flight, runs `fn`, then lets I/O go on. */
-  private async paused_ <T>(fn: () => Promise<T>): Promise<T> {
+  private async withIoHeld <T>(fn: () => Promise<T>): Promise<T> {
     while (this.paused) await new Promise<void>(resolve => this.gate.push(resolve))
     this.paused = true
     try {
@@ -606,11 +603,12 @@ export class MirrorDevice extends Device {
     if (this.legs.some(l => l.name === member.name)) throw new DstError('DST_ERR_EXISTS', `mirror '${this.name}': '${member.name}' is already a leg`, Errno.EINVAL)
     if (member.device.size < this.size) throw new DstError('DST_ERR_SIZE', `mirror '${this.name}': '${member.name}' has ${member.device.size} bytes, the mirror needs ${this.size}`, Errno.EINVAL)
     if (!member.device.writable) throw new DstError('DST_ERR_EROFS', `mirror '${this.name}': '${member.name}' is read-only`, Errno.EROFS)
-    const leg: Leg = {
-      name: member.name, device: member.device, state: 'stale', outstanding: 0, stale: new Uint8Array(this.regions).fill(1),
-      staleCount: this.regions, full: true, resync: null, running: null, lastError: '', nextProbe: 0, probeWait: this.options.probeInterval ?? 1000,
-    }
-    await this.paused_(async () => {
+    const leg = newLeg(member, this.regions, this.options)
+    leg.state = 'stale'
+    leg.stale.fill(1)
+    leg.staleCount = this.regions
+    leg.full = true
+    await this.withIoHeld(async () => {
       const bits = new Uint8Array(bitmapBytes(this.regions))
       fillBits(bits, this.regions)
       this.legs.push(leg)
@@ -626,24 +624,14 @@ export class MirrorDevice extends Device {
   }
 
   /** Removes a leg; the last in-sync leg cannot be removed. Returns its device. */
-  async removeLeg (name: string, why = 'removed'): Promise<Device> {
-    const leg = this.legs.find(l => l.name === name)
-    if (leg === undefined) throw new DstError('DST_ERR_NOLEG', `mirror '${this.name}': no leg '${name}' (legs: ${this.legNames.join(', ')})`, Errno.EINVAL)
+  async removeLeg (name: string): Promise<Device> {
+    const leg = this.legNamed(name)
     if (leg.state === 'in-sync' && this.legs.filter(l => l.state === 'in-sync').length === 1) {
       throw new DstError('DST_ERR_LASTLEG', `mirror '${this.name}': '${name}' is the only in-sync leg`, Errno.EINVAL)
     }
-    return await this.paused_(async () => {
+    return await this.detach(leg, 'removed', async () => {
       if (leg.state === 'resyncing') leg.state = 'stale'
       await leg.running?.catch(() => {})
-      const i = this.legs.indexOf(leg)
-      this.legs.splice(i, 1)
-      this.state_.bits.splice(i, 1)
-      this.state_.superblock.legs.splice(i, 1)
-      this.state_.superblock.events++
-      await this.store.create(this.state_)
-      this.pages = new Map()
-      this.log(`leg '${name}' ${why}`)
-      return leg.device
     })
   }
 
@@ -652,12 +640,22 @@ export class MirrorDevice extends Device {
    * array as of that moment, usable on its own.
    */
   async splitLeg (name: string): Promise<Device> {
-    const leg = this.legs.find(l => l.name === name)
-    if (leg === undefined) throw new DstError('DST_ERR_NOLEG', `mirror '${this.name}': no leg '${name}' (legs: ${this.legNames.join(', ')})`, Errno.EINVAL)
+    const leg = this.legNamed(name)
     if (leg.state !== 'in-sync') throw new DstError('DST_ERR_NOTSYNC', `mirror '${this.name}': leg '${name}' is ${leg.state}; only an in-sync leg is a consistent copy`, Errno.EINVAL)
     if (this.legs.filter(l => l.state === 'in-sync').length < 2) throw new DstError('DST_ERR_LASTLEG', `mirror '${this.name}': '${name}' is the only in-sync leg`, Errno.EINVAL)
-    return await this.paused_(async () => {
-      await leg.device.flush()
+    return await this.detach(leg, 'split off as a point-in-time copy', () => leg.device.flush())
+  }
+
+  private legNamed (name: string): Leg {
+    const leg = this.legs.find(l => l.name === name)
+    if (leg === undefined) throw new DstError('DST_ERR_NOLEG', `mirror '${this.name}': no leg '${name}' (legs: ${this.legNames.join(', ')})`, Errno.EINVAL)
+    return leg
+  }
+
+  /** With I/O held: `prepare`, then drop the leg from the array and rewrite the intent file without it. */
+  private async detach (leg: Leg, what: string, prepare: () => Promise<void>): Promise<Device> {
+    return await this.withIoHeld(async () => {
+      await prepare()
       const i = this.legs.indexOf(leg)
       this.legs.splice(i, 1)
       this.state_.bits.splice(i, 1)
@@ -665,7 +663,7 @@ export class MirrorDevice extends Device {
       this.state_.superblock.events++
       await this.store.create(this.state_)
       this.pages = new Map()
-      this.log(`leg '${name}' split off as a point-in-time copy`)
+      this.log(`leg '${leg.name}' ${what}`)
       return leg.device
     })
   }
@@ -699,6 +697,13 @@ export class MirrorDevice extends Device {
   private noLegError (what: string): DstError {
     const states = this.legs.map(l => `${l.name} ${l.state}${l.lastError !== '' ? ` (${l.lastError})` : ''}`).join('; ')
     return new DstError('DST_ERR_NOLEG', `mirror '${this.name}': ${what}: no in-sync leg left (${states})`, Errno.EIO)
+  }
+}
+
+function newLeg (m: Member, regions: number, options: MirrorOptions): Leg {
+  return {
+    name: m.name, device: m.device, state: 'in-sync', outstanding: 0, stale: new Uint8Array(regions), staleCount: 0,
+    full: false, resync: null, running: null, lastError: '', nextProbe: 0, probeWait: options.probeInterval ?? 1000,
   }
 }
 
