@@ -247,7 +247,8 @@ export class MirrorDevice extends Device {
     for (;;) {
       const eligible = this.legs.filter(l => l.state !== 'failed' && this.holds(l, r0, r1))
       if (eligible.length === 0) throw this.noLegError(`read ${offset}+${length}`)
-      eligible.sort((a, b) => a.outstanding - b.outstanding)
+      // Least busy first; a leg whose link is down (reconnecting) only when no other leg holds the range.
+      eligible.sort((a, b) => (a.device.state === 'connecting' ? 1 : 0) - (b.device.state === 'connecting' ? 1 : 0) || a.outstanding - b.outstanding)
       if (length >= SPLIT_READ && eligible.length > 1) {
         const parts = Math.min(eligible.length, Math.floor(length / (SPLIT_READ / 2)))
         const step = Math.ceil(length / parts / this.blockSize) * this.blockSize
@@ -467,10 +468,24 @@ export class MirrorDevice extends Device {
       l.device.read(0, buf.length, buf).then(() => {
         l.probeWait = this.options.probeInterval ?? 1000
         l.lastError = ''
+        const i = this.legs.indexOf(l)
+        const record = this.state_.superblock.legs[i]
+        if (record !== undefined && record.identity !== l.device.identity) {
+          // Another disk answers where this leg was: nothing on it can be trusted; copy the whole array to it.
+          this.log(`leg '${l.name}' came back with a different disk (${l.device.identity}, was ${record.identity}): full sync`)
+          record.identity = l.device.identity
+          l.stale.fill(1)
+          l.staleCount = this.regions
+          l.full = true
+          for (let r = 0; r < this.regions; r++) { this.setBit(i, r, true); this.marked.add(r) }
+        }
         l.state = 'stale'
         this.state_.superblock.events++
         this.log(`leg '${l.name}' is back: resyncing ${this.staleBytes(l)} bytes`)
-        if (this.options.autoResync !== false) this.startResync(l)
+        // The map (with a new disk's identity and all its bits) is on disk before anything is copied.
+        this.save().then(() => {
+          if (this.options.autoResync !== false) this.startResync(l).catch(() => {})
+        }, (err: Error) => this.log(err.message))
       }, (err: Error) => {
         l.lastError = err.message
         l.probeWait = Math.min(l.probeWait * 2, 5000)

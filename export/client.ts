@@ -23,6 +23,12 @@ export interface ConnectOptions {
   pingInterval?: number
   /** Most requests that may wait for a slot; one more gets an explicit error. */
   maxQueued?: number
+  /** A request unanswered this long (ms) means the link is broken: the connection is dropped. */
+  requestTimeout?: number
+  /** Who writes through this connection: a stable id, so the export's write lease survives our reconnects. */
+  owner?: string
+  /** 'ro' asks for a read-only session and takes no write lease. */
+  access?: 'rw' | 'ro'
 }
 
 interface Slot {
@@ -35,6 +41,7 @@ interface Slot {
   into: Uint8Array | null
   data: Uint8Array | null
   tries: number
+  sentAt: number
   resolve: () => void
   reject: (err: Error) => void
   header: Buffer
@@ -94,7 +101,7 @@ export class Connection {
     this.freeSlots = []
     for (let i = 0; i < this.queueDepth; i++) {
       this.slots.push({
-        index: i, seq: 0, busy: false, op: 0, offset: 0, length: 0, into: null, data: null, tries: 0,
+        index: i, seq: 0, busy: false, op: 0, offset: 0, length: 0, into: null, data: null, tries: 0, sentAt: 0,
         resolve: noop, reject: noop, header: Buffer.alloc(REQUEST_HEADER_SIZE),
       })
       this.freeSlots.push(this.queueDepth - 1 - i)
@@ -108,8 +115,10 @@ export class Connection {
     })
     ws.on('error', err => this.fail(new DstError('DST_ERR_DISCONNECTED', `${this.url}: ${err.message}`, Errno.EIO)))
     const interval = options.pingInterval ?? 10000
-    if (interval > 0) {
-      this.pingTimer = setInterval(() => this.checkAlive(interval), interval)
+    const requestTimeout = options.requestTimeout ?? 30000
+    if (interval > 0 || requestTimeout > 0) {
+      const tick = Math.max(50, Math.min(interval > 0 ? interval : Infinity, requestTimeout > 0 ? requestTimeout : Infinity) / 2)
+      this.pingTimer = setInterval(() => this.checkAlive(interval, requestTimeout), tick)
       this.pingTimer.unref()
     }
   }
@@ -120,6 +129,8 @@ export class Connection {
     return new Promise((resolve, reject) => {
       const headers: Record<string, string> = { 'x-dst-version': String(PROTOCOL_VERSION) }
       if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`
+      if (options.access === 'ro') headers['x-dst-access'] = 'ro'
+      else if (options.owner !== undefined) headers['x-dst-writer'] = options.owner
       const ws = new WebSocket(wsUrl, {
         headers,
         perMessageDeflate: false,
@@ -199,8 +210,12 @@ export class Connection {
 
   /** Drops the TCP connection at once, like a crash (tests, and a peer that stopped answering). */
   terminate (): void {
+    this.drop(new DstError('DST_ERR_DISCONNECTED', `${this.url}: connection dropped`, Errno.EIO))
+  }
+
+  private drop (reason: DstError): void {
     this.ws.terminate()
-    this.fail(new DstError('DST_ERR_DISCONNECTED', `${this.url}: connection dropped`, Errno.EIO))
+    this.fail(reason)
   }
 
   private start (slot: Slot, op: number, offset: number, length: number, into: Uint8Array | null, data: Uint8Array | null,
@@ -220,6 +235,7 @@ export class Connection {
   }
 
   private send (slot: Slot): void {
+    slot.sentAt = Date.now()
     writeRequestHeader(slot.header, 0, slot.op, 0, slot.index, slot.seq, slot.offset, slot.length)
     if (!this.corked) {
       // Requests issued in one tick leave in one write.
@@ -296,10 +312,23 @@ export class Connection {
     if (err === null) resolve(); else reject(err)
   }
 
-  private checkAlive (interval: number): void {
+  private checkAlive (interval: number, requestTimeout: number): void {
     if (this.closed !== null) return
-    const quiet = Date.now() - this.lastHeard
-    if (quiet > 3 * interval) { this.terminate(); return }
+    const now = Date.now()
+    if (requestTimeout > 0) {
+      for (const slot of this.slots) {
+        if (slot.busy && now - slot.sentAt > requestTimeout) {
+          this.drop(new DstError('DST_ERR_TIMEOUT', `${this.url}: no answer to a ${opNames[slot.op] ?? 'request'} within ${requestTimeout} ms`, Errno.ETIMEDOUT))
+          return
+        }
+      }
+    }
+    if (interval <= 0) return
+    const quiet = now - this.lastHeard
+    if (quiet > 3 * interval) {
+      this.drop(new DstError('DST_ERR_SILENT', `${this.url}: peer silent for ${quiet} ms`, Errno.ETIMEDOUT))
+      return
+    }
     if (quiet >= interval && !this.pingOut) {
       this.pingOut = true
       this.ping().catch(noop)

@@ -59,6 +59,8 @@ export interface Handshake {
   maxInFlight: number
   identity: string
   generation: number
+  /** The write lease's fencing token this connection holds (0: none). */
+  leaseToken: number
 }
 
 const TWO_32 = 0x100000000
@@ -133,6 +135,7 @@ export function encodeHandshake (h: Handshake): Buffer {
   if (!/^[0-9a-f]{32}$/i.test(hex)) throw new RangeError(`identity '${h.identity}' is not a UUID`)
   buf.write(hex, 32, 'hex')
   writeU64(buf, 48, h.generation)
+  writeU64(buf, 56, h.leaseToken)
   return buf
 }
 
@@ -150,6 +153,7 @@ export function parseHandshake (buf: Buffer): Handshake {
     maxInFlight: buf.readUInt32LE(28),
     identity: `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`,
     generation: readU64(buf, 48),
+    leaseToken: readU64(buf, 56),
   }
 }
 

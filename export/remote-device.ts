@@ -1,8 +1,13 @@
 // A device on another node, reached at dst://HOST:PORT/NAME. It learns size and identity from the handshake, splits
-// requests larger than the export's maximum, and pipelines up to `queueDepth` of them on one connection. When the
-// connection drops it reconnects in the background; requests made meanwhile fail with a clear error, and a peer
-// that comes back with another disk (other identity or size) is refused. Retrying in-flight requests across a
-// reconnect belongs to the fault-tolerance layer.
+// requests larger than the export's maximum, and pipelines up to `queueDepth` of them on one connection.
+//
+// Riding out faults: when the connection drops (closed socket, peer restart, a silent peer caught by pings, a request
+// left unanswered past `requestTimeout`), it reconnects by itself with capped exponential backoff, and every request
+// that had not been answered is sent again on the new connection (requests are positional, so sending one twice is
+// harmless). The caller sees no error if the peer is back within `reconnectTimeout`; after that, requests fail with a
+// clear error until the peer returns. A peer that comes back with another disk (identity or size) is never trusted
+// with the old requests: they fail, and the device either refuses the new disk or (for mirror legs, which then do a
+// full sync) takes it on.
 
 import { Device, type DeviceStatus } from '../node/device'
 import { DstError, Errno } from '../node/errors'
@@ -13,9 +18,18 @@ import { Connection, formatDstUrl, type ConnectOptions, type DstUrl } from './cl
 export interface RemoteDeviceOptions extends ConnectOptions {
   /** Keep trying the first connection this long (ms) before giving up; 0 means one try. */
   openTimeout?: number
+  /** How long (ms) requests wait for a lost peer to come back before they fail. Default 30 s. */
+  reconnectTimeout?: number
+  /** Take on a peer that comes back with another disk (mirror legs: the mirror resyncs it in full). */
+  acceptNewDisk?: boolean
   /** Log lines about connection changes. */
   log?: (message: string) => void
 }
+
+/** Errors of the link, not of the request: the request is sent again on a fresh connection. */
+const TRANSPORT = new Set(['DST_ERR_DISCONNECTED', 'DST_ERR_PROTOCOL', 'DST_ERR_TIMEOUT', 'DST_ERR_SILENT'])
+
+interface Waiter { resolve: (conn: Connection) => void, reject: (err: Error) => void }
 
 export class RemoteDevice extends Device {
   readonly type = 'remote'
@@ -24,10 +38,20 @@ export class RemoteDevice extends Device {
   private readonly maxRequest: number
   private readonly target: DstUrl
   private readonly options: RemoteDeviceOptions
+  private readonly reconnectTimeout: number
   private reconnectTimer: NodeJS.Timeout | null = null
+  private giveUpTimer: NodeJS.Timeout | null = null
   private backoff = 100
   private closedByUs = false
+  /** Set once the peer has been away longer than reconnectTimeout: requests fail at once until it is back. */
+  private unreachable: DstError | null = null
+  private waiters: Waiter[] = []
+  generation = 0
   lastError = ''
+  /** Requests sent again after a reconnect (status, tests). */
+  resent = 0
+  /** Called when the peer came back with another disk and `acceptNewDisk` took it on. */
+  onNewDisk: ((identity: string) => void) | null = null
 
   private constructor (target: DstUrl, conn: Connection, options: RemoteDeviceOptions) {
     const h = conn.handshake
@@ -37,7 +61,9 @@ export class RemoteDevice extends Device {
     this.conn = conn
     this.maxRequest = h.maxRequest
     this.identity = h.identity
+    this.generation = h.generation
     this.options = options
+    this.reconnectTimeout = options.reconnectTimeout ?? 30000
     this.watch(conn)
   }
 
@@ -50,7 +76,7 @@ export class RemoteDevice extends Device {
         return new RemoteDevice(target, conn, options)
       } catch (err) {
         const e = err as DstError
-        // Refusals (token, allow list, no such export) will not change by waiting.
+        // Refusals (token, allow list, no such export, a lease) will not change by waiting.
         if (e.code !== 'DST_ERR_CONNECT' && e.code !== 'DST_ERR_TIMEOUT') throw err
         if (Date.now() + wait > deadline) throw err
         options.log?.(`${e.message}; retrying`)
@@ -62,7 +88,6 @@ export class RemoteDevice extends Device {
 
   get connected (): boolean { return this.conn !== null && !this.conn.isClosed }
 
-  // These three are what the base class reads to derive capabilities; all are answered by the peer's handshake.
   protected override _read (offset: number, length: number, into: Uint8Array): Promise<void> {
     return this.split(Op.READ, offset, length, into)
   }
@@ -72,58 +97,103 @@ export class RemoteDevice extends Device {
   }
 
   protected override _flush (): Promise<void> {
-    const conn = this.live()
-    if (!conn.canFlush) return Promise.resolve()
-    return conn.request(Op.FLUSH, 0, 0, null, null)
+    return this.send(Op.FLUSH, 0, 0, null, null)
   }
 
   protected override _trim (offset: number, length: number): Promise<void> {
-    const conn = this.live()
-    if (!conn.canTrim) return Promise.reject(new DstError('DST_ERR_ENOTSUP', `${this.url}: the export cannot trim`, Errno.ENOTSUP))
-    return conn.request(Op.TRIM, offset, length, null, null)
+    return this.send(Op.TRIM, offset, length, null, null)
   }
 
   protected override _close (): Promise<void> {
     this.closedByUs = true
     if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer)
+    if (this.giveUpTimer !== null) clearTimeout(this.giveUpTimer)
+    this.release(new DstError('DST_ERR_CLOSED', `${this.url}: device closed`, Errno.ESHUTDOWN))
     this.conn?.close(1000, 'device closed')
     return Promise.resolve()
   }
 
   override status (): DeviceStatus {
-    return { ...super.status(), url: this.url, identity: this.identity, connected: this.connected, ...(this.lastError !== '' ? { lastError: this.lastError } : {}) }
+    return {
+      ...super.status(),
+      url: this.url,
+      identity: this.identity,
+      generation: this.generation,
+      connected: this.connected,
+      resent: this.resent,
+      ...(this.lastError !== '' ? { lastError: this.lastError } : {}),
+    }
   }
 
-  ping (): Promise<void> {
-    return this.live().ping()
+  async ping (): Promise<void> {
+    await this.send(Op.PING, 0, 0, null, null)
+  }
+
+  /** Drops the current connection as if the link broke (tests and fault drills). */
+  dropConnection (): void {
+    this.conn?.terminate()
   }
 
   private split (op: number, offset: number, length: number, buf: Uint8Array): Promise<void> {
-    const conn = this.live()
-    if (length <= this.maxRequest) return conn.request(op, offset, length, op === Op.READ ? buf : null, op === Op.WRITE ? buf : null)
+    if (length <= this.maxRequest) return this.send(op, offset, length, op === Op.READ ? buf : null, op === Op.WRITE ? buf : null)
     const parts: Array<Promise<void>> = []
     for (let done = 0; done < length; done += this.maxRequest) {
       const n = Math.min(this.maxRequest, length - done)
       const view = buf.subarray(done, done + n)
-      parts.push(conn.request(op, offset + done, n, op === Op.READ ? view : null, op === Op.WRITE ? view : null))
+      parts.push(this.send(op, offset + done, n, op === Op.READ ? view : null, op === Op.WRITE ? view : null))
     }
     return settleAll(parts)
   }
 
-  private live (): Connection {
-    const conn = this.conn
-    if (conn === null || conn.isClosed) {
-      throw new DstError('DST_ERR_DISCONNECTED', `${this.url}: not connected${this.lastError !== '' ? ` (${this.lastError})` : ''}`, Errno.EIO)
+  /** One request, sent again on a fresh connection for as long as the link (not the request) is what failed. */
+  private async send (op: number, offset: number, length: number, into: Uint8Array | null, data: Uint8Array | null): Promise<void> {
+    let firstFailure = 0
+    for (;;) {
+      const conn = this.conn !== null && !this.conn.isClosed ? this.conn : await this.nextConnection()
+      try {
+        await conn.request(op, offset, length, into, data)
+        return
+      } catch (err) {
+        const e = err as DstError
+        if (this.closedByUs || !TRANSPORT.has(e.code)) throw err
+        // A request that keeps killing its connection must not loop forever.
+        if (firstFailure === 0) firstFailure = Date.now()
+        else if (Date.now() - firstFailure > this.reconnectTimeout) throw err
+        this.resent++
+      }
     }
-    return conn
+  }
+
+  /** A live connection: now, after the reconnect under way, or an error once the peer has been away too long. */
+  private nextConnection (): Promise<Connection> {
+    if (this.closedByUs) return Promise.reject(new DstError('DST_ERR_CLOSED', `${this.url}: device closed`, Errno.ESHUTDOWN))
+    if (this.unreachable !== null) return Promise.reject(this.unreachable)
+    if (this.state === 'failed') return Promise.reject(new DstError('DST_ERR_NEWDISK', `${this.url}: ${this.lastError}`, Errno.EIO))
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }))
+  }
+
+  private release (err: Error | null, conn?: Connection): void {
+    const waiters = this.waiters
+    this.waiters = []
+    for (const w of waiters) { if (err === null) w.resolve(conn as Connection); else w.reject(err) }
   }
 
   private watch (conn: Connection): void {
     conn.onClose = err => {
-      if (this.closedByUs) return
+      if (this.closedByUs || this.conn !== conn) return
       this.lastError = err.message
       this.state = 'connecting'
       this.options.log?.(`${err.message}; reconnecting`)
+      if (this.giveUpTimer === null && this.unreachable === null) {
+        const since = Date.now()
+        this.giveUpTimer = setTimeout(() => {
+          this.giveUpTimer = null
+          this.unreachable = new DstError('DST_ERR_UNREACHABLE', `${this.url}: unreachable for ${Date.now() - since} ms (${this.lastError})`, Errno.EIO)
+          this.options.log?.(`${this.unreachable.message}; failing requests until it is back`)
+          this.release(this.unreachable)
+        }, this.reconnectTimeout)
+        this.giveUpTimer.unref()
+      }
       this.scheduleReconnect()
     }
   }
@@ -132,23 +202,7 @@ export class RemoteDevice extends Device {
     if (this.closedByUs || this.reconnectTimer !== null) return
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null
-      Connection.connect(this.target, this.options).then(conn => {
-        if (this.closedByUs) { conn.close(1000, 'device closed'); return }
-        const h = conn.handshake
-        if (h.identity !== this.identity || h.size !== this.size) {
-          conn.close(1000, 'different disk')
-          this.state = 'failed'
-          this.lastError = `peer came back with a different disk (identity ${h.identity}, size ${h.size}); not reconnecting`
-          this.options.log?.(`${this.url}: ${this.lastError}`)
-          return
-        }
-        this.conn = conn
-        this.backoff = 100
-        this.state = 'online'
-        this.lastError = ''
-        this.options.log?.(`${this.url}: reconnected`)
-        this.watch(conn)
-      }, (err: Error) => {
+      Connection.connect(this.target, this.options).then(conn => this.reconnected(conn), (err: Error) => {
         this.lastError = err.message
         this.backoff = Math.min(this.backoff * 2, 2000)
         this.scheduleReconnect()
@@ -156,5 +210,37 @@ export class RemoteDevice extends Device {
     }, this.backoff)
     this.reconnectTimer.unref()
   }
-}
 
+  private reconnected (conn: Connection): void {
+    if (this.closedByUs) { conn.close(1000, 'device closed'); return }
+    const h = conn.handshake
+    if (h.identity !== this.identity || h.size !== this.size) {
+      const what = `peer came back with a different disk (identity ${h.identity}, size ${h.size}; was ${this.identity}, ${this.size})`
+      // Requests meant for the old disk must not run on the new one.
+      const err = new DstError('DST_ERR_NEWDISK', `${this.url}: ${what}`, Errno.EIO)
+      this.release(err)
+      if (this.options.acceptNewDisk !== true || h.size < this.size) {
+        conn.close(1000, 'different disk')
+        this.state = 'failed'
+        this.lastError = `${what}; not reconnecting`
+        if (this.giveUpTimer !== null) { clearTimeout(this.giveUpTimer); this.giveUpTimer = null }
+        this.options.log?.(this.lastError)
+        return
+      }
+      this.identity = h.identity
+      this.options.log?.(`${what}; taken on as a new disk`)
+      this.onNewDisk?.(h.identity)
+    }
+    if (h.generation !== this.generation) this.options.log?.(`peer restarted (generation ${this.generation} -> ${h.generation})`)
+    this.generation = h.generation
+    this.conn = conn
+    this.backoff = 100
+    this.state = 'online'
+    this.lastError = ''
+    this.unreachable = null
+    if (this.giveUpTimer !== null) { clearTimeout(this.giveUpTimer); this.giveUpTimer = null }
+    this.options.log?.('reconnected')
+    this.watch(conn)
+    this.release(null, conn)
+  }
+}

@@ -7,6 +7,7 @@ import { Errno, toErrno } from '../node/errors'
 import type { BufferPool, PoolBuffer } from '../node/pool'
 import type { ExportMetrics } from '../node/metrics'
 import type { Cidr } from '../node/acl'
+import type { WriteLease } from '../node/lease'
 import {
   FrameDecoder, HandshakeFlag, Op, opNames, PROTOCOL_VERSION, ProtocolError, REPLY_HEADER_SIZE, encodeHandshake,
   requestFrames, writeReplyHeader, type RequestHeader,
@@ -18,11 +19,23 @@ export interface ExportOptions {
   readOnly: boolean
   allow: Cidr[]
   token?: string
+  /** Several writers allowed (no write lease). */
+  shared?: boolean
 }
 
-/** An export as the listener sees it: a device, its access rules and its counters. */
+/** An export as the listener sees it: a device, its access rules, its write lease and its counters. */
 export interface ServedExport extends ExportOptions {
   metrics: ExportMetrics
+  lease: WriteLease
+  /** Told to clients in the handshake: how many times this node has started (restarts are visible). */
+  generation: number
+}
+
+/** What one connection may do: read only, or write as a named writer (holding the lease's token) or anonymously. */
+export interface SessionAccess {
+  readOnly: boolean
+  owner: string | null
+  token: number
 }
 
 export interface SessionLimits {
@@ -61,6 +74,7 @@ export class ExportSession {
     private readonly pool: BufferPool,
     private readonly limits: SessionLimits,
     private readonly transport: SessionTransport,
+    private readonly access: SessionAccess = { readOnly: false, owner: null, token: 0 },
   ) {
     this.decoder = new FrameDecoder(requestFrames, h => this.payloadTarget(h), (h, payload) => this.onRequest(h, payload))
     exp.metrics.connections++
@@ -69,7 +83,7 @@ export class ExportSession {
   /** The first message on every connection. */
   handshake (): Buffer {
     const d = this.exp.device
-    const readOnly = this.exp.readOnly || !d.writable
+    const readOnly = this.exp.readOnly || !d.writable || this.access.readOnly
     let flags = readOnly ? HandshakeFlag.READ_ONLY : 0
     if (d.canFlush) flags |= HandshakeFlag.FLUSH
     if (d.canTrim && !readOnly) flags |= HandshakeFlag.TRIM
@@ -81,7 +95,8 @@ export class ExportSession {
       flags,
       maxInFlight: this.limits.maxInFlight,
       identity: d.identity,
-      generation: 0,
+      generation: this.exp.generation,
+      leaseToken: this.access.token,
     })
   }
 
@@ -105,6 +120,7 @@ export class ExportSession {
     if (this.closed) return
     this.closed = true
     this.exp.metrics.connections--
+    if (this.access.owner !== null && this.exp.shared !== true) this.exp.lease.release(this.access.owner)
     if (this.writeSlot !== null) { this.pool.release(this.writeSlot); this.writeSlot = null }
   }
 
@@ -136,7 +152,9 @@ export class ExportSession {
       case Op.READ:
       case Op.WRITE:
       case Op.TRIM:
-        if (h.op !== Op.READ && (this.exp.readOnly || !d.writable)) return Errno.EROFS
+        if (h.op !== Op.READ && (this.exp.readOnly || !d.writable || this.access.readOnly)) return Errno.EROFS
+        // Fencing: only the lease holder's current connections (or anyone, on a shared export) may change data.
+        if (h.op !== Op.READ && this.exp.shared !== true && !this.exp.lease.mayWrite(this.access.owner, this.access.token)) return Errno.EPERM
         if (h.op === Op.TRIM && !d.canTrim) return Errno.ENOTSUP
         if (h.op !== Op.TRIM && h.length > this.limits.maxRequest) return Errno.EOVERFLOW
         if (h.offset + h.length > d.size || !Number.isSafeInteger(h.offset)) return Errno.EINVAL

@@ -13,7 +13,7 @@ export interface Address { host: string, port: number }
 export type DeviceConfig =
   | { type: 'file', name: string, path: string, size?: number, readOnly: boolean, blockSize?: number }
   | { type: 'memory', name: string, size: number, blockSize?: number }
-  | { type: 'remote', name: string, url: string, host: string, port: number, export: string, token?: string, queueDepth: number }
+  | { type: 'remote', name: string, url: string, host: string, port: number, export: string, token?: string, queueDepth: number, reconnectTimeout?: number, requestTimeout?: number }
   | { type: 'mirror', name: string, members: string[], region: number, resyncRate: number }
   | { type: 'linear', name: string, members: string[] }
 
@@ -23,6 +23,8 @@ export interface ExportConfig {
   readOnly: boolean
   allow: Cidr[]
   token?: string
+  /** Several writers allowed: no write lease. */
+  shared: boolean
 }
 
 export interface NodeConfig {
@@ -34,6 +36,12 @@ export interface NodeConfig {
   pool: { count: number, size: number }
   maxInFlight: number
   pingInterval: number
+  /** How long requests to a lost peer wait for it to come back (ms). */
+  reconnectTimeout: number
+  /** A request unanswered this long (ms) is sent again on a fresh connection. */
+  requestTimeout: number
+  /** How long a writer's lease on an export outlives its last connection (ms). */
+  leaseTimeout: number
   devices: Map<string, DeviceConfig>
   exports: ExportConfig[]
   /** The config file's folder; relative paths were resolved against it. */
@@ -88,7 +96,7 @@ export function loadConfigFile (file: string): NodeConfig {
 export function parseConfig (raw: unknown, baseDir: string, label = 'config', options: { live?: boolean } = {}): NodeConfig {
   const fail = (field: string, problem: string): never => { throw new ConfigError(`${label}: ${field}: ${problem}`) }
   if (!isObject(raw)) return fail('(top level)', 'expected a JSON object')
-  allowKeys(raw, ['name', 'listen', 'nbd', 'dataDir', 'pool', 'maxInFlight', 'pingInterval', 'admin', 'devices', 'exports'], '', fail)
+  allowKeys(raw, ['name', 'listen', 'nbd', 'dataDir', 'pool', 'maxInFlight', 'pingInterval', 'reconnectTimeout', 'requestTimeout', 'leaseTimeout', 'admin', 'devices', 'exports'], '', fail)
 
   const name = raw.name ?? 'dst'
   if (typeof name !== 'string' || !NAME.test(name)) fail('name', `expected a name of letters, digits, '.', '_' or '-', got ${JSON.stringify(raw.name)}`)
@@ -112,6 +120,9 @@ export function parseConfig (raw: unknown, baseDir: string, label = 'config', op
   }
   const maxInFlight = raw.maxInFlight === undefined ? 128 : positiveInt(raw.maxInFlight, 'maxInFlight', 1, 65536, fail)
   const pingInterval = raw.pingInterval === undefined ? 10000 : positiveInt(raw.pingInterval, 'pingInterval', 100, 3600000, fail)
+  const reconnectTimeout = raw.reconnectTimeout === undefined ? 30000 : positiveInt(raw.reconnectTimeout, 'reconnectTimeout', 100, 86400000, fail)
+  const requestTimeout = raw.requestTimeout === undefined ? 30000 : positiveInt(raw.requestTimeout, 'requestTimeout', 100, 3600000, fail)
+  const leaseTimeout = raw.leaseTimeout === undefined ? reconnectTimeout : positiveInt(raw.leaseTimeout, 'leaseTimeout', 100, 86400000, fail)
 
   const admin = parseAccess(raw.admin, 'admin', fail)
 
@@ -134,7 +145,7 @@ export function parseConfig (raw: unknown, baseDir: string, label = 'config', op
     const field = `exports[${i}]`
     if (!isObject(e)) fail(field, 'expected an object like { "device": "disk0" }')
     const x = e as Record<string, unknown>
-    allowKeys(x, ['device', 'name', 'readOnly', 'allow', 'token'], `${field}.`, fail)
+    allowKeys(x, ['device', 'name', 'readOnly', 'allow', 'token', 'shared'], `${field}.`, fail)
     if (typeof x.device !== 'string') fail(`${field}.device`, 'missing: name the device to export')
     if (!devices.has(x.device as string)) fail(`${field}.device`, `no device named '${x.device as string}' in devices`)
     const ename = x.name ?? x.device
@@ -144,10 +155,11 @@ export function parseConfig (raw: unknown, baseDir: string, label = 'config', op
     seen.add(ename as string)
     if (x.readOnly !== undefined && typeof x.readOnly !== 'boolean') fail(`${field}.readOnly`, 'expected true or false')
     const { allow, token } = parseAccess({ allow: x.allow, token: x.token }, field, fail)
-    exportList.push({ name: ename as string, device: x.device as string, readOnly: x.readOnly === true, allow, token })
+    if (x.shared !== undefined && typeof x.shared !== 'boolean') fail(`${field}.shared`, 'expected true or false')
+    exportList.push({ name: ename as string, device: x.device as string, readOnly: x.readOnly === true, allow, token, shared: x.shared === true })
   }
 
-  return { name: name as string, listen, nbd, dataDir, pool, maxInFlight, pingInterval, devices, exports: exportList, baseDir, admin }
+  return { name: name as string, listen, nbd, dataDir, pool, maxInFlight, pingInterval, reconnectTimeout, requestTimeout, leaseTimeout, devices, exports: exportList, baseDir, admin }
 }
 
 type Fail = (field: string, problem: string) => never
@@ -193,13 +205,15 @@ function parseDevice (name: string, d: unknown, field: string, baseDir: string, 
       return { type: 'memory', name, size, blockSize: blockSizeOf(x.blockSize, field, fail) }
     }
     case 'remote': {
-      allowKeys(x, ['type', 'url', 'token', 'queueDepth'], `${field}.`, fail)
+      allowKeys(x, ['type', 'url', 'token', 'queueDepth', 'reconnectTimeout', 'requestTimeout'], `${field}.`, fail)
       if (x.url === undefined) fail(`${field}.url`, 'missing: a remote device needs a dst://HOST:PORT/NAME url')
       const url = parseDstUrl(x.url)
       if (typeof url === 'string') return fail(`${field}.url`, url)
       if (x.token !== undefined && (typeof x.token !== 'string' || x.token.length === 0)) fail(`${field}.token`, 'expected a non-empty string')
       const queueDepth = x.queueDepth === undefined ? 32 : positiveInt(x.queueDepth, `${field}.queueDepth`, 1, 4096, fail)
-      return { type: 'remote', name, url: x.url as string, ...url, token: x.token as string | undefined, queueDepth }
+      const reconnectTimeout = x.reconnectTimeout === undefined ? undefined : positiveInt(x.reconnectTimeout, `${field}.reconnectTimeout`, 100, 86400000, fail)
+      const requestTimeout = x.requestTimeout === undefined ? undefined : positiveInt(x.requestTimeout, `${field}.requestTimeout`, 100, 3600000, fail)
+      return { type: 'remote', name, url: x.url as string, ...url, token: x.token as string | undefined, queueDepth, reconnectTimeout, requestTimeout }
     }
     case 'mirror':
     case 'linear': {

@@ -5,10 +5,10 @@ import * as uws from 'uWebSockets.js'
 import { timingSafeEqual, createHash } from 'node:crypto'
 import type { BufferPool } from './pool'
 import { allowed, type Cidr } from './acl'
-import { CloseCode, ExportSession, type ServedExport, type SessionLimits } from '../export/server'
+import { CloseCode, ExportSession, type ServedExport, type SessionAccess, type SessionLimits } from '../export/server'
 import { REQUEST_HEADER_SIZE } from '../export/codec'
 
-interface UserData { session: ExportSession | null, exp: ServedExport }
+interface UserData { session: ExportSession | null, exp: ServedExport, access: SessionAccess }
 
 export interface ListenerOptions {
   host: string
@@ -48,7 +48,7 @@ export class Listener {
           send: message => { ws.send(message, true, false) },
           cork: fn => { ws.cork(fn) },
           end: (code, reason) => { ws.end(code, reason) },
-        })
+        }, data.access)
         data.session = session
         this.sessions.add(ws)
         if (this.stopping) session.stopping = true
@@ -173,6 +173,8 @@ export class Listener {
     const protocol = req.getHeader('sec-websocket-protocol')
     const extensions = req.getHeader('sec-websocket-extensions')
     const auth = req.getHeader('authorization')
+    const writer = req.getHeader('x-dst-writer')
+    const readOnlyAsked = req.getHeader('x-dst-access') === 'ro'
     const address = Buffer.from(res.getRemoteAddressAsText()).toString()
     const refuse = (status: string, reason: string, exp?: ServedExport): void => {
       if (exp !== undefined) exp.metrics.refused++
@@ -191,7 +193,15 @@ export class Listener {
     }
     if (this.stopping) { refuse('503 Service Unavailable', 'node is shutting down', exp); return }
     if (exp.device.state === 'closed' || exp.device.state === 'closing') { refuse('503 Service Unavailable', `device of export '${name}' is ${exp.device.state}`, exp); return }
-    res.upgrade<UserData>({ session: null, exp }, key, protocol, extensions, context)
+    const access: SessionAccess = { readOnly: readOnlyAsked || exp.readOnly || !exp.device.writable, owner: null, token: 0 }
+    if (!access.readOnly && exp.shared !== true && writer !== '') {
+      if (!/^[A-Za-z0-9._:-]{1,128}$/.test(writer)) { refuse('400 Bad Request', 'bad x-dst-writer id', exp); return }
+      const lease = exp.lease.acquire(writer)
+      if (!lease.ok) { refuse('409 Conflict', `export '${name}' is leased for writing: ${lease.reason}`, exp); return }
+      access.owner = writer
+      access.token = lease.token
+    }
+    res.upgrade<UserData>({ session: null, exp, access }, key, protocol, extensions, context)
   }
 }
 

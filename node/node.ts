@@ -16,7 +16,21 @@ import type { Device } from './device'
 import { DstError, Errno } from './errors'
 import { parseDstUrl, RESERVED_EXPORT_NAMES } from './config'
 import { emptyOverlay, writeOverlay } from './state'
+import { writerId } from './registry'
 import { LOOPBACK_ONLY, parseCidr, type Cidr } from './acl'
+import { WriteLease } from './lease'
+import * as path from 'node:path'
+
+/** Reads, increments and durably stores the start counter in dataDir/generation. */
+async function nextGeneration (dataDir: string): Promise<number> {
+  const file = path.join(dataDir, 'generation')
+  const last = Number((await fs.promises.readFile(file, 'utf8').catch(() => '0')).trim())
+  const next = (Number.isSafeInteger(last) && last >= 0 ? last : 0) + 1
+  const tmp = `${file}.tmp`
+  await fs.promises.writeFile(tmp, `${next}\n`)
+  await fs.promises.rename(tmp, file)
+  return next
+}
 
 export interface NodeOptions {
   log?: (message: string) => void
@@ -48,16 +62,21 @@ export class DstNode {
   }
 
   private readonly remoteOpenTimeout: number
+  /** How many times this node (its dataDir) has started; in every handshake, so peers see restarts. */
+  generation = 0
 
   async start (): Promise<void> {
     const c = this.config
     if (c.nbd !== undefined) this.log(`config 'nbd' (${c.nbd.host}:${c.nbd.port}) is reserved: this version serves only the native protocol`)
-    if (c.dataDir !== null) await fs.promises.mkdir(c.dataDir, { recursive: true })
+    if (c.dataDir !== null) {
+      await fs.promises.mkdir(c.dataDir, { recursive: true })
+      this.generation = await nextGeneration(c.dataDir)
+    }
     await this.registry.open(c, { log: this.log, remoteOpenTimeout: this.remoteOpenTimeout, pingInterval: c.pingInterval })
     for (const e of c.exports) {
       const device = this.registry.get(e.device)
       if (device === undefined) throw new Error(`export '${e.name}': device '${e.device}' did not open`)
-      this.exports.set(e.name, { ...e, device, metrics: new ExportMetrics() })
+      this.exports.set(e.name, { ...e, device, metrics: new ExportMetrics(), lease: new WriteLease(c.leaseTimeout), generation: this.generation })
     }
     this.listener = new Listener({
       host: c.listen.host,
@@ -106,6 +125,8 @@ export class DstNode {
         url: formatDstUrl({ host: this.config.listen.host, port: this.port, export: e.name }),
         allow: e.allow.map(c => c.text),
         token: e.token !== undefined,
+        shared: e.shared === true,
+        ...(e.shared === true ? {} : { lease: e.lease.describe() }),
         connections: e.metrics.connections,
         inFlight: e.metrics.inFlight,
       })),
@@ -151,7 +172,10 @@ export class DstNode {
           name = typeof body.name === 'string' && body.name !== '' ? body.name : `${target.export}@${target.host}_${target.port}`.replace(/[^A-Za-z0-9._-]/g, '_')
           if (this.registry.get(name) !== undefined) throw new DstError('DST_ERR_EXISTS', `a device named '${name}' already exists; pick another with "name"`, Errno.EINVAL)
           const token = typeof body.token === 'string' ? body.token : undefined
-          member = await RemoteDevice.open(target, { token, pingInterval: c.pingInterval, log: m => this.log(`device '${name}': ${m}`) })
+          member = await RemoteDevice.open(target, {
+            token, pingInterval: c.pingInterval, reconnectTimeout: c.reconnectTimeout, requestTimeout: c.requestTimeout,
+            owner: writerId(c, name), acceptNewDisk: true, log: m => this.log(`device '${name}': ${m}`),
+          })
           this.registry.add(name, member)
           overlay.devices[name] = { type: 'remote', url: leg, ...(token !== undefined ? { token } : {}) }
         } else {
@@ -182,7 +206,10 @@ export class DstNode {
         detail = `leg '${leg}' split off '${array}' as a point-in-time copy`
         if (exportName !== undefined) {
           const readOnly = body.readOnly === true
-          this.exports.set(exportName, { name: exportName, device: detached, readOnly, allow: LOOPBACK_ONLY.map(x => parseCidr(x) as Cidr), metrics: new ExportMetrics() })
+          this.exports.set(exportName, {
+            name: exportName, device: detached, readOnly, allow: LOOPBACK_ONLY.map(x => parseCidr(x) as Cidr),
+            metrics: new ExportMetrics(), lease: new WriteLease(c.leaseTimeout), generation: this.generation,
+          })
           this.exportDevices.set(exportName, leg)
           overlay.exports.push({ name: exportName, device: leg, readOnly })
           detail += `, exported as ${formatDstUrl({ host: c.listen.host, port: this.port, export: exportName })}`

@@ -10,6 +10,7 @@ import { LinearDevice, type Member } from '../algorithms/linear'
 import { MirrorDevice } from '../algorithms/mirror'
 import { FileIntentStore } from '../algorithms/intent-store'
 import * as path from 'node:path'
+import { derivedIdentity } from './identity'
 
 export interface RegistryOptions {
   log: (message: string) => void
@@ -78,7 +79,15 @@ export class DeviceRegistry {
           return new MemoryDevice({ size: d.size, blockSize: d.blockSize })
         case 'remote':
           return await RemoteDevice.open({ host: d.host, port: d.port, export: d.export }, {
-            token: d.token, queueDepth: d.queueDepth, openTimeout: options.remoteOpenTimeout, pingInterval: config.pingInterval, log,
+            token: d.token,
+            queueDepth: d.queueDepth,
+            openTimeout: options.remoteOpenTimeout,
+            pingInterval: config.pingInterval,
+            reconnectTimeout: d.reconnectTimeout ?? config.reconnectTimeout,
+            requestTimeout: d.requestTimeout ?? config.requestTimeout,
+            owner: writerId(config, d.name),
+            acceptNewDisk: isMirrorLeg(config, d.name),
+            log,
           })
         default:
           throw new Error(`not a leaf: ${d.type}`)
@@ -144,6 +153,16 @@ function arrayOrder (config: NodeConfig): DeviceConfig[] {
   }
   for (const name of config.devices.keys()) visit(name)
   return out
+}
+
+/** The writer id this node presents for a remote device: stable across restarts, so the node gets its lease back. */
+export function writerId (config: NodeConfig, device: string): string {
+  return derivedIdentity(`writer:${config.name}:${config.dataDir ?? config.baseDir}:${device}`)
+}
+
+/** Mirror legs take on a peer that came back with another disk: the mirror then copies the whole array to it. */
+function isMirrorLeg (config: NodeConfig, device: string): boolean {
+  return [...config.devices.values()].some(d => d.type === 'mirror' && d.members.includes(device))
 }
 
 function memberNames (d: Device): string[] {

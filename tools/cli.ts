@@ -35,7 +35,7 @@ SIGINT or SIGTERM stops accepting, finishes requests in flight, flushes and exit
                   exported as dst://127.0.0.1:7001/disk0
   --help          this text`,
   export: `usage: dst export FILE --listen HOST:PORT [--name NAME] [--size SIZE] [--read-only]
-                  [--allow CIDR]... [--token TOKEN]
+                  [--allow CIDR]... [--token TOKEN] [--shared]
 
 Exports one file (or block device) without a config. A missing FILE is created
 sparse with --size.
@@ -46,6 +46,7 @@ sparse with --size.
   --read-only         refuse writes
   --allow CIDR        client addresses allowed (repeatable; default loopback only)
   --token TOKEN       shared secret clients must present
+  --shared            allow several writers at once (no write lease)
   --help              this text`,
   copy: `usage: dst copy SRC DST [--offset N] [--length N] [--token TOKEN]
 
@@ -154,7 +155,7 @@ async function nodeVerb (argv: string[]): Promise<void> {
 async function exportVerb (argv: string[]): Promise<void> {
   const { values, positionals } = parse('export', argv, {
     listen: { type: 'string' }, name: { type: 'string' }, size: { type: 'string' }, 'read-only': { type: 'boolean' },
-    allow: { type: 'string', multiple: true }, token: { type: 'string' },
+    allow: { type: 'string', multiple: true }, token: { type: 'string' }, shared: { type: 'boolean' },
   })
   if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? 'give the FILE to export' : `unexpected argument '${positionals[1]}'`)
   if (typeof values.listen !== 'string') throw new UsageError('give --listen HOST:PORT')
@@ -168,7 +169,7 @@ async function exportVerb (argv: string[]): Promise<void> {
     name: 'export',
     listen: values.listen,
     devices: { [name]: { type: 'file', path: file, ...(size !== undefined ? { size } : {}), ...(values['read-only'] === true ? { readOnly: true } : {}) } },
-    exports: [{ device: name, name, readOnly: values['read-only'] === true, ...(values.allow !== undefined ? { allow: values.allow } : {}), ...(values.token !== undefined ? { token: values.token } : {}) }],
+    exports: [{ device: name, name, readOnly: values['read-only'] === true, shared: values.shared === true, ...(values.allow !== undefined ? { allow: values.allow } : {}), ...(values.token !== undefined ? { token: values.token } : {}) }],
   }
   const config = parseConfig(raw, process.cwd(), 'dst export')
   config.dataDir = null

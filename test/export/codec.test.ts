@@ -76,6 +76,7 @@ test('handshake round trips, with size and generation above 2^32', t => {
     maxInFlight: 128,
     identity: '0123abcd-4567-89ef-8123-456789abcdef',
     generation: 2 ** 45 + 7,
+    leaseToken: 2 ** 40 + 3,
   }
   const buf = encodeHandshake(h)
   t.is(buf.length, HANDSHAKE_SIZE)
@@ -84,7 +85,7 @@ test('handshake round trips, with size and generation above 2^32', t => {
 })
 
 test('handshake: an upper-case identity comes back lower-case; a non-UUID identity is refused', t => {
-  const base: Handshake = { version: 1, size: 4096, blockSize: 512, maxRequest: 4096, flags: 0, maxInFlight: 1, identity: 'ABCDEF01-2345-4678-89AB-CDEF01234567', generation: 0 }
+  const base: Handshake = { version: 1, size: 4096, blockSize: 512, maxRequest: 4096, flags: 0, maxInFlight: 1, identity: 'ABCDEF01-2345-4678-89AB-CDEF01234567', generation: 0, leaseToken: 0 }
   t.is(parseHandshake(encodeHandshake(base)).identity, 'abcdef01-2345-4678-89ab-cdef01234567')
   t.throws(() => encodeHandshake({ ...base, identity: '' }), { instanceOf: RangeError })
   t.throws(() => encodeHandshake({ ...base, identity: 'not-a-uuid' }), { instanceOf: RangeError })
@@ -100,7 +101,7 @@ test('bad magic throws ProtocolError from every parser', t => {
   t.is(e1.code, 'DST_ERR_PROTOCOL')
   t.regex(e1.message, /0x52545344/)
   t.throws(() => parseReplyHeader(Buffer.concat([req]), 0), { instanceOf: ProtocolError })
-  const hs = encodeHandshake({ version: 1, size: 1, blockSize: 512, maxRequest: 1, flags: 0, maxInFlight: 1, identity: '00000000-0000-4000-8000-000000000000', generation: 0 })
+  const hs = encodeHandshake({ version: 1, size: 1, blockSize: 512, maxRequest: 1, flags: 0, maxInFlight: 1, identity: '00000000-0000-4000-8000-000000000000', generation: 0, leaseToken: 0 })
   hs[0] ^= 1
   t.throws(() => parseHandshake(hs), { instanceOf: ProtocolError })
   t.throws(() => parseHandshake(Buffer.alloc(HANDSHAKE_SIZE - 1)), { instanceOf: ProtocolError })

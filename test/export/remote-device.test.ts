@@ -214,65 +214,67 @@ test('a memory export can trim: the handshake says so and a trimmed range (large
   t.is((err as DstError).code, 'DST_ERR_EINVAL')
 })
 
-test('requests after the peer is SIGKILLed reject with a clear error instead of hanging', async t => {
+test('when the peer is SIGKILLed and stays away past reconnectTimeout, every request settles with a clear error', async t => {
   const seed = newSeed()
   const rand = prng(seed)
   const { node } = await fileNode(t, 8 * MiB, rand)
-  const dev = await openDevice(t, node, 'disk')
+  const dev = await openDevice(t, node, 'disk', { reconnectTimeout: 1500 })
   const data = seededBytes(rand, 64 * KiB)
   await dev.write(0, data)
 
-  // Plenty in flight when the peer dies: every one of them must settle.
+  // Plenty in flight when the peer dies: every one of them must settle, none may hang.
   const inFlight: Array<Promise<unknown>> = []
   for (let i = 0; i < 200; i++) {
     const offset = (i % 120) * 64 * KiB
     inFlight.push(i % 2 === 0 ? dev.write(offset, data) : dev.read(offset, 64 * KiB, Buffer.alloc(64 * KiB)))
   }
+  const killedAt = Date.now()
   await node.kill()
   const settled = await within(Promise.allSettled(inFlight), 10000, 'requests in flight when the peer died')
   const failures = settled.filter((s): s is PromiseRejectedResult => s.status === 'rejected').map(s => s.reason as DstError)
   t.true(failures.length > 0, 'some requests were cut off')
-  for (const err of failures) t.is(err.code, 'DST_ERR_DISCONNECTED', err.message)
+  for (const err of failures) t.is(err.code, 'DST_ERR_UNREACHABLE', err.message)
+  t.true(Date.now() - killedAt >= 1000, 'requests waited for the peer before failing')
 
+  // Past the timeout, new requests fail at once (no second wait) with the reason.
+  const started = Date.now()
   const later = await within(dev.read(0, 4096, Buffer.alloc(4096)).then(() => null, (err: DstError) => err), 5000, 'read after the peer died')
-  t.truthy(later, 'a read after the peer died rejects')
-  t.is(later?.code, 'DST_ERR_DISCONNECTED')
-  t.regex(later?.message ?? '', /not connected|connection/)
-  t.regex(later?.message ?? '', new RegExp(`127\\.0\\.0\\.1:${node.port}/disk`))
-  const laterWrite = await within(dev.write(0, data).then(() => null, (err: DstError) => err), 5000, 'write after the peer died')
-  t.is(laterWrite?.code, 'DST_ERR_DISCONNECTED')
+  t.is(later?.code, 'DST_ERR_UNREACHABLE')
+  t.true(Date.now() - started < 1000, 'failed at once')
+  t.regex(later?.message ?? '', new RegExp(`127\\.0\\.0\\.1:${node.port}/disk: unreachable`))
   t.false(dev.connected)
   t.is(dev.status().state, 'connecting')
   // Closing a device whose peer is gone does not hang either.
   await within(dev.close(), 5000, 'close after the peer died')
 })
 
-test('after the peer restarts on its port with the same file the device reconnects; with another file it is refused', async t => {
+test('a peer back on its port within reconnectTimeout: requests made during the outage complete; another disk there is refused', async t => {
   const seed = newSeed()
   const rand = prng(seed)
   const port = await freePort()
   const { dir, node, file } = await fileNode(t, 1 * MiB, rand, { listen: `127.0.0.1:${port}` })
   const logs: string[] = []
-  const dev = await openDevice(t, node, 'disk', { log: m => logs.push(m) })
+  const dev = await openDevice(t, node, 'disk', { log: m => logs.push(m), reconnectTimeout: 20000 })
   const identity = dev.identity
   const data = seededBytes(rand, 10000)
   await dev.write(5000, data)
   await node.kill()
 
-  // Down: requests fail at once with the reason, and the device says it is reconnecting.
-  const down = await within(dev.read(0, 512, Buffer.alloc(512)).then(() => null, (err: DstError) => err), 5000, 'read while the peer is down')
-  t.is(down?.code, 'DST_ERR_DISCONNECTED')
+  // Down: a read and a write made now wait for the peer instead of failing.
+  const newer = seededBytes(rand, 4096)
+  const duringRead = Buffer.alloc(data.length)
+  const pending = Promise.all([dev.read(5000, data.length, duringRead), dev.write(200000, newer)])
+  await new Promise(resolve => setTimeout(resolve, 300))
   t.is(dev.status().state, 'connecting')
 
   const again = await startNode(dir, { name: 'rd', listen: `127.0.0.1:${port}`, pool: { count: 16, size: '64KiB' }, devices: { disk: { type: 'file', path: file, blockSize: 512 } }, exports: [{ device: 'disk' }] })
   t.teardown(() => again.kill())
-  for (let i = 0; i < 100 && !dev.connected; i++) await new Promise(resolve => setTimeout(resolve, 100))
+  await within(pending, 15000, 'requests made during the outage')
+  t.true(duringRead.equals(data), 'the read made during the outage returns the data written before it')
+  t.true(fs.readFileSync(file).subarray(200000, 200000 + 4096).equals(newer), 'the write made during the outage landed')
   t.true(dev.connected, `reconnected; log: ${logs.join(' | ')}`)
   t.is(dev.status().state, 'online')
   t.is(dev.identity, identity)
-  const back = Buffer.alloc(data.length)
-  await dev.read(5000, data.length, back)
-  t.true(back.equals(data), 'the data written before the crash reads back after the reconnect')
 
   // The same address now serving another file: the device must not talk to it.
   const other = path.join(dir, 'other.img')
@@ -284,6 +286,6 @@ test('after the peer restarts on its port with the same file the device reconnec
   t.is(dev.status().state, 'failed')
   t.regex(String(dev.status().lastError), /different disk/)
   const refused = await dev.read(0, 512, Buffer.alloc(512)).then(() => null, (err: DstError) => err)
-  t.is(refused?.code, 'DST_ERR_DISCONNECTED')
+  t.is(refused?.code, 'DST_ERR_NEWDISK')
   t.regex(refused?.message ?? '', /different disk/)
 })

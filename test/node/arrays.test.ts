@@ -13,10 +13,10 @@ import { FileIntentStore } from '../../algorithms/intent-store'
 
 const MiB = 1024 * 1024
 
-async function open (url: string): Promise<RemoteDevice> {
+async function open (url: string, reconnectTimeout = 30000): Promise<RemoteDevice> {
   const target = parseDstUrl(url)
   if (typeof target === 'string') throw new Error(target)
-  return RemoteDevice.open(target, { queueDepth: 32, openTimeout: 20000 })
+  return RemoteDevice.open(target, { queueDepth: 32, openTimeout: 20000, reconnectTimeout })
 }
 
 async function status (n: RunningNode): Promise<any> {
@@ -55,7 +55,7 @@ test('a 3-level tree across 7 nodes: data written at the top lands in every leaf
   // Level 2: a mirror of two remote leaves, and a linear array of the other two.
   const [m1, m2] = await Promise.all([
     startNode(dir, {
-      name: 'm1', dataDir: './state/m1', pingInterval: 1000,
+      name: 'm1', dataDir: './state/m1', pingInterval: 1000, reconnectTimeout: 2000,
       devices: {
         a: { type: 'remote', url: l1.url('disk') }, b: { type: 'remote', url: l2.url('disk') },
         mir: { type: 'mirror', members: ['a', 'b'], region: '64KiB' },
@@ -154,7 +154,8 @@ test('kill -9 of a node during mirror writes: after restart only dirty regions a
   const first = await startNode(dir, config)
   t.teardown(() => first.kill())
   await until('initial sync', async () => (await status(first)).devices.m.state === 'online')
-  const dev = await open(first.url('m'))
+  // The client gives up on the dead node after a second (it will not come back on this address).
+  const dev = await open(first.url('m'), 1000)
   // Writes to a few scattered regions, many in flight, then SIGKILL in the middle of them.
   const stop = Date.now() + 20000
   let failed = 0

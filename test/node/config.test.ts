@@ -77,7 +77,7 @@ test('parseConfig: a full config, relative paths resolved against baseDir, sizes
   t.deepEqual(c.devices.get('disk0'), { type: 'file', name: 'disk0', path: path.join(baseDir, 'disks', 'disk0.img'), size: 1.5 * GiB, readOnly: false, blockSize: 4096 })
   t.deepEqual(c.devices.get('old'), { type: 'file', name: 'old', path: existing, size: undefined, readOnly: true, blockSize: undefined })
   t.deepEqual(c.devices.get('mem'), { type: 'memory', name: 'mem', size: 4 * MiB, blockSize: undefined })
-  t.deepEqual(c.devices.get('far'), { type: 'remote', name: 'far', url: 'dst://10.0.0.2:7001/disk%200', host: '10.0.0.2', port: 7001, export: 'disk 0', token: 'secret', queueDepth: 8 })
+  t.deepEqual(c.devices.get('far'), { type: 'remote', name: 'far', url: 'dst://10.0.0.2:7001/disk%200', host: '10.0.0.2', port: 7001, export: 'disk 0', token: 'secret', queueDepth: 8, reconnectTimeout: undefined, requestTimeout: undefined })
   t.like(c.devices.get('v6') as DeviceConfig, { host: 'fd00::2', port: 7001, export: 'd', queueDepth: 32 })
   t.like(c.devices.get('both') as DeviceConfig, { type: 'mirror', name: 'both', members: ['disk0', 'far'], region: 128 * 1024 })
   t.deepEqual(c.devices.get('all'), { type: 'linear', name: 'all', members: ['both', 'mem'] })

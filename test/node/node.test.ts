@@ -100,7 +100,7 @@ test('node B re-exports node A\'s file through a remote device; data written on 
   t.is(status.body.devices.far.size, 8 * MiB)
 })
 
-test('while node A is down, I/O through B fails at once with EIO; when A is back on its port, B serves again', async t => {
+test('while node A is down, I/O through B waits for it; past B\'s reconnectTimeout it fails with EIO; when A is back, B serves again', async t => {
   const seed = newSeed()
   const rand = prng(seed)
   const dirA = tempDir('dst-node-a-')
@@ -109,14 +109,16 @@ test('while node A is down, I/O through B fails at once with EIO; when A is back
   const portA = await freePort()
   const configA = { name: 'a', listen: `127.0.0.1:${portA}`, devices: { disk: { type: 'file', path: fileA } }, exports: [{ device: 'disk' }] }
   const a = await node(t, dirA, configA)
-  const b = await node(t, tempDir('dst-node-b-'), { name: 'b', devices: { far: { type: 'remote', url: a.url('disk') } }, exports: [{ device: 'far' }] })
+  const b = await node(t, tempDir('dst-node-b-'), { name: 'b', reconnectTimeout: 1500, devices: { far: { type: 'remote', url: a.url('disk') } }, exports: [{ device: 'far' }] })
   const dev = await device(t, b, 'far')
   const before = seededBytes(rand, 100 * KiB)
   await dev.write(0, before)
 
   await a.kill()
-  const err = await within(dev.read(0, 4096, Buffer.alloc(4096)).then(() => null, (e: DstError) => e), 5000, 'read through B while A is down')
+  const began = Date.now()
+  const err = await within(dev.read(0, 4096, Buffer.alloc(4096)).then(() => null, (e: DstError) => e), 8000, 'read through B while A is down')
   t.is(err?.code, 'DST_ERR_EIO', err?.message)
+  t.true(Date.now() - began >= 1000, 'B waited for A before failing the read')
   t.true(dev.connected, 'the client\'s own connection to B stays up')
   const down = (await getJson(`${b.http}/status`)).body
   t.is(down.devices.far.state, 'connecting')
