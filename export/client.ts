@@ -154,7 +154,7 @@ export class Connection {
         res.on('data', (c: Buffer) => chunks.push(c))
         res.on('end', () => {
           const body = Buffer.concat(chunks).toString().trim()
-          const code = res.statusCode === 401 ? 'DST_ERR_TOKEN' : res.statusCode === 403 ? 'DST_ERR_ACCESS' : res.statusCode === 404 ? 'DST_ERR_NOEXPORT' : 'DST_ERR_REFUSED'
+          const code = res.statusCode === 401 ? 'DST_ERR_TOKEN' : res.statusCode === 403 ? 'DST_ERR_ACCESS' : res.statusCode === 404 ? 'DST_ERR_NOEXPORT' : res.statusCode === 409 ? 'DST_ERR_LEASED' : 'DST_ERR_REFUSED'
           done(new DstError(code, `${url}: refused (${res.statusCode ?? '?'}): ${body || res.statusMessage || 'no reason given'}`, Errno.EACCES))
         })
         res.on('error', () => done(new DstError('DST_ERR_REFUSED', `${url}: refused (${res.statusCode ?? '?'})`, Errno.EACCES)))

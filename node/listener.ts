@@ -200,6 +200,9 @@ export class Listener {
       if (!lease.ok) { refuse('409 Conflict', `export '${name}' is leased for writing: ${lease.reason}`, exp); return }
       access.owner = writer
       access.token = lease.token
+    } else if (!access.readOnly && exp.shared !== true && exp.lease.owner !== null) {
+      refuse('409 Conflict', `export '${name}' is leased for writing by writer ${exp.lease.owner}; connect read-only or mark the export "shared"`, exp)
+      return
     }
     res.upgrade<UserData>({ session: null, exp, access }, key, protocol, extensions, context)
   }

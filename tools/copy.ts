@@ -134,7 +134,7 @@ async function openSource (spec: string, options: CopyOptions): Promise<Source> 
     }
   }
   if (spec.startsWith('dst://')) {
-    const dev = await openRemote(spec, options)
+    const dev = await openRemote(spec, options, 'ro')
     if (options.offset > dev.size) { await dev.close(); throw new DstError('DST_ERR_RANGE', `${spec}: offset ${options.offset} is past its end (${dev.size} bytes)`, Errno.EINVAL) }
     return {
       name: spec,
@@ -177,7 +177,7 @@ async function openSink (spec: string, options: CopyOptions): Promise<Sink> {
     }
   }
   if (spec.startsWith('dst://')) {
-    const dev = await openRemote(spec, options)
+    const dev = await openRemote(spec, options, 'rw')
     if (!dev.writable) { await dev.close(); throw new DstError('DST_ERR_EROFS', `${spec}: the export is read-only`, Errno.EROFS) }
     if (options.offset > dev.size) { await dev.close(); throw new DstError('DST_ERR_RANGE', `${spec}: offset ${options.offset} is past its end (${dev.size} bytes)`, Errno.EINVAL) }
     return {
@@ -221,10 +221,10 @@ async function openSink (spec: string, options: CopyOptions): Promise<Sink> {
   }
 }
 
-async function openRemote (url: string, options: CopyOptions): Promise<RemoteDevice> {
+async function openRemote (url: string, options: CopyOptions, access: 'ro' | 'rw'): Promise<RemoteDevice> {
   const target = parseDstUrl(url)
   if (typeof target === 'string') throw new DstError('DST_ERR_URL', target, Errno.EINVAL)
-  return RemoteDevice.open(target, { token: options.token, queueDepth: options.inFlight * Math.ceil(options.chunk / (256 * 1024)) })
+  return RemoteDevice.open(target, { token: options.token, access, queueDepth: options.inFlight * Math.ceil(options.chunk / (256 * 1024)) })
 }
 
 async function blockSize (fd: fs.promises.FileHandle): Promise<number> {
