@@ -7,6 +7,9 @@ import { randomBytes } from 'node:crypto'
 import { spawn } from 'node:child_process'
 import { DST, runDst, startNode, tempDir, type RunningNode } from '../helpers/node-process'
 import { freePort } from '../helpers/ports'
+import { FaultProxy } from '../../tools/fault-proxy'
+import { RemoteDevice } from '../../export/remote-device'
+import { parseDstUrl } from '../../node/config'
 
 const MiB = 1024 * 1024
 
@@ -61,8 +64,10 @@ test('a 64 MiB copy through a remote device completes with no error while its pe
   t.true(Date.now() - downAt < 5000, 'the peer was back within 5 s')
   const result = await copying
   t.is(result.code, 0, result.stderr)
-  const status = await (await fetch(`${b.http}/status`)).json() as { devices: { far: { resent: number } } }
-  t.true(status.devices.far.resent > 0, `requests were re-sent after the reconnect (${status.devices.far.resent})`)
+  // The copy saw the restart (the peer's generation went from 1 to 2) and still got no error.
+  const status = await (await fetch(`${b.http}/status`)).json() as { devices: { far: { generation: number, state: string } } }
+  t.is(status.devices.far.generation, 2)
+  t.is(status.devices.far.state, 'online')
   t.true(fs.readFileSync(path.join(dir, 'a.img')).equals(fs.readFileSync(input)), 'the peer\'s file is byte-identical to the input')
   const out = path.join(dir, 'out.bin')
   const back = await runDst(['copy', b.url('far'), out])
@@ -113,3 +118,95 @@ test('a second writer is refused: two nodes cannot both mirror onto one leg, unl
   nodes.push(s2)
   t.pass()
 })
+
+test('the same copy rides out a silent stall of the link (no FIN, no answers), caught by pings and request timeouts', async t => {
+  const dir = tempDir()
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const nodes: RunningNode[] = []
+  t.teardown(async () => { await Promise.all(nodes.map(n => n.kill())) })
+  const a = await startNode(dir, { name: 'a', dataDir: './state-a', devices: { disk: { type: 'file', path: './a.img', size: 64 * MiB } }, exports: [{ device: 'disk' }] })
+  nodes.push(a)
+  const proxy = await FaultProxy.start({ target: { host: '127.0.0.1', port: a.port } })
+  t.teardown(() => proxy.close())
+  const b = await startNode(dir, {
+    name: 'b', dataDir: './state-b', pingInterval: 300, requestTimeout: 1500,
+    devices: { far: { type: 'remote', url: `dst://127.0.0.1:${proxy.port}/disk` } },
+    exports: [{ device: 'far' }],
+  })
+  nodes.push(b)
+  const input = path.join(dir, 'in.bin')
+  fs.writeFileSync(input, randomBytes(64 * MiB))
+  const copying = copyPaced(input, b.url('far'), 16 * MiB)
+  await new Promise(resolve => setTimeout(resolve, 1200))
+  proxy.stall()
+  await new Promise(resolve => setTimeout(resolve, 2500))
+  proxy.pass()
+  const result = await copying
+  t.is(result.code, 0, result.stderr)
+  const status = await (await fetch(`${b.http}/status`)).json() as { devices: { far: { resent: number, state: string } } }
+  t.true(status.devices.far.resent > 0, `requests were re-sent on a fresh connection (${status.devices.far.resent})`)
+  t.is(status.devices.far.state, 'online')
+  t.true(fs.readFileSync(path.join(dir, 'a.img')).equals(fs.readFileSync(input)), 'byte-identical after the stall')
+})
+
+test('a mirror leg cut for longer than reconnectTimeout: the mirror keeps serving, then resyncs only the leg\'s dirty regions', async t => {
+  const dir = tempDir()
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const nodes: RunningNode[] = []
+  t.teardown(async () => { await Promise.all(nodes.map(n => n.kill())) })
+  const size = 16 * MiB
+  const leaf = await startNode(dir, { name: 'leaf', dataDir: './state-leaf', devices: { disk: { type: 'file', path: './leaf.img', size } }, exports: [{ device: 'disk' }] })
+  nodes.push(leaf)
+  const proxy = await FaultProxy.start({ target: { host: '127.0.0.1', port: leaf.port } })
+  t.teardown(() => proxy.close())
+  const m = await startNode(dir, {
+    name: 'm', dataDir: './state-m', pingInterval: 300, reconnectTimeout: 1000,
+    devices: {
+      local: { type: 'file', path: './local.img', size },
+      far: { type: 'remote', url: `dst://127.0.0.1:${proxy.port}/disk` },
+      mir: { type: 'mirror', members: ['local', 'far'], region: '64KiB' },
+    },
+    exports: [{ device: 'mir' }],
+  })
+  nodes.push(m)
+  const status = async (): Promise<any> => await (await fetch(`${m.http}/status`)).json()
+  for (let i = 0; i < 100 && (await status()).devices.mir.state !== 'online'; i++) await new Promise(resolve => setTimeout(resolve, 100))
+  const dev = await runClient(m.url('mir'))
+  t.teardown(() => dev.close())
+  const model = Buffer.alloc(size)
+  const write = async (at: number, n: number): Promise<void> => {
+    const data = randomBytes(n)
+    data.copy(model, at)
+    await dev.write(at, data)
+  }
+  await write(0, 1 * MiB)
+  proxy.drop()
+  // Writes go on during the cut: the first ones wait up to reconnectTimeout for the leg, then the mirror drops it.
+  for (let i = 0; i < 16; i++) await write(2 * MiB + i * 128 * 1024, 32 * 1024)
+  const during = await status()
+  t.is(during.devices.mir.state, 'degraded')
+  const leg = during.devices.mir.members.find((l: any) => l.name === 'far')
+  t.is(leg.state, 'failed')
+  t.true(leg.dirtyBytes > 0 && leg.dirtyBytes <= 16 * 64 * 1024, `dirty ${leg.dirtyBytes}`)
+  await new Promise(resolve => setTimeout(resolve, 1500))
+  proxy.pass()
+  let back: any = null
+  for (let i = 0; i < 150; i++) {
+    back = await status()
+    if (back.devices.mir.members.every((l: any) => l.state === 'in-sync')) break
+    await new Promise(resolve => setTimeout(resolve, 100))
+  }
+  t.true(back.devices.mir.members.every((l: any) => l.state === 'in-sync'), JSON.stringify(back.devices.mir.members))
+  t.true(back.devices.mir.resyncedBytes <= leg.dirtyBytes, `resynced ${back.devices.mir.resyncedBytes} of ${leg.dirtyBytes} dirty`)
+  const got = Buffer.alloc(size)
+  await dev.read(0, size, got)
+  t.true(got.equals(model), 'reads through the mirror return every write')
+  t.true(fs.readFileSync(path.join(dir, 'leaf.img')).equals(model), 'the leaf caught up')
+  t.true(fs.readFileSync(path.join(dir, 'local.img')).equals(model))
+})
+
+async function runClient (url: string): Promise<RemoteDevice> {
+  const target = parseDstUrl(url)
+  if (typeof target === 'string') throw new Error(target)
+  return RemoteDevice.open(target, { openTimeout: 10000 })
+}
