@@ -204,7 +204,8 @@ export class RemoteDevice extends Device {
       this.reconnectTimer = null
       Connection.connect(this.target, this.options).then(conn => this.reconnected(conn), (err: Error) => {
         this.lastError = err.message
-        this.backoff = Math.min(this.backoff * 2, 2000)
+        // Capped so that a peer back just before reconnectTimeout is still tried in time.
+        this.backoff = Math.min(this.backoff * 2, 2000, Math.max(100, this.reconnectTimeout / 4))
         this.scheduleReconnect()
       })
     }, this.backoff)
