@@ -804,3 +804,25 @@ test('a full sync interrupted by a restart resumes where it stopped', async t =>
   await (b.inner as MemoryDevice).read(0, size, got)
   t.true(got.equals(pattern(size, 9)), 'leg b holds the array')
 })
+
+test('a leg that comes back with a different disk (new identity) is not trusted: it gets a full sync', async t => {
+  const size = 64 * KiB
+  const { faults, members } = rig([size, size])
+  const m = await openSynced(t, members)
+  await m.write(0, pattern(size, 3))
+  faults[1].failing = true
+  await m.write(8 * KiB, pattern(4 * KiB, 4)) // one region dirty while b is away
+  t.is(legState(m, 'b'), 'failed')
+  // b's peer is replaced by another, empty disk with its own identity.
+  await (faults[1].inner as MemoryDevice).trim(0, size)
+  faults[1].identity = '11111111-2222-4333-8444-555555555555'
+  const before = faults[1].counts.writeBytes
+  faults[1].failing = false
+  t.true(await waitFor(() => allInSync(m)), 'resynced')
+  t.true(faults[1].counts.writeBytes - before >= size - REGION, `the whole array was copied (${faults[1].counts.writeBytes - before} bytes), not just the dirty region`)
+  const got = Buffer.alloc(size)
+  await (faults[1].inner as MemoryDevice).read(0, size, got)
+  const want = pattern(size, 3)
+  pattern(4 * KiB, 4).copy(want, 8 * KiB)
+  t.true(got.equals(want), 'the new disk holds the array')
+})
