@@ -23,8 +23,8 @@ async function node (t: Teardown, dir: string, config: Record<string, unknown>):
   return n
 }
 
-async function device (t: Teardown, n: RunningNode, name: string, queueDepth?: number): Promise<RemoteDevice> {
-  const dev = await RemoteDevice.open({ host: '127.0.0.1', port: n.port, export: name }, { queueDepth })
+async function device (t: Teardown, n: RunningNode, name: string, queueDepth?: number, access?: 'ro' | 'rw'): Promise<RemoteDevice> {
+  const dev = await RemoteDevice.open({ host: '127.0.0.1', port: n.port, export: name }, { queueDepth, access })
   t.teardown(() => dev.close())
   return dev
 }
@@ -67,7 +67,8 @@ test('node B re-exports node A\'s file through a remote device; data written on 
   })
 
   const dev = await device(t, b, 'again')
-  const direct = await device(t, a, 'disk')
+  // B holds A's write lease; a reader connects read-only.
+  const direct = await device(t, a, 'disk', undefined, 'ro')
   t.is(dev.size, 8 * MiB)
   t.is(dev.identity, direct.identity, 'the identity of A\'s file passes through B')
   t.true(dev.writable)
@@ -212,7 +213,9 @@ test('SIGTERM with many writes in flight: the node exits 0 and every acknowledge
   const blocks = 8192
   const block = 4 * KiB
   const n = await node(t, dir, { name: 'term', devices: { disk: { type: 'file', path: file, size: blocks * block } }, exports: [{ device: 'disk' }] })
-  const dev = await device(t, n, 'disk', 64)
+  // Requests cut off by the stop wait for the node to come back; it will not, so they fail after a second.
+  const dev = await RemoteDevice.open({ host: '127.0.0.1', port: n.port, export: 'disk' }, { queueDepth: 64, reconnectTimeout: 1000 })
+  t.teardown(() => dev.close())
 
   // Each block is written at most once, in a random order, with its own data: an acknowledged write must be found.
   const order = Array.from({ length: blocks }, (_, i) => i)
