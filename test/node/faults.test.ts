@@ -20,12 +20,14 @@ function copyPaced (file: string, url: string, rate: number): Promise<{ code: nu
     let stderr = ''
     proc.stderr.on('data', (c: Buffer) => { stderr += c.toString() })
     const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`paced copy timed out: ${stderr}`)) }, 90000)
-    proc.on('close', code => { clearTimeout(timer); resolve({ code, stderr }) })
+    let closed = false
+    proc.on('close', code => { closed = true; clearTimeout(timer); resolve({ code, stderr }) })
     proc.stdin.on('error', () => {})
     const data = fs.readFileSync(file)
     const step = 1 * MiB
     let at = 0
     const feed = (): void => {
+      if (closed) return
       if (at >= data.length) { proc.stdin.end(); return }
       proc.stdin.write(data.subarray(at, at + step))
       at += step
@@ -35,7 +37,7 @@ function copyPaced (file: string, url: string, rate: number): Promise<{ code: nu
   })
 }
 
-test('a 64 MiB copy through a remote device completes with no error while its peer is killed and restarted within 5 s', async t => {
+test.serial('a 64 MiB copy through a remote device completes with no error while its peer is killed and restarted within 5 s', async t => {
   const dir = tempDir()
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
   const nodes: RunningNode[] = []
@@ -75,7 +77,7 @@ test('a 64 MiB copy through a remote device completes with no error while its pe
   t.true(fs.readFileSync(out).equals(fs.readFileSync(input)), 'read back through the remote device')
 })
 
-test('a second writer is refused: two nodes cannot both mirror onto one leg, unless the export is shared', async t => {
+test.serial('a second writer is refused: two nodes cannot both mirror onto one leg, unless the export is shared', async t => {
   const dir = tempDir()
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
   const nodes: RunningNode[] = []
@@ -119,7 +121,7 @@ test('a second writer is refused: two nodes cannot both mirror onto one leg, unl
   t.pass()
 })
 
-test('the same copy rides out a silent stall of the link (no FIN, no answers), caught by pings and request timeouts', async t => {
+test.serial('the same copy rides out a silent stall of the link (no FIN, no answers), caught by pings and request timeouts', async t => {
   const dir = tempDir()
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
   const nodes: RunningNode[] = []
@@ -149,7 +151,7 @@ test('the same copy rides out a silent stall of the link (no FIN, no answers), c
   t.true(fs.readFileSync(path.join(dir, 'a.img')).equals(fs.readFileSync(input)), 'byte-identical after the stall')
 })
 
-test('a mirror leg cut for longer than reconnectTimeout: the mirror keeps serving, then resyncs only the leg\'s dirty regions', async t => {
+test.serial('a mirror leg cut for longer than reconnectTimeout: the mirror keeps serving, then resyncs only the leg\'s dirty regions', async t => {
   const dir = tempDir()
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
   const nodes: RunningNode[] = []
