@@ -103,7 +103,7 @@ export function parseConfig (raw: unknown, baseDir: string, label = 'config', op
   if (raw.listen === undefined) fail('listen', 'missing (for example "127.0.0.1:7001")')
   const listen = parseAddress(raw.listen, 'listen', fail)
   const nbd = raw.nbd === undefined ? undefined : parseAddress(raw.nbd, 'nbd', fail)
-  if (nbd !== undefined && nbd.host === listen.host && nbd.port === listen.port) fail('nbd', 'must differ from listen')
+  if (nbd !== undefined && nbd.port !== 0 && nbd.host === listen.host && nbd.port === listen.port) fail('nbd', 'must differ from listen')
   const dataDir = raw.dataDir === undefined ? path.join(baseDir, 'state', name as string) : resolvePath(raw.dataDir, 'dataDir', baseDir, fail)
 
   const pool = { count: 64, size: 1024 * 1024 }

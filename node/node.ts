@@ -19,6 +19,7 @@ import { emptyOverlay, writeOverlay } from './state'
 import { writerId } from './registry'
 import { LOOPBACK_ONLY, parseCidr, type Cidr } from './acl'
 import { WriteLease } from './lease'
+import { NbdServer } from '../export/nbd'
 import * as path from 'node:path'
 
 /** Reads, increments and durably stores the start counter in dataDir/generation. */
@@ -46,6 +47,7 @@ export class DstNode {
   readonly registry = new DeviceRegistry()
   readonly pool: BufferPool
   private listener: Listener | null = null
+  private nbd: NbdServer | null = null
   private readonly exports = new Map<string, ServedExport>()
   /** Device names of exports added while running (split-off legs). */
   private readonly exportDevices = new Map<string, string>()
@@ -67,7 +69,6 @@ export class DstNode {
 
   async start (): Promise<void> {
     const c = this.config
-    if (c.nbd !== undefined) this.log(`config 'nbd' (${c.nbd.host}:${c.nbd.port}) is reserved: this version serves only the native protocol`)
     if (c.dataDir !== null) {
       await fs.promises.mkdir(c.dataDir, { recursive: true })
       this.generation = await nextGeneration(c.dataDir)
@@ -92,7 +93,13 @@ export class DstNode {
     })
     try {
       await this.listener.listen()
+      if (c.nbd !== undefined) {
+        this.nbd = new NbdServer({ host: c.nbd.host, port: c.nbd.port, pool: this.pool, maxRequest: c.pool.size, exports: this.exports, log: this.log })
+        await this.nbd.listen()
+      }
     } catch (err) {
+      await this.listener.stop().catch(() => {})
+      this.listener.closeAll()
       await this.registry.close()
       throw err
     }
@@ -105,6 +112,10 @@ export class DstNode {
   addresses (): string[] {
     const host = this.config.listen.host.includes(':') ? `[${this.config.listen.host}]` : this.config.listen.host
     const lines = [`status  http://${host}:${this.port}/status`]
+    if (this.nbd !== null) {
+      const nbdHost = this.config.nbd?.host.includes(':') === true ? `[${this.config.nbd.host}]` : this.config.nbd?.host ?? ''
+      for (const e of this.exports.values()) lines.push(`nbd     nbd://${nbdHost}:${this.nbd.port}/${e.name}`)
+    }
     for (const e of this.exports.values()) {
       lines.push(`export  ${formatDstUrl({ host: this.config.listen.host, port: this.port, export: e.name })}  (${e.device.type} device '${this.deviceName(e)}', ${e.readOnly || !e.device.writable ? 'read-only' : 'read-write'})`)
     }
@@ -137,7 +148,7 @@ export class DstNode {
   stop (): Promise<void> {
     if (this.stopped === null) {
       this.stopped = (async () => {
-        if (this.listener !== null) await this.listener.stop()
+        await Promise.all([this.listener?.stop(), this.nbd?.stop()])
         await this.registry.flushAll()
         this.listener?.closeAll()
         await this.registry.close()

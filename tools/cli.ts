@@ -34,13 +34,14 @@ SIGINT or SIGTERM stops accepting, finishes requests in flight, flushes and exit
   --default       the embedded default config: ./data/disk0.img (1 GiB sparse)
                   exported as dst://127.0.0.1:7001/disk0
   --help          this text`,
-  export: `usage: dst export FILE --listen HOST:PORT [--name NAME] [--size SIZE] [--read-only]
-                  [--allow CIDR]... [--token TOKEN] [--shared]
+  export: `usage: dst export FILE --listen HOST:PORT [--nbd HOST:PORT] [--name NAME] [--size SIZE]
+                  [--read-only] [--allow CIDR]... [--token TOKEN] [--shared]
 
 Exports one file (or block device) without a config. A missing FILE is created
 sparse with --size.
 
   --listen HOST:PORT  address to serve on (port 0 picks a free one)
+  --nbd HOST:PORT     also serve it to NBD clients (qemu, nbd-client, libnbd, fio)
   --name NAME         export name (default: the file's base name)
   --size SIZE         size in bytes or KiB/MiB/GiB/TiB (creates or grows FILE)
   --read-only         refuse writes
@@ -156,6 +157,7 @@ async function exportVerb (argv: string[]): Promise<void> {
   const { values, positionals } = parse('export', argv, {
     listen: { type: 'string' }, name: { type: 'string' }, size: { type: 'string' }, 'read-only': { type: 'boolean' },
     allow: { type: 'string', multiple: true }, token: { type: 'string' }, shared: { type: 'boolean' },
+    nbd: { type: 'string' },
   })
   if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? 'give the FILE to export' : `unexpected argument '${positionals[1]}'`)
   if (typeof values.listen !== 'string') throw new UsageError('give --listen HOST:PORT')
@@ -168,6 +170,7 @@ async function exportVerb (argv: string[]): Promise<void> {
   const raw = {
     name: 'export',
     listen: values.listen,
+    ...(typeof values.nbd === 'string' ? { nbd: values.nbd } : {}),
     devices: { [name]: { type: 'file', path: file, ...(size !== undefined ? { size } : {}), ...(values['read-only'] === true ? { readOnly: true } : {}) } },
     exports: [{ device: name, name, readOnly: values['read-only'] === true, shared: values.shared === true, ...(values.allow !== undefined ? { allow: values.allow } : {}), ...(values.token !== undefined ? { token: values.token } : {}) }],
   }
