@@ -1,5 +1,7 @@
 // Counters for `/metrics` (Prometheus text format). Plain numbers bumped on the hot path; text is built on scrape.
 
+import { gcCounts } from './gc'
+
 export class ExportMetrics {
   readonly requests: Record<string, number> = { read: 0, write: 0, flush: 0, trim: 0, ping: 0, other: 0 }
   readonly errors: Record<string, number> = { read: 0, write: 0, flush: 0, trim: 0, ping: 0, other: 0 }
@@ -42,5 +44,7 @@ export function renderMetrics (node: string, exports: ReadonlyArray<{ name: stri
   family('dst_pool_buffer_bytes', 'gauge', 'Size of each pool buffer.', [[n, pool.size]])
   family('dst_pool_buffers_free', 'gauge', 'Pool buffers free now.', [[n, pool.available]])
   family('dst_pool_waits_total', 'counter', 'Times a request waited for a pool buffer (backpressure).', [[n, pool.waits]])
+  family('dst_gc_total', 'counter', 'Garbage collections of the node, by kind (minor = young generation).',
+    [[`${n},kind="minor"`, gcCounts.minor], [`${n},kind="major"`, gcCounts.major], [`${n},kind="other"`, gcCounts.other]])
   return lines.join('\n') + '\n'
 }

@@ -20,6 +20,7 @@ import { writerId } from './registry'
 import { LOOPBACK_ONLY, parseCidr, type Cidr } from './acl'
 import { WriteLease } from './lease'
 import { NbdServer } from '../export/nbd'
+import { watchGc } from './gc'
 import * as path from 'node:path'
 
 /** Reads, increments and durably stores the start counter in dataDir/generation. */
@@ -68,6 +69,7 @@ export class DstNode {
   generation = 0
 
   async start (): Promise<void> {
+    watchGc()
     const c = this.config
     if (c.dataDir !== null) {
       await fs.promises.mkdir(c.dataDir, { recursive: true })

@@ -1,0 +1,140 @@
+// The NBD half of `npm run bench`: the same fio jobs (nbd engine, loopback) against (a) `nbdkit file` on a file,
+// (b) dst's NBD export of the same file, (c) dst exporting a remote device one dst:// hop away, (d) a dst mirror of two
+// remote nodes. Prints IOPS, MiB/s, p99 latency, the ratio of each to nbdkit, the serving process's peak RSS, and the
+// dst node's young-generation GCs per 100k requests. Ratios measured side by side in one run are what to compare.
+
+import { spawn, execFile, type ChildProcess } from 'node:child_process'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import { randomFillSync } from 'node:crypto'
+import { freePort } from './ports'
+
+const MiB = 1024 * 1024
+const DST = path.join(__dirname, 'dst.js')
+const procs: ChildProcess[] = []
+
+interface Target { name: string, uri: string, pid: number, metrics?: string }
+interface Job { name: string, args: string[] }
+interface Result { iops: number, mibs: number, p99: number, ios: number, rss: number, gcPer100k: number | null }
+
+function startDst (args: string[]): Promise<{ proc: ChildProcess, out: () => string }> {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(process.execPath, [DST, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    procs.push(proc)
+    let out = ''
+    const timer = setTimeout(() => reject(new Error(`dst ${args.join(' ')} did not start: ${out}`)), 60000)
+    proc.stdout?.on('data', (c: Buffer) => { out += c.toString(); if (out.includes(' ready\n')) { clearTimeout(timer); resolve({ proc, out: () => out }) } })
+    proc.stderr?.on('data', (c: Buffer) => { out += c.toString() })
+    proc.on('exit', code => { clearTimeout(timer); reject(new Error(`dst ${args.join(' ')} exited ${code}: ${out}`)) })
+  })
+}
+
+function nbdUri (out: string): string {
+  const m = /nbd {5}(nbd:\/\/\S+)/.exec(out)
+  if (m === null) throw new Error(`no nbd address in:\n${out}`)
+  return m[1]
+}
+
+function fio (uri: string, job: Job, seconds: number): Promise<{ iops: number, mibs: number, p99: number, ios: number }> {
+  return new Promise((resolve, reject) => {
+    execFile('fio', ['--name=bench', '--ioengine=nbd', `--uri=${uri}`, '--time_based', `--runtime=${seconds}`, '--size=256m',
+      '--output-format=json', ...job.args], { maxBuffer: 64 * MiB }, (err, stdout, stderr) => {
+      if (err !== null) { reject(new Error(`fio ${job.name} on ${uri}: ${stderr || err.message}`)); return }
+      const j = JSON.parse(stdout.slice(stdout.indexOf('{'))) as { jobs: Array<Record<'read' | 'write', { iops: number, bw_bytes: number, total_ios: number, clat_ns: { percentile?: Record<string, number> } }>> }
+      const side = job.args.some(a => /rw=(rand)?write/.test(a)) ? j.jobs[0].write : j.jobs[0].read
+      resolve({ iops: side.iops, mibs: side.bw_bytes / MiB, p99: (side.clat_ns.percentile?.['99.000000'] ?? 0) / 1e6, ios: side.total_ios })
+    })
+  })
+}
+
+function peakRss (pid: number): number {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))
+    return m === null ? 0 : Number(m[1]) * 1024
+  } catch { return 0 }
+}
+
+async function minorGcs (metrics: string | undefined): Promise<number | null> {
+  if (metrics === undefined) return null
+  const text = await (await fetch(metrics)).text()
+  const m = /dst_gc_total\{[^}]*kind="minor"\} (\d+)/.exec(text)
+  return m === null ? null : Number(m[1])
+}
+
+async function main (): Promise<void> {
+  const seconds = Number(process.env.BENCH_SECONDS ?? 5)
+  const size = 256 * MiB
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dst-nbd-bench-'))
+  try {
+    const data = randomFillSync(Buffer.alloc(size))
+    for (const name of ['f.img', 'l0.img', 'l1.img', 'l2.img']) {
+      const fd = fs.openSync(path.join(dir, name), 'w')
+      fs.writeSync(fd, data)
+      fs.fsyncSync(fd)
+      fs.closeSync(fd)
+    }
+    // (a) nbdkit on the file.
+    const kitPort = await freePort()
+    const kit = spawn('nbdkit', ['-f', '-p', String(kitPort), '-i', '127.0.0.1', 'file', `file=${path.join(dir, 'f.img')}`], { stdio: 'ignore' })
+    procs.push(kit)
+    // (b) dst's NBD export of the same file.
+    const direct = await startDst(['export', path.join(dir, 'f.img'), '--listen', '127.0.0.1:0', '--nbd', '127.0.0.1:0', '--name', 'disk'])
+    const directStatus = /status {2}(http:\/\/\S+)\/status/.exec(direct.out())?.[1]
+    // (c) a remote device one hop away, and (d) a mirror of two remote nodes, each node serving NBD.
+    const leaf = async (name: string): Promise<string> => {
+      const p = await startDst(['export', path.join(dir, name), '--listen', '127.0.0.1:0', '--name', 'disk'])
+      const m = /export {2}(dst:\/\/\S+)/.exec(p.out())
+      return (m as RegExpExecArray)[1]
+    }
+    const [u0, u1, u2] = await Promise.all([leaf('l0.img'), leaf('l1.img'), leaf('l2.img')])
+    const node = async (name: string, devices: object, device: string): Promise<{ proc: ChildProcess, out: () => string }> => {
+      const file = path.join(dir, `${name}.json`)
+      fs.writeFileSync(file, JSON.stringify({ name, listen: '127.0.0.1:0', nbd: '127.0.0.1:0', dataDir: `./state-${name}`, devices, exports: [{ device }] }))
+      return startDst(['node', '--config', file])
+    }
+    const hop = await node('hop', { far: { type: 'remote', url: u0 } }, 'far')
+    const mir = await node('mir', { a: { type: 'remote', url: u1 }, b: { type: 'remote', url: u2 }, m: { type: 'mirror', members: ['a', 'b'] } }, 'm')
+    const statusOf = (out: string): string | undefined => /status {2}(http:\/\/\S+)\/status/.exec(out)?.[1]
+    for (let i = 0; i < 600; i++) {
+      const s = await (await fetch(`${statusOf(mir.out())}/status`)).json() as { devices: { m: { state: string } } }
+      if (s.devices.m.state === 'online') break
+      await new Promise(resolve => setTimeout(resolve, 200))
+    }
+    const targets: Target[] = [
+      { name: '(a) nbdkit file', uri: `nbd://127.0.0.1:${kitPort}`, pid: kit.pid ?? 0 },
+      { name: '(b) dst file', uri: nbdUri(direct.out()), pid: direct.proc.pid ?? 0, metrics: `${directStatus}/metrics` },
+      { name: '(c) dst remote, 1 hop', uri: nbdUri(hop.out()), pid: hop.proc.pid ?? 0, metrics: `${statusOf(hop.out())}/metrics` },
+      { name: '(d) dst mirror of 2 remote', uri: nbdUri(mir.out()), pid: mir.proc.pid ?? 0, metrics: `${statusOf(mir.out())}/metrics` },
+    ]
+    const jobs: Job[] = [
+      { name: '4k randread qd16', args: ['--rw=randread', '--bs=4k', '--iodepth=16'] },
+      { name: '4k randwrite qd16', args: ['--rw=randwrite', '--bs=4k', '--iodepth=16'] },
+      { name: '1M read qd4', args: ['--rw=read', '--bs=1m', '--iodepth=4'] },
+      { name: '1M write qd4', args: ['--rw=write', '--bs=1m', '--iodepth=4'] },
+    ]
+    console.log(`\n== NBD: fio ${seconds} s per job, nbd engine, loopback, ${os.cpus().length} cores, 256 MiB files in the page cache\n`)
+    const pad = (s: string, n: number): string => s.padEnd(n)
+    console.log(`${pad('job', 20)}${pad('target', 28)}${pad('IOPS', 10)}${pad('MiB/s', 10)}${pad('p99 ms', 9)}${pad('vs nbdkit', 11)}${pad('RSS MiB', 9)}minor GCs/100k req`)
+    for (const job of jobs) {
+      let base = 0
+      for (const target of targets) {
+        const gc0 = await minorGcs(target.metrics)
+        const r = await fio(target.uri, job, seconds)
+        const gc1 = await minorGcs(target.metrics)
+        const res: Result = { ...r, rss: peakRss(target.pid), gcPer100k: gc0 === null || gc1 === null ? null : ((gc1 - gc0) / Math.max(1, r.ios)) * 100000 }
+        if (base === 0) base = res.iops
+        console.log(`${pad(job.name, 20)}${pad(target.name, 28)}${pad(res.iops.toFixed(0), 10)}${pad(res.mibs.toFixed(1), 10)}${pad(res.p99.toFixed(2), 9)}${pad(`${(res.iops / base).toFixed(2)}x`, 11)}${pad((res.rss / MiB).toFixed(0), 9)}${res.gcPer100k === null ? '-' : res.gcPer100k.toFixed(0)}`)
+      }
+    }
+  } finally {
+    for (const p of procs) p.kill('SIGKILL')
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+main().catch(err => {
+  for (const p of procs) p.kill('SIGKILL')
+  console.error(`nbd bench: ${(err as Error).message}`)
+  process.exit(1)
+})
