@@ -109,7 +109,7 @@ ro.shutdown()
   t.regex(r.stdout, /ro-write: EPERM/)
 })
 
-test('a broken handshake or garbage instead of an option closes that connection only; the server keeps serving', async t => {
+test('a broken handshake, garbage instead of an option, or a bad request magic closes that connection only; the server keeps serving', async t => {
   const { nbd, node } = await rig(t, fileNode(4 * MiB))
   const port = Number(/:(\d+)\//.exec(nbd('disk'))?.[1])
   const talk = (bytes: Buffer): Promise<Buffer> => new Promise(resolve => {
@@ -127,6 +127,16 @@ test('a broken handshake or garbage instead of an option closes that connection 
   // Garbage where an option should be.
   const garbage = await talk(Buffer.concat([Buffer.from([0, 0, 0, 3]), Buffer.from('this is not IHAVEOPT at all')]))
   t.is(garbage.length, 18, 'only the greeting, then the connection closes')
+  // A full handshake (NBD_OPT_EXPORT_NAME), then a request with a bad magic: the server closes that connection.
+  const name = Buffer.from('disk')
+  const opt = Buffer.alloc(16)
+  Buffer.from('IHAVEOPT').copy(opt, 0)
+  opt.writeUInt32BE(1, 8)
+  opt.writeUInt32BE(name.length, 12)
+  const badRequest = Buffer.alloc(28, 0xee)
+  const afterExport = await talk(Buffer.concat([Buffer.from([0, 0, 0, 3]), opt, name, badRequest]))
+  t.is(afterExport.length, 18 + 10, 'greeting and export reply, then the connection closes without a reply')
+  t.is(afterExport.readUInt32BE(18 + 4), 4 * MiB, 'the export reply carried the size')
   const info = await run('nbdinfo', [nbd('disk')])
   t.is(info.code, 0, 'a well-behaved client is still served')
   t.is(node.proc.exitCode, null)
