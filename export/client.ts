@@ -140,6 +140,8 @@ export class Connection {
         generateMask: noop,
         maxPayload: 256 * 1024 * 1024,
         skipUTF8Validation: true,
+        // A peer that is gone never answers our close frame; do not hold the process for ws's default 30 s.
+        closeTimeout: 2000,
       })
       let settled = false
       const done = (err: Error | null, conn?: Connection): void => {

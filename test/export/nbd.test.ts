@@ -13,9 +13,9 @@ const MiB = 1024 * 1024
 // nbdsh runs the first python3 on PATH, which must be Debian's (it has the nbd module).
 const env = { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` }
 
-function run (cmd: string, args: string[], timeout = 60000): Promise<{ code: number, stdout: string, stderr: string }> {
+function run (cmd: string, args: string[], timeout = 60000, cwd?: string): Promise<{ code: number, stdout: string, stderr: string }> {
   return new Promise(resolve => {
-    execFile(cmd, args, { env, timeout, maxBuffer: 16 * MiB }, (err, stdout, stderr) => {
+    execFile(cmd, args, { env, timeout, cwd, maxBuffer: 16 * MiB }, (err, stdout, stderr) => {
       const code = err === null ? 0 : typeof (err as NodeJS.ErrnoException & { code?: unknown }).code === 'number' ? (err as unknown as { code: number }).code : 1
       resolve({ code, stdout, stderr })
     })
@@ -179,7 +179,7 @@ test('fio (nbd engine) with verify=crc32c on a mirror of two remote nodes', asyn
   t.teardown(() => top.kill())
   const port = /nbd {5}nbd:\/\/127\.0\.0\.1:(\d+)\//.exec(top.output())?.[1]
   const r = await run('fio', ['--name=verify', '--ioengine=nbd', `--uri=nbd://127.0.0.1:${port}/m`, '--rw=randrw', '--bs=4k', '--iodepth=16',
-    '--size=16m', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--output-format=json'], 120000)
+    '--size=16m', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--output-format=json'], 120000, dir) // fio leaves a verify state file in its cwd
   t.is(r.code, 0, r.stderr)
   // fio may print a line of its own before the JSON document.
   const job = (JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))) as { jobs: Array<{ error: number, read: { io_bytes: number }, write: { io_bytes: number } }> }).jobs[0]
