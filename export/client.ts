@@ -131,7 +131,8 @@ export class Connection {
       if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`
       if (options.access === 'ro') headers['x-dst-access'] = 'ro'
       else if (options.owner !== undefined) headers['x-dst-writer'] = options.owner
-      const ws = new WebSocket(wsUrl, {
+      // closeTimeout is a ws option its type definitions do not list yet.
+      const wsOptions: WebSocket.ClientOptions & { closeTimeout: number } = {
         headers,
         perMessageDeflate: false,
         handshakeTimeout: options.connectTimeout ?? 10000,
@@ -142,7 +143,8 @@ export class Connection {
         skipUTF8Validation: true,
         // A peer that is gone never answers our close frame; do not hold the process for ws's default 30 s.
         closeTimeout: 2000,
-      })
+      }
+      const ws = new WebSocket(wsUrl, wsOptions)
       let settled = false
       const done = (err: Error | null, conn?: Connection): void => {
         if (settled) return
