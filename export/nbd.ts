@@ -125,6 +125,9 @@ class NbdSession {
   private inFlight = 0
   private drained: (() => void) | null = null
   private disconnecting = false
+  /** The WRITE payload's own buffer when the pool had none free (NBD has no "try again" answer). */
+  private overflow: Buffer | null = null
+  private corked = false
   private readonly address: string
 
   constructor (private readonly server: NbdServer, private readonly socket: net.Socket) {
@@ -254,11 +257,10 @@ class NbdSession {
         if (data.length !== 0) { this.error(option, Rep.ERR_INVALID, 'NBD_OPT_LIST takes no data'); return }
         for (const exp of this.server.options.exports.values()) {
           if (!allowed(exp.allow, this.address) || exp.token !== undefined) continue
-          const name = Buffer.from(exp.name)
-          const body = Buffer.alloc(4 + name.length)
-          body.writeUInt32BE(name.length, 0)
-          name.copy(body, 4)
-          this.reply(option, Rep.SERVER, body)
+          // NBD_REP_SERVER: u32 name length, then the name.
+          const head = Buffer.alloc(4)
+          head.writeUInt32BE(Buffer.byteLength(exp.name), 0)
+          this.reply(option, Rep.SERVER, withName(head, exp.name))
         }
         this.reply(option, Rep.ACK)
         return
@@ -298,11 +300,9 @@ class NbdSession {
         this.reply(option, Rep.INFO, block)
         for (let i = 0; i < count; i++) {
           if (data.readUInt16BE(4 + nameLength + 2 + 2 * i) === Info.NAME) {
-            const n = Buffer.from(exp.name)
-            const body = Buffer.alloc(2 + n.length)
-            body.writeUInt16BE(Info.NAME, 0)
-            n.copy(body, 2)
-            this.reply(option, Rep.INFO, body)
+            const head = Buffer.alloc(2)
+            head.writeUInt16BE(Info.NAME, 0)
+            this.reply(option, Rep.INFO, withName(head, exp.name))
           }
         }
         this.reply(option, Rep.ACK)
@@ -360,8 +360,6 @@ class NbdSession {
     }
     return null
   }
-
-  private overflow: Buffer | null = null
 
   private onRequest (h: NbdRequest, payload: Uint8Array | null): void {
     if (this.phase !== 'transmission') return
@@ -471,8 +469,6 @@ class NbdSession {
     this.socket.write(head)
   }
 
-  private corked = false
-
   /** Replies finishing in the same tick leave in one write. */
   private cork (): void {
     if (this.corked) return
@@ -480,6 +476,10 @@ class NbdSession {
     this.socket.cork()
     process.nextTick(() => { this.corked = false; this.socket.uncork() })
   }
+}
+
+function withName (head: Buffer, name: string): Buffer {
+  return Buffer.concat([head, Buffer.from(name)])
 }
 
 function writeU64 (buf: Buffer, at: number, value: number): void {
