@@ -91,13 +91,25 @@ Prints a node's devices as a tree with state and size, and its exports.
 }
 
 class UsageError extends Error {}
+/** `--help` was asked for: the verb stops and its help text is printed. */
+class HelpShown extends Error {}
+
+/**
+ * Writes the last words and exits once they are out: writes to a pipe are asynchronous, and process.exit() right
+ * after one can lose it. A write that never completes (a reader gone) does not hold the exit for long.
+ */
+function exitWith (code: number, stream: NodeJS.WriteStream, text: string): void {
+  setTimeout(() => process.exit(code), 2000)
+  stream.write(text, () => process.exit(code))
+}
 
 function parse (verb: string, argv: string[], options: ParseArgsConfig['options']): { values: Record<string, unknown>, positionals: string[] } {
   try {
     const { values, positionals } = parseArgs({ args: argv, options: { ...options, help: { type: 'boolean' } }, allowPositionals: true, strict: true })
-    if (values.help === true) { process.stdout.write(HELP[verb] + '\n'); process.exit(0) }
+    if (values.help === true) throw new HelpShown(HELP[verb])
     return { values: values as Record<string, unknown>, positionals }
   } catch (err) {
+    if (err instanceof HelpShown) throw err
     throw new UsageError((err as Error).message)
   }
 }
@@ -123,16 +135,10 @@ export async function main (argv: string[]): Promise<void> {
         throw new UsageError(`unknown verb '${verb}' (try 'dst --help')`)
     }
   } catch (err) {
-    if (err instanceof UsageError) {
-      process.stderr.write(`dst ${verb ?? ''}: ${err.message}\n`)
-      process.exit(2)
-    }
-    if (err instanceof ConfigError) {
-      process.stderr.write(`dst ${verb}: ${err.message}\n`)
-      process.exit(2)
-    }
-    process.stderr.write(`dst ${verb}: ${(err as Error).message}\n`)
-    process.exit(1)
+    if (err instanceof HelpShown) { exitWith(0, process.stdout, `${err.message}\n`); return }
+    if (err instanceof UsageError) { exitWith(2, process.stderr, `dst ${verb ?? ''}: ${err.message}\n`); return }
+    if (err instanceof ConfigError) { exitWith(2, process.stderr, `dst ${verb}: ${err.message}\n`); return }
+    exitWith(1, process.stderr, `dst ${verb}: ${(err as Error).message}\n`)
   }
 }
 
@@ -186,16 +192,12 @@ async function runNode (config: NodeConfig): Promise<void> {
   process.stdout.write(`node ${config.name} ready\n`)
   let stopping = false
   const stop = (signal: string): void => {
-    if (stopping) { process.stderr.write(`[${config.name}] second ${signal}: exiting now\n`); process.exit(1) }
+    if (stopping) { exitWith(1, process.stderr, `[${config.name}] second ${signal}: exiting now\n`); return }
     stopping = true
     process.stderr.write(`[${config.name}] ${signal}: finishing requests in flight, flushing\n`)
-    node.stop().then(() => {
-      process.stderr.write(`[${config.name}] stopped\n`)
-      process.exit(0)
-    }, err => {
-      process.stderr.write(`[${config.name}] stop failed: ${(err as Error).message}\n`)
-      process.exit(1)
-    })
+    node.stop().then(
+      () => exitWith(0, process.stderr, `[${config.name}] stopped\n`),
+      err => exitWith(1, process.stderr, `[${config.name}] stop failed: ${(err as Error).message}\n`))
   }
   process.on('SIGINT', () => stop('SIGINT'))
   process.on('SIGTERM', () => stop('SIGTERM'))
