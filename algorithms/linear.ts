@@ -6,6 +6,7 @@ import { Device, type DeviceStatus } from '../node/device'
 import { DstError, Errno } from '../node/errors'
 import { derivedIdentity } from '../node/identity'
 import { settleAll } from '../node/settle'
+import { DIGEST_SIZE, digestCount } from '../node/hasher'
 
 export interface Member { name: string, device: Device }
 
@@ -46,6 +47,20 @@ export class LinearDevice extends Device {
 
   protected override _trim (offset: number, length: number): Promise<void> {
     return this.each(offset, length, (m, at, n) => m.device.trim(at, n))
+  }
+
+  /**
+   * Each member digests its own piece (where its data lives) when every member boundary inside the range falls on a
+   * chunk boundary; otherwise a chunk would straddle two members, and the range is read and digested here.
+   */
+  protected override async _hash (offset: number, length: number, chunk: number): Promise<Buffer> {
+    const end = offset + length
+    for (let i = this.memberAt(offset) + 1; i < this.members.length && this.starts[i] < end; i++) {
+      if ((this.starts[i] - offset) % chunk !== 0) return await super._hash(offset, length, chunk)
+    }
+    const out = Buffer.alloc(digestCount(length, chunk) * DIGEST_SIZE)
+    await this.each(offset, length, (m, at, n, done) => m.device.hash(at, n, chunk).then(d => { d.copy(out, (done / chunk) * DIGEST_SIZE) }))
+    return out
   }
 
   override status (): DeviceStatus {

@@ -11,6 +11,7 @@ import { DstError, Errno } from '../node/errors'
 import { bitmapBytes, PAGE, type IntentState, type IntentStore, type LegRecord } from './intent-store'
 import type { Member } from './linear'
 import { settleAll } from '../node/settle'
+import { DIGEST_SIZE, isHashChunk } from '../node/hasher'
 
 export type LegState = 'in-sync' | 'stale' | 'resyncing' | 'failed'
 
@@ -28,6 +29,11 @@ export interface MirrorOptions {
   probeInterval?: number
   /** Start resyncs by themselves (tests turn this off to step them). */
   autoResync?: boolean
+  /**
+   * Checksum resync (default on): a region is first compared by digests computed where each leg's data lives, and
+   * only the chunks that differ are copied. Off: every stale region is copied whole.
+   */
+  compare?: boolean
   log?: (message: string) => void
 }
 
@@ -41,7 +47,7 @@ interface Leg {
   staleCount: number
   /** A leg new to the array: its resync compares before it copies. */
   full: boolean
-  resync: { doneBytes: number, totalBytes: number, copiedBytes: number } | null
+  resync: { doneBytes: number, totalBytes: number, copiedBytes: number, comparedBytes: number } | null
   running: Promise<void> | null
   lastError: string
   nextProbe: number
@@ -50,6 +56,54 @@ interface Leg {
 
 /** Reads at least this long are split across legs so one reader gets the bandwidth of several. */
 const SPLIT_READ = 128 * 1024
+/** Resync and verify compare digests of chunks this long (at most a region). */
+const COMPARE_CHUNK = 64 * 1024
+/** Mismatched regions a verify report lists (it counts them all). */
+const REPORT_LIMIT = 1000
+
+export interface VerifyOptions {
+  /** Mark mismatched regions stale on the legs that differ from the reference, and resync them. */
+  repair?: boolean
+  /** The leg whose data is right; without it, a strict majority of 3+ legs decides, and 2 legs cannot be repaired. */
+  from?: string
+  /** Regions compared at once. */
+  concurrency?: number
+  /** Most bytes per second compared; 0 for no limit. */
+  rate?: number
+  /** Called as regions are done. */
+  onProgress?: (report: VerifyReport) => void
+}
+
+export interface VerifyMismatch {
+  region: number
+  offset: number
+  length: number
+  /** Chunks of the region whose digests differ between legs. */
+  chunks: number
+  /** The legs that differ from the reference; every compared leg when there is none. */
+  legs: string[]
+  /** The leg (or majority) taken as right, or null when nothing decides. */
+  reference: string | null
+  repaired: boolean
+}
+
+export interface VerifyReport {
+  state: 'running' | 'done' | 'failed'
+  repair: boolean
+  from: string | null
+  startedAt: string
+  finishedAt: string | null
+  seconds: number
+  totalBytes: number
+  doneBytes: number
+  /** Bytes compared on at least two legs; the rest were skipped (only one leg held them). */
+  comparedBytes: number
+  skippedBytes: number
+  mismatches: number
+  repairedRegions: number
+  mismatchedRegions: VerifyMismatch[]
+  error: string | null
+}
 
 export class MirrorDevice extends Device {
   readonly type = 'mirror'
@@ -84,6 +138,11 @@ export class MirrorDevice extends Device {
   /** Bytes resyncs have copied and compared since start (status and tests). */
   resyncedBytes = 0
   comparedBytes = 0
+  /** The running or last online verify. */
+  lastVerify: VerifyReport | null = null
+  private verifying: Promise<void> | null = null
+  /** Verify totals since start (metrics). */
+  readonly verifyTotals = { runs: 0, bytes: 0, mismatches: 0, repaired: 0 }
 
   private constructor (options: MirrorOptions, size: number, state: IntentState, legs: Leg[]) {
     super({
@@ -189,13 +248,15 @@ export class MirrorDevice extends Device {
       region: this.region,
       events: this.state_.superblock.events,
       resyncedBytes: this.resyncedBytes,
+      resyncComparedBytes: this.comparedBytes,
+      ...(this.lastVerify !== null ? { verify: summary(this.lastVerify) } : {}),
       members: this.legs.map(l => ({
         name: l.name,
         ...l.device.status(),
         deviceState: l.device.state,
         state: l.state,
         dirtyBytes: this.staleBytes(l),
-        ...(l.resync !== null ? { resync: { doneBytes: l.resync.doneBytes, totalBytes: l.resync.totalBytes } } : {}),
+        ...(l.resync !== null ? { resync: { ...l.resync } } : {}),
         ...(l.lastError !== '' ? { lastError: l.lastError } : {}),
       })),
     }
@@ -207,6 +268,33 @@ export class MirrorDevice extends Device {
     await this.enter()
     try {
       await this.readRange(offset, length, into)
+    } finally {
+      this.exit()
+    }
+  }
+
+  /** Digests come from one leg that holds the range (least busy first), like a read. */
+  protected override async _hash (offset: number, length: number, chunk: number): Promise<Buffer> {
+    await this.enter()
+    try {
+      const r0 = this.regionOf(offset)
+      const r1 = this.regionOf(offset + length - 1)
+      for (;;) {
+        const eligible = this.legs.filter(l => l.state !== 'failed' && this.holds(l, r0, r1))
+        if (eligible.length === 0) throw this.noLegError(`hash ${offset}+${length}`)
+        eligible.sort((a, b) => a.outstanding - b.outstanding)
+        const leg = eligible[0]
+        leg.outstanding++
+        try {
+          return await leg.device.hash(offset, length, chunk)
+        } catch (err) {
+          // Busy or broken hash workers say nothing about the leg's data.
+          if (hashTrouble(err)) throw err
+          this.fail(leg, err)
+        } finally {
+          leg.outstanding--
+        }
+      }
     } finally {
       this.exit()
     }
@@ -236,6 +324,7 @@ export class MirrorDevice extends Device {
     for (const t of this.timers) clearInterval(t)
     this.timers = []
     await Promise.all(this.legs.map(l => l.running?.catch(() => {})))
+    await this.verifying
     this.clearQuiet(true)
     await this.save()
     await this.store.close?.()
@@ -507,39 +596,41 @@ export class MirrorDevice extends Device {
   private async resync (l: Leg): Promise<void> {
     l.state = 'resyncing'
     const total = this.staleBytes(l)
-    l.resync = { doneBytes: 0, totalBytes: total, copiedBytes: 0 }
+    l.resync = { doneBytes: 0, totalBytes: total, copiedBytes: 0, comparedBytes: 0 }
     const buf = Buffer.alloc(this.region)
-    const cmp = l.full ? Buffer.alloc(this.region) : null
     const rate = this.options.resyncRate ?? 0
     const began = Date.now()
     try {
-      for (let r = 0; r < this.regions; r++) {
-        if (l.stale[r] === 0) continue
-        if (this.stopping || l.state !== 'resyncing') return
-        const at = r * this.region
-        const n = Math.min(this.region, this.size - at)
-        await this.lockRegion(r)
-        try {
-          const copied = await this.copyRegion(l, r, at, n, buf, cmp)
-          if (copied === null) return
-          l.stale[r] = 0
-          l.staleCount--
-          l.resync.doneBytes += n
-          l.resync.copiedBytes += copied
-          this.resyncedBytes += copied
-        } finally {
-          this.unlockRegion(r)
+      // Passes until nothing is stale: a verify repair may mark regions behind the cursor while this runs.
+      while (l.staleCount > 0) {
+        for (let r = 0; r < this.regions; r++) {
+          if (l.stale[r] === 0) continue
+          if (this.stopping || l.state !== 'resyncing') return
+          const at = r * this.region
+          const n = Math.min(this.region, this.size - at)
+          await this.lockRegion(r)
+          try {
+            const copied = await this.copyRegion(l, r, at, n, buf)
+            if (copied === null) return
+            if (l.stale[r] !== 0) { l.stale[r] = 0; l.staleCount-- }
+            l.resync.doneBytes += n
+            l.resync.copiedBytes += copied
+            this.resyncedBytes += copied
+          } finally {
+            this.unlockRegion(r)
+          }
+          if (rate > 0) {
+            const ahead = (l.resync.doneBytes / rate) * 1000 - (Date.now() - began)
+            if (ahead > 0) await new Promise(resolve => setTimeout(resolve, ahead))
+          }
         }
-        if (rate > 0) {
-          const ahead = (l.resync.doneBytes / rate) * 1000 - (Date.now() - began)
-          if (ahead > 0) await new Promise(resolve => setTimeout(resolve, ahead))
-        }
+        l.resync.totalBytes = l.resync.doneBytes + this.staleBytes(l)
       }
       if (l.state !== 'resyncing') return
       l.state = 'in-sync'
       l.full = false
       this.state_.superblock.events++
-      this.log(`leg '${l.name}' in sync (${l.resync.copiedBytes} of ${total} bytes copied)`)
+      this.log(`leg '${l.name}' in sync (${l.resync.copiedBytes} of ${l.resync.totalBytes} bytes copied, ${l.resync.comparedBytes} compared by digest)`)
       this.clearQuiet(true)
       await this.save()
     } finally {
@@ -548,8 +639,12 @@ export class MirrorDevice extends Device {
     }
   }
 
-  /** Copies one region to `l` from a leg that holds it; returns bytes written, or null when the resync must stop. */
-  private async copyRegion (l: Leg, r: number, at: number, n: number, buf: Buffer, cmp: Buffer | null): Promise<number | null> {
+  /**
+   * Brings one region of `l` up to date from a leg that holds it; returns the bytes written, or null when the resync
+   * must stop. With checksum resync, both legs digest the region where their data lives and only differing chunks
+   * are read and written; trouble with the hash workers falls back to copying the region whole.
+   */
+  private async copyRegion (l: Leg, r: number, at: number, n: number, buf: Buffer): Promise<number | null> {
     for (;;) {
       const sources = this.legs.filter(s => s !== l && s.state !== 'failed' && s.stale[r] === 0)
       if (sources.length === 0) {
@@ -559,24 +654,190 @@ export class MirrorDevice extends Device {
       }
       sources.sort((a, b) => a.outstanding - b.outstanding)
       const src = sources[0]
+      let runs: Array<[number, number]> = [[0, n]]
+      const chunk = this.compareChunk()
+      if (chunk > 0) {
+        const [want, have] = await Promise.allSettled([src.device.hash(at, n, chunk), l.device.hash(at, n, chunk)])
+        if (want.status === 'rejected' && !hashTrouble(want.reason)) { this.fail(src, want.reason); continue }
+        if (have.status === 'rejected' && !hashTrouble(have.reason)) { this.fail(l, have.reason); return null }
+        if (want.status === 'fulfilled' && have.status === 'fulfilled') {
+          runs = differingRuns(want.value, have.value, chunk, n)
+          this.comparedBytes += n
+          if (l.resync !== null) l.resync.comparedBytes += n
+        }
+      }
+      let copied = 0
+      let retry = false
+      for (const [from, to] of runs) {
+        const view = buf.subarray(from, to)
+        try {
+          await src.device.read(at + from, to - from, view)
+        } catch (err) {
+          this.fail(src, err)
+          retry = true
+          break
+        }
+        try {
+          await l.device.write(at + from, view)
+        } catch (err) {
+          this.fail(l, err)
+          return null
+        }
+        copied += to - from
+      }
+      if (!retry) return copied
+    }
+  }
+
+  /** The chunk digests are compared in, or 0 when resync copies whole regions. */
+  private compareChunk (): number {
+    if (this.options.compare === false) return 0
+    const chunk = Math.min(COMPARE_CHUNK, this.region)
+    return isHashChunk(chunk) ? chunk : 0
+  }
+
+  // ---- online verify ---------------------------------------------------------------------------------------------
+
+  /**
+   * Compares every region on every leg that holds it, by digests computed where each leg's data lives, while I/O goes
+   * on (each region is locked against writes only while its digests are taken). Mismatches are reported; with
+   * `repair`, the legs that differ from the reference (the `from` leg, or a strict majority of 3+ legs) get the
+   * region marked stale and are resynced from it, and the verify ends once that resync has.
+   */
+  verify (options: VerifyOptions = {}): Promise<VerifyReport> {
+    if (this.lastVerify?.state === 'running') return Promise.reject(new DstError('DST_ERR_BUSY', `mirror '${this.name}': a verify is already running`, Errno.EAGAIN))
+    const run = this.runVerify(options)
+    this.verifying = run.catch(() => {}).then(() => { this.verifying = null })
+    return run
+  }
+
+  private async runVerify (options: VerifyOptions): Promise<VerifyReport> {
+    if (this.lastVerify?.state === 'running') throw new DstError('DST_ERR_BUSY', `mirror '${this.name}': a verify is already running`, Errno.EAGAIN)
+    const from = options.from ?? null
+    if (from !== null) {
+      const leg = this.legNamed(from)
+      if (leg.state === 'failed') throw new DstError('DST_ERR_NOTSYNC', `mirror '${this.name}': leg '${from}' is failed; it cannot be the reference`, Errno.EINVAL)
+    }
+    if (this.legs.length < 2) throw new DstError('DST_ERR_ONELEG', `mirror '${this.name}' has one leg: nothing to compare`, Errno.EINVAL)
+    const chunk = Math.min(COMPARE_CHUNK, this.region)
+    if (!isHashChunk(chunk)) throw new DstError('DST_ERR_REGION', `mirror '${this.name}': region ${this.region} is too small to verify by digest`, Errno.EINVAL)
+    const report: VerifyReport = {
+      state: 'running', repair: options.repair === true, from, startedAt: new Date().toISOString(), finishedAt: null,
+      seconds: 0, totalBytes: this.size, doneBytes: 0, comparedBytes: 0, skippedBytes: 0, mismatches: 0, repairedRegions: 0,
+      mismatchedRegions: [], error: null,
+    }
+    this.lastVerify = report
+    this.verifyTotals.runs++
+    const began = Date.now()
+    const toResync = new Set<Leg>()
+    let next = 0
+    const worker = async (): Promise<void> => {
+      while (next < this.regions && !this.stopping) {
+        const r = next++
+        await this.verifyRegion(r, chunk, from, report, toResync)
+        report.seconds = (Date.now() - began) / 1000
+        options.onProgress?.(report)
+        const rate = options.rate ?? 0
+        if (rate > 0) {
+          const ahead = (report.doneBytes / rate) * 1000 - (Date.now() - began)
+          if (ahead > 0) await new Promise(resolve => setTimeout(resolve, ahead))
+        }
+      }
+    }
+    try {
+      await settleAll(Array.from({ length: Math.max(1, options.concurrency ?? 4) }, worker))
+      if (this.stopping) throw new DstError('DST_ERR_CLOSED', `mirror '${this.name}' closed during the verify`, Errno.ESHUTDOWN)
+      if (toResync.size > 0) {
+        await this.save()
+        this.log(`verify: resyncing ${report.repairedRegions} mismatched regions on ${[...toResync].map(l => l.name).join(', ')}`)
+        await settleAll([...toResync].map(l => this.startResync(l)))
+        const left = [...toResync].filter(l => l.state !== 'in-sync')
+        if (left.length > 0) throw new DstError('DST_ERR_REPAIR', `repair incomplete: ${left.map(l => `${l.name} is ${l.state}${l.lastError !== '' ? ` (${l.lastError})` : ''}`).join('; ')}`, Errno.EIO)
+      }
+      report.state = 'done'
+    } catch (err) {
+      report.state = 'failed'
+      report.error = (err as Error).message
+    } finally {
+      report.finishedAt = new Date().toISOString()
+      report.seconds = (Date.now() - began) / 1000
+      options.onProgress?.(report)
+    }
+    this.log(`verify ${report.state}: ${report.comparedBytes} bytes compared, ${report.mismatches} mismatched regions` +
+      `${report.repair ? `, ${report.repairedRegions} repaired` : ''}${report.error !== null ? ` (${report.error})` : ''}`)
+    return report
+  }
+
+  private async verifyRegion (r: number, chunk: number, from: string | null, report: VerifyReport, toResync: Set<Leg>): Promise<void> {
+    const at = r * this.region
+    const n = Math.min(this.region, this.size - at)
+    for (let attempt = 0; ; attempt++) {
+      const legs = this.legs.filter(l => l.state !== 'failed' && l.stale[r] === 0)
+      if (legs.length < 2) { report.skippedBytes += n; break }
+      await this.lockRegion(r)
+      let results: Array<PromiseSettledResult<Buffer>>
       try {
-        await src.device.read(at, n, buf.subarray(0, n))
-      } catch (err) {
-        this.fail(src, err)
+        results = await Promise.allSettled(legs.map(l => l.device.hash(at, n, chunk)))
+      } finally {
+        this.unlockRegion(r)
+      }
+      const busy = results.some(x => x.status === 'rejected' && hashTrouble(x.reason))
+      results.forEach((x, i) => { if (x.status === 'rejected' && !hashTrouble(x.reason)) this.fail(legs[i], x.reason) })
+      if (busy) {
+        // The hash workers were full or failed: try the region again shortly, a bounded number of times.
+        if (attempt >= 20) throw (results.find(x => x.status === 'rejected' && hashTrouble(x.reason)) as PromiseRejectedResult).reason
+        await new Promise(resolve => setTimeout(resolve, Math.min(1000, 10 * 2 ** attempt)))
         continue
       }
-      try {
-        if (cmp !== null) {
-          await l.device.read(at, n, cmp.subarray(0, n))
-          this.comparedBytes += n
-          if (cmp.subarray(0, n).equals(buf.subarray(0, n))) return 0
-        }
-        await l.device.write(at, buf.subarray(0, n))
-        return n
-      } catch (err) {
-        this.fail(l, err)
-        return null
+      if (results.some(x => x.status === 'rejected')) continue
+      const digests = results.map(x => (x as PromiseFulfilledResult<Buffer>).value)
+      report.comparedBytes += n
+      this.verifyTotals.bytes += n
+      if (digests.every(d => d.equals(digests[0]))) break
+      this.mismatch(r, at, n, chunk, legs, digests, from, report, toResync)
+      break
+    }
+    report.doneBytes += n
+  }
+
+  private mismatch (r: number, at: number, n: number, chunk: number, legs: Leg[], digests: Buffer[], from: string | null,
+    report: VerifyReport, toResync: Set<Leg>): void {
+    let chunks = 0
+    for (let c = 0; c * DIGEST_SIZE < digests[0].length; c++) {
+      const a = c * DIGEST_SIZE
+      if (!digests.every(d => d.compare(digests[0], a, a + DIGEST_SIZE, a, a + DIGEST_SIZE) === 0)) chunks++
+    }
+    // The reference: the operator's leg, or else a strict majority of the legs compared.
+    let reference = -1
+    let referenceName: string | null = null
+    if (from !== null) {
+      reference = legs.findIndex(l => l.name === from)
+      if (reference >= 0) referenceName = from
+    } else if (legs.length >= 3) {
+      for (let i = 0; i < legs.length && reference < 0; i++) {
+        if (digests.filter(d => d.equals(digests[i])).length * 2 > legs.length) { reference = i; referenceName = 'majority' }
       }
+    }
+    const differing = reference < 0 ? legs : legs.filter((_, i) => !digests[i].equals(digests[reference]))
+    const repaired = report.repair && reference >= 0
+    if (repaired) {
+      for (const l of differing) {
+        const i = this.legs.indexOf(l)
+        this.setBit(i, r, true)
+        this.marked.add(r)
+        this.markStale(l, r, r)
+        if (l.state === 'in-sync') l.state = 'stale'
+        toResync.add(l)
+      }
+      report.repairedRegions++
+      this.verifyTotals.repaired++
+    }
+    report.mismatches++
+    this.verifyTotals.mismatches++
+    this.log(`verify: region ${r} (${at}+${n}) differs in ${chunks} of ${Math.ceil(n / chunk)} chunks on ${differing.map(l => l.name).join(', ')}` +
+      (reference < 0 ? ' (no reference to repair from: give --from LEG)' : ` from ${referenceName === 'majority' ? 'the majority' : `'${referenceName}'`}${repaired ? '; marked for resync' : ''}`))
+    if (report.mismatchedRegions.length < REPORT_LIMIT) {
+      report.mismatchedRegions.push({ region: r, offset: at, length: n, chunks, legs: differing.map(l => l.name), reference: referenceName, repaired })
     }
   }
 
@@ -720,6 +981,31 @@ function newLeg (m: Member, regions: number, options: MirrorOptions): Leg {
     name: m.name, device: m.device, state: 'in-sync', outstanding: 0, stale: new Uint8Array(regions), staleCount: 0,
     full: false, resync: null, running: null, lastError: '', nextProbe: 0, probeWait: options.probeInterval ?? 1000,
   }
+}
+
+/** Errors of the hash workers (busy, broken), not of a leg's data: they never fail a leg. */
+function hashTrouble (err: unknown): boolean {
+  const e = err as DstError
+  return e?.code === 'DST_ERR_HASH_BUSY' || e?.code === 'DST_ERR_HASH' || e?.errno === Errno.EAGAIN
+}
+
+/** Byte ranges [from, to) of a region of `n` bytes whose chunk digests differ, adjacent chunks joined. */
+function differingRuns (a: Buffer, b: Buffer, chunk: number, n: number): Array<[number, number]> {
+  const runs: Array<[number, number]> = []
+  for (let c = 0; c * chunk < n; c++) {
+    const d = c * DIGEST_SIZE
+    if (a.compare(b, d, d + DIGEST_SIZE, d, d + DIGEST_SIZE) === 0) continue
+    const from = c * chunk
+    const to = Math.min(n, from + chunk)
+    const last = runs[runs.length - 1]
+    if (last !== undefined && last[1] === from) last[1] = to; else runs.push([from, to])
+  }
+  return runs
+}
+
+/** What /status shows of a verify: the counts and the first mismatched regions. */
+function summary (v: VerifyReport): Record<string, unknown> {
+  return { ...v, mismatchedRegions: v.mismatchedRegions.slice(0, 20) }
 }
 
 function getBit (bits: Uint8Array, r: number): boolean {

@@ -6,9 +6,10 @@
 import WebSocket from 'ws'
 import { DstError, Errno, RemoteError, errnoName } from '../node/errors'
 import { Ring } from '../node/ring'
+import { DIGEST_SIZE, HASH_ALGORITHM, hasher } from '../node/hasher'
 import {
   FrameDecoder, HANDSHAKE_SIZE, HandshakeFlag, Op, opNames, PROTOCOL_VERSION, ProtocolError, REQUEST_HEADER_SIZE,
-  parseHandshake, replyFrames, writeRequestHeader, type Handshake, type ReplyHeader,
+  digestFrames, parseHandshake, replyCarriesDigest, replyFrames, writeRequestHeader, type Handshake, type ReplyHeader,
 } from './codec'
 
 export interface DstUrl { host: string, port: number, export: string }
@@ -29,7 +30,12 @@ export interface ConnectOptions {
   owner?: string
   /** 'ro' asks for a read-only session and takes no write lease. */
   access?: 'rw' | 'ro'
+  /** Counted across reconnects by the owner (a remote device): payloads that failed their wire digest. */
+  counters?: { digestErrors: number }
 }
+
+/** Times a payload that failed its wire digest is sent or asked for again before the request fails. */
+const DIGEST_RETRIES = 3
 
 interface Slot {
   index: number
@@ -38,9 +44,13 @@ interface Slot {
   op: number
   offset: number
   length: number
+  aux: number
   into: Uint8Array | null
   data: Uint8Array | null
   tries: number
+  /** The WRITE payload's wire digest, computed once and kept for resends. */
+  digest: Buffer | null
+  digestTries: number
   sentAt: number
   resolve: () => void
   reject: (err: Error) => void
@@ -51,6 +61,7 @@ interface Queued {
   op: number
   offset: number
   length: number
+  aux: number
   into: Uint8Array | null
   data: Uint8Array | null
   resolve: () => void
@@ -67,6 +78,7 @@ const describe: Record<number, string> = {
   [Errno.ENOSPC]: 'no space left on the exporting node',
   [Errno.ESHUTDOWN]: 'the exporting node is shutting down',
   [Errno.EAGAIN]: 'the exporting node is out of buffers',
+  [Errno.EBADMSG]: 'the payload did not match its wire digest',
 }
 
 export function formatDstUrl (u: DstUrl): string {
@@ -91,6 +103,9 @@ export class Connection {
   private lastHeard = Date.now()
   private pingOut = false
   private readonly pingTimer: NodeJS.Timeout | null = null
+  /** Wire digests on this connection (the export asks for them in the handshake). */
+  private readonly digest: boolean
+  private readonly counters: { digestErrors: number }
 
   private constructor (url: string, ws: WebSocket, handshake: Handshake, options: ConnectOptions) {
     this.url = url
@@ -101,13 +116,16 @@ export class Connection {
     this.freeSlots = []
     for (let i = 0; i < this.queueDepth; i++) {
       this.slots.push({
-        index: i, seq: 0, busy: false, op: 0, offset: 0, length: 0, into: null, data: null, tries: 0, sentAt: 0,
-        resolve: noop, reject: noop, header: Buffer.alloc(REQUEST_HEADER_SIZE),
+        index: i, seq: 0, busy: false, op: 0, offset: 0, length: 0, aux: 0, into: null, data: null, tries: 0, digest: null,
+        digestTries: 0, sentAt: 0, resolve: noop, reject: noop, header: Buffer.alloc(REQUEST_HEADER_SIZE),
       })
       this.freeSlots.push(this.queueDepth - 1 - i)
     }
     this.queue = new Ring(options.maxQueued ?? 65536)
-    this.decoder = new FrameDecoder(replyFrames, h => this.replyTarget(h), (h, payload) => this.onReply(h, payload))
+    this.digest = (handshake.flags & HandshakeFlag.DIGEST) !== 0
+    this.counters = options.counters ?? { digestErrors: 0 }
+    const frames = this.digest ? digestFrames(replyFrames, handshake.digestSize, replyCarriesDigest) : replyFrames
+    this.decoder = new FrameDecoder(frames, h => this.replyTarget(h), (h, payload, trailer) => this.onReply(h, payload, trailer), Math.max(64, handshake.digestSize))
     ws.on('message', (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary))
     ws.on('close', (code: number, reason: Buffer) => {
       const why = reason.length > 0 ? `: ${reason.toString()}` : ''
@@ -171,6 +189,9 @@ export class Connection {
           const h = parseHandshake(data)
           if (h.version !== PROTOCOL_VERSION) throw new ProtocolError(`server speaks protocol version ${h.version}, this client ${PROTOCOL_VERSION}`)
           if (h.maxRequest === 0 || h.maxInFlight === 0) throw new ProtocolError('handshake announces a zero request size or queue depth')
+          if ((h.flags & HandshakeFlag.DIGEST) !== 0 && (h.hashAlgorithm !== HASH_ALGORITHM || h.digestSize !== DIGEST_SIZE)) {
+            throw new ProtocolError(`export wants wire digests with ${h.hashAlgorithm}, this client computes ${HASH_ALGORITHM}`)
+          }
           ws.removeAllListeners()
           done(null, new Connection(url, ws, h, options))
         } catch (err) {
@@ -183,23 +204,30 @@ export class Connection {
   get readOnly (): boolean { return (this.handshake.flags & HandshakeFlag.READ_ONLY) !== 0 }
   get canFlush (): boolean { return (this.handshake.flags & HandshakeFlag.FLUSH) !== 0 }
   get canTrim (): boolean { return (this.handshake.flags & HandshakeFlag.TRIM) !== 0 }
+  /** The export answers HASH with the digest this side computes too. */
+  get canHash (): boolean {
+    const h = this.handshake
+    return (h.flags & HandshakeFlag.HASH) !== 0 && h.hashAlgorithm === HASH_ALGORITHM && h.digestSize === DIGEST_SIZE
+  }
+  get digests (): boolean { return this.digest }
   get isClosed (): boolean { return this.closed !== null }
   get pending (): number { return this.inFlight + this.queue.length }
 
   /**
    * One request of at most `handshake.maxRequest` bytes (the caller splits larger ones). For READ, `into` receives
-   * `length` bytes; for WRITE, `data` is sent. The promise settles when the server answers.
+   * `length` bytes; for WRITE, `data` is sent; for HASH (chunk size in `aux`), `into` receives the digests. The promise
+   * settles when the server answers.
    */
-  request (op: number, offset: number, length: number, into: Uint8Array | null, data: Uint8Array | null): Promise<void> {
+  request (op: number, offset: number, length: number, into: Uint8Array | null, data: Uint8Array | null, aux = 0): Promise<void> {
     if (this.closed !== null) return Promise.reject(this.closed)
     return new Promise((resolve, reject) => {
       const slotIndex = this.freeSlots.pop()
       if (slotIndex === undefined) {
         if (this.queue.full) { reject(new DstError('DST_ERR_QUEUE_FULL', `${this.url}: ${this.queue.capacity} requests already queued`, Errno.EAGAIN)); return }
-        this.queue.push({ op, offset, length, into, data, resolve, reject })
+        this.queue.push({ op, offset, length, aux, into, data, resolve, reject })
         return
       }
-      this.start(this.slots[slotIndex], op, offset, length, into, data, resolve, reject)
+      this.start(this.slots[slotIndex], op, offset, length, aux, into, data, resolve, reject)
     })
   }
 
@@ -222,13 +250,16 @@ export class Connection {
     this.fail(reason)
   }
 
-  private start (slot: Slot, op: number, offset: number, length: number, into: Uint8Array | null, data: Uint8Array | null,
-    resolve: () => void, reject: (err: Error) => void): void {
+  private start (slot: Slot, op: number, offset: number, length: number, aux: number, into: Uint8Array | null,
+    data: Uint8Array | null, resolve: () => void, reject: (err: Error) => void): void {
     slot.busy = true
     slot.seq = (slot.seq + 1) >>> 0
     slot.op = op
     slot.offset = offset
     slot.length = length
+    slot.aux = aux
+    slot.digest = null
+    slot.digestTries = 0
     slot.into = into
     slot.data = data
     slot.tries = 0
@@ -240,7 +271,17 @@ export class Connection {
 
   private send (slot: Slot): void {
     slot.sentAt = Date.now()
-    writeRequestHeader(slot.header, 0, slot.op, 0, slot.index, slot.seq, slot.offset, slot.length)
+    if (this.digest && slot.op === Op.WRITE && slot.data !== null && slot.data.byteLength > 0 && slot.digest === null) {
+      // The payload's digest goes out right behind it; compute it (on a worker, for a large payload) first.
+      const seq = slot.seq
+      hasher().digestOne(slot.data).then(digest => {
+        if (!slot.busy || slot.seq !== seq || this.closed !== null) return
+        slot.digest = digest
+        this.send(slot)
+      }, (err: Error) => { if (slot.busy && slot.seq === seq) this.release(slot, err) })
+      return
+    }
+    writeRequestHeader(slot.header, 0, slot.op, 0, slot.index, slot.seq, slot.offset, slot.length, slot.aux)
     if (!this.corked) {
       // Requests issued in one tick leave in one write.
       const socket = (this.ws as unknown as { _socket?: { cork: () => void, uncork: () => void } })._socket
@@ -252,7 +293,12 @@ export class Connection {
     }
     if (slot.op === Op.WRITE && slot.data !== null) {
       this.ws.send(slot.header, { binary: true, fin: false })
-      this.ws.send(slot.data, { binary: true, fin: true })
+      if (slot.digest !== null) {
+        this.ws.send(slot.data, { binary: true, fin: false })
+        this.ws.send(slot.digest, { binary: true, fin: true })
+      } else {
+        this.ws.send(slot.data, { binary: true, fin: true })
+      }
     } else {
       this.ws.send(slot.header, { binary: true })
     }
@@ -272,29 +318,56 @@ export class Connection {
     if (!this.decoder.atBoundary) this.protocolFailure('reply message ends inside a frame')
   }
 
+  /** Bytes a successful reply to this slot's request carries: the data of a READ, the digests of a HASH. */
+  private replyLength (slot: Slot): number {
+    if (slot.op === Op.READ) return slot.length
+    if (slot.op === Op.HASH) return slot.into?.byteLength ?? 0
+    return 0
+  }
+
   private replyTarget (h: ReplyHeader): Uint8Array | null {
     const slot = this.slotFor(h)
-    if (slot === null || slot.op !== Op.READ || h.length !== slot.length) return null
+    if (slot === null || (slot.op !== Op.READ && slot.op !== Op.HASH) || h.op !== slot.op || h.length !== this.replyLength(slot)) return null
     return slot.into
   }
 
-  private onReply (h: ReplyHeader, payload: Uint8Array | null): void {
+  private onReply (h: ReplyHeader, payload: Uint8Array | null, trailer: Buffer | null): void {
     const slot = this.slotFor(h)
     if (slot === null) { this.protocolFailure(`reply with unknown tag ${h.tagLo}:${h.tagHi}`); return }
     if (h.errno === Errno.EAGAIN && slot.tries < 20) {
-      // The server's buffer pool was full: send the same request again shortly, keeping its slot.
+      // The server's buffer pool (or its hash workers) were full: send the same request again shortly, keeping its slot.
       slot.tries++
       setTimeout(() => { if (this.closed === null) this.send(slot) }, Math.min(100, 2 ** slot.tries))
       return
     }
+    if (h.errno === Errno.EBADMSG && slot.op === Op.WRITE && this.digest) {
+      // The server got other bytes than we sent: the link corrupted them. Send them again.
+      this.counters.digestErrors++
+      if (slot.digestTries++ < DIGEST_RETRIES) { this.send(slot); return }
+    }
     let err: Error | null = null
     if (h.errno !== 0) {
       err = new RemoteError(h.errno, `${this.url}: ${opNames[slot.op] ?? 'request'} ${slot.offset}+${slot.length}: ${errnoName(h.errno)} (${describe[h.errno] ?? 'error on the exporting node'})`)
-    } else if (slot.op === Op.READ && (payload === null || h.length !== slot.length)) {
-      this.protocolFailure(`read reply carries ${h.length} bytes, ${slot.length} were asked for`)
+    } else if ((slot.op === Op.READ || slot.op === Op.HASH) && (payload === null || h.length !== this.replyLength(slot))) {
+      this.protocolFailure(`${opNames[slot.op]} reply carries ${h.length} bytes, ${this.replyLength(slot)} were expected`)
+      return
+    } else if (trailer !== null && slot.op === Op.READ) {
+      this.checkReadDigest(slot, Buffer.from(trailer))
       return
     }
     this.release(slot, err)
+  }
+
+  /** A READ reply with a wire digest: the caller gets the data only if it matches; otherwise it is asked for again. */
+  private checkReadDigest (slot: Slot, expected: Buffer): void {
+    const seq = slot.seq
+    hasher().digestOne((slot.into as Uint8Array).subarray(0, slot.length)).then(actual => {
+      if (!slot.busy || slot.seq !== seq) return
+      if (actual.equals(expected)) { this.release(slot, null); return }
+      this.counters.digestErrors++
+      if (slot.digestTries++ < DIGEST_RETRIES && this.closed === null) { this.send(slot); return }
+      this.release(slot, new DstError('DST_ERR_DIGEST', `${this.url}: read ${slot.offset}+${slot.length}: the data did not match its wire digest ${DIGEST_RETRIES + 1} times`, Errno.EBADMSG))
+    }, (err: Error) => { if (slot.busy && slot.seq === seq) this.release(slot, err) })
   }
 
   private slotFor (h: ReplyHeader): Slot | null {
@@ -307,11 +380,12 @@ export class Connection {
     slot.busy = false
     slot.into = null
     slot.data = null
+    slot.digest = null
     slot.resolve = noop
     slot.reject = noop
     this.inFlight--
     const next = this.queue.shift()
-    if (next !== undefined) this.start(slot, next.op, next.offset, next.length, next.into, next.data, next.resolve, next.reject)
+    if (next !== undefined) this.start(slot, next.op, next.offset, next.length, next.aux, next.into, next.data, next.resolve, next.reject)
     else this.freeSlots.push(slot.index)
     if (err === null) resolve(); else reject(err)
   }

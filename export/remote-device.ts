@@ -13,6 +13,7 @@ import { Device, type DeviceStatus } from '../node/device'
 import { DstError, Errno } from '../node/errors'
 import { Op } from './codec'
 import { settleAll } from '../node/settle'
+import { DIGEST_SIZE, digestCount } from '../node/hasher'
 import { Connection, formatDstUrl, type ConnectOptions, type DstUrl } from './client'
 
 export interface RemoteDeviceOptions extends ConnectOptions {
@@ -50,6 +51,8 @@ export class RemoteDevice extends Device {
   lastError = ''
   /** Requests sent again after a reconnect (status, tests). */
   resent = 0
+  /** Payloads that failed their wire digest, over every connection (each was sent or asked for again). */
+  readonly counters: { digestErrors: number }
   /** Called when the peer came back with another disk and `acceptNewDisk` took it on. */
   onNewDisk: ((identity: string) => void) | null = null
 
@@ -62,12 +65,14 @@ export class RemoteDevice extends Device {
     this.maxRequest = h.maxRequest
     this.identity = h.identity
     this.generation = h.generation
-    this.options = options
+    this.counters = options.counters ?? { digestErrors: 0 }
+    this.options = { ...options, counters: this.counters }
     this.reconnectTimeout = options.reconnectTimeout ?? 30000
     this.watch(conn)
   }
 
-  static async open (target: DstUrl, options: RemoteDeviceOptions = {}): Promise<RemoteDevice> {
+  static async open (target: DstUrl, given: RemoteDeviceOptions = {}): Promise<RemoteDevice> {
+    const options = { ...given, counters: given.counters ?? { digestErrors: 0 } }
     const deadline = Date.now() + (options.openTimeout ?? 0)
     let wait = 100
     for (;;) {
@@ -104,6 +109,21 @@ export class RemoteDevice extends Device {
     return this.send(Op.TRIM, offset, length, null, null)
   }
 
+  /** The peer digests its own data, so only the digests cross the network; a peer that cannot is read from instead. */
+  protected override async _hash (offset: number, length: number, chunk: number): Promise<Buffer> {
+    const step = Math.floor(this.maxRequest / chunk) * chunk
+    if (this.conn === null || !this.conn.canHash || step === 0) return await super._hash(offset, length, chunk)
+    const out = Buffer.alloc(digestCount(length, chunk) * DIGEST_SIZE)
+    const parts: Array<Promise<void>> = []
+    for (let done = 0; done < length; done += step) {
+      const n = Math.min(step, length - done)
+      const at = (done / chunk) * DIGEST_SIZE
+      parts.push(this.send(Op.HASH, offset + done, n, out.subarray(at, at + digestCount(n, chunk) * DIGEST_SIZE), null, chunk))
+    }
+    await settleAll(parts)
+    return out
+  }
+
   protected override _close (): Promise<void> {
     this.closedByUs = true
     if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer)
@@ -121,6 +141,8 @@ export class RemoteDevice extends Device {
       generation: this.generation,
       connected: this.connected,
       resent: this.resent,
+      digests: this.conn?.digests ?? false,
+      digestErrors: this.counters.digestErrors,
       ...(this.lastError !== '' ? { lastError: this.lastError } : {}),
     }
   }
@@ -146,12 +168,12 @@ export class RemoteDevice extends Device {
   }
 
   /** One request, sent again on a fresh connection for as long as the link (not the request) is what failed. */
-  private async send (op: number, offset: number, length: number, into: Uint8Array | null, data: Uint8Array | null): Promise<void> {
+  private async send (op: number, offset: number, length: number, into: Uint8Array | null, data: Uint8Array | null, aux = 0): Promise<void> {
     let firstFailure = 0
     for (;;) {
       const conn = this.conn !== null && !this.conn.isClosed ? this.conn : await this.nextConnection()
       try {
-        await conn.request(op, offset, length, into, data)
+        await conn.request(op, offset, length, into, data, aux)
         return
       } catch (err) {
         const e = err as DstError

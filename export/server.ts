@@ -8,9 +8,10 @@ import type { BufferPool, PoolBuffer } from '../node/pool'
 import type { ExportMetrics } from '../node/metrics'
 import type { Cidr } from '../node/acl'
 import type { WriteLease } from '../node/lease'
+import { DIGEST_SIZE, HASH_ALGORITHM, hasher, isHashChunk } from '../node/hasher'
 import {
-  FrameDecoder, HandshakeFlag, Op, opNames, PROTOCOL_VERSION, ProtocolError, REPLY_HEADER_SIZE, encodeHandshake,
-  requestFrames, writeReplyHeader, type RequestHeader,
+  FrameDecoder, HandshakeFlag, Op, opNames, PROTOCOL_VERSION, ProtocolError, REPLY_HEADER_SIZE, digestFrames,
+  encodeHandshake, requestFrames, writeCarriesDigest, writeReplyHeader, type RequestHeader,
 } from './codec'
 
 export interface ExportOptions {
@@ -21,6 +22,8 @@ export interface ExportOptions {
   token?: string
   /** Several writers allowed (no write lease). */
   shared?: boolean
+  /** Wire digests: every WRITE and READ payload on this export's connections carries a digest checked on receipt. */
+  digest?: boolean
 }
 
 /** An export as the listener sees it: a device, its access rules, its write lease and its counters. */
@@ -48,6 +51,8 @@ export interface SessionLimits {
 export interface SessionTransport {
   /** Sends one binary message; the transport copies it before returning, so the view may be reused at once. */
   send: (message: Uint8Array) => void
+  /** Sends one binary message made of two parts (a READ reply and its wire digest), without joining them. */
+  sendParts: (first: Uint8Array, last: Uint8Array) => void
   /** Runs `fn` with sends batched into one write. */
   cork: (fn: () => void) => void
   /** Closes the connection with a WebSocket close code and a reason. */
@@ -76,7 +81,8 @@ export class ExportSession {
     private readonly transport: SessionTransport,
     private readonly access: SessionAccess = { readOnly: false, owner: null, token: 0 },
   ) {
-    this.decoder = new FrameDecoder(requestFrames, h => this.payloadTarget(h), (h, payload) => this.onRequest(h, payload))
+    const frames = exp.digest === true ? digestFrames(requestFrames, DIGEST_SIZE, writeCarriesDigest) : requestFrames
+    this.decoder = new FrameDecoder(frames, h => this.payloadTarget(h), (h, payload, trailer) => this.onRequest(h, payload, trailer))
     exp.metrics.connections++
   }
 
@@ -87,6 +93,8 @@ export class ExportSession {
     let flags = readOnly ? HandshakeFlag.READ_ONLY : 0
     if (d.canFlush) flags |= HandshakeFlag.FLUSH
     if (d.canTrim && !readOnly) flags |= HandshakeFlag.TRIM
+    flags |= HandshakeFlag.HASH
+    if (this.exp.digest === true) flags |= HandshakeFlag.DIGEST
     return encodeHandshake({
       version: PROTOCOL_VERSION,
       size: d.size,
@@ -97,6 +105,8 @@ export class ExportSession {
       identity: d.identity,
       generation: this.exp.generation,
       leaseToken: this.access.token,
+      hashAlgorithm: HASH_ALGORITHM,
+      digestSize: DIGEST_SIZE,
     })
   }
 
@@ -159,6 +169,10 @@ export class ExportSession {
         if (h.op !== Op.TRIM && h.length > this.limits.maxRequest) return Errno.EOVERFLOW
         if (h.offset + h.length > d.size || !Number.isSafeInteger(h.offset)) return Errno.EINVAL
         return 0
+      case Op.HASH:
+        if (h.length > this.limits.maxRequest) return Errno.EOVERFLOW
+        if (h.offset + h.length > d.size || !Number.isSafeInteger(h.offset) || !isHashChunk(h.aux)) return Errno.EINVAL
+        return 0
       case Op.FLUSH:
       case Op.PING:
         return h.offset === 0 && h.length === 0 ? 0 : Errno.EINVAL
@@ -167,7 +181,7 @@ export class ExportSession {
     }
   }
 
-  private onRequest (h: RequestHeader, payload: Uint8Array | null): void {
+  private onRequest (h: RequestHeader, payload: Uint8Array | null, trailer: Buffer | null): void {
     const m = this.exp.metrics
     const opName = opNames[h.op] ?? 'other'
     m.requests[opName]++
@@ -185,8 +199,11 @@ export class ExportSession {
     switch (h.op) {
       case Op.READ: this.read(h); break
       case Op.WRITE:
-        if (h.length === 0) this.finish(h, opName, 0, null, 0); else this.write(h, this.takeWriteSlot())
+        if (h.length === 0) this.finish(h, opName, 0, null, 0)
+        else if (trailer !== null) this.checkedWrite(h, this.takeWriteSlot(), Buffer.from(trailer))
+        else this.write(h, this.takeWriteSlot())
         break
+      case Op.HASH: this.hash(h); break
       case Op.FLUSH: this.settle(h, opName, this.exp.device.flush()); break
       case Op.TRIM: this.settle(h, opName, this.exp.device.trim(h.offset, h.length)); break
       case Op.PING: this.finish(h, opName, 0, null, 0); break
@@ -197,12 +214,50 @@ export class ExportSession {
     this.pool.acquire().then(slot => {
       this.exp.device.read(h.offset, h.length, slot.data).then(() => {
         this.exp.metrics.bytesRead += h.length
-        this.finish(h, 'read', 0, slot, h.length)
+        if (this.exp.digest !== true) { this.finish(h, 'read', 0, slot, h.length); return }
+        hasher().digestOne(slot.data.subarray(0, h.length)).then(digest => this.finish(h, 'read', 0, slot, h.length, digest), err => {
+          this.pool.release(slot)
+          this.finish(h, 'read', toErrno(err), null, 0)
+        })
       }, err => {
         this.pool.release(slot)
         this.finish(h, 'read', toErrno(err), null, 0)
       })
     }, err => this.finish(h, 'read', toErrno(err), null, 0))
+  }
+
+  /** A WRITE with a wire digest: written only if the payload matches it; a mismatch is EBADMSG and a counter. */
+  private checkedWrite (h: RequestHeader, slot: PoolBuffer, expected: Buffer): void {
+    hasher().digestOne(slot.data.subarray(0, h.length)).then(actual => {
+      if (actual.equals(expected)) { this.write(h, slot); return }
+      this.exp.metrics.digestErrors++
+      this.pool.release(slot)
+      this.finish(h, 'write', Errno.EBADMSG, null, 0)
+    }, err => {
+      this.pool.release(slot)
+      this.finish(h, 'write', toErrno(err), null, 0)
+    })
+  }
+
+  private hash (h: RequestHeader): void {
+    this.exp.device.hash(h.offset, h.length, h.aux).then(digests => {
+      this.exp.metrics.bytesHashed += h.length
+      this.finishHash(h, 0, digests)
+    }, err => this.finishHash(h, toErrno(err), null))
+  }
+
+  private finishHash (h: RequestHeader, errno: number, digests: Buffer | null): void {
+    this.inFlight--
+    this.exp.metrics.inFlight--
+    if (errno !== 0) this.exp.metrics.errors.hash++
+    if (!this.closed) {
+      // Not the hot path: a HASH reply is a few digests, so header and digests are joined in one small buffer.
+      const message = Buffer.allocUnsafe(REPLY_HEADER_SIZE + (digests?.length ?? 0))
+      writeReplyHeader(message, 0, h.op, h.tagLo, h.tagHi, errno, digests?.length ?? 0)
+      digests?.copy(message, REPLY_HEADER_SIZE)
+      this.transport.cork(() => this.transport.send(message))
+    }
+    if (this.inFlight === 0 && this.draining !== null) { const done = this.draining; this.draining = null; done() }
   }
 
   private write (h: RequestHeader, slot: PoolBuffer): void {
@@ -230,23 +285,24 @@ export class ExportSession {
     if (this.writeSlot !== null) { this.pool.release(this.writeSlot); this.writeSlot = null }
   }
 
-  private finish (h: RequestHeader, opName: string, errno: number, slot: PoolBuffer | null, length: number): void {
+  private finish (h: RequestHeader, opName: string, errno: number, slot: PoolBuffer | null, length: number, digest: Buffer | null = null): void {
     this.inFlight--
     this.exp.metrics.inFlight--
-    this.reply(h, opName, errno, slot, length)
+    this.reply(h, opName, errno, slot, length, digest)
     if (slot !== null) this.pool.release(slot)
     if (this.inFlight === 0 && this.draining !== null) { const done = this.draining; this.draining = null; done() }
   }
 
   /** Sends a reply; with a pool slot, the header goes in the slot's headroom so header and payload leave as one view. */
-  private reply (h: RequestHeader, opName: string, errno: number, slot: PoolBuffer | null, length: number): void {
+  private reply (h: RequestHeader, opName: string, errno: number, slot: PoolBuffer | null, length: number, digest: Buffer | null = null): void {
     if (errno !== 0) this.exp.metrics.errors[opName]++
     if (this.closed) return
     if (slot !== null) {
       const at = this.pool.headroom - REPLY_HEADER_SIZE
       writeReplyHeader(slot.frame, at, h.op, h.tagLo, h.tagHi, 0, length)
       const view = slot.frame.subarray(at, this.pool.headroom + length)
-      this.transport.cork(() => this.transport.send(view))
+      if (digest !== null) this.transport.cork(() => this.transport.sendParts(view, digest))
+      else this.transport.cork(() => this.transport.send(view))
     } else {
       writeReplyHeader(this.replyHeader, 0, h.op, h.tagLo, h.tagHi, errno, 0)
       this.transport.cork(() => this.transport.send(this.replyHeader))

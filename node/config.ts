@@ -3,6 +3,7 @@
 
 import * as fs from 'node:fs'
 import * as path from 'node:path'
+import { availableParallelism } from 'node:os'
 import { ConfigError } from './errors'
 import { parseSize } from './size'
 import { LOOPBACK_ONLY, parseCidr, type Cidr } from './acl'
@@ -25,6 +26,8 @@ export interface ExportConfig {
   token?: string
   /** Several writers allowed: no write lease. */
   shared: boolean
+  /** Wire digests on this export's connections (off by default). */
+  digest: boolean
 }
 
 export interface NodeConfig {
@@ -34,6 +37,8 @@ export interface NodeConfig {
   /** Where the node keeps its state; null for a config-less `dst export`. */
   dataDir: string | null
   pool: { count: number, size: number }
+  /** Worker threads that compute digests (HASH, checksum resync, verify, wire digests). */
+  hash: { threads: number }
   maxInFlight: number
   pingInterval: number
   /** How long requests to a lost peer wait for it to come back (ms). */
@@ -96,7 +101,7 @@ export function loadConfigFile (file: string): NodeConfig {
 export function parseConfig (raw: unknown, baseDir: string, label = 'config', options: { live?: boolean } = {}): NodeConfig {
   const fail = (field: string, problem: string): never => { throw new ConfigError(`${label}: ${field}: ${problem}`) }
   if (!isObject(raw)) return fail('(top level)', 'expected a JSON object')
-  allowKeys(raw, ['name', 'listen', 'nbd', 'dataDir', 'pool', 'maxInFlight', 'pingInterval', 'reconnectTimeout', 'requestTimeout', 'leaseTimeout', 'admin', 'devices', 'exports'], '', fail)
+  allowKeys(raw, ['name', 'listen', 'nbd', 'dataDir', 'pool', 'hash', 'maxInFlight', 'pingInterval', 'reconnectTimeout', 'requestTimeout', 'leaseTimeout', 'admin', 'devices', 'exports'], '', fail)
 
   const name = raw.name ?? 'dst'
   if (typeof name !== 'string' || !NAME.test(name)) fail('name', `expected a name of letters, digits, '.', '_' or '-', got ${JSON.stringify(raw.name)}`)
@@ -117,6 +122,13 @@ export function parseConfig (raw: unknown, baseDir: string, label = 'config', op
       if (size < 4096 || size > 64 * 1024 * 1024 || size % 512 !== 0) fail('pool.size', `must be a multiple of 512 between 4KiB and 64MiB, got ${size}`)
       pool.size = size
     }
+  }
+  const hash = { threads: Math.max(1, Math.min(4, availableParallelism() - 1)) }
+  if (raw.hash !== undefined) {
+    if (!isObject(raw.hash)) fail('hash', 'expected an object like { "threads": 2 }')
+    const h = raw.hash as Record<string, unknown>
+    allowKeys(h, ['threads'], 'hash.', fail)
+    if (h.threads !== undefined) hash.threads = positiveInt(h.threads, 'hash.threads', 1, 64, fail)
   }
   const maxInFlight = raw.maxInFlight === undefined ? 128 : positiveInt(raw.maxInFlight, 'maxInFlight', 1, 65536, fail)
   const pingInterval = raw.pingInterval === undefined ? 10000 : positiveInt(raw.pingInterval, 'pingInterval', 100, 3600000, fail)
@@ -145,7 +157,7 @@ export function parseConfig (raw: unknown, baseDir: string, label = 'config', op
     const field = `exports[${i}]`
     if (!isObject(e)) fail(field, 'expected an object like { "device": "disk0" }')
     const x = e as Record<string, unknown>
-    allowKeys(x, ['device', 'name', 'readOnly', 'allow', 'token', 'shared'], `${field}.`, fail)
+    allowKeys(x, ['device', 'name', 'readOnly', 'allow', 'token', 'shared', 'digest'], `${field}.`, fail)
     if (typeof x.device !== 'string') fail(`${field}.device`, 'missing: name the device to export')
     if (!devices.has(x.device as string)) fail(`${field}.device`, `no device named '${x.device as string}' in devices`)
     const ename = x.name ?? x.device
@@ -156,10 +168,11 @@ export function parseConfig (raw: unknown, baseDir: string, label = 'config', op
     if (x.readOnly !== undefined && typeof x.readOnly !== 'boolean') fail(`${field}.readOnly`, 'expected true or false')
     const { allow, token } = parseAccess({ allow: x.allow, token: x.token }, field, fail)
     if (x.shared !== undefined && typeof x.shared !== 'boolean') fail(`${field}.shared`, 'expected true or false')
-    exportList.push({ name: ename as string, device: x.device as string, readOnly: x.readOnly === true, allow, token, shared: x.shared === true })
+    if (x.digest !== undefined && typeof x.digest !== 'boolean') fail(`${field}.digest`, 'expected true or false')
+    exportList.push({ name: ename as string, device: x.device as string, readOnly: x.readOnly === true, allow, token, shared: x.shared === true, digest: x.digest === true })
   }
 
-  return { name: name as string, listen, nbd, dataDir, pool, maxInFlight, pingInterval, reconnectTimeout, requestTimeout, leaseTimeout, devices, exports: exportList, baseDir, admin }
+  return { name: name as string, listen, nbd, dataDir, pool, hash, maxInFlight, pingInterval, reconnectTimeout, requestTimeout, leaseTimeout, devices, exports: exportList, baseDir, admin }
 }
 
 type Fail = (field: string, problem: string) => never

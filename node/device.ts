@@ -3,6 +3,7 @@
 // and its capabilities follow from which of them it overrides. Callers always pass the buffers.
 
 import { DstError, Errno, requestError } from './errors'
+import { digestByReading, isHashChunk, MAX_HASH_CHUNK, MIN_HASH_CHUNK } from './hasher'
 
 export type DeviceState = 'opening' | 'online' | 'degraded' | 'connecting' | 'failed' | 'closing' | 'closed'
 
@@ -98,6 +99,22 @@ export abstract class Device {
     }
   }
 
+  /**
+   * Digests (BLAKE2b-512, 64 bytes each) of every `chunk`-byte piece of the range, the last piece possibly shorter,
+   * concatenated. A leaf reads and digests on the hasher's worker threads; a remote device asks its peer, so only the
+   * digests cross the network; arrays ask their members.
+   */
+  hash (offset: number, length: number, chunk: number): Promise<Buffer> {
+    try {
+      this.check(offset, length)
+      if (!isHashChunk(chunk)) throw requestError(Errno.EINVAL, `hash chunk ${chunk} is not a power of two between ${MIN_HASH_CHUNK} and ${MAX_HASH_CHUNK}`)
+      if (length === 0) return Promise.resolve(Buffer.alloc(0))
+      return this.track(this._hash(offset, length, chunk))
+    } catch (err) {
+      return Promise.reject(err)
+    }
+  }
+
   /** Waits for in-flight requests, then releases the backend. Requests made after close() fail. */
   close (): Promise<void> {
     if (this.closing === null) {
@@ -121,6 +138,10 @@ export abstract class Device {
     return Promise.reject(requestError(Errno.EROFS, `${this.type} device is read-only`))
   }
 
+  protected _hash (offset: number, length: number, chunk: number): Promise<Buffer> {
+    return digestByReading((at, n, into) => this._read(at, n, into), offset, length, chunk)
+  }
+
   protected _flush (): Promise<void> { return Promise.resolve() }
   protected _trim (_offset: number, _length: number): Promise<void> { return Promise.resolve() }
   protected _close (): Promise<void> { return Promise.resolve() }
@@ -133,7 +154,7 @@ export abstract class Device {
     }
   }
 
-  private track (p: Promise<void>): Promise<void> {
+  private track <T>(p: Promise<T>): Promise<T> {
     this.inflight++
     return p.finally(() => {
       if (--this.inflight === 0 && this.idle !== null) { const done = this.idle; this.idle = null; done() }

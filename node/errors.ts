@@ -11,6 +11,7 @@ export const Errno = {
   EINVAL: 22,
   ENOSPC: 28,
   EROFS: 30,
+  EBADMSG: 74,
   EOVERFLOW: 75,
   ENOTSUP: 95,
   ESHUTDOWN: 108,

@@ -46,6 +46,7 @@ export class Listener {
         const data = ws.getUserData()
         const session = new ExportSession(data.exp, pool, limits, {
           send: message => { ws.send(message, true, false) },
+          sendParts: (first, last) => { ws.sendFirstFragment(first, true, false); ws.sendLastFragment(last, false) },
           cork: fn => { ws.cork(fn) },
           end: (code, reason) => { ws.end(code, reason) },
         }, data.access)

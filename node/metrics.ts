@@ -1,10 +1,11 @@
 // Counters for `/metrics` (Prometheus text format). Plain numbers bumped on the hot path; text is built on scrape.
 
 import { gcCounts } from './gc'
+import type { HasherStats } from './hasher'
 
 export class ExportMetrics {
-  readonly requests: Record<string, number> = { read: 0, write: 0, flush: 0, trim: 0, ping: 0, other: 0 }
-  readonly errors: Record<string, number> = { read: 0, write: 0, flush: 0, trim: 0, ping: 0, other: 0 }
+  readonly requests: Record<string, number> = { read: 0, write: 0, flush: 0, trim: 0, ping: 0, hash: 0, other: 0 }
+  readonly errors: Record<string, number> = { read: 0, write: 0, flush: 0, trim: 0, ping: 0, hash: 0, other: 0 }
   bytesRead = 0
   bytesWritten = 0
   inFlight = 0
@@ -12,6 +13,9 @@ export class ExportMetrics {
   refused = 0
   protocolErrors = 0
   poolExhausted = 0
+  bytesHashed = 0
+  /** WRITE payloads refused because they did not match their wire digest. */
+  digestErrors = 0
 }
 
 function esc (value: string): string {
@@ -20,7 +24,20 @@ function esc (value: string): string {
 
 export interface PoolGauges { count: number, size: number, available: number, waits: number }
 
-export function renderMetrics (node: string, exports: ReadonlyArray<{ name: string, metrics: ExportMetrics }>, pool: PoolGauges): string {
+/** What a mirror array counts: checksum resync and online verify. */
+export interface ArrayCounters {
+  name: string
+  resyncCopiedBytes: number
+  resyncComparedBytes: number
+  verifyRuns: number
+  verifyBytes: number
+  verifyMismatches: number
+  verifyRepaired: number
+  verifyRunning: number
+}
+
+export function renderMetrics (node: string, exports: ReadonlyArray<{ name: string, metrics: ExportMetrics }>, pool: PoolGauges,
+  arrays: ArrayCounters[] = [], hash?: HasherStats): string {
   const lines: string[] = []
   const family = (name: string, type: string, help: string, rows: Array<[string, number]>): void => {
     lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`)
@@ -39,6 +56,8 @@ export function renderMetrics (node: string, exports: ReadonlyArray<{ name: stri
   family('dst_connections_refused_total', 'counter', 'Connections refused by the allow list, the token or the export state.', per(m => [['', m.refused]]))
   family('dst_protocol_errors_total', 'counter', 'Connections closed for a malformed frame.', per(m => [['', m.protocolErrors]]))
   family('dst_pool_exhausted_total', 'counter', 'Writes that found every pool buffer in use (native protocol: answered EAGAIN; NBD: given a buffer of their own).', per(m => [['', m.poolExhausted]]))
+  family('dst_hashed_bytes_total', 'counter', 'Bytes digested for HASH requests.', per(m => [['', m.bytesHashed]]))
+  family('dst_digest_errors_total', 'counter', 'WRITE payloads refused because they did not match their wire digest.', per(m => [['', m.digestErrors]]))
   const n = `node="${esc(node)}"`
   family('dst_pool_buffers', 'gauge', 'Buffers in the preallocated pool.', [[n, pool.count]])
   family('dst_pool_buffer_bytes', 'gauge', 'Size of each pool buffer.', [[n, pool.size]])
@@ -46,5 +65,20 @@ export function renderMetrics (node: string, exports: ReadonlyArray<{ name: stri
   family('dst_pool_waits_total', 'counter', 'Times a request waited for a pool buffer (backpressure).', [[n, pool.waits]])
   family('dst_gc_total', 'counter', 'Garbage collections of the node, by kind (minor = young generation).',
     [[`${n},kind="minor"`, gcCounts.minor], [`${n},kind="major"`, gcCounts.major], [`${n},kind="other"`, gcCounts.other]])
+  const arr = (fn: (a: ArrayCounters) => number): Array<[string, number]> => arrays.map(a => [`${n},array="${esc(a.name)}"`, fn(a)])
+  family('dst_resync_copied_bytes_total', 'counter', 'Bytes resyncs copied to legs.', arr(a => a.resyncCopiedBytes))
+  family('dst_resync_compared_bytes_total', 'counter', 'Bytes resyncs compared by digest before copying.', arr(a => a.resyncComparedBytes))
+  family('dst_verify_runs_total', 'counter', 'Online verifies started.', arr(a => a.verifyRuns))
+  family('dst_verify_bytes_total', 'counter', 'Bytes an online verify compared on two legs or more.', arr(a => a.verifyBytes))
+  family('dst_verify_mismatches_total', 'counter', 'Regions an online verify found different between legs.', arr(a => a.verifyMismatches))
+  family('dst_verify_repaired_total', 'counter', 'Mismatched regions marked for resync by a verify repair.', arr(a => a.verifyRepaired))
+  family('dst_verify_running', 'gauge', 'An online verify is running (1) or not (0).', arr(a => a.verifyRunning))
+  if (hash !== undefined) {
+    family('dst_hash_tasks_total', 'counter', 'Digest tasks run, by where (worker thread, or inline on the loop for a few KiB).',
+      [[`${n},where="worker"`, hash.tasks], [`${n},where="inline"`, hash.inline]])
+    family('dst_hash_bytes_total', 'counter', 'Bytes digested.', [[n, hash.bytes]])
+    family('dst_hash_errors_total', 'counter', 'Digest tasks that failed (busy: refused because the queue was full).',
+      [[`${n},kind="failed"`, hash.errors], [`${n},kind="busy"`, hash.busy]])
+  }
   return lines.join('\n') + '\n'
 }

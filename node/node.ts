@@ -5,7 +5,7 @@ import * as fs from 'node:fs'
 import { BufferPool } from './pool'
 import { DeviceRegistry } from './registry'
 import { Listener } from './listener'
-import { ExportMetrics, renderMetrics } from './metrics'
+import { ExportMetrics, renderMetrics, type ArrayCounters } from './metrics'
 import type { NodeConfig } from './config'
 import type { ServedExport } from '../export/server'
 import { REPLY_HEADER_SIZE } from '../export/codec'
@@ -21,6 +21,7 @@ import { LOOPBACK_ONLY, parseCidr, type Cidr } from './acl'
 import { WriteLease } from './lease'
 import { NbdServer } from '../export/nbd'
 import { watchGc } from './gc'
+import { configureHasher, hasher, HASH_ALGORITHM } from './hasher'
 import * as path from 'node:path'
 
 /** Reads, increments and durably stores the start counter in dataDir/generation. */
@@ -71,6 +72,7 @@ export class DstNode {
   async start (): Promise<void> {
     watchGc()
     const c = this.config
+    if (hasher().threads !== c.hash.threads) configureHasher({ threads: c.hash.threads })
     if (c.dataDir !== null) {
       await fs.promises.mkdir(c.dataDir, { recursive: true })
       this.generation = await nextGeneration(c.dataDir)
@@ -88,7 +90,7 @@ export class DstNode {
       limits: { maxRequest: c.pool.size, maxInFlight: c.maxInFlight, pingInterval: c.pingInterval },
       exports: this.exports,
       status: () => this.status(),
-      metrics: () => renderMetrics(c.name, [...this.exports.values()], { count: this.pool.count, size: this.pool.size, available: this.pool.available, waits: this.pool.waits }),
+      metrics: () => renderMetrics(c.name, [...this.exports.values()], { count: this.pool.count, size: this.pool.size, available: this.pool.available, waits: this.pool.waits }, this.arrayCounters(), hasher().stats),
       log: this.log,
       admin: c.admin,
       onAdmin: (array, action, body) => this.changeArray(array, action, body),
@@ -130,7 +132,9 @@ export class DstNode {
       uptime: Math.round((Date.now() - this.startedAt) / 1000),
       listen: `${this.config.listen.host}:${this.port}`,
       pool: { count: this.pool.count, size: this.pool.size, free: this.pool.available, waiting: this.pool.waiting },
+      hash: { algorithm: HASH_ALGORITHM, threads: hasher().threads, queued: hasher().queued, ...hasher().stats },
       devices: this.registry.status(),
+      verify: Object.fromEntries(this.mirrors().filter(([, m]) => m.lastVerify !== null).map(([name, m]) => [name, m.status().verify])),
       exports: [...this.exports.values()].map(e => ({
         name: e.name,
         device: this.deviceName(e),
@@ -142,6 +146,7 @@ export class DstNode {
         ...(e.shared === true ? {} : { lease: e.lease.describe() }),
         connections: e.metrics.connections,
         inFlight: e.metrics.inFlight,
+        digest: e.digest === true,
       })),
     }
   }
@@ -168,8 +173,10 @@ export class DstNode {
     const device = this.registry.get(array)
     if (device === undefined) throw new DstError('DST_ERR_NOTFOUND', `no device named '${array}' on node ${c.name}`, Errno.EINVAL)
     if (!(device instanceof MirrorDevice)) {
-      throw new DstError('DST_ERR_NOTMIRROR', `'${array}' is a ${device.type} device; only mirror arrays change members while running`, Errno.EINVAL)
+      const what = action === 'verify' ? 'only mirror arrays have legs to compare' : 'only mirror arrays change members while running'
+      throw new DstError('DST_ERR_NOTMIRROR', `'${array}' is a ${device.type} device; ${what}`, Errno.EINVAL)
     }
+    if (action === 'verify') return await this.startVerify(array, device, body)
     if (c.dataDir === null) throw new DstError('DST_ERR_NOSTATE', 'this node has no dataDir to record array changes in', Errno.EINVAL)
     const leg = body.device
     if (typeof leg !== 'string' || leg === '') throw new DstError('DST_ERR_USAGE', 'give "device": a device name or a dst:// URL', Errno.EINVAL)
@@ -237,6 +244,45 @@ export class DstNode {
     await writeOverlay(c.dataDir, overlay)
     this.log(detail)
     return { ok: true, message: detail, array: device.status() }
+  }
+
+  /**
+   * Starts an online verify of a mirror (POST /arrays/NAME/verify). Answers at once with the report as it starts;
+   * progress and the result are in /status under `verify`. With "wait": true, answers when it is done.
+   */
+  private async startVerify (array: string, mirror: MirrorDevice, body: Record<string, unknown>): Promise<unknown> {
+    const from = body.from
+    if (from !== undefined && (typeof from !== 'string' || from === '')) throw new DstError('DST_ERR_USAGE', '"from" must name a leg', Errno.EINVAL)
+    if (body.repair !== undefined && typeof body.repair !== 'boolean') throw new DstError('DST_ERR_USAGE', '"repair" must be true or false', Errno.EINVAL)
+    if (from !== undefined && body.repair !== true) throw new DstError('DST_ERR_USAGE', '"from" names the leg to repair from; it needs "repair": true', Errno.EINVAL)
+    const rate = body.rate
+    if (rate !== undefined && (typeof rate !== 'number' || !Number.isFinite(rate) || rate < 0)) throw new DstError('DST_ERR_USAGE', '"rate" must be bytes per second (0: no limit)', Errno.EINVAL)
+    const before = mirror.lastVerify
+    const run = mirror.verify({ repair: body.repair === true, from: from as string | undefined, rate: rate as number | undefined })
+    const started = mirror.lastVerify
+    // A verify refused at the start (busy, unknown leg) rejects before it has a report of its own.
+    if (started === null || started === before) return await run
+    run.catch(() => {})
+    if (body.wait === true) return { ok: true, message: `verify of '${array}' done`, verify: await run }
+    this.log(`verify of '${array}' started${body.repair === true ? ` (repair${from !== undefined ? ` from '${String(from)}'` : ''})` : ''}`)
+    return { ok: true, message: `verify of '${array}' started`, verify: started }
+  }
+
+  private mirrors (): Array<[string, MirrorDevice]> {
+    return this.registry.all().filter((x): x is [string, MirrorDevice] => x[1] instanceof MirrorDevice)
+  }
+
+  private arrayCounters (): ArrayCounters[] {
+    return this.mirrors().map(([name, m]) => ({
+      name,
+      resyncCopiedBytes: m.resyncedBytes,
+      resyncComparedBytes: m.comparedBytes,
+      verifyRuns: m.verifyTotals.runs,
+      verifyBytes: m.verifyTotals.bytes,
+      verifyMismatches: m.verifyTotals.mismatches,
+      verifyRepaired: m.verifyTotals.repaired,
+      verifyRunning: m.lastVerify?.state === 'running' ? 1 : 0,
+    }))
   }
 
   private deviceName (e: ServedExport): string {

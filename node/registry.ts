@@ -120,6 +120,11 @@ export class DeviceRegistry {
     }
   }
 
+  /** Every open device by name, members before the arrays that use them. */
+  all (): Array<[string, Device]> {
+    return this.order.map(name => [name, this.devices.get(name) as Device])
+  }
+
   status (): Record<string, DeviceStatus> {
     const out: Record<string, DeviceStatus> = {}
     for (const name of this.order) out[name] = (this.devices.get(name) as Device).status()

@@ -6,7 +6,7 @@ import { ConfigError } from '../node/errors'
 import { DEFAULT_CONFIG, loadConfigFile, parseConfig, type NodeConfig } from '../node/config'
 import { requireSize } from '../node/size'
 import { DstNode } from '../node/node'
-import { copy } from './copy'
+import { copy, ProgressBar } from './copy'
 import { fetchFailure, fetchStatus, renderStatus } from './status'
 
 const USAGE = `dst: a distributed storage tree
@@ -19,6 +19,7 @@ verbs:
   copy     copy between files, stdin/stdout and dst:// URLs
   status   show a node's devices and exports
   array    add, remove or split off a mirror leg on a running node
+  verify   compare a mirror's legs by digest while it runs, and repair them
 
 Run 'dst <verb> --help' for a verb's options.`
 
@@ -35,7 +36,7 @@ SIGINT or SIGTERM stops accepting, finishes requests in flight, flushes and exit
                   exported as dst://127.0.0.1:7001/disk0
   --help          this text`,
   export: `usage: dst export FILE --listen HOST:PORT [--nbd HOST:PORT] [--name NAME] [--size SIZE]
-                  [--read-only] [--allow CIDR]... [--token TOKEN] [--shared]
+                  [--read-only] [--allow CIDR]... [--token TOKEN] [--shared] [--digest]
 
 Exports one file (or block device) without a config. A missing FILE is created
 sparse with --size.
@@ -48,6 +49,7 @@ sparse with --size.
   --allow CIDR        client addresses allowed (repeatable; default loopback only)
   --token TOKEN       shared secret clients must present
   --shared            allow several writers at once (no write lease)
+  --digest            wire digests: every payload carries a digest checked on receipt
   --help              this text`,
   copy: `usage: dst copy SRC DST [--offset N] [--length N] [--token TOKEN]
 
@@ -81,6 +83,22 @@ only for the switch; the change is kept in the node's dataDir, so a restart keep
   --read-only         with --export: export it read-only
   --admin-token T     the node's admin token, if it has one
   --help              this text`,
+  verify: `usage: dst verify NODE_URL ARRAY [--repair [--from LEG]] [--rate SIZE] [--json]
+
+Compares every region of a mirror on all its legs, by digests computed on the
+nodes that hold the legs, while I/O goes on. Prints the regions that differ.
+Exit status: 0 when the legs agree (or every mismatch was repaired), 1 when
+mismatches are left, 2 on bad usage.
+
+  --repair        mark mismatched regions stale on the legs that differ and
+                  resync them from the reference leg; waits for that resync
+  --from LEG      the reference leg (the one that is right); without it a
+                  strict majority of 3+ legs decides, and 2 legs are only reported
+  --rate SIZE     most bytes per second to compare (default: no limit)
+  --json          print the final report as JSON
+  --no-progress   never draw the progress bar (drawn when stderr is a terminal)
+  --admin-token T the node's admin token, if it has one
+  --help          this text`,
   status: `usage: dst status [http://HOST:PORT] [--json]
 
 Prints a node's devices as a tree with state and size, and its exports.
@@ -131,6 +149,7 @@ export async function main (argv: string[]): Promise<void> {
       case 'copy': return await copyVerb(rest)
       case 'status': return await statusVerb(rest)
       case 'array': return await arrayVerb(rest)
+      case 'verify': return await verifyVerb(rest)
       default:
         throw new UsageError(`unknown verb '${verb}' (try 'dst --help')`)
     }
@@ -163,7 +182,7 @@ async function exportVerb (argv: string[]): Promise<void> {
   const { values, positionals } = parse('export', argv, {
     listen: { type: 'string' }, name: { type: 'string' }, size: { type: 'string' }, 'read-only': { type: 'boolean' },
     allow: { type: 'string', multiple: true }, token: { type: 'string' }, shared: { type: 'boolean' },
-    nbd: { type: 'string' },
+    nbd: { type: 'string' }, digest: { type: 'boolean' },
   })
   if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? 'give the FILE to export' : `unexpected argument '${positionals[1]}'`)
   if (typeof values.listen !== 'string') throw new UsageError('give --listen HOST:PORT')
@@ -178,7 +197,7 @@ async function exportVerb (argv: string[]): Promise<void> {
     listen: values.listen,
     ...(typeof values.nbd === 'string' ? { nbd: values.nbd } : {}),
     devices: { [name]: { type: 'file', path: file, ...(size !== undefined ? { size } : {}), ...(values['read-only'] === true ? { readOnly: true } : {}) } },
-    exports: [{ device: name, name, readOnly: values['read-only'] === true, shared: values.shared === true, ...(values.allow !== undefined ? { allow: values.allow } : {}), ...(values.token !== undefined ? { token: values.token } : {}) }],
+    exports: [{ device: name, name, readOnly: values['read-only'] === true, shared: values.shared === true, digest: values.digest === true, ...(values.allow !== undefined ? { allow: values.allow } : {}), ...(values.token !== undefined ? { token: values.token } : {}) }],
   }
   const config = parseConfig(raw, process.cwd(), 'dst export')
   config.dataDir = null
@@ -266,4 +285,79 @@ async function arrayVerb (argv: string[]): Promise<void> {
   const answer = await res.json().catch(() => ({})) as { message?: string, error?: string }
   if (!res.ok) throw new Error(answer.error ?? `HTTP ${res.status}`)
   process.stdout.write(`${answer.message ?? 'done'}\n`)
+}
+
+interface VerifyAnswer {
+  state: 'running' | 'done' | 'failed'
+  startedAt: string
+  totalBytes: number
+  doneBytes: number
+  comparedBytes: number
+  skippedBytes: number
+  seconds: number
+  mismatches: number
+  repairedRegions: number
+  mismatchedRegions: Array<{ offset: number, length: number, chunks: number, legs: string[], reference: string | null, repaired: boolean }>
+  error: string | null
+}
+
+async function verifyVerb (argv: string[]): Promise<void> {
+  const { values, positionals } = parse('verify', argv, {
+    repair: { type: 'boolean' }, from: { type: 'string' }, rate: { type: 'string' }, json: { type: 'boolean' },
+    'no-progress': { type: 'boolean' }, 'admin-token': { type: 'string' },
+  })
+  const [node, array, extra] = positionals
+  if (node === undefined || array === undefined) throw new UsageError('usage: dst verify NODE_URL ARRAY [--repair [--from LEG]]')
+  if (extra !== undefined) throw new UsageError(`unexpected argument '${extra}'`)
+  if (!/^https?:\/\//.test(node)) throw new UsageError(`'${node}' is not an http://HOST:PORT address`)
+  if (values.from !== undefined && values.repair !== true) throw new UsageError('--from names the leg to repair from: give --repair too')
+  const body: Record<string, unknown> = { repair: values.repair === true }
+  if (typeof values.from === 'string') body.from = values.from
+  if (typeof values.rate === 'string') {
+    try { body.rate = requireSize(values.rate, '--rate') } catch (err) { throw new UsageError((err as Error).message) }
+  }
+  const url = new URL(`/arrays/${encodeURIComponent(array)}/verify`, node).toString()
+  const headers: Record<string, string> = { 'content-type': 'application/json' }
+  if (typeof values['admin-token'] === 'string') headers.authorization = `Bearer ${values['admin-token']}`
+  let res: Response
+  try {
+    res = await fetch(url, { method: 'POST', headers, body: JSON.stringify(body), signal: AbortSignal.timeout(30000) })
+  } catch (err) {
+    throw new Error(`${url}: ${fetchFailure(err)}`)
+  }
+  const answer = await res.json().catch(() => ({})) as { error?: string, verify?: VerifyAnswer }
+  if (!res.ok || answer.verify === undefined) throw new Error(answer.error ?? `HTTP ${res.status}`)
+  let report = answer.verify
+  const bar = process.stderr.isTTY && values['no-progress'] !== true ? new ProgressBar(report.totalBytes) : null
+  // Progress and the result are in the node's /status; a node that goes away mid-verify is an error, not a hang.
+  let failures = 0
+  while (report.state === 'running') {
+    await new Promise(resolve => setTimeout(resolve, 250))
+    try {
+      const status = await fetchStatus(node) as { verify?: Record<string, VerifyAnswer> }
+      const now = status.verify?.[array]
+      if (now === undefined || now.startedAt !== report.startedAt) throw new Error(`the node no longer reports this verify of '${array}' (restarted?)`)
+      report = now
+      failures = 0
+    } catch (err) {
+      if (++failures >= 20) throw new Error(`lost the node while verifying: ${(err as Error).message}`)
+    }
+    bar?.update(report.doneBytes, `  ${report.mismatches} mismatched`)
+  }
+  bar?.done(report.doneBytes, `  ${report.mismatches} mismatched`)
+  if (values.json === true) {
+    process.stdout.write(JSON.stringify(report, null, 2) + '\n')
+  } else {
+    const mib = report.comparedBytes / 1048576
+    process.stdout.write(`verify of '${array}' ${report.state}: ${mib.toFixed(1)} MiB compared in ${report.seconds.toFixed(1)} s` +
+      ` (${(mib / Math.max(0.001, report.seconds)).toFixed(1)} MiB/s), ${report.skippedBytes} bytes skipped (held by one leg only)\n`)
+    for (const m of report.mismatchedRegions) {
+      process.stdout.write(`  mismatch at ${m.offset}+${m.length}: ${m.chunks} chunk(s) differ on ${m.legs.join(', ')}` +
+        `${m.reference === null ? ' (no reference: repair with --from LEG)' : m.repaired ? `, repaired from ${m.reference}` : ''}\n`)
+    }
+    if (report.mismatches > report.mismatchedRegions.length) process.stdout.write(`  ... ${report.mismatches - report.mismatchedRegions.length} more\n`)
+    process.stdout.write(`${report.mismatches} mismatched region(s)${report.repairedRegions > 0 ? `, ${report.repairedRegions} repaired` : ''}\n`)
+  }
+  if (report.state === 'failed') throw new Error(`verify failed: ${report.error ?? 'unknown error'}`)
+  if (report.mismatches > report.repairedRegions) process.exitCode = 1
 }

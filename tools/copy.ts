@@ -231,33 +231,34 @@ async function blockSize (fd: fs.promises.FileHandle): Promise<number> {
   return blockDeviceSize((await fd.stat()).rdev)
 }
 
-class ProgressBar {
+/** A one-line progress bar on stderr (callers draw it only when stderr is a terminal); `extra` follows the rate. */
+export class ProgressBar {
   private readonly start = Date.now()
   private last = 0
   constructor (private readonly total: number | null) {}
 
-  update (done: number): void {
+  update (done: number, extra = ''): void {
     const now = Date.now()
     if (now - this.last < 100) return
     this.last = now
-    this.draw(done)
+    this.draw(done, extra)
   }
 
-  done (done: number): void {
-    this.draw(done)
+  done (done: number, extra = ''): void {
+    this.draw(done, extra)
     process.stderr.write('\n')
   }
 
-  private draw (done: number): void {
+  private draw (done: number, extra: string): void {
     const secs = Math.max(0.001, (Date.now() - this.start) / 1000)
     const rate = `${formatSize(Math.round(done / secs))}/s`
     if (this.total === null || this.total === 0) {
-      process.stderr.write(`\r${formatSize(done)} copied, ${rate}   `)
+      process.stderr.write(`\r${formatSize(done)} copied, ${rate}${extra}   `)
       return
     }
     const width = 30
     const frac = Math.min(1, done / this.total)
     const fill = Math.round(frac * width)
-    process.stderr.write(`\r[${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${(frac * 100).toFixed(0).padStart(3)}% ${formatSize(done)} / ${formatSize(this.total)}  ${rate}   `)
+    process.stderr.write(`\r[${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${(frac * 100).toFixed(0).padStart(3)}% ${formatSize(done)} / ${formatSize(this.total)}  ${rate}${extra}   `)
   }
 }
