@@ -36,7 +36,7 @@ function replyFrame (h: ReplyHeader, payload?: Buffer): Buffer {
 
 test('request header round trips every field, at a non-zero position in a larger buffer', t => {
   const buf = Buffer.alloc(REQUEST_HEADER_SIZE + 10, 0xee)
-  const h: RequestHeader = { op: Op.WRITE, flags: 0xff, tagLo: 0xffffffff, tagHi: 0x12345678, offset: 5 * TWO_32 + 0xdeadbeef, length: 0xfffffff0 }
+  const h: RequestHeader = { op: Op.WRITE, flags: 0xff, tagLo: 0xffffffff, tagHi: 0x12345678, offset: 5 * TWO_32 + 0xdeadbeef, length: 0xfffffff0, aux: 0 }
   writeRequestHeader(buf, 7, h.op, h.flags, h.tagLo, h.tagHi, h.offset, h.length)
   t.deepEqual(parseRequestHeader(buf, 7), h)
   t.is(buf.readUInt32LE(7), REQUEST_MAGIC)
@@ -77,6 +77,8 @@ test('handshake round trips, with size and generation above 2^32', t => {
     identity: '0123abcd-4567-89ef-8123-456789abcdef',
     generation: 2 ** 45 + 7,
     leaseToken: 2 ** 40 + 3,
+    hashAlgorithm: 'blake2b512',
+    digestSize: 64,
   }
   const buf = encodeHandshake(h)
   t.is(buf.length, HANDSHAKE_SIZE)
@@ -85,7 +87,7 @@ test('handshake round trips, with size and generation above 2^32', t => {
 })
 
 test('handshake: an upper-case identity comes back lower-case; a non-UUID identity is refused', t => {
-  const base: Handshake = { version: 1, size: 4096, blockSize: 512, maxRequest: 4096, flags: 0, maxInFlight: 1, identity: 'ABCDEF01-2345-4678-89AB-CDEF01234567', generation: 0, leaseToken: 0 }
+  const base: Handshake = { version: 1, size: 4096, blockSize: 512, maxRequest: 4096, flags: 0, maxInFlight: 1, identity: 'ABCDEF01-2345-4678-89AB-CDEF01234567', generation: 0, leaseToken: 0, hashAlgorithm: 'blake2b512', digestSize: 64 }
   t.is(parseHandshake(encodeHandshake(base)).identity, 'abcdef01-2345-4678-89ab-cdef01234567')
   t.throws(() => encodeHandshake({ ...base, identity: '' }), { instanceOf: RangeError })
   t.throws(() => encodeHandshake({ ...base, identity: 'not-a-uuid' }), { instanceOf: RangeError })
@@ -101,7 +103,7 @@ test('bad magic throws ProtocolError from every parser', t => {
   t.is(e1.code, 'DST_ERR_PROTOCOL')
   t.regex(e1.message, /0x52545344/)
   t.throws(() => parseReplyHeader(Buffer.concat([req]), 0), { instanceOf: ProtocolError })
-  const hs = encodeHandshake({ version: 1, size: 1, blockSize: 512, maxRequest: 1, flags: 0, maxInFlight: 1, identity: '00000000-0000-4000-8000-000000000000', generation: 0, leaseToken: 0 })
+  const hs = encodeHandshake({ version: 1, size: 1, blockSize: 512, maxRequest: 1, flags: 0, maxInFlight: 1, identity: '00000000-0000-4000-8000-000000000000', generation: 0, leaseToken: 0, hashAlgorithm: 'blake2b512', digestSize: 64 })
   hs[0] ^= 1
   t.throws(() => parseHandshake(hs), { instanceOf: ProtocolError })
   t.throws(() => parseHandshake(Buffer.alloc(HANDSHAKE_SIZE - 1)), { instanceOf: ProtocolError })
@@ -132,14 +134,14 @@ function recorder<H> (spec: FrameSpec<H>, discard: (h: H) => boolean = () => fal
 }
 
 const requests: Array<{ h: RequestHeader, payload?: Buffer }> = [
-  { h: { op: Op.WRITE, flags: 1, tagLo: 1, tagHi: 0, offset: 4096, length: 100 }, payload: pattern(100, 1) },
-  { h: { op: Op.READ, flags: 0, tagLo: 2, tagHi: 0, offset: 2 ** 33 + 512, length: 65536 } },
-  { h: { op: Op.FLUSH, flags: 0, tagLo: 3, tagHi: 7, offset: 0, length: 0 } },
-  { h: { op: Op.WRITE, flags: 0, tagLo: 4, tagHi: 0, offset: 5 * TWO_32, length: 1 }, payload: pattern(1, 2) },
-  { h: { op: Op.TRIM, flags: 0, tagLo: 5, tagHi: 0, offset: 8192, length: 1 << 20 } },
-  { h: { op: Op.WRITE, flags: 2, tagLo: 6, tagHi: 0xffffffff, offset: 0, length: 77 }, payload: pattern(77, 3) },
-  { h: { op: Op.PING, flags: 0, tagLo: 7, tagHi: 0, offset: 0, length: 0 } },
-  { h: { op: Op.WRITE, flags: 0, tagLo: 8, tagHi: 0, offset: 512, length: 0 } }, // empty write: no payload
+  { h: { op: Op.WRITE, flags: 1, tagLo: 1, tagHi: 0, offset: 4096, length: 100, aux: 0 }, payload: pattern(100, 1) },
+  { h: { op: Op.READ, flags: 0, tagLo: 2, tagHi: 0, offset: 2 ** 33 + 512, length: 65536, aux: 0 } },
+  { h: { op: Op.FLUSH, flags: 0, tagLo: 3, tagHi: 7, offset: 0, length: 0, aux: 0 } },
+  { h: { op: Op.WRITE, flags: 0, tagLo: 4, tagHi: 0, offset: 5 * TWO_32, length: 1, aux: 0 }, payload: pattern(1, 2) },
+  { h: { op: Op.TRIM, flags: 0, tagLo: 5, tagHi: 0, offset: 8192, length: 1 << 20, aux: 0 } },
+  { h: { op: Op.WRITE, flags: 2, tagLo: 6, tagHi: 0xffffffff, offset: 0, length: 77, aux: 0 }, payload: pattern(77, 3) },
+  { h: { op: Op.PING, flags: 0, tagLo: 7, tagHi: 0, offset: 0, length: 0, aux: 0 } },
+  { h: { op: Op.WRITE, flags: 0, tagLo: 8, tagHi: 0, offset: 512, length: 0, aux: 0 } }, // empty write: no payload
 ]
 const requestStream = Buffer.concat(requests.map(r => requestFrame(r.h, r.payload)))
 
@@ -218,7 +220,7 @@ test('FrameDecoder: requests split at every pair of boundaries (three chunks)', 
 
 test('FrameDecoder: the payload lands in the buffer target returned, at its start, and nothing past the payload is touched', t => {
   const payload = pattern(50, 9)
-  const stream = requestFrame({ op: Op.WRITE, flags: 0, tagLo: 1, tagHi: 0, offset: 0, length: 50 }, payload)
+  const stream = requestFrame({ op: Op.WRITE, flags: 0, tagLo: 1, tagHi: 0, offset: 0, length: 50, aux: 0 }, payload)
   const slot = Buffer.alloc(80, 0xaa) // a pool slot is usually larger than the payload
   let emitted = null as Uint8Array | null
   let asked = 0
@@ -286,7 +288,7 @@ test('FrameDecoder: atBoundary as seen from inside emit is true (the frame is co
 })
 
 test('FrameDecoder: bad magic throws ProtocolError, whether the header arrives whole or in pieces', t => {
-  const bad = requestFrame({ op: Op.READ, flags: 0, tagLo: 1, tagHi: 0, offset: 0, length: 0 })
+  const bad = requestFrame({ op: Op.READ, flags: 0, tagLo: 1, tagHi: 0, offset: 0, length: 0, aux: 0 })
   bad.writeUInt32LE(0xdeadbeef, 0)
   for (const feed of [wholeChunk, byteAtATime, splitAt(3), splitAt(31)]) {
     const d = new FrameDecoder(requestFrames, () => null, () => t.fail('no frame should be emitted'))
@@ -312,7 +314,7 @@ test('FrameDecoder: a request stream fed to a reply decoder is refused (the two 
 
 test('FrameDecoder: offsets above 2^32 survive the decoder, also when the u64 is split across chunks', t => {
   const offset = 2 ** 44 + 0x1234_5678
-  const frame = requestFrame({ op: Op.READ, flags: 0, tagLo: 1, tagHi: 0, offset, length: 4096 })
+  const frame = requestFrame({ op: Op.READ, flags: 0, tagLo: 1, tagHi: 0, offset, length: 4096, aux: 0 })
   for (let i = 16; i <= 24; i++) {
     const got: number[] = []
     const d = new FrameDecoder(requestFrames, () => null, h => got.push(h.offset))

@@ -71,8 +71,12 @@ function fileBytes (file: string, offset: number, length: number): Buffer {
 
 test.serial('the handshake describes the export: size, block size, request limits, flags', async t => {
   const c = await open(t)
-  t.is(c.handshake.version, 1)
+  t.is(c.handshake.version, 2)
   t.is(c.handshake.size, DISK_SIZE)
+  t.not(c.handshake.flags & HandshakeFlag.HASH, 0)
+  t.is(c.handshake.flags & HandshakeFlag.DIGEST, 0, 'wire digests are off unless the export asks for them')
+  t.is(c.handshake.hashAlgorithm, 'blake2b512')
+  t.is(c.handshake.digestSize, 64)
   t.is(c.handshake.blockSize, 4096)
   t.is(c.handshake.maxRequest, MAX_REQUEST)
   t.is(c.handshake.maxInFlight, 128)
