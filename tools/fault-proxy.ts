@@ -1,8 +1,10 @@
 // A fault-injection TCP proxy for tests and soak runs: sits between dst nodes on loopback (or inside network
 // namespaces) and, on command, passes traffic, stalls it (a silent peer: no FIN, no RST, nothing delivered), drops
-// connections, cuts them with RST, or delays every chunk. Used as a class (FaultProxy) or as a process:
+// connections, cuts them with RST, delays every chunk, or corrupts a byte of the next few large chunks (a link that
+// flips bits behind TCP's checksum). Used as a class (FaultProxy) or as a process:
 //   node -r ts-node/register/transpile-only tools/fault-proxy.ts --target HOST:PORT [--listen HOST:PORT] [--allow-any]
-// prints `ready PORT`, then reads `pass | stall | drop | cut | delay MS | stats` lines on stdin; stdin closing ends it.
+// prints `ready PORT`, then reads `pass | stall | drop | cut | delay MS | corrupt N | stats` lines on stdin; stdin
+// closing ends it.
 
 import * as net from 'node:net'
 import * as readline from 'node:readline'
@@ -33,7 +35,7 @@ class Flow {
   private draining = false
 
   constructor (private readonly link: Link, private readonly from: net.Socket, public to: net.Socket | null,
-    private readonly sent: (bytes: number) => void) {
+    private readonly sent: (bytes: number) => void, private readonly upstream: boolean) {
     from.on('data', (chunk: Buffer) => this.push(chunk))
     from.on('end', () => this.push('end'))
     from.on('error', () => this.push('reset'))
@@ -60,6 +62,7 @@ class Flow {
       if (wasFull && this.held < HOLD_LIMIT) this.from.resume()
       if (this.to.destroyed || this.to.writableEnded) continue
       this.sent(item.length)
+      this.link.proxy.maybeCorrupt(item, this.upstream)
       if (!this.to.write(item)) { this.draining = true; this.to.once('drain', () => { this.draining = false; this.pump() }); return }
     }
     if (this.head === this.items.length) { this.items = []; this.head = 0 }
@@ -77,7 +80,7 @@ class Link {
 
   constructor (readonly proxy: FaultProxy, private readonly client: net.Socket) {
     client.setNoDelay(true)
-    this.up = new Flow(this, client, null, bytes => { proxy.counters.bytesUp += bytes })
+    this.up = new Flow(this, client, null, bytes => { proxy.counters.bytesUp += bytes }, true)
     // A connection never forwarded has nobody to hold a close back from.
     client.on('close', () => { if (this.server === null) this.kill('destroy'); else this.closed() })
   }
@@ -86,7 +89,7 @@ class Link {
 
   connect (target: Address): void {
     const server = this.server = net.connect({ ...target, allowHalfOpen: true, noDelay: true })
-    this.down = new Flow(this, server, this.client, bytes => { this.proxy.counters.bytesDown += bytes })
+    this.down = new Flow(this, server, this.client, bytes => { this.proxy.counters.bytesDown += bytes }, false)
     server.on('close', () => this.closed())
     this.up.to = server
     this.up.pump()
@@ -117,10 +120,12 @@ export interface FaultProxyOptions { target: Address, listen?: Address, allowAny
 
 export class FaultProxy {
   /** Connections accepted (dropped ones too) and bytes forwarded (written on), client to target and back. */
-  readonly counters = { accepted: 0, bytesUp: 0, bytesDown: 0 }
+  readonly counters = { accepted: 0, bytesUp: 0, bytesDown: 0, corrupted: 0 }
   /** @internal */ readonly links = new Set<Link>()
   private current: FaultMode = 'pass'
   private delayed = 0
+  private corruptLeft = 0
+  private corruptWhich: 'up' | 'down' | 'both' = 'both'
 
   private constructor (private readonly server: net.Server, readonly target: Address, readonly port: number) {
     server.on('connection', socket => this.accept(socket))
@@ -167,6 +172,25 @@ export class FaultProxy {
     this.delayed = ms
   }
 
+  /**
+   * Flips one byte three quarters into each of the next `count` chunks of at least 16 KiB forwarded in `direction`
+   * ('up': client to target). Large chunks are mostly payload, so this models a link corrupting data, not framing.
+   */
+  corrupt (count: number, direction: 'up' | 'down' | 'both' = 'both'): void {
+    if (!Number.isInteger(count) || count < 0) throw new RangeError(`fault-proxy: corrupt needs a whole number of chunks, got ${count}`)
+    this.corruptLeft = count
+    this.corruptWhich = direction
+  }
+
+  /** @internal */
+  maybeCorrupt (chunk: Buffer, upstream: boolean): void {
+    if (this.corruptLeft === 0 || chunk.length < 16384) return
+    if (this.corruptWhich !== 'both' && (this.corruptWhich === 'up') !== upstream) return
+    this.corruptLeft--
+    this.counters.corrupted++
+    chunk[Math.floor(chunk.length * 0.75)] ^= 0x5a
+  }
+
   async close (): Promise<void> {
     this.current = 'drop'
     const gone = [...this.links].map(link => link.gone())
@@ -198,7 +222,7 @@ const USAGE = `usage: fault-proxy --target HOST:PORT [--listen HOST:PORT] [--all
 
 Forwards every connection on --listen (default 127.0.0.1:0) to --target; prints
 'ready PORT', then obeys one command per line on stdin and answers 'ok COMMAND':
-  pass | stall | drop | cut | delay MS | stats
+  pass | stall | drop | cut | delay MS | corrupt N [up|down|both] | stats
 Closing stdin (or SIGINT/SIGTERM) closes every connection and exits.`
 
 async function main (argv: string[]): Promise<void> {
@@ -217,6 +241,9 @@ async function main (argv: string[]): Promise<void> {
     const [command, arg] = line.split(/\s+/)
     if (command === 'pass' || command === 'stall' || command === 'drop' || command === 'cut') proxy[command]()
     else if (command === 'delay' && /^\d+$/.test(arg ?? '')) proxy.delay(Number(arg))
+    else if (command === 'corrupt' && /^\d+$/.test(arg ?? '') && ['up', 'down', 'both', undefined].includes(line.split(/\s+/)[2])) {
+      proxy.corrupt(Number(arg), (line.split(/\s+/)[2] ?? 'both') as 'up' | 'down' | 'both')
+    }
     else if (command === 'stats') {
       const stats = { mode: proxy.mode, delayMs: proxy.delayMs, connections: proxy.connections, ...proxy.counters }
       return process.stdout.write(`stats ${JSON.stringify(stats)}\n`)
