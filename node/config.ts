@@ -15,7 +15,7 @@ export type DeviceConfig =
   | { type: 'file', name: string, path: string, size?: number, readOnly: boolean, blockSize?: number }
   | { type: 'memory', name: string, size: number, blockSize?: number }
   | { type: 'remote', name: string, url: string, host: string, port: number, export: string, token?: string, queueDepth: number, reconnectTimeout?: number, requestTimeout?: number }
-  | { type: 'mirror', name: string, members: string[], region: number, resyncRate: number }
+  | { type: 'mirror', name: string, members: string[], region: number, resyncRate: number, checksumResync: boolean }
   | { type: 'linear', name: string, members: string[] }
 
 export interface ExportConfig {
@@ -230,7 +230,7 @@ function parseDevice (name: string, d: unknown, field: string, baseDir: string, 
     }
     case 'mirror':
     case 'linear': {
-      allowKeys(x, x.type === 'mirror' ? ['type', 'members', 'region', 'resyncRate'] : ['type', 'members'], `${field}.`, fail)
+      allowKeys(x, x.type === 'mirror' ? ['type', 'members', 'region', 'resyncRate', 'checksumResync'] : ['type', 'members'], `${field}.`, fail)
       if (!Array.isArray(x.members) || x.members.length === 0 || !x.members.every(m => typeof m === 'string')) {
         fail(`${field}.members`, 'expected a non-empty array of device names')
       }
@@ -242,7 +242,8 @@ function parseDevice (name: string, d: unknown, field: string, baseDir: string, 
       const region = x.region === undefined ? 1024 * 1024 : sizeOf(x.region, `${field}.region`, fail)
       if (region < 4096 || region > 64 * 1024 * 1024 || (region & (region - 1)) !== 0) fail(`${field}.region`, 'expected a power of two from 4KiB to 64MiB')
       const resyncRate = x.resyncRate === undefined ? 0 : sizeOf(x.resyncRate, `${field}.resyncRate`, fail)
-      return { type: 'mirror', name, members, region, resyncRate }
+      if (x.checksumResync !== undefined && typeof x.checksumResync !== 'boolean') fail(`${field}.checksumResync`, 'expected true or false')
+      return { type: 'mirror', name, members, region, resyncRate, checksumResync: x.checksumResync !== false }
     }
     case undefined:
       return fail(`${field}.type`, 'missing (one of file, remote, memory, mirror, linear)')

@@ -111,7 +111,7 @@ export class DeviceRegistry {
     const store = new FileIntentStore(path.join(config.dataDir, `mirror-${d.name}.intent`))
     try {
       return await MirrorDevice.open({
-        name: d.name, legs: members, region: d.region, store, resyncRate: d.resyncRate,
+        name: d.name, legs: members, region: d.region, store, resyncRate: d.resyncRate, compare: d.checksumResync,
         log: m => options.log(`mirror '${d.name}': ${m}`),
       })
     } catch (err) {

@@ -1,0 +1,162 @@
+// The integrity half of `npm run bench`: on loopback, a mirror node over two leaf nodes (each exporting a file), all
+// real processes. Measures (1) online verify throughput, MiB of mirror verified per second, with the digests computed
+// on the leaf nodes; (2) the sync of a leg that differs from the other in 1% of its regions, with checksum resync
+// (digests first, only differing chunks copied) against a plain full copy, side by side in one run.
+// Usage: node -r ts-node/register/transpile-only tools/verify-bench.ts [--size MiB]
+
+import { spawn, type ChildProcess } from 'node:child_process'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import { randomFillSync } from 'node:crypto'
+import { parseArgs } from 'node:util'
+
+const MiB = 1024 * 1024
+const REGION = MiB
+const DST = path.join(__dirname, 'dst.js')
+const procs: ChildProcess[] = []
+
+interface Node { proc: ChildProcess, port: number, http: string }
+
+function startNode (dir: string, config: Record<string, unknown>): Promise<Node> {
+  const file = path.join(dir, `${String(config.name)}.json`)
+  fs.writeFileSync(file, JSON.stringify({ listen: '127.0.0.1:0', ...config }, null, 2))
+  return new Promise((resolve, reject) => {
+    const proc = spawn(process.execPath, [DST, 'node', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] })
+    procs.push(proc)
+    let out = ''
+    const timer = setTimeout(() => reject(new Error(`node ${String(config.name)} did not start: ${out}`)), 60000)
+    const onData = (c: Buffer): void => {
+      out += c.toString()
+      const m = /status {2}http:\/\/[^\s/]+:(\d+)\/status/.exec(out)
+      if (m !== null && out.includes(' ready\n')) { clearTimeout(timer); resolve({ proc, port: Number(m[1]), http: `http://127.0.0.1:${m[1]}` }) }
+    }
+    proc.stdout?.on('data', onData)
+    proc.stderr?.on('data', (c: Buffer) => { out += c.toString() })
+    proc.on('exit', code => { clearTimeout(timer); reject(new Error(`node ${String(config.name)} exited ${code}: ${out}`)) })
+  })
+}
+
+async function stopNode (n: Node): Promise<void> {
+  const exited = new Promise(resolve => n.proc.once('exit', resolve))
+  n.proc.kill('SIGTERM')
+  await exited
+}
+
+interface LegStatus { name: string, state: string, resync?: { copiedBytes: number, comparedBytes: number } }
+interface MirrorStatus { state: string, resyncedBytes: number, resyncComparedBytes: number, members: LegStatus[] }
+
+async function mirrorStatus (n: Node): Promise<MirrorStatus> {
+  const s = await (await fetch(`${n.http}/status`)).json() as { devices: Record<string, MirrorStatus> }
+  return s.devices.m
+}
+
+/** Waits (bounded) until every leg of the mirror is in sync; returns the seconds it took and the bytes moved. */
+async function waitInSync (n: Node, began: number): Promise<{ secs: number, copied: number, compared: number }> {
+  for (let i = 0; i < 6000; i++) {
+    const m = await mirrorStatus(n)
+    if (m.members.every(l => l.state === 'in-sync')) return { secs: (Date.now() - began) / 1000, copied: m.resyncedBytes, compared: m.resyncComparedBytes }
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+  throw new Error('the mirror did not get in sync within 5 minutes')
+}
+
+/** Makes `b` a copy of `a` that differs in one 4 KiB block of every hundredth region (1% of regions). */
+function makeLegFiles (a: string, b: string, size: number): number {
+  const buf = Buffer.alloc(16 * MiB)
+  const fa = fs.openSync(a, 'w')
+  const fb = fs.openSync(b, 'w')
+  for (let at = 0; at < size; at += buf.length) {
+    randomFillSync(buf)
+    fs.writeSync(fa, buf, 0, Math.min(buf.length, size - at), at)
+    fs.writeSync(fb, buf, 0, Math.min(buf.length, size - at), at)
+  }
+  fs.closeSync(fa)
+  return differ(fb, size, fs.closeSync)
+}
+
+function differ (fb: number, size: number, done: (fd: number) => void): number {
+  const block = Buffer.alloc(4096)
+  let regions = 0
+  for (let r = 0; r * REGION < size; r += 100) {
+    randomFillSync(block)
+    fs.writeSync(fb, block, 0, block.length, r * REGION + 12345 * 4)
+    regions++
+  }
+  done(fb)
+  return regions
+}
+
+function fmt (x: number): string { return x.toFixed(x >= 100 ? 0 : 1) }
+
+async function main (): Promise<void> {
+  const { values } = parseArgs({ options: { size: { type: 'string' } } })
+  const size = Number(values.size ?? 256) * MiB
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dst-verify-bench-'))
+  try {
+    const fileA = path.join(dir, 'a.img')
+    const fileB = path.join(dir, 'b.img')
+    const changed = makeLegFiles(fileA, fileB, size)
+    const regions = Math.ceil(size / REGION)
+    console.log(`verify and resync, ${size / MiB} MiB mirror of two remote leaf nodes on loopback, ${changed} of ${regions} regions differ (${fmt(100 * changed / regions)}%), ${os.cpus().length} CPUs`)
+    const leafA = await startNode(dir, { name: 'leafA', dataDir: path.join(dir, 'state-a'), devices: { d: { type: 'file', path: fileA } }, exports: [{ device: 'd' }] })
+    const leafB = await startNode(dir, { name: 'leafB', dataDir: path.join(dir, 'state-b'), devices: { d: { type: 'file', path: fileB } }, exports: [{ device: 'd' }] })
+    // Both runs use one dataDir (so the leaf exports see the same writer and its lease), emptied between them so the
+    // second run is a new array too.
+    const midState = path.join(dir, 'state-mid')
+    const mirrorConfig = (checksumResync: boolean): Record<string, unknown> => ({
+      name: 'mid',
+      dataDir: midState,
+      devices: {
+        ra: { type: 'remote', url: `dst://127.0.0.1:${leafA.port}/d` },
+        rb: { type: 'remote', url: `dst://127.0.0.1:${leafB.port}/d` },
+        m: { type: 'mirror', members: ['ra', 'rb'], region: '1MiB', checksumResync },
+      },
+      exports: [{ device: 'm' }],
+    })
+
+    // A new array: leg rb is synced from ra in full. With checksum resync, only the differing chunks move.
+    let began = Date.now()
+    const mid1 = await startNode(dir, mirrorConfig(true))
+    const withSums = await waitInSync(mid1, began)
+    await stopNode(mid1)
+
+    // The same starting point, and a plain full copy.
+    const fb = fs.openSync(fileB, 'r+')
+    differ(fb, size, fs.closeSync)
+    began = Date.now()
+    fs.rmSync(midState, { recursive: true, force: true })
+    const mid2 = await startNode(dir, mirrorConfig(false))
+    const plain = await waitInSync(mid2, began)
+
+    // Online verify of the now identical legs, digests computed on the leaf nodes.
+    const res = await fetch(`${mid2.http}/arrays/m/verify`, { method: 'POST', body: JSON.stringify({ wait: true }), signal: AbortSignal.timeout(600000) })
+    const answer = await res.json() as { verify?: { state: string, comparedBytes: number, seconds: number, mismatches: number }, error?: string }
+    if (answer.verify === undefined) throw new Error(`verify failed: ${answer.error ?? res.status}`)
+    const v = answer.verify
+    await stopNode(mid2)
+    await Promise.all([stopNode(leafA), stopNode(leafB)])
+
+    console.log('')
+    console.log('job                                   seconds   MiB copied   MiB compared   MiB/s of array')
+    const row = (name: string, r: { secs: number, copied: number, compared: number }): void => {
+      console.log(`${name.padEnd(38)}${fmt(r.secs).padStart(7)}${fmt(r.copied / MiB).padStart(13)}${fmt(r.compared / MiB).padStart(15)}${fmt(size / MiB / r.secs).padStart(17)}`)
+    }
+    row('sync of a leg, 1% differs: checksum', withSums)
+    row('sync of a leg, 1% differs: full copy', plain)
+    row('online verify (legs identical)', { secs: v.seconds, copied: 0, compared: v.comparedBytes })
+    console.log('')
+    console.log(`checksum resync took ${fmt(withSums.secs / plain.secs * 100)}% of the full copy's time and moved ${fmt(withSums.copied / Math.max(1, plain.copied) * 100)}% of its bytes`)
+    console.log(`online verify: ${fmt(v.comparedBytes / MiB / v.seconds)} MiB/s of mirror verified, ${v.mismatches} mismatches`)
+    console.log('(the sync rows include the mirror node\'s start-up, under a second)')
+  } finally {
+    for (const p of procs) { try { p.kill('SIGKILL') } catch {} }
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+main().catch(err => {
+  console.error(err)
+  for (const p of procs) { try { p.kill('SIGKILL') } catch {} }
+  process.exit(1)
+})
