@@ -48,6 +48,9 @@ interface Leg {
   /** A leg new to the array: its resync compares before it copies. */
   full: boolean
   resync: { doneBytes: number, totalBytes: number, copiedBytes: number, comparedBytes: number } | null
+  /** Where the resync's workers look for the next stale region, and the regions they hold. */
+  cursor: number
+  claimed: Set<number>
   running: Promise<void> | null
   lastError: string
   nextProbe: number
@@ -56,6 +59,8 @@ interface Leg {
 
 /** Reads at least this long are split across legs so one reader gets the bandwidth of several. */
 const SPLIT_READ = 128 * 1024
+/** Regions one resync works on at once. */
+const RESYNC_PARALLEL = 4
 /** Resync and verify compare digests of chunks this long (at most a region). */
 const COMPARE_CHUNK = 64 * 1024
 /** Mismatched regions a verify report lists (it counts them all). */
@@ -596,37 +601,46 @@ export class MirrorDevice extends Device {
   private async resync (l: Leg): Promise<void> {
     l.state = 'resyncing'
     const total = this.staleBytes(l)
-    l.resync = { doneBytes: 0, totalBytes: total, copiedBytes: 0, comparedBytes: 0 }
-    const buf = Buffer.alloc(this.region)
+    const progress = l.resync = { doneBytes: 0, totalBytes: total, copiedBytes: 0, comparedBytes: 0 }
     const rate = this.options.resyncRate ?? 0
     const began = Date.now()
-    try {
-      // Passes until nothing is stale: a verify repair may mark regions behind the cursor while this runs.
-      while (l.staleCount > 0) {
-        for (let r = 0; r < this.regions; r++) {
-          if (l.stale[r] === 0) continue
-          if (this.stopping || l.state !== 'resyncing') return
-          const at = r * this.region
-          const n = Math.min(this.region, this.size - at)
-          await this.lockRegion(r)
-          try {
-            const copied = await this.copyRegion(l, r, at, n, buf)
-            if (copied === null) return
-            if (l.stale[r] !== 0) { l.stale[r] = 0; l.staleCount-- }
-            l.resync.doneBytes += n
-            l.resync.copiedBytes += copied
-            this.resyncedBytes += copied
-          } finally {
-            this.unlockRegion(r)
-          }
-          if (rate > 0) {
-            const ahead = (l.resync.doneBytes / rate) * 1000 - (Date.now() - began)
-            if (ahead > 0) await new Promise(resolve => setTimeout(resolve, ahead))
-          }
+    let stopped = false
+    // A few regions at a time, so digests on both legs and copies overlap with the round trips.
+    const worker = async (): Promise<void> => {
+      const buf = Buffer.alloc(this.region)
+      while (!stopped) {
+        const r = this.nextStale(l)
+        if (r < 0) return
+        if (this.stopping || l.state !== 'resyncing') { stopped = true; return }
+        const at = r * this.region
+        const n = Math.min(this.region, this.size - at)
+        l.claimed.add(r)
+        await this.lockRegion(r)
+        try {
+          const copied = await this.copyRegion(l, r, at, n, buf)
+          if (copied === null) { stopped = true; return }
+          if (l.stale[r] !== 0) { l.stale[r] = 0; l.staleCount-- }
+          progress.doneBytes += n
+          progress.copiedBytes += copied
+          this.resyncedBytes += copied
+        } finally {
+          l.claimed.delete(r)
+          this.unlockRegion(r)
         }
-        l.resync.totalBytes = l.resync.doneBytes + this.staleBytes(l)
+        if (rate > 0) {
+          const ahead = (progress.doneBytes / rate) * 1000 - (Date.now() - began)
+          if (ahead > 0) await new Promise(resolve => setTimeout(resolve, ahead))
+        }
       }
-      if (l.state !== 'resyncing') return
+    }
+    try {
+      // Passes until nothing is stale: a verify repair may mark regions behind the workers while this runs.
+      while (l.staleCount > 0 && !stopped) {
+        l.cursor = 0
+        await settleAll(Array.from({ length: RESYNC_PARALLEL }, worker))
+        progress.totalBytes = progress.doneBytes + this.staleBytes(l)
+      }
+      if (stopped || l.state !== 'resyncing') return
       l.state = 'in-sync'
       l.full = false
       this.state_.superblock.events++
@@ -687,6 +701,15 @@ export class MirrorDevice extends Device {
       }
       if (!retry) return copied
     }
+  }
+
+  /** The next stale region of `l` at or after its resync cursor that no worker holds, or -1. */
+  private nextStale (l: Leg): number {
+    for (let r = l.cursor; r < this.regions; r++) {
+      if (l.stale[r] !== 0 && !l.claimed.has(r)) { l.cursor = r + 1; return r }
+    }
+    l.cursor = this.regions
+    return -1
   }
 
   /** The chunk digests are compared in, or 0 when resync copies whole regions. */
@@ -979,7 +1002,8 @@ export class MirrorDevice extends Device {
 function newLeg (m: Member, regions: number, options: MirrorOptions): Leg {
   return {
     name: m.name, device: m.device, state: 'in-sync', outstanding: 0, stale: new Uint8Array(regions), staleCount: 0,
-    full: false, resync: null, running: null, lastError: '', nextProbe: 0, probeWait: options.probeInterval ?? 1000,
+    full: false, resync: null, cursor: 0, claimed: new Set(), running: null, lastError: '', nextProbe: 0,
+    probeWait: options.probeInterval ?? 1000,
   }
 }
 
