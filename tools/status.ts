@@ -54,6 +54,13 @@ export function renderStatus (s: StatusView): string {
       const fill = Math.round(frac * 24)
       lines.push(`${prefix}${last ? '   ' : '│  '}   resync [${'#'.repeat(fill)}${'.'.repeat(24 - fill)}] ${(frac * 100).toFixed(0)}% ${formatSize(resync.doneBytes)} / ${formatSize(resync.totalBytes)}`)
     }
+    const verify = d.verify as { state: string, doneBytes: number, totalBytes: number, mismatches: number, repairedRegions: number, finishedAt: string | null } | undefined
+    if (verify !== undefined) {
+      const pct = verify.totalBytes > 0 ? Math.min(100, (100 * verify.doneBytes) / verify.totalBytes) : 100
+      const when = verify.finishedAt !== null ? ` (${verify.finishedAt})` : ''
+      lines.push(`${prefix}${last ? '   ' : '│  '}   verify ${verify.state} ${pct.toFixed(0)}%, ${verify.mismatches} mismatched region${verify.mismatches === 1 ? '' : 's'}` +
+        `${verify.repairedRegions > 0 ? `, ${verify.repairedRegions} repaired` : ''}${when}`)
+    }
     const kids = d.members ?? []
     kids.forEach((m, i) => draw(m.name, m, prefix + (last ? '   ' : '│  '), i === kids.length - 1))
   }
