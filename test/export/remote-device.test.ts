@@ -2,15 +2,18 @@
 // handshake, many concurrent random reads and writes (some split into several requests) checked against an in-memory
 // model and then against the exported file, identity across a restart, refusals, and a peer that dies mid-flight.
 
-import test from 'ava'
+import test, { type ExecutionContext } from 'ava'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
+import { createHash } from 'node:crypto'
 import { startNode, tempDir, type RunningNode } from '../helpers/node-process'
 import { RawClient } from '../helpers/raw-client'
 import { between, newSeed, prng, seededBytes } from '../helpers/random'
 import { freePort } from '../helpers/ports'
 import { RemoteDevice, type RemoteDeviceOptions } from '../../export/remote-device'
 import type { DstError } from '../../node/errors'
+import { hasher } from '../../node/hasher'
+import { FaultProxy } from '../../tools/fault-proxy'
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -288,4 +291,198 @@ test('a peer back on its port within reconnectTimeout: requests made during the 
   const refused = await dev.read(0, 512, Buffer.alloc(512)).then(() => null, (err: DstError) => err)
   t.is(refused?.code, 'DST_ERR_NEWDISK')
   t.regex(refused?.message ?? '', /different disk/)
+})
+
+// ---- HASH and wire digests (protocol version 2) ----------------------------------------------------------------------
+
+// Wire digests and hashes by reading run on this process's hash workers: let them go at the end.
+test.after.always(async () => { await hasher().close() })
+
+/** BLAKE2b-512 of each `chunk`-byte piece of `data` (the last may be shorter), concatenated. */
+function digestsOf (data: Buffer, chunk: number): Buffer {
+  const out: Buffer[] = []
+  for (let at = 0; at < data.length; at += chunk) out.push(createHash('blake2b512').update(data.subarray(at, at + chunk)).digest())
+  return Buffer.concat(out)
+}
+
+/** One sample of a node's /metrics (NaN when the line is missing, so a renamed family fails loudly). */
+async function metricOf (node: RunningNode, name: string, labels: string): Promise<number> {
+  const text = await (await fetch(`${node.http}/metrics`)).text()
+  const line = text.split('\n').find(l => l.startsWith(`${name}{${labels}} `))
+  return line === undefined ? NaN : Number(line.slice(line.lastIndexOf(' ') + 1))
+}
+
+test('RemoteDevice.hash equals local digests and is answered by HASH requests: no data crosses the network', async t => {
+  const seed = newSeed()
+  t.log(`seed ${seed}`)
+  const { node, file } = await fileNode(t, 4 * MiB, prng(seed))
+  const dev = await openDevice(t, node, 'disk')
+  const disk = fs.readFileSync(file)
+  const labels = 'node="rd",export="disk"'
+  const counters = async (): Promise<number[]> => await Promise.all([
+    metricOf(node, 'dst_requests_total', `${labels},op="hash"`),
+    metricOf(node, 'dst_requests_total', `${labels},op="read"`),
+    metricOf(node, 'dst_hashed_bytes_total', labels),
+    metricOf(node, 'dst_bytes_total', `${labels},direction="read"`),
+  ])
+  const [hash0, read0, hashed0, readBytes0] = await counters()
+  t.false([hash0, read0, hashed0, readBytes0].some(Number.isNaN), 'every metric is there')
+
+  // Longer than maxRequest (64 KiB), unaligned, with a short last chunk: split into 17 HASH requests.
+  const offset = 12345
+  const length = 1 * MiB + 3000
+  const digests = await dev.hash(offset, length, 4096)
+  t.is(digests.length, Math.ceil(length / 4096) * 64)
+  t.true(digests.equals(digestsOf(disk.subarray(offset, offset + length), 4096)))
+  const [hash1, read1, hashed1, readBytes1] = await counters()
+  t.is(hash1 - hash0, Math.ceil(length / (64 * KiB)), 'one HASH per maxRequest of the range')
+  t.is(read1 - read0, 0, 'no READ was sent')
+  t.is(readBytes1 - readBytes0, 0, 'no data was read for the client')
+  t.is(hashed1 - hashed0, length, 'the node digested exactly the range')
+
+  // The whole device in one call, and other chunk sizes.
+  t.true((await dev.hash(0, dev.size, 64 * KiB)).equals(digestsOf(disk, 64 * KiB)))
+  t.true((await dev.hash(dev.size - 5000, 5000, 512)).equals(digestsOf(disk.subarray(dev.size - 5000), 512)))
+  t.is((await dev.hash(0, 0, 4096)).length, 0)
+  // A chunk larger than the export's maxRequest cannot be asked for in one HASH; the digests are still right.
+  t.true((await dev.hash(MiB, 512 * KiB, 256 * KiB)).equals(digestsOf(disk.subarray(MiB, MiB + 512 * KiB), 256 * KiB)))
+
+  // Bad arguments are refused before anything is sent.
+  t.is((await t.throwsAsync(dev.hash(0, 4096, 1000)) as DstError).code, 'DST_ERR_EINVAL')
+  t.is((await t.throwsAsync(dev.hash(dev.size - 100, 4096, 4096)) as DstError).code, 'DST_ERR_EINVAL')
+})
+
+test('a digest export round trip: 3 MiB of random data written and read back equal, status says digests', async t => {
+  const seed = newSeed()
+  t.log(`seed ${seed}`)
+  const rand = prng(seed)
+  const { node, file } = await fileNode(t, 4 * MiB, rand, { exports: [{ device: 'disk', digest: true }] })
+  const dev = await openDevice(t, node, 'disk')
+  t.is(dev.status().digests, true)
+  t.is(dev.status().digestErrors, 0)
+  const data = seededBytes(rand, 3 * MiB)
+  const offset = 512 * KiB + 100 // unaligned, so the pieces are not all the same size
+  await dev.write(offset, data)
+  await dev.flush()
+  const back = Buffer.alloc(data.length)
+  await dev.read(offset, data.length, back)
+  t.true(back.equals(data))
+  t.true(fs.readFileSync(file).subarray(offset, offset + data.length).equals(data))
+  // Small requests too (digested on the loop rather than on a worker).
+  const small = seededBytes(rand, 100)
+  await dev.write(7, small)
+  const smallBack = Buffer.alloc(100)
+  await dev.read(7, 100, smallBack)
+  t.true(smallBack.equals(small))
+  t.is(dev.counters.digestErrors, 0)
+  t.is(dev.status().digestErrors, 0)
+  t.is(await metricOf(node, 'dst_digest_errors_total', 'node="rd",export="disk"'), 0)
+  const status = await (await fetch(`${node.http}/status`)).json() as { exports: Array<{ name: string, digest: boolean }> }
+  t.is(status.exports.find(e => e.name === 'disk')?.digest, true)
+
+  // An export without digests says so too.
+  const plain = await fileNode(t, 1 * MiB, rand)
+  t.is((await openDevice(t, plain.node, 'disk')).status().digests, false)
+})
+
+interface Corrupting { node: RunningNode, file: string, proxy: FaultProxy, dev: RemoteDevice, rand: () => number }
+
+/** A node exporting a file (wire digests or not) and a remote device reaching it through a fault proxy. */
+async function throughProxy (t: ExecutionContext, digest: boolean): Promise<Corrupting> {
+  const seed = newSeed()
+  t.log(`seed ${seed}`)
+  const rand = prng(seed)
+  const { node, file } = await fileNode(t, 8 * MiB, rand, { pool: { count: 64, size: '64KiB' }, exports: [{ device: 'disk', digest }] })
+  const proxy = await FaultProxy.start({ target: { host: '127.0.0.1', port: node.port } })
+  t.teardown(() => proxy.close())
+  const dev = await RemoteDevice.open({ host: '127.0.0.1', port: proxy.port, export: 'disk' })
+  t.teardown(() => dev.close())
+  t.is(dev.status().digests, digest)
+  return { node, file, proxy, dev, rand }
+}
+
+/** Writes `data` at 0 in 1 MiB pieces, one after another. */
+async function writePieces (dev: RemoteDevice, data: Buffer): Promise<void> {
+  for (let at = 0; at < data.length; at += MiB) await within(dev.write(at, data.subarray(at, at + MiB)), 30000, `write at ${at}`)
+  await dev.flush()
+}
+
+/** Positions where `a` and `b` differ (bounded: at most `limit`). */
+function differences (a: Buffer, b: Buffer, limit = 100): number[] {
+  const out: number[] = []
+  for (let i = 0; i < a.length && out.length < limit; i++) if (a[i] !== b[i]) out.push(i)
+  return out
+}
+
+test('with digests, a link corrupting writes is caught: EBADMSG, sent again, the file holds exactly what was written', async t => {
+  const { node, file, proxy, dev, rand } = await throughProxy(t, true)
+  const data = seededBytes(rand, 6 * MiB)
+  proxy.corrupt(4, 'up')
+  await writePieces(dev, data)
+  t.is(proxy.counters.corrupted, 4, 'the proxy corrupted four chunks on their way to the node')
+  const onDisk = fs.readFileSync(file).subarray(0, data.length)
+  t.deepEqual(differences(onDisk, data), [], 'no corrupted byte reached the file')
+  t.true(dev.counters.digestErrors > 0, `digest errors seen by the client: ${dev.counters.digestErrors}`)
+  t.is(dev.status().digestErrors, dev.counters.digestErrors)
+  t.true(await metricOf(node, 'dst_digest_errors_total', 'node="rd",export="disk"') > 0)
+})
+
+test('with digests, a link corrupting reads is caught: the reader gets the right data after asking again', async t => {
+  const { file, proxy, dev } = await throughProxy(t, true)
+  const disk = fs.readFileSync(file)
+  const before = dev.counters.digestErrors
+  proxy.corrupt(4, 'down')
+  const back = Buffer.alloc(4 * MiB)
+  for (let at = 0; at < back.length; at += MiB) await within(dev.read(at, MiB, back.subarray(at, at + MiB)), 30000, `read at ${at}`)
+  t.is(proxy.counters.corrupted, 4, 'the proxy corrupted four chunks on their way to the client')
+  t.deepEqual(differences(back, disk.subarray(0, back.length)), [], 'every byte read is the byte on disk')
+  t.true(dev.counters.digestErrors > before, `digest errors seen by the client: ${dev.counters.digestErrors}`)
+  t.is(dev.status().digestErrors, dev.counters.digestErrors)
+})
+
+// The control: the same corruption without wire digests goes unnoticed (TCP's checksum was computed after the flip).
+test('without digests, the same corrupting link silently changes the data written', async t => {
+  const { file, proxy, dev, rand } = await throughProxy(t, false)
+  const data = seededBytes(rand, 6 * MiB)
+  proxy.corrupt(4, 'up')
+  await writePieces(dev, data) // every write "succeeds"
+  t.is(proxy.counters.corrupted, 4)
+  t.is(dev.counters.digestErrors, 0)
+  const onDisk = fs.readFileSync(file).subarray(0, data.length)
+  const diff = differences(onDisk, data)
+  t.false(onDisk.equals(data), 'the file does not hold what was written')
+  t.true(diff.length >= 1 && diff.length <= 4, `differing bytes at ${diff.join(', ')}`)
+  for (const at of diff) t.is(onDisk[at] ^ data[at], 0x5a, `byte ${at} is the proxy's flip`)
+})
+
+test('a link that corrupts every try: the write fails with DST_ERR_DIGEST (EBADMSG) after 4 tries and writes nothing', async t => {
+  const { node, file, proxy, dev, rand } = await throughProxy(t, true)
+  const before = fs.readFileSync(file)
+  proxy.corrupt(1000, 'up')
+  const data = seededBytes(rand, 64 * KiB) // one request: each try is one message of more than 16 KiB
+  const err = await within(dev.write(MiB, data).then(() => null, (e: DstError) => e), 30000, 'write over a corrupting link')
+  t.not(err, null, 'the write must fail')
+  t.is(err?.code, 'DST_ERR_DIGEST', err?.message)
+  t.is(err?.errno, 74)
+  t.is(dev.counters.digestErrors, 4, 'the first try and 3 more')
+  t.is(await metricOf(node, 'dst_digest_errors_total', 'node="rd",export="disk"'), 4)
+  t.true(fs.readFileSync(file).equals(before), 'nothing was written')
+  // The link heals: the same write goes through.
+  proxy.corrupt(0)
+  await within(dev.write(MiB, data), 30000, 'write after the link healed')
+  t.true(fs.readFileSync(file).subarray(MiB, MiB + data.length).equals(data))
+})
+
+test('a link that corrupts every try: the read fails with DST_ERR_DIGEST (EBADMSG) after 4 tries', async t => {
+  const { file, proxy, dev } = await throughProxy(t, true)
+  proxy.corrupt(1000, 'down')
+  const into = Buffer.alloc(64 * KiB)
+  const err = await within(dev.read(MiB, into.length, into).then(() => null, (e: DstError) => e), 30000, 'read over a corrupting link')
+  t.not(err, null, 'the read must fail')
+  t.is(err?.code, 'DST_ERR_DIGEST', err?.message)
+  t.is(err?.errno, 74)
+  t.is(dev.counters.digestErrors, 4, 'the first try and 3 more')
+  proxy.corrupt(0)
+  await within(dev.read(MiB, into.length, into), 30000, 'read after the link healed')
+  t.true(into.equals(fs.readFileSync(file).subarray(MiB, MiB + into.length)))
 })

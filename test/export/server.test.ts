@@ -6,16 +6,28 @@
 import test from 'ava'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { startNode, tempDir, type RunningNode } from '../helpers/node-process'
 import { RawClient, attemptUpgrade, frame, type Reply } from '../helpers/raw-client'
-import { HandshakeFlag, Op, REQUEST_HEADER_SIZE, REQUEST_MAGIC } from '../../export/codec'
+import {
+  HandshakeFlag, Op, REPLY_HEADER_SIZE, REQUEST_HEADER_SIZE, REQUEST_MAGIC, parseHandshake, parseReplyHeader,
+} from '../../export/codec'
 import { RemoteDevice } from '../../export/remote-device'
+import { ExportSession, type ServedExport, type SessionTransport } from '../../export/server'
+import { MemoryDevice } from '../../node/memory-device'
+import { BufferPool } from '../../node/pool'
+import { ExportMetrics } from '../../node/metrics'
+import { WriteLease } from '../../node/lease'
+import { DstError } from '../../node/errors'
+import { hasher } from '../../node/hasher'
 
 // Wire error numbers as export/PROTOCOL.md lists them (not imported, so the test checks the source's table too).
+const EIO = 5
 const EAGAIN = 11
 const EINVAL = 22
+const ENOSPC = 28
 const EROFS = 30
+const EBADMSG = 74
 const EOVERFLOW = 75
 const ENOTSUP = 95
 
@@ -29,6 +41,8 @@ let node: RunningNode
 let dir: string
 let diskPath: string
 let roPath: string
+let digPath: string
+const DIG_SIZE = 1024 * KiB
 
 test.before(async () => {
   dir = tempDir('dst-server-')
@@ -37,6 +51,8 @@ test.before(async () => {
   // Random contents, so "unchanged" means something and reads can be checked against the file.
   fs.writeFileSync(diskPath, randomBytes(DISK_SIZE))
   fs.writeFileSync(roPath, randomBytes(RO_SIZE))
+  digPath = path.join(dir, 'dig.img')
+  fs.writeFileSync(digPath, randomBytes(DIG_SIZE))
   node = await startNode(dir, {
     name: 'srv',
     pool: { count: 256, size: '64KiB' },
@@ -45,18 +61,22 @@ test.before(async () => {
       ro: { type: 'file', path: roPath },
       tok: { type: 'memory', size: '1MiB' },
       far: { type: 'memory', size: '1MiB' },
+      dig: { type: 'file', path: digPath },
     },
     exports: [
       { device: 'disk' },
       { device: 'ro', readOnly: true },
       { device: 'tok', token: TOKEN },
       { device: 'far', allow: ['10.0.0.0/8'] },
+      { device: 'dig', digest: true },
     ],
   })
 })
 
 test.after.always(async () => {
   await node?.kill()
+  // The in-process sessions below digest on this process's hash workers: let them go.
+  await hasher().close()
 })
 
 async function open (t: { teardown: (fn: () => void) => void }, name = 'disk', headers: Record<string, string> = {}): Promise<RawClient> {
@@ -323,6 +343,330 @@ test.serial('requests beyond maxInFlight sent at once are answered EAGAIN, the r
   t.is(replies.filter(r => r.errno === EAGAIN).length, n - max)
   // The connection is fine afterwards.
   t.is((await c.call(Op.READ, 1, 0, 512)).errno, 0)
+})
+
+// ---- HASH (protocol version 2) --------------------------------------------------------------------------------------
+
+/** BLAKE2b-512 of each `chunk`-byte piece of `data` (the last may be shorter), concatenated: what HASH must answer. */
+function digestsOf (data: Buffer, chunk: number): Buffer {
+  const out: Buffer[] = []
+  for (let at = 0; at < data.length; at += chunk) out.push(createHash('blake2b512').update(data.subarray(at, at + chunk)).digest())
+  return Buffer.concat(out)
+}
+
+const blake = (data: Uint8Array): Buffer => createHash('blake2b512').update(data).digest()
+
+async function metricsText (): Promise<string> {
+  return await (await fetch(`${node.http}/metrics`)).text()
+}
+
+function metric (text: string, name: string, labels: string): number {
+  const line = text.split('\n').find(l => l.startsWith(`${name}{${labels}} `))
+  return line === undefined ? NaN : Number(line.slice(line.lastIndexOf(' ') + 1))
+}
+
+test.serial('HASH answers one BLAKE2b-512 digest per chunk of the range, equal to node:crypto\'s of the bytes on disk', async t => {
+  const c = await open(t)
+  const before = await metricsText()
+  // [offset, length, chunk]: whole chunks, an unaligned range with a short last chunk, the smallest chunk, a chunk
+  // larger than the range, and nothing at all.
+  const cases: Array<[number, number, number]> = [
+    [0, MAX_REQUEST, 4096],
+    [1000, 10000, 4096],
+    [128 * KiB, MAX_REQUEST, 512],
+    [DISK_SIZE - MAX_REQUEST, MAX_REQUEST, 1024 * KiB],
+    [DISK_SIZE - 3, 3, 512],
+    [4096, 0, 4096],
+  ]
+  let tag = 600
+  let hashed = 0
+  for (const [offset, length, chunk] of cases) {
+    const r = await c.call(Op.HASH, tag++, offset, length, undefined, chunk)
+    const what = `HASH ${offset}+${length} chunk ${chunk}`
+    t.is(r.op, Op.HASH, what)
+    t.is(r.errno, 0, what)
+    t.is(r.length, Math.ceil(length / chunk) * 64, what)
+    t.is(r.payload.length, r.length, what)
+    t.true(r.payload.equals(digestsOf(fileBytes(diskPath, offset, length), chunk)), `${what}: digests differ from node:crypto's`)
+    hashed += length
+  }
+  // The digests follow the data: change a chunk and only its digest changes.
+  const data = randomBytes(4096)
+  t.is((await c.call(Op.WRITE, tag++, 8192, 4096, data)).errno, 0)
+  const after = await c.call(Op.HASH, tag++, 0, 4 * 4096, undefined, 4096)
+  hashed += 4 * 4096
+  t.is(after.errno, 0)
+  t.true(after.payload.subarray(2 * 64, 3 * 64).equals(blake(data)))
+  t.true(after.payload.equals(digestsOf(fileBytes(diskPath, 0, 4 * 4096), 4096)))
+  t.deepEqual(c.junk, [])
+  const now = await metricsText()
+  const labels = 'node="srv",export="disk"'
+  t.is(metric(now, 'dst_hashed_bytes_total', labels) - metric(before, 'dst_hashed_bytes_total', labels), hashed)
+  t.is(metric(now, 'dst_requests_total', `${labels},op="hash"`) - metric(before, 'dst_requests_total', `${labels},op="hash"`), cases.length + 1)
+  t.is(metric(now, 'dst_request_errors_total', `${labels},op="hash"`) - metric(before, 'dst_request_errors_total', `${labels},op="hash"`), 0)
+})
+
+test.serial('HASH past the end, with a bad chunk size or longer than maxRequest is refused, and the connection goes on', async t => {
+  const c = await open(t)
+  const before = await metricsText()
+  let tag = 700
+  const refused: Array<[number, number, number, number, string]> = [
+    [DISK_SIZE - 4096, 8192, 4096, EINVAL, 'straddles the end'],
+    [DISK_SIZE, 512, 512, EINVAL, 'starts at the end'],
+    [2 ** 60, 4096, 4096, EINVAL, 'far beyond'],
+    [0, 4096, 0, EINVAL, 'chunk 0'],
+    [0, 4096, 256, EINVAL, 'chunk below 512'],
+    [0, 4096, 1000, EINVAL, 'chunk not a power of two'],
+    [0, 4096, 3 * 4096, EINVAL, 'chunk a multiple of 4096 but not a power of two'],
+    [0, 4096, 2048 * KiB, EINVAL, 'chunk above 1 MiB'],
+    [0, MAX_REQUEST + 512, 4096, EOVERFLOW, 'longer than maxRequest'],
+    [0, 0xffffffff, 4096, EOVERFLOW, 'length 2^32-1'],
+  ]
+  for (const [offset, length, chunk, errno, what] of refused) {
+    const r = await c.call(Op.HASH, tag++, offset, length, undefined, chunk)
+    t.is(r.op, Op.HASH, what)
+    t.is(r.errno, errno, `${what}: HASH ${offset}+${length} chunk ${chunk}`)
+    t.is(r.length, 0, what)
+    t.is(r.payload.length, 0, what)
+  }
+  t.false(c.isClosed)
+  // The same connection still reads, and still hashes.
+  const read = await c.call(Op.READ, tag++, 4096, 4096)
+  t.is(read.errno, 0)
+  t.true(read.payload.equals(fileBytes(diskPath, 4096, 4096)))
+  const ok = await c.call(Op.HASH, tag++, DISK_SIZE - 4096, 4096, undefined, 4096)
+  t.is(ok.errno, 0)
+  t.true(ok.payload.equals(blake(fileBytes(diskPath, DISK_SIZE - 4096, 4096))))
+  const now = await metricsText()
+  const labels = 'node="srv",export="disk",op="hash"'
+  t.is(metric(now, 'dst_request_errors_total', labels) - metric(before, 'dst_request_errors_total', labels), refused.length)
+})
+
+/** A transport for an in-process session: keeps every message the session sends, as the node's WebSocket would. */
+class RecordingTransport implements SessionTransport {
+  readonly messages: Buffer[] = []
+  ended: { code: number, reason: string } | null = null
+  send (message: Uint8Array): void { this.messages.push(Buffer.from(message)) }
+  sendParts (first: Uint8Array, last: Uint8Array): void { this.messages.push(Buffer.concat([first, last])) }
+  cork (fn: () => void): void { fn() }
+  end (code: number, reason: string): void { this.ended = { code, reason } }
+
+  /** Waits (bounded) until `count` messages have been sent in total. */
+  async waitMessages (count: number, timeout = 10000): Promise<Buffer[]> {
+    const deadline = Date.now() + timeout
+    while (this.messages.length < count) {
+      if (Date.now() > deadline) throw new Error(`${this.messages.length} of ${count} messages within ${timeout} ms`)
+      await new Promise(resolve => setTimeout(resolve, 2))
+    }
+    return this.messages
+  }
+}
+
+/** A memory device whose digests fail (a disk that cannot be read for a HASH), while reads and writes work. */
+class HashFailingDevice extends MemoryDevice {
+  failure: Error = new Error('cannot hash: the disk is on fire')
+  /** Reject instead of throwing synchronously. */
+  rejects = false
+  protected override _hash (_offset: number, _length: number, _chunk: number): Promise<Buffer> {
+    if (this.rejects) return Promise.reject(this.failure)
+    throw this.failure
+  }
+}
+
+interface InProcess { exp: ServedExport, session: ExportSession, transport: RecordingTransport }
+
+/** An ExportSession of `device` on a fake transport: what the node's listener builds for one connection. */
+function inProcessSession (device: MemoryDevice, digest = false): InProcess {
+  const exp: ServedExport = {
+    name: 'inproc', device, readOnly: false, allow: [], digest,
+    metrics: new ExportMetrics(), lease: new WriteLease(1000), generation: 0,
+  }
+  const pool = new BufferPool({ count: 8, size: MAX_REQUEST, headroom: 32 })
+  const transport = new RecordingTransport()
+  const session = new ExportSession(exp, pool, { maxRequest: MAX_REQUEST, maxInFlight: 16, pingInterval: 10000 }, transport)
+  return { exp, session, transport }
+}
+
+/** Sends one request to an in-process session and returns its reply header and the bytes after it. */
+async function inProcessCall (p: InProcess, request: Buffer): Promise<{ op: number, errno: number, length: number, rest: Buffer }> {
+  const before = p.transport.messages.length
+  p.session.onMessage(request)
+  const [message] = (await p.transport.waitMessages(before + 1)).slice(before)
+  const h = parseReplyHeader(message, 0)
+  return { op: h.op, errno: h.errno, length: h.length, rest: message.subarray(REPLY_HEADER_SIZE) }
+}
+
+test.serial('a device whose hash fails gets an error reply for that HASH (its errno, EIO for a plain error) and the session goes on', async t => {
+  const device = new HashFailingDevice({ size: 256 * KiB })
+  const p = inProcessSession(device)
+  t.teardown(() => p.session.onClose())
+  const hs = parseHandshake(p.session.handshake())
+  t.not(hs.flags & HandshakeFlag.HASH, 0)
+  const data = randomBytes(8192)
+  t.is((await inProcessCall(p, frame(Op.WRITE, 1, 4096, data.length, data))).errno, 0)
+
+  const failed = await inProcessCall(p, frame(Op.HASH, 2, 0, 16384, undefined, 0, 4096))
+  t.deepEqual([failed.op, failed.errno, failed.length, failed.rest.length], [Op.HASH, EIO, 0, 0])
+  t.is(p.transport.ended, null, 'a failed HASH does not end the connection')
+
+  // A failure that carries an errno travels as that errno; a rejected promise is the same as a throw.
+  device.failure = new DstError('DST_ERR_ENOSPC', 'no space to hash in', ENOSPC)
+  device.rejects = true
+  const enospc = await inProcessCall(p, frame(Op.HASH, 3, 0, 4096, undefined, 0, 4096))
+  t.deepEqual([enospc.op, enospc.errno, enospc.length], [Op.HASH, ENOSPC, 0])
+
+  // Everything else still works on the same session.
+  const read = await inProcessCall(p, frame(Op.READ, 4, 4096, 8192))
+  t.is(read.errno, 0)
+  t.is(read.length, 8192)
+  t.true(read.rest.equals(data))
+  t.is((await inProcessCall(p, frame(Op.PING, 5, 0, 0))).errno, 0)
+  t.is(p.transport.ended, null)
+  t.is(p.session.pending, 0, 'no request is left in flight')
+  t.is(p.exp.metrics.inFlight, 0)
+  t.is(p.exp.metrics.requests.hash, 2)
+  t.is(p.exp.metrics.errors.hash, 2)
+  t.is(p.exp.metrics.bytesHashed, 0, 'failed HASHes hash nothing')
+
+  // A healthy device on the same code path answers digests (so the failures above were the device's).
+  const healthy = inProcessSession(new MemoryDevice({ size: 64 * KiB }))
+  t.teardown(() => healthy.session.onClose())
+  const ok = await inProcessCall(healthy, frame(Op.HASH, 6, 0, 8192, undefined, 0, 4096))
+  t.is(ok.errno, 0)
+  t.true(ok.rest.equals(digestsOf(Buffer.alloc(8192), 4096)))
+})
+
+// ---- wire digests (export "digest": true) ------------------------------------------------------------------------
+
+/** A WRITE frame on a DIGEST export: header, payload, then `digest` (the payload's own unless a test lies). */
+function digestWrite (tag: number, offset: number, data: Buffer, digest: Buffer = blake(data)): Buffer {
+  return frame(Op.WRITE, tag, offset, data.length, Buffer.concat([data, digest]))
+}
+
+test.serial('a digest export says DIGEST in its handshake; a WRITE whose trailing digest matches is written', async t => {
+  const c = await open(t, 'dig')
+  t.not(c.handshake.flags & HandshakeFlag.DIGEST, 0)
+  t.not(c.handshake.flags & HandshakeFlag.HASH, 0)
+  t.is(c.handshake.hashAlgorithm, 'blake2b512')
+  t.is(c.handshake.digestSize, 64)
+  const before = await metricsText()
+  const small = randomBytes(4096) // digested on the loop
+  const large = randomBytes(MAX_REQUEST) // digested on a worker
+  c.send(digestWrite(1, 8192, small))
+  c.send(digestWrite(2, 256 * KiB, large))
+  const replies = await c.waitReplies(2)
+  for (const r of replies) t.deepEqual([r.op, r.errno, r.length], [Op.WRITE, 0, 0], `tag ${r.tagLo}`)
+  t.true(fileBytes(digPath, 8192, 4096).equals(small))
+  t.true(fileBytes(digPath, 256 * KiB, MAX_REQUEST).equals(large))
+  // A zero-length WRITE carries no digest (there is no payload to cover) and is answered.
+  const zero = await c.call(Op.WRITE, 3, 0, 0)
+  t.is(zero.errno, 0)
+  t.is((await c.call(Op.PING, 4, 0, 0)).errno, 0)
+  t.false(c.isClosed)
+  const labels = 'node="srv",export="dig"'
+  t.is(metric(await metricsText(), 'dst_digest_errors_total', labels), metric(before, 'dst_digest_errors_total', labels))
+})
+
+test.serial('a WRITE whose payload does not match its digest is answered EBADMSG, writes nothing, and is counted', async t => {
+  const c = await open(t, 'dig')
+  const before = await metricsText()
+  const disk = fs.readFileSync(digPath)
+  let tag = 10
+  for (const size of [4096, MAX_REQUEST]) {
+    const data = randomBytes(size)
+    const digest = blake(data)
+    const sent = Buffer.from(data)
+    sent[Math.floor(size * 0.75)] ^= 0x5a // the payload corrupted on the way, the digest as the sender computed it
+    const r = await c.call(Op.WRITE, tag++, 128 * KiB, size, Buffer.concat([sent, digest]))
+    t.deepEqual([r.op, r.errno, r.length], [Op.WRITE, EBADMSG, 0], `${size}-byte WRITE with a corrupted payload`)
+    // A right payload with a corrupted digest is just as wrong.
+    const badDigest = Buffer.from(digest)
+    badDigest[0] ^= 1
+    const r2 = await c.call(Op.WRITE, tag++, 128 * KiB, size, Buffer.concat([data, badDigest]))
+    t.is(r2.errno, EBADMSG, `${size}-byte WRITE with a corrupted digest`)
+  }
+  t.true(fs.readFileSync(digPath).equals(disk), 'nothing was written')
+  const labels = 'node="srv",export="dig"'
+  const now = await metricsText()
+  t.is(metric(now, 'dst_digest_errors_total', labels) - metric(before, 'dst_digest_errors_total', labels), 4)
+  t.is(metric(now, 'dst_request_errors_total', `${labels},op="write"`) - metric(before, 'dst_request_errors_total', `${labels},op="write"`), 4)
+  // The connection is fine: the next WRITE with a right digest is written.
+  const good = randomBytes(4096)
+  t.is((await c.call(Op.WRITE, tag++, 128 * KiB, 4096, Buffer.concat([good, blake(good)]))).errno, 0)
+  t.true(fileBytes(digPath, 128 * KiB, 4096).equals(good))
+  t.false(c.isClosed)
+})
+
+test.serial('in a session, a digest mismatch leaves the device unchanged and bumps metrics.digestErrors', async t => {
+  const device = new MemoryDevice({ size: 256 * KiB })
+  device.data.set(randomBytes(device.size))
+  const before = Buffer.from(device.data)
+  const p = inProcessSession(device, true)
+  t.teardown(() => p.session.onClose())
+  t.not(parseHandshake(p.session.handshake()).flags & HandshakeFlag.DIGEST, 0)
+  const data = randomBytes(MAX_REQUEST)
+  const wrong = Buffer.from(blake(data))
+  wrong[63] ^= 0x80
+  const r = await inProcessCall(p, digestWrite(1, 0, data, wrong))
+  t.deepEqual([r.op, r.errno, r.length], [Op.WRITE, EBADMSG, 0])
+  t.is(p.exp.metrics.digestErrors, 1)
+  t.is(p.exp.metrics.bytesWritten, 0)
+  t.true(device.data.equals(before))
+  const ok = await inProcessCall(p, digestWrite(2, 0, data))
+  t.is(ok.errno, 0)
+  t.is(p.exp.metrics.digestErrors, 1)
+  t.true(device.data.subarray(0, MAX_REQUEST).equals(data))
+  t.is(p.transport.ended, null)
+})
+
+test.serial('a READ reply on a digest export is one message: header, data, then the 64-byte digest of the data', async t => {
+  const c = await open(t, 'dig')
+  let tag = 20
+  for (const [offset, length] of [[4096, 4096], [0, MAX_REQUEST], [DIG_SIZE - 1, 1], [777, 12345]]) {
+    const messagesBefore = c.messages.length
+    const r = await c.call(Op.READ, tag++, offset, length)
+    const what = `READ ${offset}+${length}`
+    t.is(r.errno, 0, what)
+    t.is(r.length, length, `${what}: the header's length is the data's, without the digest`)
+    const expected = fileBytes(digPath, offset, length)
+    t.true(r.payload.equals(expected), what)
+    t.true(r.digest?.equals(blake(expected)), `${what}: the digest is BLAKE2b-512 of the data`)
+    const message = c.messages[messagesBefore]
+    t.is(message.length, REPLY_HEADER_SIZE + length + 64, `${what}: one message`)
+    t.true(message.subarray(REPLY_HEADER_SIZE, REPLY_HEADER_SIZE + length).equals(expected))
+    t.true(message.subarray(REPLY_HEADER_SIZE + length).equals(blake(expected)))
+  }
+  // Replies without data carry no digest: a refused READ, and HASH (digests are not data).
+  const refused = await c.call(Op.READ, tag++, DIG_SIZE, 512)
+  t.is(refused.errno, EINVAL)
+  t.is(refused.digest, undefined)
+  t.is(c.messages[c.messages.length - 1].length, REPLY_HEADER_SIZE)
+  const hashed = await c.call(Op.HASH, tag++, 0, 8192, undefined, 4096)
+  t.is(hashed.errno, 0)
+  t.is(c.messages[c.messages.length - 1].length, REPLY_HEADER_SIZE + 2 * 64)
+  t.true(hashed.payload.equals(digestsOf(fileBytes(digPath, 0, 8192), 4096)))
+  t.deepEqual(c.junk, [])
+})
+
+test.serial('on a digest export a refused WRITE still consumes its digest, and a WRITE without one is a truncated frame', async t => {
+  const before = fs.readFileSync(digPath)
+  const c = await open(t, 'dig')
+  const past = randomBytes(4096)
+  t.is((await c.call(Op.WRITE, 1, DIG_SIZE - 1000, 4096, Buffer.concat([past, blake(past)]))).errno, EINVAL)
+  const big = randomBytes(MAX_REQUEST + 4096)
+  t.is((await c.call(Op.WRITE, 2, 0, big.length, Buffer.concat([big, blake(big)]))).errno, EOVERFLOW)
+  // Both frames were parsed to their end: the next request in a message of its own is understood.
+  const read = await c.call(Op.READ, 3, 0, 4096)
+  t.is(read.errno, 0)
+  t.true(read.payload.equals(before.subarray(0, 4096)))
+  t.true(fs.readFileSync(digPath).equals(before))
+
+  const bare = await open(t, 'dig')
+  bare.send(frame(Op.WRITE, 4, 0, 4096, randomBytes(4096)))
+  const closed = await bare.waitClosed()
+  t.is(closed.code, 1002)
+  t.regex(closed.reason, /truncated/)
+  t.true(fs.readFileSync(digPath).equals(before))
 })
 
 // Regression (was a bug in export/server.ts, ExportSession.onRequest/payloadTarget): a WRITE of length 0 carries no payload, so the

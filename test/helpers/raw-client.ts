@@ -1,9 +1,10 @@
 // A raw client of the native protocol for tests that feed a node bad input: a plain `ws` WebSocket that sends
 // whatever bytes a test builds and records the handshake, every reply and the close code, with no checks of its own.
+// On an export with wire digests (handshake flag DIGEST) a successful READ reply's trailing digest is kept apart.
 
 import WebSocket from 'ws'
 import {
-  HANDSHAKE_SIZE, REPLY_HEADER_SIZE, REQUEST_HEADER_SIZE, parseHandshake, parseReplyHeader, writeRequestHeader,
+  HANDSHAKE_SIZE, HandshakeFlag, Op, REPLY_HEADER_SIZE, REQUEST_HEADER_SIZE, parseHandshake, parseReplyHeader, writeRequestHeader,
   type Handshake,
 } from '../../export/codec'
 
@@ -14,14 +15,19 @@ export interface Reply {
   errno: number
   length: number
   payload: Buffer
+  /** The wire digest that followed the payload (a successful READ on a DIGEST export), else undefined. */
+  digest?: Buffer
 }
 
 export interface Closed { code: number, reason: string }
 
-/** Builds one request frame: a 32-byte header, followed by `payload` for a WRITE. */
-export function frame (op: number, tag: number, offset: number, length: number, payload?: Uint8Array, tagHi = 0): Buffer {
+/**
+ * Builds one request frame: a 32-byte header, followed by `payload` for a WRITE (on a DIGEST export, give the payload
+ * with its digest appended: `length` stays the payload's). `aux` is the HASH chunk size.
+ */
+export function frame (op: number, tag: number, offset: number, length: number, payload?: Uint8Array, tagHi = 0, aux = 0): Buffer {
   const header = Buffer.alloc(REQUEST_HEADER_SIZE)
-  writeRequestHeader(header, 0, op, 0, tag, tagHi, offset, length)
+  writeRequestHeader(header, 0, op, 0, tag, tagHi, offset, length, aux)
   return payload === undefined ? header : Buffer.concat([header, payload])
 }
 
@@ -30,6 +36,8 @@ export class RawClient {
   readonly replies: Reply[] = []
   /** Binary messages that were not whole replies (kept so a test can see them). */
   readonly junk: Buffer[] = []
+  /** Every binary message as it arrived, so a test can check the exact bytes of a reply. */
+  readonly messages: Buffer[] = []
   readonly closed: Promise<Closed>
   private waiters: Array<() => void> = []
   private closeInfo: Closed | null = null
@@ -38,12 +46,19 @@ export class RawClient {
     this.handshake = parseHandshake(first)
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       if (!isBinary) { this.junk.push(Buffer.from(data)); return }
+      this.messages.push(Buffer.from(data))
+      const digests = (this.handshake.flags & HandshakeFlag.DIGEST) !== 0
       let at = 0
       while (data.length - at >= REPLY_HEADER_SIZE) {
-        const h = parseReplyHeader(data, at)
+        let h
+        try { h = parseReplyHeader(data, at) } catch { break } // not a reply header: the rest is junk
         const end = at + REPLY_HEADER_SIZE + h.length
-        this.replies.push({ ...h, payload: Buffer.from(data.subarray(at + REPLY_HEADER_SIZE, end)) })
-        at = end
+        const trailer = digests && h.op === Op.READ && h.errno === 0 && h.length > 0 ? this.handshake.digestSize : 0
+        if (trailer > 0 && end + trailer > data.length) break
+        const reply: Reply = { ...h, payload: Buffer.from(data.subarray(at + REPLY_HEADER_SIZE, end)) }
+        if (trailer > 0) reply.digest = Buffer.from(data.subarray(end, end + trailer))
+        this.replies.push(reply)
+        at = end + trailer
       }
       if (at !== data.length) this.junk.push(Buffer.from(data.subarray(at)))
       this.wake()
@@ -58,7 +73,7 @@ export class RawClient {
     ws.on('error', () => {})
   }
 
-  /** Opens ws://127.0.0.1:PORT/NAME and waits for the 64-byte handshake. */
+  /** Opens ws://127.0.0.1:PORT/NAME and waits for the handshake. */
   static connect (port: number, name: string, headers: Record<string, string> = {}, timeout = 10000): Promise<RawClient> {
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(`ws://127.0.0.1:${port}/${encodeURIComponent(name)}`, { perMessageDeflate: false, headers })
@@ -93,9 +108,9 @@ export class RawClient {
   }
 
   /** Sends one request and waits for the reply with its tag. */
-  async call (op: number, tag: number, offset: number, length: number, payload?: Uint8Array): Promise<Reply> {
+  async call (op: number, tag: number, offset: number, length: number, payload?: Uint8Array, aux = 0): Promise<Reply> {
     const before = this.replies.length
-    this.send(frame(op, tag, offset, length, payload))
+    this.send(frame(op, tag, offset, length, payload, 0, aux))
     const replies = await this.waitReplies(before + 1)
     const reply = replies.slice(before).find(r => r.tagLo === tag)
     if (reply === undefined) throw new Error(`reply to tag ${tag} missing; got tags ${replies.slice(before).map(r => r.tagLo).join(',')}`)

@@ -80,7 +80,7 @@ test('pass forwards bytes both ways and counts them', async t => {
   client.socket.write(data)
   await until('3 MiB echoed', () => client.bytes === data.length, 20000)
   t.true(client.received().equals(data))
-  t.deepEqual(proxy.counters, { accepted: 1, bytesUp: data.length, bytesDown: data.length })
+  t.deepEqual(proxy.counters, { accepted: 1, bytesUp: data.length, bytesDown: data.length, corrupted: 0 })
   t.is(proxy.connections, 1)
   t.is(echo.sockets.size, 1)
 })
@@ -333,6 +333,131 @@ test('the CLI prints ready PORT, obeys stdin and exits when stdin closes', async
   t.like(stats, { mode: 'pass', delayMs: 10, connections: 1, accepted: 1, bytesUp: 11, bytesDown: 11 })
   t.regex(err, /unknown command 'nonsense'/)
   await until('target connection closed', () => echo.sockets.size === 0)
+})
+
+/** An echo target that also keeps every byte it received, to compare with what the client sent and got back. */
+interface Sink { port: number, received: () => Buffer }
+
+async function sinkServer (t: ExecutionContext): Promise<Sink> {
+  const sockets = new Set<net.Socket>()
+  const chunks: Buffer[] = []
+  const server = net.createServer(socket => {
+    sockets.add(socket)
+    socket.on('close', () => sockets.delete(socket))
+    socket.on('error', () => {})
+    socket.on('data', (c: Buffer) => { chunks.push(Buffer.from(c)); socket.write(c) })
+  })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>(resolve => { for (const s of sockets) s.destroy(); server.close(() => resolve()) }))
+  return { port: (server.address() as net.AddressInfo).port, received: () => Buffer.concat(chunks) }
+}
+
+/** Positions where `a` and `b` differ (bounded). */
+function differences (a: Buffer, b: Buffer, limit = 100): number[] {
+  const out: number[] = []
+  for (let i = 0; i < Math.min(a.length, b.length) && out.length < limit; i++) if (a[i] !== b[i]) out.push(i)
+  return out
+}
+
+/** Sends `count` small writes one at a time (each echoed before the next), so each is a chunk of its own. */
+async function smallRoundTrips (client: Client, count: number, size: number): Promise<Buffer> {
+  const sent: Buffer[] = []
+  for (let i = 0; i < count; i++) {
+    const part = randomBytes(size)
+    sent.push(part)
+    const before = client.bytes
+    client.socket.write(part)
+    await until(`small write ${i} echoed`, () => client.bytes >= before + size)
+  }
+  return Buffer.concat(sent)
+}
+
+test('corrupt(N, up) flips exactly one byte (XOR 0x5a) in each of the next N large chunks and leaves small ones alone', async t => {
+  const sink = await sinkServer(t)
+  const proxy = await proxyTo(t, sink.port)
+  const client = await connect(t, proxy.port)
+  proxy.corrupt(3, 'up')
+  // Small chunks (under 16 KiB) pass untouched and do not use up the count.
+  const small = await smallRoundTrips(client, 20, 4000)
+  t.true(client.received().equals(small))
+  t.true(sink.received().equals(small))
+  t.is(proxy.counters.corrupted, 0)
+  // A large write arrives as many chunks of 16 KiB or more: exactly three of them get one byte flipped.
+  const large = randomBytes(4 * 1024 * 1024)
+  client.socket.write(large)
+  await until('4 MiB echoed', () => client.bytes === small.length + large.length, 20000)
+  t.is(proxy.counters.corrupted, 3)
+  const arrived = sink.received().subarray(small.length)
+  const diff = differences(arrived, large)
+  t.is(diff.length, 3, `flipped bytes at ${diff.join(', ')}`)
+  for (const at of diff) t.is(arrived[at] ^ large[at], 0x5a, `byte ${at}`)
+  // Upstream only: the echo came back as the target sent it (with the target's copy of the flips, no new ones).
+  t.true(client.received().subarray(small.length).equals(arrived))
+  // The count is used up: more large traffic passes unchanged.
+  const more = randomBytes(1024 * 1024)
+  client.socket.write(more)
+  await until('1 MiB more echoed', () => client.bytes === small.length + large.length + more.length, 20000)
+  t.true(client.received().subarray(small.length + large.length).equals(more))
+  t.is(proxy.counters.corrupted, 3)
+})
+
+test('corrupt(N, down) corrupts only what the target sends back; both counts each direction', async t => {
+  const sink = await sinkServer(t)
+  const proxy = await proxyTo(t, sink.port)
+  const client = await connect(t, proxy.port)
+  proxy.corrupt(2, 'down')
+  const data = randomBytes(2 * 1024 * 1024)
+  client.socket.write(data)
+  await until('2 MiB echoed', () => client.bytes === data.length, 20000)
+  t.true(sink.received().equals(data), 'the target got every byte right')
+  const diff = differences(client.received(), data)
+  t.is(diff.length, 2, `flipped bytes at ${diff.join(', ')}`)
+  for (const at of diff) t.is(client.received()[at] ^ data[at], 0x5a)
+  t.is(proxy.counters.corrupted, 2)
+
+  // 'both' (the default): the next N large chunks either way, N flips in all between the two directions.
+  proxy.corrupt(4)
+  const data2 = randomBytes(2 * 1024 * 1024)
+  client.socket.write(data2)
+  await until('2 MiB more echoed', () => client.bytes === data.length + data2.length, 20000)
+  const atTarget = sink.received().subarray(data.length)
+  const atClient = client.received().subarray(data.length)
+  const up = differences(atTarget, data2).length
+  const down = differences(atClient, atTarget).length
+  t.is(proxy.counters.corrupted, 6)
+  t.is(up + down, 4, `${up} flipped on the way up, ${down} on the way down`)
+  // corrupt(0) stops it; a count that is not a whole number is refused.
+  proxy.corrupt(0)
+  t.throws(() => proxy.corrupt(-1), { instanceOf: RangeError })
+  t.throws(() => proxy.corrupt(1.5), { instanceOf: RangeError })
+})
+
+test('the CLI obeys corrupt N [up|down|both]: answers ok, corrupts, and counts it in stats', async t => {
+  const sink = await sinkServer(t)
+  const data = randomBytes(1024 * 1024)
+  let received: Buffer = Buffer.alloc(0)
+  const { code, out, err } = await runNode([TOOL, '--target', `127.0.0.1:${sink.port}`], async (write, output) => {
+    await until('ready', () => /^ready \d+\n/.test(output()), 15000)
+    const port = Number(/^ready (\d+)/.exec(output())?.[1])
+    const client = await connect(t, port)
+    write('corrupt 2 up')
+    await until('ok corrupt 2 up', () => output().includes('ok corrupt 2 up\n'))
+    client.socket.write(data)
+    await until('1 MiB echoed', () => client.bytes === data.length, 20000)
+    received = client.received()
+    write('corrupt 1 sideways')
+    write('stats')
+    await until('stats', () => output().includes('stats {'))
+  })
+  t.is(code, 0)
+  t.regex(out, /^ok corrupt 2 up$/m)
+  const diff = differences(received, data)
+  t.is(diff.length, 2, `flipped bytes at ${diff.join(', ')}`)
+  t.true(sink.received().equals(received), 'flipped on the way up: the target echoed what it got')
+  const stats = JSON.parse(/stats (\{.*\})/.exec(out)?.[1] ?? '{}')
+  t.like(stats, { corrupted: 2, bytesUp: data.length, bytesDown: data.length })
+  t.regex(err, /unknown command 'corrupt 1 sideways'/)
+  t.notRegex(out, /ok corrupt 1 sideways/)
 })
 
 test('the CLI exits 2 on bad usage', async t => {
