@@ -1,13 +1,18 @@
 // Tests for algorithms/linear.ts: members placed end to end. The size is the sum of the members, a request crossing a
 // member boundary is split and lands at the right member offsets, and a failing member fails only the requests that
-// touch it. A fast-check property drives random reads and writes against a single Buffer model.
+// touch it. A fast-check property drives random reads and writes against a single Buffer model. `hash` is forwarded to
+// the members when every member boundary in the range falls on a chunk boundary, and digested by reading otherwise;
+// either way it is the digest of the bytes.
 
 import test from 'ava'
 import fc from 'fast-check'
+import { createHash } from 'node:crypto'
 import { LinearDevice, type Member } from '../../algorithms/linear'
+import { Device } from '../../node/device'
 import { MemoryDevice } from '../../node/memory-device'
 import { FaultDevice } from '../../node/fault-device'
 import { DstError } from '../../node/errors'
+import { DIGEST_SIZE, hasher } from '../../node/hasher'
 
 function memories (sizes: number[]): { mems: MemoryDevice[], members: Member[] } {
   const mems = sizes.map(size => new MemoryDevice({ size }))
@@ -212,4 +217,101 @@ test('a split read that fails settles only after all its pieces (the caller\'s b
   await sleep(80)
   t.is(piecesStillInFlight, 0, 'the slow piece was still in flight when the request settled')
   t.true(into.equals(snapshot), 'the caller\'s buffer changed after the read had failed')
+})
+
+// ---- hash -----------------------------------------------------------------------------------------------------------
+
+const KiB = 1024
+
+// Members without a hash of their own digest on the process's hasher: let its worker threads go at the end.
+test.after.always(async () => { await hasher().close() })
+
+/** BLAKE2b-512 of each `chunk`-byte piece of `data`, the last possibly shorter: what any device's hash() must give. */
+function digestsOf (data: Uint8Array, chunk: number): Buffer {
+  const out: Buffer[] = []
+  for (let at = 0; at < data.byteLength; at += chunk) {
+    out.push(createHash('blake2b512').update(data.subarray(at, Math.min(data.byteLength, at + chunk))).digest())
+  }
+  return Buffer.concat(out)
+}
+
+/** Wraps a device's hash() to record each call (member-local offset, length, chunk). */
+function spyHash (d: Device): Array<[number, number, number]> {
+  const calls: Array<[number, number, number]> = []
+  const hash = d.hash.bind(d)
+  d.hash = (offset, length, chunk) => {
+    calls.push([offset, length, chunk])
+    return hash(offset, length, chunk)
+  }
+  return calls
+}
+
+/** Members with distinct bytes, a spy on each one's hash, and the array's bytes end to end. */
+function hashRig (sizes: number[]): { linear: LinearDevice, mems: MemoryDevice[], calls: Array<Array<[number, number, number]>>, bytes: () => Buffer } {
+  const { mems, members } = memories(sizes)
+  mems.forEach((m, i) => m.data.set(pattern(m.size, 11 * i + 1)))
+  const calls = mems.map(spyHash)
+  return { linear: new LinearDevice(members), mems, calls, bytes: () => Buffer.concat(mems.map(m => m.data)) }
+}
+
+test('hash: members whose boundaries fall on chunk boundaries digest their own pieces', async t => {
+  const { linear, calls, bytes } = hashRig([64 * KiB, 128 * KiB, 64 * KiB])
+  const whole = await linear.hash(0, 256 * KiB, 4096)
+  t.true(whole.equals(digestsOf(bytes(), 4096)), 'the whole array')
+  t.deepEqual(calls, [[[0, 64 * KiB, 4096]], [[0, 128 * KiB, 4096]], [[0, 64 * KiB, 4096]]], 'each member hashed its piece, once')
+  for (const c of calls) c.length = 0
+  // Starting 4 KiB before the first boundary: both boundaries are whole chunks from the start; the last chunk is short.
+  const part = await linear.hash(60 * KiB, 140 * KiB + 100, 4096)
+  t.true(part.equals(digestsOf(bytes().subarray(60 * KiB, 200 * KiB + 100), 4096)), 'a range across two boundaries')
+  t.deepEqual(calls, [[[60 * KiB, 4096, 4096]], [[0, 128 * KiB, 4096]], [[0, 8 * KiB + 100, 4096]]])
+  for (const c of calls) c.length = 0
+  // A range inside one member goes to that member alone.
+  const inner = await linear.hash(70 * KiB, 10 * KiB, 8 * KiB)
+  t.true(inner.equals(digestsOf(bytes().subarray(70 * KiB, 80 * KiB), 8 * KiB)))
+  t.deepEqual(calls, [[], [[6 * KiB, 10 * KiB, 8 * KiB]], []])
+})
+
+test('hash: members that do not line up with the chunks are read and digested by the array', async t => {
+  const { linear, calls, bytes } = hashRig([12 * KiB, 12 * KiB, 12 * KiB])
+  const whole = await linear.hash(0, 36 * KiB, 8 * KiB)
+  t.is(whole.length, 5 * DIGEST_SIZE)
+  t.true(whole.equals(digestsOf(bytes(), 8 * KiB)), 'chunks straddling members are digested whole')
+  t.deepEqual(calls, [[], [], []], 'no member was asked to hash')
+  // From 4 KiB in, the first boundary is one chunk away but the second (20 KiB) is not: still read here.
+  const part = await linear.hash(4 * KiB, 30 * KiB, 8 * KiB)
+  t.true(part.equals(digestsOf(bytes().subarray(4 * KiB, 34 * KiB), 8 * KiB)))
+  t.deepEqual(calls, [[], [], []])
+  // From 4 KiB in, up to before the second boundary: the one boundary lines up, so the members digest.
+  const aligned = await linear.hash(4 * KiB, 16 * KiB, 8 * KiB)
+  t.true(aligned.equals(digestsOf(bytes().subarray(4 * KiB, 20 * KiB), 8 * KiB)))
+  t.deepEqual(calls, [[[4 * KiB, 8 * KiB, 8 * KiB]], [[0, 8 * KiB, 8 * KiB]], []])
+})
+
+test('hash: random ranges and chunks over uneven members equal the digests of the bytes (fast-check)', async t => {
+  await fc.assert(fc.asyncProperty(
+    fc.array(fc.constantFrom(4 * KiB, 8 * KiB, 12 * KiB, 16 * KiB, 1000, 0), { minLength: 1, maxLength: 4 }).filter(s => s.some(n => n > 0)),
+    fc.double({ min: 0, max: 1, noNaN: true, maxExcluded: true }),
+    fc.double({ min: 0, max: 1, noNaN: true }),
+    fc.constantFrom(512, 1024, 4096, 8192, 16384),
+    async (sizes, at, len, chunk) => {
+      const { linear, bytes } = hashRig(sizes)
+      const offset = Math.floor(at * linear.size)
+      const length = Math.floor(len * (linear.size - offset))
+      const got = await linear.hash(offset, length, chunk)
+      return got.equals(digestsOf(bytes().subarray(offset, offset + length), chunk))
+    },
+  ), { numRuns: 100 })
+  t.pass('fast-check found no counterexample') // fc.assert throws on failure
+})
+
+test('hash: a failing member fails the hash that touches it, forwarded or read', async t => {
+  const faults = [8 * KiB, 8 * KiB, 12 * KiB].map(size => new FaultDevice(new MemoryDevice({ size })))
+  const linear = new LinearDevice(faults.map((device, i) => ({ name: `f${i}`, device })))
+  faults[1].failing = true
+  await t.throwsAsync(linear.hash(0, 16 * KiB, 8 * KiB), { code: 'DST_ERR_EIO' }) // forwarded to members 0 and 1
+  await t.throwsAsync(linear.hash(4 * KiB, 8 * KiB, 8 * KiB), { code: 'DST_ERR_EIO' }) // read: 4 KiB from each
+  t.is((await linear.hash(0, 8 * KiB, 4096)).length, 2 * DIGEST_SIZE, 'the healthy member alone still hashes')
+  t.is((await linear.hash(16 * KiB, 12 * KiB, 4096)).length, 3 * DIGEST_SIZE)
+  await t.throwsAsync(linear.hash(0, 28 * KiB + 1, 4096), { code: 'DST_ERR_EINVAL' })
+  await t.throwsAsync(linear.hash(0, 4096, 3000), { code: 'DST_ERR_EINVAL' })
 })

@@ -4,6 +4,7 @@
 import test from 'ava'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
+import { availableParallelism } from 'node:os'
 import { DEFAULT_CONFIG, loadConfigFile, parseAddress, parseConfig, parseDstUrl, type DeviceConfig } from '../../node/config'
 import { ConfigError } from '../../node/errors'
 import { allowed } from '../../node/acl'
@@ -297,6 +298,43 @@ test('error: a mirror region above 4GiB that is not a power of two', t => {
   const mirror = (region: number): Record<string, unknown> => base({}, { m1: { type: 'memory', size: 4096 }, x: { type: 'mirror', members: ['m0', 'm1'], region } })
   configError(t, mirror(4 * GiB + 4096), 'devices.x.region')
   configError(t, mirror(12 * GiB), 'devices.x.region')
+})
+
+// ---- hash workers and wire digests (issue 6) ------------------------------------------------------------------------
+
+test('parseConfig: hash.threads from 1 to 64; by default one less than the CPUs, from 1 to 4', t => {
+  const baseDir = dir()
+  t.deepEqual(parseConfig(base(), baseDir).hash, { threads: Math.max(1, Math.min(4, availableParallelism() - 1)) })
+  t.deepEqual(parseConfig(base({ hash: {} }), baseDir).hash, parseConfig(base(), baseDir).hash, 'an empty hash object keeps the default')
+  for (const threads of [1, 2, 7, 64]) t.deepEqual(parseConfig(base({ hash: { threads } }), baseDir).hash, { threads })
+})
+
+test('error: hash.threads that is not a whole number from 1 to 64', t => {
+  for (const threads of [0, -1, 65, 1000, 1.5, '2', null, true, [2], NaN]) {
+    t.regex(configError(t, base({ hash: { threads } }), 'hash.threads'), /1 to 64/, `threads ${JSON.stringify(threads)}`)
+  }
+})
+
+test('error: hash that is not an object, or with an unknown field', t => {
+  for (const hash of [2, 'fast', [], null, true]) configError(t, base({ hash }), 'hash')
+  t.regex(configError(t, base({ hash: { threads: 2, workers: 3 } }), 'hash.workers'), /unknown field/)
+  configError(t, base({ hash: { algorithm: 'sha256' } }), 'hash.algorithm')
+  configError(t, base({ hashes: { threads: 2 } }), 'hashes')
+})
+
+test('parseConfig: export digest is true or false, off by default', t => {
+  const baseDir = dir()
+  const c = parseConfig(base({
+    exports: [{ device: 'm0', name: 'on', digest: true }, { device: 'm0', name: 'off', digest: false }, { device: 'm0', name: 'default' }],
+  }), baseDir)
+  t.deepEqual(c.exports.map(e => [e.name, e.digest]), [['on', true], ['off', false], ['default', false]])
+})
+
+test('error: export digest that is not a boolean names exports[i].digest', t => {
+  for (const digest of ['yes', 'true', 1, 0, null, {}, []]) {
+    t.regex(configError(t, base({ exports: [{ device: 'm0', name: 'a' }, { device: 'm0', name: 'b', digest }] }), 'exports[1].digest'), /true or false/, `digest ${JSON.stringify(digest)}`)
+  }
+  configError(t, base({ exports: [{ device: 'm0', digests: true }] }), 'exports[0].digests')
 })
 
 test('parseDstUrl and parseAddress on their own', t => {

@@ -1,9 +1,14 @@
 // Tests for node/device.ts: what the Device base class owns for every backend (range checks that reject and never
-// throw, capabilities derived from the overridden methods, read-only, close ordered after in-flight requests).
+// throw, capabilities derived from the overridden methods, read-only, close ordered after in-flight requests), and
+// `hash`: digests of each chunk of a range, checked like a read.
 
 import test from 'ava'
+import { createHash } from 'node:crypto'
 import { Device, type DeviceOptions } from '../../node/device'
 import { DstError, Errno } from '../../node/errors'
+import { MemoryDevice } from '../../node/memory-device'
+import { DIGEST_SIZE, hasher } from '../../node/hasher'
+import { newSeed, prng, seededBytes } from '../helpers/random'
 
 /** Overrides only _read: a read-only backend by construction. Counts backend calls. */
 class ReadOnlyBackend extends Device {
@@ -279,4 +284,144 @@ test('options are kept: size and blockSize', t => {
   t.is(d.blockSize, 4096)
   t.is(d.identity, '')
   t.is(d.state, 'online')
+})
+
+// ---- hash -----------------------------------------------------------------------------------------------------------
+
+const KiB = 1024
+const MiB = 1024 * KiB
+
+// Devices without a hash of their own digest on the process's hasher: let its worker threads go at the end.
+test.after.always(async () => { await hasher().close() })
+
+/** BLAKE2b-512 of each `chunk`-byte piece of `data`, the last possibly shorter, concatenated: what hash() must give. */
+function digestsOf (data: Uint8Array, chunk: number): Buffer {
+  const out: Buffer[] = []
+  for (let at = 0; at < data.byteLength; at += chunk) {
+    out.push(createHash('blake2b512').update(data.subarray(at, Math.min(data.byteLength, at + chunk))).digest())
+  }
+  return Buffer.concat(out)
+}
+
+test('hash on a memory device: each chunk of the range digested, the last possibly short', async t => {
+  const seed = newSeed()
+  t.log(`seed ${seed}`)
+  const size = 3 * MiB + 1000
+  const d = new MemoryDevice({ size })
+  d.data.set(seededBytes(prng(seed), size))
+  const ranges: Array<[number, number, number]> = [
+    [0, size, 64 * KiB], // whole device, worker path, short last chunk
+    [0, size, MiB],
+    [1000, 5000, 512], // small: digested on the loop
+    [4097, 2 * MiB + 3, MiB],
+    [size - 100, 100, 4096], // the last bytes, one short chunk
+    [size - 1, 1, 512],
+    [12345, 8 * KiB, 8 * KiB], // exactly one chunk
+  ]
+  for (const [offset, length, chunk] of ranges) {
+    const got = await d.hash(offset, length, chunk)
+    t.is(got.length, Math.ceil(length / chunk) * DIGEST_SIZE, `${offset}+${length}/${chunk}: digest count`)
+    t.true(got.equals(digestsOf(d.data.subarray(offset, offset + length), chunk)), `${offset}+${length}/${chunk}`)
+  }
+  t.is(d.inFlight, 0)
+})
+
+test('hash follows writes: a changed byte changes exactly its chunk\'s digest', async t => {
+  const d = new MemoryDevice({ size: 64 * KiB })
+  const before = await d.hash(0, 64 * KiB, 4096)
+  await d.write(5 * 4096 + 17, Buffer.from([1]))
+  const after = await d.hash(0, 64 * KiB, 4096)
+  const changed: number[] = []
+  for (let i = 0; i < 16; i++) {
+    if (!before.subarray(i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE).equals(after.subarray(i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE))) changed.push(i)
+  }
+  t.deepEqual(changed, [5])
+})
+
+test('hash on a backend that only reads digests what it reads (the default _hash)', async t => {
+  const d = new ReadOnlyBackend({ size: 256 * KiB })
+  const want = Buffer.alloc(256 * KiB)
+  for (let i = 0; i < want.length; i++) want[i] = i & 0xff
+  const got = await d.hash(0, 256 * KiB, 4096)
+  t.true(got.equals(digestsOf(want, 4096)))
+  t.true(d.reads > 0)
+  t.true((await d.hash(100, 3000, 512)).equals(digestsOf(want.subarray(100, 3100), 512)))
+})
+
+test('hash: a chunk that is not a power of two from 512 B to 1 MiB rejects EINVAL, without reaching the backend', async t => {
+  const d = new ReadOnlyBackend({ size: 4 * MiB })
+  for (const chunk of [0, 3000, 2 * MiB, 256, 511, -512, 1.5, NaN, 12 * KiB]) {
+    const err = await t.throwsAsync(noSyncThrow(t, () => d.hash(0, 4096, chunk), `chunk ${chunk}`), { instanceOf: DstError }, `chunk ${chunk}`)
+    t.is(err.code, 'DST_ERR_EINVAL', `chunk ${chunk}`)
+    t.is(err.errno, Errno.EINVAL)
+  }
+  t.is(d.reads, 0)
+  t.is(d.inFlight, 0)
+})
+
+test('hash: a range outside the device rejects EINVAL, without reaching the backend', async t => {
+  const d = new ReadOnlyBackend({ size: 64 * KiB })
+  const m = new MemoryDevice({ size: 64 * KiB })
+  for (const [offset, length] of [[64 * KiB, 1], [0, 64 * KiB + 1], [64 * KiB - 100, 4096], [-1, 10], [0, -1], [1.5, 10], [NaN, 10], [65 * KiB, 0]]) {
+    for (const dev of [d, m] as Device[]) {
+      const label = `${dev.type} ${offset}+${length}`
+      const err = await t.throwsAsync(noSyncThrow(t, () => dev.hash(offset, length, 4096), label), { instanceOf: DstError }, label)
+      t.is(err.code, 'DST_ERR_EINVAL', label)
+    }
+  }
+  t.is(d.reads, 0)
+})
+
+test('hash of length 0 is an empty buffer and reaches no backend', async t => {
+  const d = new ReadOnlyBackend({ size: 4096 })
+  for (const offset of [0, 100, 4096]) {
+    const got = await d.hash(offset, 0, 4096)
+    t.true(Buffer.isBuffer(got))
+    t.is(got.length, 0)
+  }
+  t.is((await new MemoryDevice({ size: 4096 }).hash(0, 0, 512)).length, 0)
+  t.is(d.reads, 0)
+})
+
+test('hash counts as in flight: close() waits for it', async t => {
+  const d = new DeferredBackend({ size: 64 * KiB })
+  const hashing = d.hash(0, 64 * KiB, 4096)
+  t.is(d.inFlight, 1)
+  let closed = false
+  const closing = d.close().then(() => { closed = true })
+  // The read behind the hash is issued once a buffer of the hasher is free (other tests here share them).
+  for (const until = Date.now() + 5000; d.pending.length === 0 && Date.now() < until;) await new Promise(resolve => setTimeout(resolve, 5))
+  t.is(d.pending.length, 1)
+  t.false(closed, 'close resolved while a hash was in flight')
+  t.is(d.closed, 0)
+  d.pending[0].resolve()
+  const got = await hashing
+  t.true(got.equals(digestsOf(Buffer.alloc(64 * KiB, 0x5a), 4096)), 'the hash completed with the digests of what was read')
+  await closing
+  t.true(closed)
+  t.is(d.closedWithInFlight, 0)
+})
+
+test('hash rejects with the backend\'s read error', async t => {
+  const d = new ThrowingBackend({ size: 64 * KiB })
+  await t.throwsAsync(noSyncThrow(t, () => d.hash(0, 64 * KiB, 4096), 'hash'), { message: 'boom (read)' })
+  t.is(d.inFlight, 0)
+})
+
+test('hash on a closed or closing device rejects with DST_ERR_CLOSED', async t => {
+  const m = new MemoryDevice({ size: 64 * KiB })
+  await m.close()
+  for (const [offset, length] of [[0, 64 * KiB], [0, 100], [0, 0]]) {
+    const err = await t.throwsAsync(noSyncThrow(t, () => m.hash(offset, length, 4096), `hash ${offset}+${length}`), { instanceOf: DstError })
+    t.is(err.code, 'DST_ERR_CLOSED')
+    t.is(err.errno, Errno.ESHUTDOWN)
+  }
+  const d = new DeferredBackend({ size: 4096 })
+  const inflight = d.read(0, 1, Buffer.alloc(1))
+  const closing = d.close()
+  await t.throwsAsync(d.hash(0, 4096, 4096), { code: 'DST_ERR_CLOSED' })
+  d.pending[0].resolve()
+  await inflight
+  await closing
+  t.is(d.pending.length, 1, 'the hash never reached the backend')
 })
