@@ -804,6 +804,8 @@ export class MirrorDevice extends Device {
       } finally {
         this.unlockRegion(r)
       }
+      // A leg removed or split off while it digested is no longer part of the comparison.
+      if (legs.some(l => !this.legs.includes(l))) continue
       const busy = results.some(x => x.status === 'rejected' && hashTrouble(x.reason))
       results.forEach((x, i) => { if (x.status === 'rejected' && !hashTrouble(x.reason)) this.fail(legs[i], x.reason) })
       if (busy) {

@@ -78,8 +78,11 @@ export class Hasher {
     }
     this.stats.tasks++
     const shared = data.buffer instanceof SharedArrayBuffer
+    // Not shared memory: copy just the view's bytes (a view handed over as is would take its whole backing buffer
+    // along) and transfer the copy.
+    const bytes = shared ? null : Uint8Array.prototype.slice.call(data)
     const task = {
-      buffer: shared ? data.buffer : data,
+      buffer: shared ? data.buffer : bytes,
       offset: shared ? data.byteOffset : 0,
       length: data.byteLength,
       chunk,
@@ -88,7 +91,7 @@ export class Hasher {
     }
     let run: Promise<ArrayBuffer>
     try {
-      run = this.pool.run(task) as Promise<ArrayBuffer>
+      run = this.pool.run(task, bytes === null ? undefined : { transferList: [bytes.buffer] }) as Promise<ArrayBuffer>
     } catch (err) {
       return Promise.reject(this.failure(err))
     }
