@@ -344,6 +344,8 @@ export class Connection {
       // The server got other bytes than we sent: the link corrupted them. Send them again.
       this.counters.digestErrors++
       if (slot.digestTries++ < DIGEST_RETRIES) { this.send(slot); return }
+      this.release(slot, new DstError('DST_ERR_DIGEST', `${this.url}: write ${slot.offset}+${slot.length}: the node received other bytes than were sent ${DIGEST_RETRIES + 1} times (wire digest mismatch); nothing was written`, Errno.EBADMSG))
+      return
     }
     let err: Error | null = null
     if (h.errno !== 0) {
