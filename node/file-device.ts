@@ -1,10 +1,13 @@
-// A device backed by a regular file or a block device. Positional I/O through fs (the libuv thread pool), short reads
-// and writes looped, flush = fdatasync. A missing file is created sparse at the configured size.
+// A device backed by a regular file or a block device. Positional I/O, short reads and writes looped, flush =
+// fdatasync. A missing file is created sparse at the configured size. Requests whose buffer lies in shared memory (the
+// node's buffer pool) go through a dedicated I/O worker thread (node/io-ring.ts, started at the first such request,
+// stopped on close); any other buffer goes through fs and the libuv thread pool.
 
 import * as fs from 'node:fs'
 import { derivedIdentity } from './identity'
 import { Device } from './device'
 import { DstError, Errno } from './errors'
+import { IoRing } from './io-ring'
 
 export interface FileDeviceOptions {
   path: string
@@ -14,19 +17,44 @@ export interface FileDeviceOptions {
   readOnly?: boolean
   /** Called with a human sentence when the file had to be grown or is larger than `size`. */
   warn?: (message: string) => void
+  /**
+   * Worker threads serving shared-memory buffers; 0 sends every request through fs. Default: the environment's
+   * DST_IO_THREADS, else 1 (on a page-cache hit one thread keeps up with a whole core of requests).
+   */
+  ioThreads?: number
+}
+
+function defaultIoThreads (): number {
+  const env = process.env.DST_IO_THREADS
+  if (env === undefined || env === '') return 1
+  const n = Number(env)
+  return Number.isInteger(n) && n >= 0 && n <= 64 ? n : 1
 }
 
 export class FileDevice extends Device {
   readonly type = 'file'
   readonly path: string
   private readonly fd: number
+  private readonly ioThreads: number
+  private io: IoRing | null = null
 
   private constructor (path: string, fd: number, size: number, options: FileDeviceOptions, identity: string) {
     super({ size, blockSize: options.blockSize ?? 4096, readOnly: options.readOnly })
     this.path = path
     this.fd = fd
     this.identity = identity
+    this.ioThreads = options.ioThreads ?? defaultIoThreads()
   }
+
+  /** The I/O ring, when `buf` can go through it (started on first use). */
+  private ringFor (buf: Uint8Array): IoRing | null {
+    if (this.ioThreads === 0 || !(buf.buffer instanceof SharedArrayBuffer)) return null
+    if (this.io === null) this.io = new IoRing({ name: `file device '${this.path}'`, threads: this.ioThreads })
+    return this.io.accepts(buf) ? this.io : null
+  }
+
+  /** The I/O ring's state for status and tests: null until a shared-memory buffer was seen. */
+  get ioRing (): IoRing | null { return this.io }
 
   static async open (options: FileDeviceOptions): Promise<FileDevice> {
     const { path } = options
@@ -73,6 +101,8 @@ export class FileDevice extends Device {
   }
 
   protected override async _read (offset: number, length: number, into: Uint8Array): Promise<void> {
+    const io = this.ringFor(into)
+    if (io !== null) return io.read(this.fd, into, offset, length)
     let done = 0
     while (done < length) {
       const n = await fsRead(this.fd, into, done, length - done, offset + done)
@@ -82,6 +112,8 @@ export class FileDevice extends Device {
   }
 
   protected override async _write (offset: number, data: Uint8Array): Promise<void> {
+    const io = this.ringFor(data)
+    if (io !== null) return io.write(this.fd, data, offset)
     let done = 0
     while (done < data.byteLength) {
       done += await fsWrite(this.fd, data, done, data.byteLength - done, offset + done)
@@ -92,8 +124,10 @@ export class FileDevice extends Device {
     return new Promise((resolve, reject) => fs.fdatasync(this.fd, err => err === null ? resolve() : reject(err)))
   }
 
-  protected override _close (): Promise<void> {
-    return fsClose(this.fd)
+  protected override async _close (): Promise<void> {
+    // Nothing is in flight (Device.close waits); the workers stop before the fd they use is closed.
+    if (this.io !== null) await this.io.close()
+    await fsClose(this.fd)
   }
 
   override status () {
