@@ -71,6 +71,7 @@ export class IoRing {
   /** Set once the ring cannot serve any more: closed, or a worker died. */
   private failure: DstError | null = null
   private closing: Promise<void> | null = null
+  private running = 0
 
   constructor (options: IoRingOptions) {
     const capacity = options.capacity ?? 256
@@ -100,8 +101,9 @@ export class IoRing {
       })
       worker.unref()
       worker.on('error', err => { void this.fail(new DstError('DST_ERR_IO_WORKER', `I/O worker of '${this.name}' failed: ${err.message}`, Errno.EIO)) })
-      worker.on('exit', code => { void this.fail(new DstError('DST_ERR_IO_WORKER', `I/O worker of '${this.name}' exited (code ${code})`, Errno.EIO)) })
+      worker.on('exit', code => { this.running--; void this.fail(new DstError('DST_ERR_IO_WORKER', `I/O worker of '${this.name}' exited (code ${code})`, Errno.EIO)) })
       this.workers.push(worker)
+      this.running++
     }
   }
 
@@ -112,8 +114,8 @@ export class IoRing {
   get waiting (): number { return this.waiters.length }
   /** False once closed or after a worker died; callers then use fs. */
   get usable (): boolean { return this.failure === null }
-  /** The worker threads' ids (tests check they exit on close). */
-  get threadIds (): number[] { return this.workers.map(w => w.threadId) }
+  /** Worker threads not yet exited (0 once close() has resolved). */
+  get threadsRunning (): number { return this.running }
 
   /** Whether `buf` can go through the ring: it lies in a SharedArrayBuffer, and the ring is usable. */
   accepts (buf: Uint8Array): boolean {
