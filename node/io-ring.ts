@@ -67,6 +67,8 @@ export class IoRing {
   private inflight = 0
   private armed = false
   private draining = false
+  /** Requests published since the doorbell last rang. */
+  private unrung = 0
   private referenced = false
   /** Set once the ring cannot serve any more: closed, or a worker died. */
   private failure: DstError | null = null
@@ -178,7 +180,9 @@ export class IoRing {
     const tail = Atomics.load(this.ctl, SQ_TAIL)
     Atomics.store(this.sq, tail & (this.capacity - 1), index)
     Atomics.store(this.ctl, SQ_TAIL, (tail + 1) | 0)
-    if (Atomics.load(this.ctl, SLEEPERS) > 0) Atomics.notify(this.ctl, SQ_TAIL, 1)
+    // The doorbell rings once per burst: requests submitted in the same turn of the event loop (a socket read holds
+    // many) wake a sleeping worker once, at the end of the turn's microtasks.
+    if (this.unrung++ === 0) queueMicrotask(this.ring)
     this.arm()
   }
 
@@ -199,6 +203,12 @@ export class IoRing {
       for (const w of this.workers) w.unref()
       this.referenced = false
     }
+  }
+
+  private readonly ring = (): void => {
+    const sleepers = Atomics.load(this.ctl, SLEEPERS)
+    if (sleepers > 0) Atomics.notify(this.ctl, SQ_TAIL, Math.min(sleepers, this.unrung))
+    this.unrung = 0
   }
 
   private readonly onWake = (): void => {
