@@ -499,12 +499,10 @@ class NbdSession {
     const device = exp.device
     switch (h.type) {
       case Cmd.READ: {
-        pool.acquire().then(slot => device.read(h.offset, h.length, slot.data).then(() => {
-          exp.metrics.bytesRead += h.length
-          this.finish(h, op, 0, slot, h.length)
-        }, err => {
-          this.finish(h, op, toErrno(err), slot, 0)
-        }), err => this.finish(h, op, toErrno(err), null, 0))
+        // A free buffer is taken at once (no promise turn); otherwise the READ waits for one in FIFO order.
+        const free = pool.waiting === 0 ? pool.tryAcquire() : null
+        if (free !== null) this.read(h, op, free)
+        else pool.acquire().then(slot => this.read(h, op, slot), err => this.finish(h, op, toErrno(err), null, 0))
         return
       }
       case Cmd.WRITE: {
@@ -525,6 +523,14 @@ class NbdSession {
       case Cmd.WRITE_ZEROES:
         this.settle(h, op, this.writeZeroes(h.offset, h.length).then(() => { if (fua) return device.flush() }))
     }
+  }
+
+  private read (h: NbdRequest, op: string, slot: PoolBuffer): void {
+    const exp = this.exp as ServedExport
+    exp.device.read(h.offset, h.length, slot.data).then(() => {
+      exp.metrics.bytesRead += h.length
+      this.finish(h, op, 0, slot, h.length)
+    }, err => this.finish(h, op, toErrno(err), slot, 0))
   }
 
   private async writeZeroes (offset: number, length: number): Promise<void> {
