@@ -1,15 +1,17 @@
 // An NBD server (doc/proto.md of the NetworkBlockDevice project) for the node's exports, so standard clients
 // (the kernel's nbd-client, qemu, libnbd, fio) can use any device or array. Fixed newstyle negotiation with
 // NBD_OPT_GO, INFO (NBD_INFO_EXPORT, NBD_INFO_BLOCK_SIZE), LIST, EXPORT_NAME and ABORT; simple replies, sent out of
-// order as requests complete; READ, WRITE, FLUSH, TRIM, WRITE_ZEROES and DISC with FUA. The transmission phase reuses
-// the native protocol's streaming decoder, buffer pool and reply-in-headroom trick: no per-request payload allocation.
+// order as requests complete; READ, WRITE, FLUSH, TRIM, WRITE_ZEROES and DISC with FUA. The transmission phase uses
+// the node's buffer pool and the reply-in-headroom trick: no per-request payload allocation. Socket reads land in
+// memory of ours (net.Socket `onread`), and the bulk of a WRITE's payload lands straight in its pool buffer (see
+// `nextReadBuffer`); when the pool is empty the socket is paused until a buffer frees (backpressure).
 // Exports keep their allow list and read-only flag; an export with a token is not offered (NBD cannot present one).
 
 import * as net from 'node:net'
 import type { BufferPool, PoolBuffer } from '../node/pool'
 import { allowed } from '../node/acl'
 import { Errno, toErrno } from '../node/errors'
-import { FrameDecoder, ProtocolError, type FrameSpec } from './codec'
+import { ProtocolError } from './codec'
 import type { ServedExport } from './server'
 
 const NBDMAGIC = Buffer.from('NBDMAGIC', 'latin1')
@@ -46,24 +48,26 @@ function nbdErrno (errno: number): number {
   }
 }
 
-interface NbdRequest { flags: number, type: number, handle: Buffer, offset: number, length: number }
+/** A request header. The 8-byte handle is kept as two numbers and echoed from them (no copy of the bytes). */
+interface NbdRequest { flags: number, type: number, handleHi: number, handleLo: number, offset: number, length: number }
 
-const requestSpec: FrameSpec<NbdRequest> = {
-  headerSize: NBD_REQUEST_SIZE,
-  parse: (buf, at) => {
-    const magic = buf.readUInt32BE(at)
-    if (magic !== REQUEST_MAGIC) throw new ProtocolError(`bad NBD request magic 0x${magic.toString(16)}`)
-    return {
-      flags: buf.readUInt16BE(at + 4),
-      type: buf.readUInt16BE(at + 6),
-      // The handle is echoed byte for byte; it is copied out because the chunk it came in is not ours to keep.
-      handle: Buffer.from(buf.subarray(at + 8, at + 16)),
-      offset: buf.readUInt32BE(at + 16) * 0x100000000 + buf.readUInt32BE(at + 20),
-      length: buf.readUInt32BE(at + 24),
-    }
-  },
-  payloadLength: h => h.type === Cmd.WRITE ? h.length : 0,
+function parseRequest (buf: Buffer, at: number): NbdRequest {
+  const magic = buf.readUInt32BE(at)
+  if (magic !== REQUEST_MAGIC) throw new ProtocolError(`bad NBD request magic 0x${magic.toString(16)}`)
+  return {
+    flags: buf.readUInt16BE(at + 4),
+    type: buf.readUInt16BE(at + 6),
+    handleHi: buf.readUInt32BE(at + 8),
+    handleLo: buf.readUInt32BE(at + 12),
+    offset: buf.readUInt32BE(at + 16) * 0x100000000 + buf.readUInt32BE(at + 20),
+    length: buf.readUInt32BE(at + 24),
+  }
 }
+
+/** Bytes each connection reads into at once (headers, small payloads, the start of large ones). */
+const RECEIVE_BUFFER = 256 * 1024
+/** A WRITE payload with at least this much still to come is read straight into its pool buffer. */
+const DIRECT_MIN = 16 * 1024
 
 export interface NbdServerOptions {
   host: string
@@ -84,11 +88,12 @@ export class NbdServer {
 
   constructor (readonly options: NbdServerOptions) {
     this.zeros = Buffer.alloc(Math.min(options.maxRequest, 1024 * 1024))
-    this.server = net.createServer(socket => {
-      if (this.stopping) { socket.destroy(); return }
-      const session = new NbdSession(this, socket)
+    // Paused at accept so that the connection can be rewrapped with `onread` before any byte is read.
+    this.server = net.createServer({ pauseOnConnect: true }, accepted => {
+      if (this.stopping) { accepted.destroy(); return }
+      const session = new NbdSession(this, accepted)
       this.sessions.add(session)
-      socket.on('close', () => this.sessions.delete(session))
+      session.socket.on('close', () => this.sessions.delete(session))
     })
   }
 
@@ -119,21 +124,41 @@ class NbdSession {
   private noZeroes = false
   private exp: ServedExport | null = null
   private readOnly = true
-  private decoder: FrameDecoder<NbdRequest> | null = null
-  private writeSlot: PoolBuffer | null = null
-  private writeErrno = 0
   private inFlight = 0
   private drained: (() => void) | null = null
   private disconnecting = false
-  /** The WRITE payload's own buffer when the pool had none free (NBD has no "try again" answer). */
-  private overflow: Buffer | null = null
   private corked = false
   private readonly address: string
+  readonly socket: net.Socket
+  // Receive state of the transmission phase: a request header being gathered, then its WRITE payload.
+  private readonly rx: Buffer
+  private readonly headerScratch = Buffer.alloc(NBD_REQUEST_SIZE)
+  private headerFill = 0
+  private request: NbdRequest | null = null
+  private requestErrno = 0
+  /** Where the current WRITE payload goes: its pool buffer, or null to skip it (refused request). */
+  private payloadSlot: PoolBuffer | null = null
+  private payloadFill = 0
+  /** The view of `payloadSlot` last offered for a direct socket read. */
+  private direct: Buffer | null = null
+  /**
+   * The first 4 KiB of `rx`, read into while a header is expected after a large WRITE: another large WRITE then has
+   * only its first few KiB copied out of `rx`, the rest lands in its pool buffer. Small requests keep the whole `rx`.
+   */
+  private readonly rxSmall: Buffer
+  private lastWasLarge = false
+  /** Received bytes not yet taken while waiting for a pool buffer (the socket is paused meanwhile). */
+  private held: { buf: Buffer, at: number, end: number } | null = null
 
-  constructor (private readonly server: NbdServer, private readonly socket: net.Socket) {
-    this.address = socket.remoteAddress ?? ''
+  constructor (private readonly server: NbdServer, accepted: net.Socket) {
+    this.address = accepted.remoteAddress ?? ''
+    this.rx = Buffer.allocUnsafeSlow(RECEIVE_BUFFER)
+    this.rxSmall = this.rx.subarray(0, 4096)
+    this.socket = adoptWithOnread(accepted, () => this.nextReadBuffer(), (n, buf) => this.onRead(n, buf))
+    const socket = this.socket
     socket.setNoDelay(true)
-    socket.on('data', chunk => this.onData(chunk))
+    if (socket !== accepted) socket.resume()
+    else socket.on('data', (chunk: Buffer) => this.onRead(chunk.length, chunk))
     socket.on('error', () => this.close())
     socket.on('close', () => this.close())
     const hello = Buffer.alloc(18)
@@ -151,23 +176,130 @@ class NbdSession {
   close (): void {
     if (this.phase === 'closed') return
     this.phase = 'closed'
-    if (this.writeSlot !== null) { this.server.options.pool.release(this.writeSlot); this.writeSlot = null }
+    if (this.payloadSlot !== null) { this.server.options.pool.release(this.payloadSlot); this.payloadSlot = null }
+    this.direct = null
+    this.held = null
     if (this.exp !== null) this.exp.metrics.connections--
     this.socket.destroy()
   }
 
-  private onData (chunk: Buffer): void {
-    if (this.phase === 'transmission') {
-      try {
-        (this.decoder as FrameDecoder<NbdRequest>).push(chunk)
-      } catch (err) {
-        if (!(err instanceof ProtocolError)) throw err
-        this.server.options.log(`nbd: ${this.address}: ${err.message}; closing`)
-        if (this.exp !== null) this.exp.metrics.protocolErrors++
-        this.close()
-      }
+  /** Where the socket's next read lands: straight in the current WRITE's pool buffer when much is still to come. */
+  private nextReadBuffer (): Buffer {
+    const slot = this.payloadSlot
+    const req = this.request
+    if (slot !== null && req !== null && this.held === null && req.length - this.payloadFill >= DIRECT_MIN) {
+      this.direct = slot.data.subarray(this.payloadFill, req.length)
+      return this.direct
+    }
+    this.direct = null
+    return this.lastWasLarge && req === null && this.held === null ? this.rxSmall : this.rx
+  }
+
+  /** `n` bytes arrived in `buf` (our receive buffer, a direct payload view, or a chunk of the plain 'data' path). */
+  private onRead (n: number, buf: Buffer): void {
+    if (this.phase === 'closed') return
+    if (buf === this.direct) {
+      this.direct = null
+      this.payloadFill += n
+      if (this.payloadFill === (this.request as NbdRequest).length) this.finishRequest()
       return
     }
+    if (buf === this.rxSmall) buf = this.rx
+    if (this.phase !== 'transmission') {
+      // Negotiation: the receive buffer is reused by the next read, so what is kept is copied.
+      this.onData(buf === this.rx ? Buffer.from(buf.subarray(0, n)) : buf.subarray(0, n))
+      return
+    }
+    this.take(buf, 0, n)
+  }
+
+  /** Runs the request state machine over `buf[at..end)`; stops early (holding the rest) to wait for a pool buffer. */
+  private take (buf: Buffer, at: number, end: number): void {
+    try {
+      while (at < end && this.phase === 'transmission') {
+        const req = this.request
+        if (req === null) {
+          let h: NbdRequest
+          if (this.headerFill === 0 && end - at >= NBD_REQUEST_SIZE) {
+            h = parseRequest(buf, at)
+            at += NBD_REQUEST_SIZE
+          } else {
+            const n = Math.min(NBD_REQUEST_SIZE - this.headerFill, end - at)
+            buf.copy(this.headerScratch, this.headerFill, at, at + n)
+            this.headerFill += n
+            at += n
+            if (this.headerFill < NBD_REQUEST_SIZE) return
+            this.headerFill = 0
+            h = parseRequest(this.headerScratch, 0)
+          }
+          this.request = h
+          this.payloadFill = 0
+          if (h.type !== Cmd.WRITE || h.length === 0) { this.finishRequest(); continue }
+          this.requestErrno = this.check(h)
+          if (this.requestErrno !== 0) {
+            if (h.length > MAX_DISCARD) {
+              this.server.options.log(`nbd: ${this.address}: refused WRITE of ${h.length} bytes; closing`)
+              this.close()
+              return
+            }
+            continue // the payload is skipped
+          }
+          const slot = this.server.options.pool.tryAcquire()
+          if (slot !== null) { this.payloadSlot = slot; continue }
+          // No buffer free: stop reading until one is (backpressure), keeping what was already received.
+          ;(this.exp as ServedExport).metrics.poolExhausted++
+          this.hold(buf, at, end)
+          return
+        }
+        const n = Math.min(req.length - this.payloadFill, end - at)
+        if (this.payloadSlot !== null) buf.copy(this.payloadSlot.data, this.payloadFill, at, at + n)
+        this.payloadFill += n
+        at += n
+        if (this.payloadFill === req.length) this.finishRequest()
+      }
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err
+      this.server.options.log(`nbd: ${this.address}: ${err.message}; closing`)
+      if (this.exp !== null) this.exp.metrics.protocolErrors++
+      this.close()
+    }
+  }
+
+  /** Pauses the socket until a pool buffer is free for the WRITE whose header was just read, then carries on. */
+  private hold (buf: Buffer, at: number, end: number): void {
+    // The rest of `buf` must survive until then: the receive buffer is not read into while paused; any other buffer
+    // (the plain 'data' path's chunks) is ours already.
+    this.held = { buf, at, end }
+    this.socket.pause()
+    this.server.options.pool.acquire().then(slot => {
+      if (this.phase === 'closed') { this.server.options.pool.release(slot); return }
+      this.payloadSlot = slot
+      this.resumeHeld()
+    }, () => {
+      // Too many waiting for the pool: the payload is skipped and the WRITE answered ENOMEM.
+      this.requestErrno = Errno.ENOMEM
+      this.resumeHeld()
+    })
+  }
+
+  private resumeHeld (): void {
+    const held = this.held as { buf: Buffer, at: number, end: number }
+    this.held = null
+    this.take(held.buf, held.at, held.end)
+    if (this.held === null && this.phase === 'transmission') this.socket.resume()
+  }
+
+  /** The current request is complete (header, and payload if any): dispatch it. */
+  private finishRequest (): void {
+    const h = this.request as NbdRequest
+    this.request = null
+    this.lastWasLarge = h.type === Cmd.WRITE && h.length >= DIRECT_MIN
+    const slot = this.payloadSlot
+    this.payloadSlot = null
+    this.onRequest(h, slot)
+  }
+
+  private onData (chunk: Buffer): void {
     // Negotiation is not the hot path: gather bytes and take whole messages.
     this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk])
     while (this.phase === 'flags' || this.phase === 'options') {
@@ -202,7 +334,7 @@ class NbdSession {
     if ((this.phase as string) === 'transmission' && this.pending.length > 0) {
       const rest = this.pending
       this.pending = Buffer.alloc(0)
-      this.onData(rest)
+      this.take(rest, 0, rest.length)
     }
   }
 
@@ -319,7 +451,6 @@ class NbdSession {
     this.readOnly = (this.transmissionFlags(exp) & TxFlag.READ_ONLY) !== 0
     exp.metrics.connections++
     this.phase = 'transmission'
-    this.decoder = new FrameDecoder(requestSpec, h => this.payloadTarget(h), (h, payload) => this.onRequest(h, payload))
   }
 
   private check (h: NbdRequest): number {
@@ -343,26 +474,10 @@ class NbdSession {
     }
   }
 
-  private payloadTarget (h: NbdRequest): Uint8Array | null {
-    this.writeErrno = this.check(h)
-    if (this.writeErrno === 0) {
-      const slot = this.server.options.pool.tryAcquire()
-      if (slot !== null) { this.writeSlot = slot; return slot.data }
-      // No buffer free: NBD has no "try again" answer, so the payload lands in a buffer of its own (counted).
-      ;(this.exp as ServedExport).metrics.poolExhausted++
-      this.writeSlot = null
-      this.overflow = Buffer.allocUnsafe(h.length)
-      return this.overflow
-    }
-    if (h.length > MAX_DISCARD) {
-      this.server.options.log(`nbd: ${this.address}: refused WRITE of ${h.length} bytes; closing`)
-      this.close()
-    }
-    return null
-  }
-
-  private onRequest (h: NbdRequest, payload: Uint8Array | null): void {
-    if (this.phase !== 'transmission') return
+  /** A whole request: `slot` holds a WRITE's payload (null when refused or when there is none). */
+  private onRequest (h: NbdRequest, slot: PoolBuffer | null): void {
+    const pool = this.server.options.pool
+    if (this.phase !== 'transmission') { if (slot !== null) pool.release(slot); return }
     const exp = this.exp as ServedExport
     const op = cmdNames[h.type] ?? 'other'
     if (h.type === Cmd.DISC) {
@@ -371,11 +486,11 @@ class NbdSession {
       return
     }
     exp.metrics.requests[op]++
-    const errno = h.type === Cmd.WRITE ? this.writeErrno : this.check(h)
+    // A WRITE with a payload was checked when its header came (to know where the payload goes).
+    const errno = h.type === Cmd.WRITE && h.length > 0 ? this.requestErrno : this.check(h)
     if (errno !== 0) {
-      if (h.type === Cmd.WRITE) this.releaseWriteBuffer()
       exp.metrics.errors[op]++
-      this.send(h.handle, nbdErrno(errno), null, 0)
+      this.send(h, nbdErrno(errno), slot, 0)
       return
     }
     this.inFlight++
@@ -384,24 +499,19 @@ class NbdSession {
     const device = exp.device
     switch (h.type) {
       case Cmd.READ: {
-        this.server.options.pool.acquire().then(slot => device.read(h.offset, h.length, slot.data).then(() => {
-          exp.metrics.bytesRead += h.length
-          this.finish(h, op, 0, slot, h.length)
-        }, err => {
-          this.server.options.pool.release(slot)
-          this.finish(h, op, toErrno(err), null, 0)
-        }), err => this.finish(h, op, toErrno(err), null, 0))
+        // A free buffer is taken at once (no promise turn); otherwise the READ waits for one in FIFO order.
+        const free = pool.waiting === 0 ? pool.tryAcquire() : null
+        if (free !== null) this.read(h, op, free)
+        else pool.acquire().then(slot => this.read(h, op, slot), err => this.finish(h, op, toErrno(err), null, 0))
         return
       }
       case Cmd.WRITE: {
-        const slot = this.writeSlot
-        const buf = slot !== null ? slot.data.subarray(0, h.length) : (this.overflow as Buffer)
-        this.writeSlot = null
-        this.overflow = null
-        this.settle(h, op, device.write(h.offset, buf).then(() => {
+        if (slot === null) { this.finish(h, op, 0, null, 0); return } // zero-length
+        // The slot is kept until the reply is sent: its headroom carries the reply header.
+        device.write(h.offset, slot.data.subarray(0, h.length)).then(() => {
           exp.metrics.bytesWritten += h.length
           if (fua) return device.flush()
-        }).finally(() => { if (slot !== null) this.server.options.pool.release(slot) }))
+        }).then(() => this.finish(h, op, 0, slot, 0), err => this.finish(h, op, toErrno(err), slot, 0))
         return
       }
       case Cmd.FLUSH:
@@ -415,6 +525,14 @@ class NbdSession {
     }
   }
 
+  private read (h: NbdRequest, op: string, slot: PoolBuffer): void {
+    const exp = this.exp as ServedExport
+    exp.device.read(h.offset, h.length, slot.data).then(() => {
+      exp.metrics.bytesRead += h.length
+      this.finish(h, op, 0, slot, h.length)
+    }, err => this.finish(h, op, toErrno(err), slot, 0))
+  }
+
   private async writeZeroes (offset: number, length: number): Promise<void> {
     const device = (this.exp as ServedExport).device
     const zeros = this.server.zeros
@@ -426,11 +544,6 @@ class NbdSession {
     await Promise.all(parts)
   }
 
-  private releaseWriteBuffer (): void {
-    if (this.writeSlot !== null) { this.server.options.pool.release(this.writeSlot); this.writeSlot = null }
-    this.overflow = null
-  }
-
   private settle (h: NbdRequest, op: string, p: Promise<unknown>): void {
     p.then(() => this.finish(h, op, 0, null, 0), err => this.finish(h, op, toErrno(err), null, 0))
   }
@@ -440,33 +553,37 @@ class NbdSession {
     this.inFlight--
     exp.metrics.inFlight--
     if (errno !== 0) exp.metrics.errors[op]++
-    this.send(h.handle, nbdErrno(errno), slot, length)
+    this.send(h, nbdErrno(errno), slot, length)
     if (this.inFlight === 0) {
       if (this.drained !== null) { const done = this.drained; this.drained = null; done() }
       if (this.disconnecting) this.socket.end(() => this.close())
     }
   }
 
-  /** A simple reply; a READ's header goes in the slot's headroom and header and data leave as one write. */
-  private send (handle: Buffer, errno: number, slot: PoolBuffer | null, length: number): void {
+  /**
+   * A simple reply. With a slot (a READ's data, or the buffer a WRITE came in) the header goes in the slot's headroom
+   * and header and data leave as one write from the slot; only replies without one (errors, FLUSH, TRIM) allocate.
+   */
+  private send (h: NbdRequest, errno: number, slot: PoolBuffer | null, length: number): void {
     const pool = this.server.options.pool
     if (this.phase === 'closed') { if (slot !== null) pool.release(slot); return }
+    let head: Buffer
+    let at: number
     if (slot !== null) {
-      const at = pool.headroom - SIMPLE_REPLY_SIZE
-      slot.frame.writeUInt32BE(SIMPLE_REPLY_MAGIC, at)
-      slot.frame.writeUInt32BE(0, at + 4)
-      handle.copy(slot.frame, at + 8)
-      // The socket sends from the slot itself, so the slot goes back to the pool only once the write is done.
-      this.cork()
-      this.socket.write(slot.frame.subarray(at, pool.headroom + length), () => pool.release(slot))
-      return
+      head = slot.frame
+      at = pool.headroom - SIMPLE_REPLY_SIZE
+    } else {
+      head = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE)
+      at = 0
     }
-    const head = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE)
-    head.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0)
-    head.writeUInt32BE(errno, 4)
-    handle.copy(head, 8)
+    head.writeUInt32BE(SIMPLE_REPLY_MAGIC, at)
+    head.writeUInt32BE(errno, at + 4)
+    head.writeUInt32BE(h.handleHi, at + 8)
+    head.writeUInt32BE(h.handleLo, at + 12)
     this.cork()
-    this.socket.write(head)
+    if (slot === null) { this.socket.write(head); return }
+    // The socket sends from the slot itself, so the slot goes back to the pool only once the write is done.
+    this.socket.write(slot.frame.subarray(at, pool.headroom + length), () => pool.release(slot))
   }
 
   /** Replies finishing in the same tick leave in one write. */
@@ -476,6 +593,24 @@ class NbdSession {
     this.socket.cork()
     process.nextTick(() => { this.corked = false; this.socket.uncork() })
   }
+}
+
+/**
+ * The accepted connection rewrapped as a socket whose reads land in buffers we choose (`onread`), so that receiving
+ * allocates nothing and large payloads can be read straight into pool buffers. Node offers `onread` only to sockets it
+ * creates for connect() or with a handle, not to those net.Server accepts; so the accepted socket (paused at accept,
+ * nothing read yet) gives its handle to a new Socket, as Node's own accept path does (`new Socket({ handle })`), and
+ * is destroyed without it (the server's connection count stays right). Where that private handle is not there, the
+ * accepted socket is kept and its 'data' chunks take the same path.
+ */
+function adoptWithOnread (accepted: net.Socket, buffer: () => Buffer, callback: (n: number, buf: Buffer) => void): net.Socket {
+  const withHandle = accepted as unknown as { _handle?: { readStart?: unknown } | null }
+  const handle = withHandle._handle
+  if (handle === undefined || handle === null || typeof handle.readStart !== 'function') return accepted
+  withHandle._handle = null
+  accepted.destroy()
+  const options = { handle, readable: true, writable: true, onread: { buffer, callback: (n: number, buf: Uint8Array) => { callback(n, buf as Buffer); return true } } }
+  return new net.Socket(options as unknown as net.SocketConstructorOpts)
 }
 
 function withName (head: Buffer, name: string): Buffer {

@@ -55,7 +55,7 @@ export function renderMetrics (node: string, exports: ReadonlyArray<{ name: stri
   family('dst_connections', 'gauge', 'Open client connections.', per(m => [['', m.connections]]))
   family('dst_connections_refused_total', 'counter', 'Connections refused by the allow list, the token or the export state.', per(m => [['', m.refused]]))
   family('dst_protocol_errors_total', 'counter', 'Connections closed for a malformed frame.', per(m => [['', m.protocolErrors]]))
-  family('dst_pool_exhausted_total', 'counter', 'Writes that found every pool buffer in use (native protocol: answered EAGAIN; NBD: given a buffer of their own).', per(m => [['', m.poolExhausted]]))
+  family('dst_pool_exhausted_total', 'counter', 'Writes that found every pool buffer in use (native protocol: answered EAGAIN; NBD: the connection pauses until one frees).', per(m => [['', m.poolExhausted]]))
   family('dst_hashed_bytes_total', 'counter', 'Bytes digested for HASH requests.', per(m => [['', m.bytesHashed]]))
   family('dst_digest_errors_total', 'counter', 'WRITE payloads refused because they did not match their wire digest.', per(m => [['', m.digestErrors]]))
   const n = `node="${esc(node)}"`

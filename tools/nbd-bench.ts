@@ -2,6 +2,10 @@
 // (b) dst's NBD export of the same file, (c) dst exporting a remote device one dst:// hop away, (d) a dst mirror of two
 // remote nodes. Prints IOPS, MiB/s, p99 latency, the ratio of each to nbdkit, the serving process's peak RSS, and the
 // dst node's young-generation GCs per 100k requests. Ratios measured side by side in one run are what to compare.
+// Then it samples each dst target's RSS once a second through one long mixed job (BENCH_RSS_SECONDS, default 60) and
+// prints first, last and peak: a flat line means the request path does not accumulate memory.
+// Knobs: BENCH_SECONDS, BENCH_NBD_TARGETS (letters, e.g. "ab"), BENCH_NBD_JOBS (substrings of job names, comma
+// separated), BENCH_RSS_SECONDS (0 skips), BENCH_RSS_TARGETS (letters, default "bcd").
 
 import { spawn, execFile, type ChildProcess } from 'node:child_process'
 import * as fs from 'node:fs'
@@ -46,6 +50,23 @@ function fio (uri: string, job: Job, seconds: number): Promise<{ iops: number, m
       resolve({ iops: side.iops, mibs: side.bw_bytes / MiB, p99: (side.clat_ns.percentile?.['99.000000'] ?? 0) / 1e6, ios: side.total_ios })
     })
   })
+}
+
+function currentRss (pid: number): number {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))
+    return m === null ? 0 : Number(m[1]) * 1024
+  } catch { return 0 }
+}
+
+/** Runs `job` for `seconds` and samples the target's RSS once a second meanwhile. */
+async function rssOver (target: Target, job: Job, seconds: number): Promise<{ samples: number[], mibs: number }> {
+  const samples: number[] = [currentRss(target.pid)]
+  const timer = setInterval(() => samples.push(currentRss(target.pid)), 1000)
+  try {
+    const r = await fio(target.uri, job, seconds)
+    return { samples: [...samples, currentRss(target.pid)], mibs: r.mibs }
+  } finally { clearInterval(timer) }
 }
 
 function peakRss (pid: number): number {
@@ -107,24 +128,49 @@ async function main (): Promise<void> {
       { name: '(c) dst remote, 1 hop', uri: nbdUri(hop.out()), pid: hop.proc.pid ?? 0, metrics: `${statusOf(hop.out())}/metrics` },
       { name: '(d) dst mirror of 2 remote', uri: nbdUri(mir.out()), pid: mir.proc.pid ?? 0, metrics: `${statusOf(mir.out())}/metrics` },
     ]
-    const jobs: Job[] = [
+    const letters = process.env.BENCH_NBD_TARGETS ?? 'abcd'
+    const chosen = targets.filter(tg => letters.includes(tg.name[1]))
+    const allJobs: Job[] = [
       { name: '4k randread qd16', args: ['--rw=randread', '--bs=4k', '--iodepth=16'] },
       { name: '4k randwrite qd16', args: ['--rw=randwrite', '--bs=4k', '--iodepth=16'] },
       { name: '1M read qd4', args: ['--rw=read', '--bs=1m', '--iodepth=4'] },
       { name: '1M write qd4', args: ['--rw=write', '--bs=1m', '--iodepth=4'] },
     ]
+    const jobFilter = (process.env.BENCH_NBD_JOBS ?? '').split(',').filter(x => x !== '')
+    const jobs = allJobs.filter(j => jobFilter.length === 0 || jobFilter.some(f => j.name.includes(f)))
     console.log(`\n== NBD: fio ${seconds} s per job, nbd engine, loopback, ${os.cpus().length} cores, 256 MiB files in the page cache\n`)
     const pad = (s: string, n: number): string => s.padEnd(n)
-    console.log(`${pad('job', 20)}${pad('target', 28)}${pad('IOPS', 10)}${pad('MiB/s', 10)}${pad('p99 ms', 9)}${pad('vs nbdkit', 11)}${pad('RSS MiB', 9)}minor GCs/100k req`)
+    console.log(`${pad('job', 20)}${pad('target', 28)}${pad('IOPS', 10)}${pad('MiB/s', 10)}${pad('p99 ms', 9)}${pad('vs nbdkit', 11)}${pad('vs (b)', 9)}${pad('RSS MiB', 9)}minor GCs/100k req`)
     for (const job of jobs) {
       let base = 0
-      for (const target of targets) {
+      let direct = 0
+      for (const target of chosen) {
         const gc0 = await minorGcs(target.metrics)
         const r = await fio(target.uri, job, seconds)
         const gc1 = await minorGcs(target.metrics)
         const res: Result = { ...r, rss: peakRss(target.pid), gcPer100k: gc0 === null || gc1 === null ? null : ((gc1 - gc0) / Math.max(1, r.ios)) * 100000 }
-        if (base === 0) base = res.iops
-        console.log(`${pad(job.name, 20)}${pad(target.name, 28)}${pad(res.iops.toFixed(0), 10)}${pad(res.mibs.toFixed(1), 10)}${pad(res.p99.toFixed(2), 9)}${pad(`${(res.iops / base).toFixed(2)}x`, 11)}${pad((res.rss / MiB).toFixed(0), 9)}${res.gcPer100k === null ? '-' : res.gcPer100k.toFixed(0)}`)
+        if (base === 0 && target.name.startsWith('(a)')) base = res.iops
+        if (direct === 0 && target.name.startsWith('(b)')) direct = res.iops
+        const vsDirect = direct === 0 || target.name < '(c)' ? '-' : `${(res.iops / direct).toFixed(2)}x`
+        console.log(`${pad(job.name, 20)}${pad(target.name, 28)}${pad(res.iops.toFixed(0), 10)}${pad(res.mibs.toFixed(1), 10)}${pad(res.p99.toFixed(2), 9)}${pad(base === 0 ? '-' : `${(res.iops / base).toFixed(2)}x`, 11)}${pad(vsDirect, 9)}${pad((res.rss / MiB).toFixed(0), 9)}${res.gcPer100k === null ? '-' : res.gcPer100k.toFixed(0)}`)
+      }
+    }
+    const rssSeconds = Number(process.env.BENCH_RSS_SECONDS ?? 60)
+    const rssLetters = process.env.BENCH_RSS_TARGETS ?? 'bcd'
+    if (rssSeconds > 0) {
+      const mixed: Job = { name: 'randrw 4k-1M qd16', args: ['--rw=randrw', '--bsrange=4k-1m', '--iodepth=16'] }
+      console.log(`\n== RSS of each dst node through ${rssSeconds} s of fio ${mixed.args.join(' ')}, sampled once a second\n`)
+      // The pool's buffers are touched as first used, so RSS climbs in the first seconds; what must stay flat is after.
+      const warm = Math.min(10, Math.floor(rssSeconds / 3))
+      console.log(`${pad('target', 28)}${pad('start MiB', 11)}${pad(`at ${warm} s`, 9)}${pad('last MiB', 10)}${pad('peak MiB', 10)}${pad(`last - at ${warm} s`, 16)}MiB/s`)
+      for (const target of targets.filter(tg => rssLetters.includes(tg.name[1]) && !tg.name.startsWith('(a)'))) {
+        const { samples, mibs } = await rssOver(target, mixed, rssSeconds)
+        const first = samples[0] / MiB
+        const warmed = samples[Math.min(warm, samples.length - 1)] / MiB
+        const last = samples[samples.length - 1] / MiB
+        const peak = Math.max(...samples) / MiB
+        const growth = last - warmed
+        console.log(`${pad(target.name, 28)}${pad(first.toFixed(0), 11)}${pad(warmed.toFixed(0), 9)}${pad(last.toFixed(0), 10)}${pad(peak.toFixed(0), 10)}${pad(`${growth >= 0 ? '+' : ''}${growth.toFixed(0)}`, 16)}${mibs.toFixed(0)}`)
       }
     }
   } finally {
