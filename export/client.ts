@@ -3,6 +3,7 @@
 // `maxInFlight` are on the wire at once and the rest wait in a bounded FIFO. A READ's reply payload is copied straight
 // into the caller's buffer; a WRITE's payload is sent as the second fragment of its message, unmasked and uncopied.
 
+import type * as net from 'node:net'
 import WebSocket from 'ws'
 import { DstError, Errno, RemoteError, errnoName } from '../node/errors'
 import { Ring } from '../node/ring'
@@ -11,6 +12,7 @@ import {
   FrameDecoder, HANDSHAKE_SIZE, HandshakeFlag, Op, opNames, PROTOCOL_VERSION, ProtocolError, REQUEST_HEADER_SIZE,
   digestFrames, parseHandshake, replyCarriesDigest, replyFrames, writeRequestHeader, type Handshake, type ReplyHeader,
 } from './codec'
+import { WsTap } from './ws-tap'
 
 export interface DstUrl { host: string, port: number, export: string }
 
@@ -126,7 +128,7 @@ export class Connection {
     this.counters = options.counters ?? { digestErrors: 0 }
     const frames = this.digest ? digestFrames(replyFrames, handshake.digestSize, replyCarriesDigest) : replyFrames
     this.decoder = new FrameDecoder(frames, h => this.replyTarget(h), (h, payload, trailer) => this.onReply(h, payload, trailer), Math.max(64, handshake.digestSize))
-    ws.on('message', (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary))
+    if (!this.tapSocket(ws)) ws.on('message', (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary))
     ws.on('close', (code: number, reason: Buffer) => {
       const why = reason.length > 0 ? `: ${reason.toString()}` : ''
       this.fail(new DstError('DST_ERR_DISCONNECTED', `${this.url}: connection closed (code ${code}${why})`, Errno.EIO))
@@ -302,6 +304,37 @@ export class Connection {
     } else {
       this.ws.send(slot.header, { binary: true })
     }
+  }
+
+  /**
+   * Reads replies straight off the socket (export/ws-tap.ts: no reassembly into a new buffer per message) when ws's
+   * internals look as expected and nothing is buffered in its receiver; otherwise replies come through ws's 'message'
+   * events. DST_WS_TAP=0 turns the tap off.
+   */
+  private tapSocket (ws: WebSocket): boolean {
+    const internals = ws as unknown as { _socket?: net.Socket, _receiver?: { _bufferedBytes?: number, write: (frame: Buffer) => boolean } }
+    const socket = internals._socket
+    const receiver = internals._receiver
+    if (process.env.DST_WS_TAP === '0' || socket === undefined || receiver === undefined || receiver._bufferedBytes !== 0) return false
+    const listeners = socket.listeners('data')
+    if (listeners.length !== 1) return false
+    const tap = new WsTap({
+      data: chunk => this.decoder.push(chunk),
+      messageEnd: () => { if (!this.decoder.atBoundary) throw new ProtocolError('reply message ends inside a frame') },
+      control: frame => { receiver.write(frame) },
+    })
+    socket.removeListener('data', listeners[0] as (chunk: Buffer) => void)
+    socket.on('data', (chunk: Buffer) => {
+      this.lastHeard = Date.now()
+      this.pingOut = false
+      if (this.closed !== null) return
+      try {
+        tap.push(chunk)
+      } catch (err) {
+        this.protocolFailure((err as Error).message)
+      }
+    })
+    return true
   }
 
   private onMessage (data: Buffer, isBinary: boolean): void {

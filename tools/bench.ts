@@ -125,7 +125,8 @@ async function scenario (sc: Scenario, dir: string, seconds: number, size: numbe
     const leaves: Array<{ port: number, proc: ChildProcess, url: string }> = []
     for (const [i, host] of sc.leafHosts.entries()) {
       const file = path.join(dir, `l${i + 1}.img`)
-      const leaf = await start(['export', file, '--listen', `${host}:0`, '--name', 'disk', '--allow', '127.0.0.0/8', '--allow', '10.77.0.0/16'], sc.netns[i])
+      // Two nodes (the one-hop node and the mirror) write this leaf, one after the other: the export is shared.
+      const leaf = await start(['export', file, '--listen', `${host}:0`, '--name', 'disk', '--allow', '127.0.0.0/8', '--allow', '10.77.0.0/16', '--shared'], sc.netns[i])
       started.push(leaf.proc)
       leaves.push({ ...leaf, url: `dst://${host}:${leaf.port}/disk` })
     }
