@@ -9,7 +9,7 @@
 import * as path from 'node:path'
 import { getSystemErrorName } from 'node:util'
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads'
-import { DstError, Errno, type ErrnoName } from './errors'
+import { DstError, Errno, toErrno } from './errors'
 import { Ring } from './ring'
 
 // Layout shared with node/io-worker.js.
@@ -253,8 +253,7 @@ export class IoRing {
     const e = index * STRIDE
     const code = getSystemErrorName(errno)
     const op = this.entries[e + F_OP] === OP_READ ? 'read' : 'write'
-    const mapped = code in Errno ? Errno[code as ErrnoName] : code === 'EFBIG' ? Errno.ENOSPC : code === 'EOPNOTSUPP' ? Errno.ENOTSUP : Errno.EIO
-    return new DstError(`DST_ERR_${code}`, `'${this.name}': ${op} of ${this.entries[e + F_LENGTH]} bytes at ${this.entries[e + F_POSITION]} failed: ${code}`, mapped)
+    return new DstError(`DST_ERR_${code}`, `'${this.name}': ${op} of ${this.entries[e + F_LENGTH]} bytes at ${this.entries[e + F_POSITION]} failed: ${code}`, toErrno({ code }))
   }
 
   /**

@@ -273,18 +273,25 @@ async function arrayVerb (argv: string[]): Promise<void> {
   if (typeof values.token === 'string') body.token = values.token
   if (typeof values.export === 'string') body.export = values.export
   if (values['read-only'] === true) body.readOnly = true
+  const answer = await postArrayAction(node, array, action, body, values['admin-token'], 120000) as { message?: string }
+  process.stdout.write(`${answer.message ?? 'done'}\n`)
+}
+
+/** POST /arrays/ARRAY/ACTION on a node (the admin endpoints); the node's error message becomes the thrown error. */
+async function postArrayAction (node: string, array: string, action: string, body: Record<string, unknown>,
+  adminToken: unknown, timeout: number): Promise<Record<string, unknown>> {
   const url = new URL(`/arrays/${encodeURIComponent(array)}/${action}`, node).toString()
   const headers: Record<string, string> = { 'content-type': 'application/json' }
-  if (typeof values['admin-token'] === 'string') headers.authorization = `Bearer ${values['admin-token']}`
+  if (typeof adminToken === 'string') headers.authorization = `Bearer ${adminToken}`
   let res: Response
   try {
-    res = await fetch(url, { method: 'POST', headers, body: JSON.stringify(body), signal: AbortSignal.timeout(120000) })
+    res = await fetch(url, { method: 'POST', headers, body: JSON.stringify(body), signal: AbortSignal.timeout(timeout) })
   } catch (err) {
     throw new Error(`${url}: ${fetchFailure(err)}`)
   }
-  const answer = await res.json().catch(() => ({})) as { message?: string, error?: string }
-  if (!res.ok) throw new Error(answer.error ?? `HTTP ${res.status}`)
-  process.stdout.write(`${answer.message ?? 'done'}\n`)
+  const answer = await res.json().catch(() => ({})) as Record<string, unknown>
+  if (!res.ok) throw new Error(typeof answer.error === 'string' ? answer.error : `HTTP ${res.status}`)
+  return answer
 }
 
 interface VerifyAnswer {
@@ -316,17 +323,8 @@ async function verifyVerb (argv: string[]): Promise<void> {
   if (typeof values.rate === 'string') {
     try { body.rate = requireSize(values.rate, '--rate') } catch (err) { throw new UsageError((err as Error).message) }
   }
-  const url = new URL(`/arrays/${encodeURIComponent(array)}/verify`, node).toString()
-  const headers: Record<string, string> = { 'content-type': 'application/json' }
-  if (typeof values['admin-token'] === 'string') headers.authorization = `Bearer ${values['admin-token']}`
-  let res: Response
-  try {
-    res = await fetch(url, { method: 'POST', headers, body: JSON.stringify(body), signal: AbortSignal.timeout(30000) })
-  } catch (err) {
-    throw new Error(`${url}: ${fetchFailure(err)}`)
-  }
-  const answer = await res.json().catch(() => ({})) as { error?: string, verify?: VerifyAnswer }
-  if (!res.ok || answer.verify === undefined) throw new Error(answer.error ?? `HTTP ${res.status}`)
+  const answer = await postArrayAction(node, array, 'verify', body, values['admin-token'], 30000) as { verify?: VerifyAnswer }
+  if (answer.verify === undefined) throw new Error(`${node}: the node's answer has no verify report`)
   let report = answer.verify
   const bar = process.stderr.isTTY && values['no-progress'] !== true ? new ProgressBar(report.totalBytes) : null
   // Progress and the result are in the node's /status; a node that goes away mid-verify is an error, not a hang.

@@ -6,13 +6,13 @@
 
 import test from 'ava'
 import fc from 'fast-check'
-import { createHash } from 'node:crypto'
 import { LinearDevice, type Member } from '../../algorithms/linear'
 import { Device } from '../../node/device'
 import { MemoryDevice } from '../../node/memory-device'
 import { FaultDevice } from '../../node/fault-device'
 import { DstError } from '../../node/errors'
 import { DIGEST_SIZE, hasher } from '../../node/hasher'
+import { digestsOf } from '../helpers/digests'
 
 function memories (sizes: number[]): { mems: MemoryDevice[], members: Member[] } {
   const mems = sizes.map(size => new MemoryDevice({ size }))
@@ -226,14 +226,6 @@ const KiB = 1024
 // Members without a hash of their own digest on the process's hasher: let its worker threads go at the end.
 test.after.always(async () => { await hasher().close() })
 
-/** BLAKE2b-512 of each `chunk`-byte piece of `data`, the last possibly shorter: what any device's hash() must give. */
-function digestsOf (data: Uint8Array, chunk: number): Buffer {
-  const out: Buffer[] = []
-  for (let at = 0; at < data.byteLength; at += chunk) {
-    out.push(createHash('blake2b512').update(data.subarray(at, Math.min(data.byteLength, at + chunk))).digest())
-  }
-  return Buffer.concat(out)
-}
 
 /** Wraps a device's hash() to record each call (member-local offset, length, chunk). */
 function spyHash (d: Device): Array<[number, number, number]> {

@@ -12,7 +12,6 @@ import fc from 'fast-check'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
-import { createHash } from 'node:crypto'
 import { MirrorDevice, type MirrorOptions, type VerifyReport } from '../../algorithms/mirror'
 import { FileIntentStore, MemoryIntentStore, type IntentState, type IntentStore } from '../../algorithms/intent-store'
 import type { Member } from '../../algorithms/linear'
@@ -21,6 +20,7 @@ import { MemoryDevice } from '../../node/memory-device'
 import { FaultDevice } from '../../node/fault-device'
 import { DstError, Errno } from '../../node/errors'
 import { hasher } from '../../node/hasher'
+import { digestsOf } from '../helpers/digests'
 
 const KiB = 1024
 const REGION = 4 * KiB
@@ -842,14 +842,6 @@ const CHUNK = 64 * KiB
 // Legs hash by reading, on the process's hasher; big regions put that on worker threads. Let them go at the end.
 test.after.always(async () => { await hasher().close() })
 
-/** BLAKE2b-512 of each `chunk`-byte piece of `data`, the last possibly shorter: what any device's hash() must give. */
-function digestsOf (data: Uint8Array, chunk: number): Buffer {
-  const out: Buffer[] = []
-  for (let at = 0; at < data.byteLength; at += chunk) {
-    out.push(createHash('blake2b512').update(data.subarray(at, Math.min(data.byteLength, at + chunk))).digest())
-  }
-  return Buffer.concat(out)
-}
 
 function bitSet (state: IntentState, leg: number, r: number): boolean {
   return (state.bits[leg][r >> 3] & (1 << (r & 7))) !== 0

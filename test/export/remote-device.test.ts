@@ -5,7 +5,6 @@
 import test, { type ExecutionContext } from 'ava'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
-import { createHash } from 'node:crypto'
 import { startNode, tempDir, type RunningNode } from '../helpers/node-process'
 import { RawClient } from '../helpers/raw-client'
 import { between, newSeed, prng, seededBytes } from '../helpers/random'
@@ -14,6 +13,7 @@ import { RemoteDevice, type RemoteDeviceOptions } from '../../export/remote-devi
 import type { DstError } from '../../node/errors'
 import { hasher } from '../../node/hasher'
 import { FaultProxy } from '../../tools/fault-proxy'
+import { digestsOf } from '../helpers/digests'
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -298,12 +298,6 @@ test('a peer back on its port within reconnectTimeout: requests made during the 
 // Wire digests and hashes by reading run on this process's hash workers: let them go at the end.
 test.after.always(async () => { await hasher().close() })
 
-/** BLAKE2b-512 of each `chunk`-byte piece of `data` (the last may be shorter), concatenated. */
-function digestsOf (data: Buffer, chunk: number): Buffer {
-  const out: Buffer[] = []
-  for (let at = 0; at < data.length; at += chunk) out.push(createHash('blake2b512').update(data.subarray(at, at + chunk)).digest())
-  return Buffer.concat(out)
-}
 
 /** One sample of a node's /metrics (NaN when the line is missing, so a renamed family fails loudly). */
 async function metricOf (node: RunningNode, name: string, labels: string): Promise<number> {

@@ -20,6 +20,7 @@ import { ExportMetrics } from '../../node/metrics'
 import { WriteLease } from '../../node/lease'
 import { DstError } from '../../node/errors'
 import { hasher } from '../../node/hasher'
+import { digestsOf } from '../helpers/digests'
 
 // Wire error numbers as export/PROTOCOL.md lists them (not imported, so the test checks the source's table too).
 const EIO = 5
@@ -347,12 +348,6 @@ test.serial('requests beyond maxInFlight sent at once are answered EAGAIN, the r
 
 // ---- HASH (protocol version 2) --------------------------------------------------------------------------------------
 
-/** BLAKE2b-512 of each `chunk`-byte piece of `data` (the last may be shorter), concatenated: what HASH must answer. */
-function digestsOf (data: Buffer, chunk: number): Buffer {
-  const out: Buffer[] = []
-  for (let at = 0; at < data.length; at += chunk) out.push(createHash('blake2b512').update(data.subarray(at, at + chunk)).digest())
-  return Buffer.concat(out)
-}
 
 const blake = (data: Uint8Array): Buffer => createHash('blake2b512').update(data).digest()
 

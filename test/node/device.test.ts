@@ -3,12 +3,12 @@
 // `hash`: digests of each chunk of a range, checked like a read.
 
 import test from 'ava'
-import { createHash } from 'node:crypto'
 import { Device, type DeviceOptions } from '../../node/device'
 import { DstError, Errno } from '../../node/errors'
 import { MemoryDevice } from '../../node/memory-device'
 import { DIGEST_SIZE, hasher } from '../../node/hasher'
 import { newSeed, prng, seededBytes } from '../helpers/random'
+import { digestsOf } from '../helpers/digests'
 
 /** Overrides only _read: a read-only backend by construction. Counts backend calls. */
 class ReadOnlyBackend extends Device {
@@ -294,14 +294,6 @@ const MiB = 1024 * KiB
 // Devices without a hash of their own digest on the process's hasher: let its worker threads go at the end.
 test.after.always(async () => { await hasher().close() })
 
-/** BLAKE2b-512 of each `chunk`-byte piece of `data`, the last possibly shorter, concatenated: what hash() must give. */
-function digestsOf (data: Uint8Array, chunk: number): Buffer {
-  const out: Buffer[] = []
-  for (let at = 0; at < data.byteLength; at += chunk) {
-    out.push(createHash('blake2b512').update(data.subarray(at, Math.min(data.byteLength, at + chunk))).digest())
-  }
-  return Buffer.concat(out)
-}
 
 test('hash on a memory device: each chunk of the range digested, the last possibly short', async t => {
   const seed = newSeed()

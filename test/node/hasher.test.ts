@@ -13,20 +13,13 @@ import {
 } from '../../node/hasher'
 import { DstError, Errno } from '../../node/errors'
 import { between, newSeed, prng, seededBytes } from '../helpers/random'
+import { digestsOf as expected } from '../helpers/digests'
 
 const KiB = 1024
 const MiB = 1024 * KiB
 /** The hasher digests up to this many bytes on the loop (not exported: the stats tell the paths apart). */
 const INLINE = 8 * KiB
 
-/** What a digest must be: node:crypto's BLAKE2b-512 of each `chunk`-byte piece, the last possibly shorter. */
-function expected (data: Uint8Array, chunk: number): Buffer {
-  const out: Buffer[] = []
-  for (let at = 0; at < data.byteLength; at += chunk) {
-    out.push(createHash('blake2b512').update(data.subarray(at, Math.min(data.byteLength, at + chunk))).digest())
-  }
-  return Buffer.concat(out)
-}
 
 /** A hasher closed when the test ends, so its worker threads go. */
 function newHasher (t: ExecutionContext, options: HasherOptions = {}): Hasher {
