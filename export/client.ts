@@ -3,7 +3,7 @@
 // `maxInFlight` are on the wire at once and the rest wait in a bounded FIFO. A READ's reply payload is copied straight
 // into the caller's buffer; a WRITE's payload is sent as the second fragment of its message, unmasked and uncopied.
 
-import type * as net from 'node:net'
+import * as net from 'node:net'
 import WebSocket from 'ws'
 import { DstError, Errno, RemoteError, errnoName } from '../node/errors'
 import { Ring } from '../node/ring'
@@ -13,6 +13,7 @@ import {
   digestFrames, parseHandshake, replyCarriesDigest, replyFrames, writeRequestHeader, type Handshake, type ReplyHeader,
 } from './codec'
 import { WsTap } from './ws-tap'
+import { DIRECT_MIN, SocketReader } from './socket-reader'
 
 export interface DstUrl { host: string, port: number, export: string }
 
@@ -109,9 +110,13 @@ export class Connection {
   private readonly digest: boolean
   private readonly counters: { digestErrors: number }
 
-  private constructor (url: string, ws: WebSocket, handshake: Handshake, options: ConnectOptions) {
+  /** Reads the socket into buffers of our choosing once the tap is on (export/socket-reader.ts). */
+  private readonly reader: SocketReader | null
+
+  private constructor (url: string, ws: WebSocket, handshake: Handshake, options: ConnectOptions, reader: SocketReader | null) {
     this.url = url
     this.ws = ws
+    this.reader = reader
     this.handshake = handshake
     this.queueDepth = Math.max(1, Math.min(options.queueDepth ?? 32, handshake.maxInFlight))
     this.slots = []
@@ -164,6 +169,17 @@ export class Connection {
         // A peer that is gone never answers our close frame; do not hold the process for ws's default 30 s.
         closeTimeout: 2000,
       }
+      // The TCP socket reads through a SocketReader, so that replies can later land straight in their destinations.
+      const reader = process.env.DST_DIRECT_READ === '0' ? null : new SocketReader()
+      if (reader !== null) {
+        // As ws's own connect does: `path` in these options is the URL's path, `socketPath` the Unix socket's.
+        const connect = (opts: Record<string, unknown>): net.Socket => {
+          const socket = net.connect({ ...opts, path: opts.socketPath, onread: reader.onread } as unknown as net.NetConnectOpts)
+          reader.socket = socket
+          return socket
+        }
+        wsOptions.createConnection = connect as unknown as typeof net.createConnection
+      }
       const ws = new WebSocket(wsUrl, wsOptions)
       let settled = false
       const done = (err: Error | null, conn?: Connection): void => {
@@ -195,7 +211,7 @@ export class Connection {
             throw new ProtocolError(`export wants wire digests with ${h.hashAlgorithm}, this client computes ${HASH_ALGORITHM}`)
           }
           ws.removeAllListeners()
-          done(null, new Connection(url, ws, h, options))
+          done(null, new Connection(url, ws, h, options, reader))
         } catch (err) {
           done(new DstError('DST_ERR_PROTOCOL', `${url}: ${(err as Error).message}`, Errno.EIO))
         }
@@ -212,6 +228,8 @@ export class Connection {
     return (h.flags & HandshakeFlag.HASH) !== 0 && h.hashAlgorithm === HASH_ALGORITHM && h.digestSize === DIGEST_SIZE
   }
   get digests (): boolean { return this.digest }
+  /** Reply bytes that were read from the socket straight into the caller's buffer (no copy). */
+  get directBytes (): number { return this.reader?.directBytes ?? 0 }
   get isClosed (): boolean { return this.closed !== null }
   get pending (): number { return this.inFlight + this.queue.length }
 
@@ -323,6 +341,40 @@ export class Connection {
       messageEnd: () => { if (!this.decoder.atBoundary) throw new ProtocolError('reply message ends inside a frame') },
       control: frame => { receiver.write(frame) },
     })
+    const reader = this.reader
+    if (reader !== null && reader.installed && reader.socket === socket && socket.readableLength === 0) {
+      // Reads land in the reader's buffers from now on: large payloads straight in their destination.
+      reader.attach({
+        room: () => {
+          if (this.closed !== null) return null
+          const left = tap.dataLeft
+          return left < DIRECT_MIN ? null : this.decoder.payloadRoom(left)
+        },
+        direct: n => {
+          this.lastHeard = Date.now()
+          this.pingOut = false
+          if (this.closed !== null) return
+          try {
+            // The decoder first: the tap's end of message checks that the decoder is at a frame boundary.
+            this.decoder.payloadReceived(n)
+            tap.skipData(n)
+          } catch (err) {
+            this.protocolFailure((err as Error).message)
+          }
+        },
+        chunk: buf => {
+          this.lastHeard = Date.now()
+          this.pingOut = false
+          if (this.closed !== null) return
+          try {
+            tap.push(buf)
+          } catch (err) {
+            this.protocolFailure((err as Error).message)
+          }
+        },
+      })
+      return true
+    }
     socket.removeListener('data', listeners[0] as (chunk: Buffer) => void)
     socket.on('data', (chunk: Buffer) => {
       this.lastHeard = Date.now()
@@ -456,6 +508,8 @@ export class Connection {
   private fail (err: Error): void {
     if (this.closed !== null) return
     this.closed = err
+    // Before any caller's buffer is given back: no later read may land in one.
+    this.reader?.detach()
     if (this.pingTimer !== null) clearInterval(this.pingTimer)
     for (const slot of this.slots) if (slot.busy) { slot.seq++; this.inFlight--; slot.busy = false; slot.reject(err) }
     for (const q of this.queue.drain()) q.reject(err)

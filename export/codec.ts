@@ -270,6 +270,21 @@ export class FrameDecoder<H> {
     }
   }
 
+  /**
+   * A view of the current payload's destination where up to `max` of its next bytes can be received directly
+   * (without passing through `push`), or null when no payload with a destination is being read.
+   */
+  payloadRoom (max: number): Uint8Array | null {
+    if (this.header === null || this.payloadTarget === null || this.payloadFill >= this.payloadLength) return null
+    return this.payloadTarget.subarray(this.payloadFill, this.payloadFill + Math.min(max, this.payloadLength - this.payloadFill))
+  }
+
+  /** `n` bytes were received straight into the view `payloadRoom` returned. */
+  payloadReceived (n: number): void {
+    this.payloadFill += n
+    if (this.payloadFill === this.payloadLength && this.trailerLength === 0) this.finishFrame()
+  }
+
   private startFrame (header: H): void {
     this.header = header
     this.payloadLength = this.spec.payloadLength(header)

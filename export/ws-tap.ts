@@ -65,6 +65,17 @@ export class WsTap {
     }
   }
 
+  /** Payload bytes of the current data frame still to come; 0 outside a data frame's payload. */
+  get dataLeft (): number {
+    return this.inPayload && this.control === null ? this.left : 0
+  }
+
+  /** `n` bytes (at most `dataLeft`) of the current data frame's payload were received elsewhere, straight into place. */
+  skipData (n: number): void {
+    this.left -= n
+    if (this.left === 0) this.endFrame()
+  }
+
   private extendedLengthBytes (): number {
     const b0 = this.head[0]
     const b1 = this.head[1]
