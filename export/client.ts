@@ -12,7 +12,7 @@ import {
   FrameDecoder, HANDSHAKE_SIZE, HandshakeFlag, Op, opNames, PROTOCOL_VERSION, ProtocolError, REQUEST_HEADER_SIZE,
   digestFrames, parseHandshake, replyCarriesDigest, replyFrames, writeRequestHeader, type Handshake, type ReplyHeader,
 } from './codec'
-import { WsTap } from './ws-tap'
+import { WsTap, writeClientFrameHeader } from './ws-tap'
 import { DIRECT_MIN, SocketReader } from './socket-reader'
 
 export interface DstUrl { host: string, port: number, export: string }
@@ -57,8 +57,19 @@ interface Slot {
   sentAt: number
   resolve: () => void
   reject: (err: Error) => void
+  /**
+   * The request as it goes on the wire: its WebSocket frame header (6 bytes), the request header (32), and room for
+   * the frame header of a WRITE's payload (up to 14). Written in place per request, so sending allocates nothing.
+   */
+  wire: Buffer
+  /** The request header inside `wire`. */
   header: Buffer
+  /** The first frame of the message, header included: what a request without payload sends. */
+  request: Buffer
 }
+
+/** Where the request header starts in a slot's `wire`, after its WebSocket frame header. */
+const WIRE_HEAD = 6
 
 interface Queued {
   op: number
@@ -112,11 +123,19 @@ export class Connection {
 
   /** Reads the socket into buffers of our choosing once the tap is on (export/socket-reader.ts). */
   private readonly reader: SocketReader | null
+  /** ws's TCP socket, which requests are written to directly (null: through ws.send). */
+  private readonly socket: net.Socket | null
+  /** The frame header of a wire digest (the last fragment of a WRITE message on a digest connection). */
+  private readonly digestFrameHeader: Buffer
 
   private constructor (url: string, ws: WebSocket, handshake: Handshake, options: ConnectOptions, reader: SocketReader | null) {
     this.url = url
     this.ws = ws
     this.reader = reader
+    const socket = (ws as unknown as { _socket?: net.Socket })._socket
+    this.socket = socket !== undefined && process.env.DST_WS_SEND !== '1' ? socket : null
+    const head = Buffer.alloc(14)
+    this.digestFrameHeader = head.subarray(0, writeClientFrameHeader(head, 0, true, OP_CONTINUATION, handshake.digestSize))
     this.handshake = handshake
     this.queueDepth = Math.max(1, Math.min(options.queueDepth ?? 32, handshake.maxInFlight))
     this.slots = []
@@ -124,7 +143,7 @@ export class Connection {
     for (let i = 0; i < this.queueDepth; i++) {
       this.slots.push({
         index: i, seq: 0, busy: false, op: 0, offset: 0, length: 0, aux: 0, into: null, data: null, tries: 0, digest: null,
-        digestTries: 0, sentAt: 0, resolve: noop, reject: noop, header: Buffer.alloc(REQUEST_HEADER_SIZE),
+        digestTries: 0, sentAt: 0, resolve: noop, reject: noop, ...slotWire(),
       })
       this.freeSlots.push(this.queueDepth - 1 - i)
     }
@@ -302,15 +321,40 @@ export class Connection {
       return
     }
     writeRequestHeader(slot.header, 0, slot.op, 0, slot.index, slot.seq, slot.offset, slot.length, slot.aux)
+    const socket = this.socket
+    if (socket === null) { this.sendThroughWs(slot); return }
     if (!this.corked) {
       // Requests issued in one tick leave in one write.
-      const socket = (this.ws as unknown as { _socket?: { cork: () => void, uncork: () => void } })._socket
-      if (socket !== undefined) {
-        this.corked = true
-        socket.cork()
-        process.nextTick(() => { this.corked = false; socket.uncork() })
-      }
+      this.corked = true
+      socket.cork()
+      process.nextTick(this.uncork)
     }
+    // The frames are written here rather than by ws.send: the same bytes (all-zero mask, so no masked copy), without
+    // a new frame header, options object and callback per request. ws still writes its own control frames (pong,
+    // close) on this socket; a frame is always written whole, in one synchronous run, so they never interleave.
+    const wire = slot.wire
+    if (slot.op === Op.WRITE && slot.data !== null) {
+      wire[0] = OP_BINARY // the message goes on: the payload follows as a continuation frame
+      const n = writeClientFrameHeader(wire, WIRE_HEAD + REQUEST_HEADER_SIZE, slot.digest === null, OP_CONTINUATION, slot.data.byteLength)
+      socket.write(wire.subarray(0, WIRE_HEAD + REQUEST_HEADER_SIZE + n))
+      socket.write(slot.data)
+      if (slot.digest !== null) {
+        socket.write(this.digestFrameHeader)
+        socket.write(slot.digest)
+      }
+    } else {
+      wire[0] = 0x80 | OP_BINARY
+      socket.write(slot.request)
+    }
+  }
+
+  private readonly uncork = (): void => {
+    this.corked = false
+    this.socket?.uncork()
+  }
+
+  /** Requests through ws's own sender, where its socket is not reachable. */
+  private sendThroughWs (slot: Slot): void {
     if (slot.op === Op.WRITE && slot.data !== null) {
       this.ws.send(slot.header, { binary: true, fin: false })
       if (slot.digest !== null) {
@@ -518,3 +562,12 @@ export class Connection {
 }
 
 function noop (): void {}
+
+function slotWire (): { wire: Buffer, header: Buffer, request: Buffer } {
+  const wire = Buffer.alloc(WIRE_HEAD + REQUEST_HEADER_SIZE + 14)
+  writeClientFrameHeader(wire, 0, true, OP_BINARY, REQUEST_HEADER_SIZE)
+  return { wire, header: wire.subarray(WIRE_HEAD, WIRE_HEAD + REQUEST_HEADER_SIZE), request: wire.subarray(0, WIRE_HEAD + REQUEST_HEADER_SIZE) }
+}
+
+const OP_CONTINUATION = 0x0
+const OP_BINARY = 0x2

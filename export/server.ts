@@ -59,6 +59,9 @@ export interface SessionTransport {
   end: (code: number, reason: string) => void
 }
 
+/** Header-only replies packed into one message at most. */
+const HEADER_BATCH = 64
+
 export const CloseCode = { NORMAL: 1000, GOING_AWAY: 1001, PROTOCOL: 1002, BAD_DATA: 1007, POLICY: 1008, INTERNAL: 1011 } as const
 
 export class ExportSession {
@@ -69,8 +72,14 @@ export class ExportSession {
   /** The pool slot (or the reason there is none) for the WRITE whose payload the decoder is reading. */
   private writeSlot: PoolBuffer | null = null
   private writeErrno = 0
-  /** A reply header for requests that carry no payload back; reused, since the transport copies on send. */
-  private readonly replyHeader = Buffer.alloc(REPLY_HEADER_SIZE)
+  // Replies finished in one turn of the event loop leave together at its end, in one write: the header-only ones
+  // (WRITE, FLUSH, errors...) packed as frames of one message, each READ reply as its own message from its pool buffer.
+  private readonly headerBatch = Buffer.alloc(REPLY_HEADER_SIZE * HEADER_BATCH)
+  private headerFill = 0
+  private readonly outViews: Uint8Array[] = []
+  private readonly outDigests: Array<Buffer | null> = []
+  private readonly outSlots: PoolBuffer[] = []
+  private flushScheduled = false
   /** Set by the node when it stops: new requests get ESHUTDOWN, running ones finish. */
   stopping = false
 
@@ -132,6 +141,7 @@ export class ExportSession {
     this.exp.metrics.connections--
     if (this.access.owner !== null && this.exp.shared !== true) this.exp.lease.release(this.access.owner)
     if (this.writeSlot !== null) { this.pool.release(this.writeSlot); this.writeSlot = null }
+    this.dropOutbox()
   }
 
   /** Resolves once every request received so far has been answered (graceful shutdown). */
@@ -211,8 +221,14 @@ export class ExportSession {
   }
 
   private read (h: RequestHeader): void {
-    this.pool.acquire().then(slot => {
-      this.exp.device.read(h.offset, h.length, slot.data).then(() => {
+    // A free buffer is taken at once (no promise turn); otherwise the READ waits for one in FIFO order.
+    const free = this.pool.waiting === 0 ? this.pool.tryAcquire() : null
+    if (free !== null) this.readInto(h, free)
+    else this.pool.acquire().then(slot => this.readInto(h, slot), err => this.finish(h, 'read', toErrno(err), null, 0))
+  }
+
+  private readInto (h: RequestHeader, slot: PoolBuffer): void {
+    this.exp.device.read(h.offset, h.length, slot.data).then(() => {
         this.exp.metrics.bytesRead += h.length
         if (this.exp.digest !== true) { this.finish(h, 'read', 0, slot, h.length); return }
         hasher().digestOne(slot.data.subarray(0, h.length)).then(digest => this.finish(h, 'read', 0, slot, h.length, digest), err => {
@@ -223,7 +239,6 @@ export class ExportSession {
         this.pool.release(slot)
         this.finish(h, 'read', toErrno(err), null, 0)
       })
-    }, err => this.finish(h, 'read', toErrno(err), null, 0))
   }
 
   /** A WRITE with a wire digest: written only if the payload matches it; a mismatch is EBADMSG and a counter. */
@@ -257,7 +272,7 @@ export class ExportSession {
       digests?.copy(message, REPLY_HEADER_SIZE)
       this.transport.cork(() => this.transport.send(message))
     }
-    if (this.inFlight === 0 && this.draining !== null) { const done = this.draining; this.draining = null; done() }
+    this.checkDrained()
   }
 
   private write (h: RequestHeader, slot: PoolBuffer): void {
@@ -285,27 +300,70 @@ export class ExportSession {
     if (this.writeSlot !== null) { this.pool.release(this.writeSlot); this.writeSlot = null }
   }
 
+  /** Answers a request; `slot` (a READ's data, `length` bytes) is the reply's from here on and goes back to the pool once sent. */
   private finish (h: RequestHeader, opName: string, errno: number, slot: PoolBuffer | null, length: number, digest: Buffer | null = null): void {
     this.inFlight--
     this.exp.metrics.inFlight--
     this.reply(h, opName, errno, slot, length, digest)
-    if (slot !== null) this.pool.release(slot)
-    if (this.inFlight === 0 && this.draining !== null) { const done = this.draining; this.draining = null; done() }
+    this.checkDrained()
   }
 
-  /** Sends a reply; with a pool slot, the header goes in the slot's headroom so header and payload leave as one view. */
+  /** The graceful stop waits until every request is answered and its reply has left. */
+  private checkDrained (): void {
+    if (this.inFlight === 0 && !this.flushScheduled && this.draining !== null) { const done = this.draining; this.draining = null; done() }
+  }
+
+  /**
+   * Queues a reply for the end of this turn. With a pool slot, the header goes in the slot's headroom so header and
+   * payload leave as one view, straight from the slot; without, the header joins this turn's header-only batch.
+   */
   private reply (h: RequestHeader, opName: string, errno: number, slot: PoolBuffer | null, length: number, digest: Buffer | null = null): void {
     if (errno !== 0) this.exp.metrics.errors[opName]++
-    if (this.closed) return
+    if (this.closed) { if (slot !== null) this.pool.release(slot); return }
     if (slot !== null) {
       const at = this.pool.headroom - REPLY_HEADER_SIZE
       writeReplyHeader(slot.frame, at, h.op, h.tagLo, h.tagHi, 0, length)
-      const view = slot.frame.subarray(at, this.pool.headroom + length)
-      if (digest !== null) this.transport.cork(() => this.transport.sendParts(view, digest))
-      else this.transport.cork(() => this.transport.send(view))
+      this.outViews.push(slot.frame.subarray(at, this.pool.headroom + length))
+      this.outDigests.push(digest)
+      this.outSlots.push(slot)
     } else {
-      writeReplyHeader(this.replyHeader, 0, h.op, h.tagLo, h.tagHi, errno, 0)
-      this.transport.cork(() => this.transport.send(this.replyHeader))
+      if (this.headerFill === this.headerBatch.length) this.flush()
+      writeReplyHeader(this.headerBatch, this.headerFill, h.op, h.tagLo, h.tagHi, errno, 0)
+      this.headerFill += REPLY_HEADER_SIZE
     }
+    if (!this.flushScheduled) {
+      this.flushScheduled = true
+      process.nextTick(this.flushTurn)
+    }
+  }
+
+  private readonly flushTurn = (): void => {
+    this.flushScheduled = false
+    this.flush()
+    this.checkDrained()
+  }
+
+  /** Sends every queued reply in one corked write (the transport copies), then gives their slots back. */
+  private flush (): void {
+    if (this.closed) { this.dropOutbox(); return }
+    const views = this.outViews
+    const digests = this.outDigests
+    this.transport.cork(() => {
+      if (this.headerFill > 0) this.transport.send(this.headerBatch.subarray(0, this.headerFill))
+      for (let i = 0; i < views.length; i++) {
+        const digest = digests[i]
+        if (digest !== null) this.transport.sendParts(views[i], digest)
+        else this.transport.send(views[i])
+      }
+    })
+    this.dropOutbox()
+  }
+
+  private dropOutbox (): void {
+    this.headerFill = 0
+    for (const slot of this.outSlots) this.pool.release(slot)
+    this.outViews.length = 0
+    this.outDigests.length = 0
+    this.outSlots.length = 0
   }
 }

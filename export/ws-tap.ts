@@ -131,3 +131,26 @@ export class WsTap {
     }
   }
 }
+
+/**
+ * Writes a client frame's header at `at` (FIN bit, opcode, payload length, and the all-zero mask, so the payload goes
+ * as it is) and returns its size: 6, 8 or 14 bytes.
+ */
+export function writeClientFrameHeader (buf: Buffer, at: number, fin: boolean, opcode: number, length: number): number {
+  buf[at] = (fin ? 0x80 : 0) | opcode
+  let p = at + 2
+  if (length < 126) {
+    buf[at + 1] = 0x80 | length
+  } else if (length < 65536) {
+    buf[at + 1] = 0x80 | 126
+    buf.writeUInt16BE(length, p)
+    p += 2
+  } else {
+    buf[at + 1] = 0x80 | 127
+    buf.writeUInt32BE(Math.floor(length / 0x100000000), p)
+    buf.writeUInt32BE(length >>> 0, p + 4)
+    p += 8
+  }
+  buf.writeUInt32BE(0, p)
+  return p + 4 - at
+}

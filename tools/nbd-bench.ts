@@ -4,7 +4,9 @@
 // dst node's young-generation GCs per 100k requests. Ratios measured side by side in one run are what to compare.
 // Then it samples each dst target's RSS once a second through one long mixed job (BENCH_RSS_SECONDS, default 60) and
 // prints first, last and peak: a flat line means the request path does not accumulate memory.
-// Knobs: BENCH_SECONDS, BENCH_NBD_TARGETS (letters, e.g. "ab"), BENCH_NBD_JOBS (substrings of job names, comma
+// Each job runs BENCH_ROUNDS times (default 3) over every target in turn; ratios are taken within a round and the
+// medians printed, with the spread of the ratio to nbdkit over the rounds.
+// Knobs: BENCH_SECONDS, BENCH_ROUNDS, BENCH_NBD_TARGETS (letters, e.g. "ab"), BENCH_NBD_JOBS (substrings of job names, comma
 // separated), BENCH_RSS_SECONDS (0 skips), BENCH_RSS_TARGETS (letters, default "bcd").
 
 import { spawn, execFile, type ChildProcess } from 'node:child_process'
@@ -20,7 +22,7 @@ const procs: ChildProcess[] = []
 
 interface Target { name: string, uri: string, pid: number, metrics?: string }
 interface Job { name: string, args: string[] }
-interface Result { iops: number, mibs: number, p99: number, ios: number, rss: number, gcPer100k: number | null }
+interface Result { iops: number, mibs: number, p99: number, ios: number, rss: number }
 
 function startDst (args: string[]): Promise<{ proc: ChildProcess, out: () => string }> {
   return new Promise((resolve, reject) => {
@@ -50,6 +52,12 @@ function fio (uri: string, job: Job, seconds: number): Promise<{ iops: number, m
       resolve({ iops: side.iops, mibs: side.bw_bytes / MiB, p99: (side.clat_ns.percentile?.['99.000000'] ?? 0) / 1e6, ios: side.total_ios })
     })
   })
+}
+
+function median (xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b)
+  const m = s.length >> 1
+  return s.length === 0 ? 0 : s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2
 }
 
 function currentRss (pid: number): number {
@@ -138,21 +146,44 @@ async function main (): Promise<void> {
     ]
     const jobFilter = (process.env.BENCH_NBD_JOBS ?? '').split(',').filter(x => x !== '')
     const jobs = allJobs.filter(j => jobFilter.length === 0 || jobFilter.some(f => j.name.includes(f)))
-    console.log(`\n== NBD: fio ${seconds} s per job, nbd engine, loopback, ${os.cpus().length} cores, 256 MiB files in the page cache\n`)
+    // The machines are shared: their speed drifts by 2x within minutes. So each job runs in rounds, every target once
+    // per round back to back, and the ratios are taken within each round; the table shows medians over the rounds.
+    const rounds = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3))
+    console.log(`\n== NBD: fio ${seconds} s per run, ${rounds} rounds of every target per job (medians shown; ratios taken within each round), nbd engine, loopback, ${os.cpus().length} cores, 256 MiB files in the page cache\n`)
     const pad = (s: string, n: number): string => s.padEnd(n)
-    console.log(`${pad('job', 20)}${pad('target', 28)}${pad('IOPS', 10)}${pad('MiB/s', 10)}${pad('p99 ms', 9)}${pad('vs nbdkit', 11)}${pad('vs (b)', 9)}${pad('RSS MiB', 9)}minor GCs/100k req`)
+    console.log(`${pad('job', 20)}${pad('target', 28)}${pad('IOPS', 10)}${pad('MiB/s', 10)}${pad('p99 ms', 9)}${pad('vs nbdkit', 11)}${pad('vs (b)', 9)}${pad('spread', 13)}${pad('RSS MiB', 9)}minor GCs/100k req`)
     for (const job of jobs) {
-      let base = 0
-      let direct = 0
+      const runs = new Map<Target, Result[]>(chosen.map(tg => [tg, []]))
+      const vsKit = new Map<Target, number[]>(chosen.map(tg => [tg, []]))
+      const vsDirect = new Map<Target, number[]>(chosen.map(tg => [tg, []]))
+      const gcs = new Map<Target, { gcs: number, ios: number } | null>(chosen.map(tg => [tg, tg.metrics === undefined ? null : { gcs: 0, ios: 0 }]))
+      for (let round = 0; round < rounds; round++) {
+        let base = 0
+        let direct = 0
+        for (const target of chosen) {
+          const gc0 = await minorGcs(target.metrics)
+          const r = await fio(target.uri, job, seconds)
+          const gc1 = await minorGcs(target.metrics)
+          const g = gcs.get(target)
+          if (g !== null && g !== undefined && gc0 !== null && gc1 !== null) { g.gcs += gc1 - gc0; g.ios += r.ios }
+          runs.get(target)?.push({ ...r, rss: peakRss(target.pid) })
+          if (target.name.startsWith('(a)')) base = r.iops
+          if (target.name.startsWith('(b)')) direct = r.iops
+          if (base > 0) vsKit.get(target)?.push(r.iops / base)
+          if (direct > 0 && target.name >= '(c)') vsDirect.get(target)?.push(r.iops / direct)
+        }
+      }
       for (const target of chosen) {
-        const gc0 = await minorGcs(target.metrics)
-        const r = await fio(target.uri, job, seconds)
-        const gc1 = await minorGcs(target.metrics)
-        const res: Result = { ...r, rss: peakRss(target.pid), gcPer100k: gc0 === null || gc1 === null ? null : ((gc1 - gc0) / Math.max(1, r.ios)) * 100000 }
-        if (base === 0 && target.name.startsWith('(a)')) base = res.iops
-        if (direct === 0 && target.name.startsWith('(b)')) direct = res.iops
-        const vsDirect = direct === 0 || target.name < '(c)' ? '-' : `${(res.iops / direct).toFixed(2)}x`
-        console.log(`${pad(job.name, 20)}${pad(target.name, 28)}${pad(res.iops.toFixed(0), 10)}${pad(res.mibs.toFixed(1), 10)}${pad(res.p99.toFixed(2), 9)}${pad(base === 0 ? '-' : `${(res.iops / base).toFixed(2)}x`, 11)}${pad(vsDirect, 9)}${pad((res.rss / MiB).toFixed(0), 9)}${res.gcPer100k === null ? '-' : res.gcPer100k.toFixed(0)}`)
+        const rs = runs.get(target) as Result[]
+        const iops = median(rs.map(r => r.iops))
+        const kit = vsKit.get(target) as number[]
+        const dir = vsDirect.get(target) as number[]
+        const g = gcs.get(target)
+        const spread = kit.length > 1 && !target.name.startsWith('(a)') ? `${Math.min(...kit).toFixed(2)}-${Math.max(...kit).toFixed(2)}x` : '-'
+        console.log(`${pad(job.name, 20)}${pad(target.name, 28)}${pad(iops.toFixed(0), 10)}${pad(median(rs.map(r => r.mibs)).toFixed(1), 10)}` +
+          `${pad(median(rs.map(r => r.p99)).toFixed(2), 9)}${pad(kit.length === 0 ? '-' : `${median(kit).toFixed(2)}x`, 11)}` +
+          `${pad(dir.length === 0 ? '-' : `${median(dir).toFixed(2)}x`, 9)}${pad(spread, 13)}${pad((Math.max(...rs.map(r => r.rss)) / MiB).toFixed(0), 9)}` +
+          `${g === null || g === undefined ? '-' : ((g.gcs / Math.max(1, g.ios)) * 100000).toFixed(0)}`)
       }
     }
     const rssSeconds = Number(process.env.BENCH_RSS_SECONDS ?? 60)

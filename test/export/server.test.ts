@@ -712,3 +712,38 @@ test.serial('after all the bad input the node still serves a well-behaved client
   t.true(value(/dst_connections_refused_total\{node="srv",export="far"\} (\d+)/) >= 1)
   t.true(value(/dst_request_errors_total\{node="srv",export="disk",op="other"\} (\d+)/) >= 1)
 })
+
+test.serial('replies finished in one turn leave together: header-only ones as frames of one message, READs from their slots, which go back after', async t => {
+  const device = new MemoryDevice({ size: 256 * KiB })
+  const exp: ServedExport = {
+    name: 'inproc', device, readOnly: false, allow: [], metrics: new ExportMetrics(), lease: new WriteLease(1000), generation: 0,
+  }
+  const pool = new BufferPool({ count: 16, size: MAX_REQUEST, headroom: 32 })
+  let corks = 0
+  const transport = new RecordingTransport()
+  const cork = transport.cork.bind(transport)
+  transport.cork = fn => { corks++; cork(fn) }
+  const session = new ExportSession(exp, pool, { maxRequest: MAX_REQUEST, maxInFlight: 64, pingInterval: 10000 }, transport)
+  t.teardown(() => session.onClose())
+  const payloads = Array.from({ length: 10 }, () => randomBytes(4 * KiB))
+  // One message: ten WRITEs, three READs of what the first three wrote, and one READ past the end (EINVAL).
+  const message = Buffer.concat([
+    ...payloads.map((p, i) => frame(Op.WRITE, 100 + i, i * 4 * KiB, p.length, p)),
+    frame(Op.READ, 200, 0, 4 * KiB), frame(Op.READ, 201, 4 * KiB, 4 * KiB), frame(Op.READ, 202, 8 * KiB, 4 * KiB),
+    frame(Op.READ, 203, 256 * KiB, 4 * KiB),
+  ])
+  session.onMessage(message)
+  // The graceful stop's drain resolves only once the replies have left.
+  await session.drain()
+  const sent = transport.messages
+  const headerOnly = sent.filter(m => m.length % REPLY_HEADER_SIZE === 0 && m.length > REPLY_HEADER_SIZE)
+  t.is(headerOnly.length, 1, 'the header-only replies share one message')
+  const frames = Array.from({ length: headerOnly[0].length / REPLY_HEADER_SIZE }, (_, i) => parseReplyHeader(headerOnly[0], i * REPLY_HEADER_SIZE))
+  t.deepEqual(frames.filter(h => h.op === Op.WRITE).map(h => [h.tagLo, h.errno]).sort(), payloads.map((_, i) => [100 + i, 0]).sort())
+  t.deepEqual(frames.filter(h => h.op === Op.READ).map(h => [h.tagLo, h.errno, h.length]), [[203, EINVAL, 0]])
+  const reads = sent.filter(m => m !== headerOnly[0]).map(m => ({ h: parseReplyHeader(m, 0), data: m.subarray(REPLY_HEADER_SIZE) }))
+  t.deepEqual(reads.map(r => r.h.tagLo).sort(), [200, 201, 202])
+  for (const r of reads) t.true(r.data.equals(payloads[r.h.tagLo - 200]), `READ ${r.h.tagLo} carries what was written`)
+  t.true(corks <= 2, `${corks} corked writes for 14 replies`)
+  t.is(pool.available, 16, 'every pool buffer is back once its reply has left')
+})

@@ -1,5 +1,5 @@
 import test from 'ava'
-import { WsTap } from '../../export/ws-tap'
+import { WsTap, writeClientFrameHeader } from '../../export/ws-tap'
 
 /** One server frame: FIN bit, opcode, payload (lengths 0-125, 126-65535 and above use the three length forms). */
 function wsFrame (opcode: number, payload: Buffer, fin = true, extra = 0): Buffer {
@@ -99,4 +99,22 @@ test('frames a client must refuse throw a protocol error', t => {
     t.regex(err?.message ?? '', message, name)
     t.is((err as { code?: string } | undefined)?.code, 'DST_ERR_PROTOCOL', name)
   }
+})
+
+test('writeClientFrameHeader: the three length forms, FIN and opcode, the mask bit with an all-zero mask', t => {
+  const buf = Buffer.alloc(20, 0xff)
+  t.is(writeClientFrameHeader(buf, 1, true, 0x2, 32), 6)
+  t.deepEqual([...buf.subarray(1, 7)], [0x82, 0x80 | 32, 0, 0, 0, 0])
+  t.is(buf[0], 0xff, 'nothing written before `at`')
+  t.is(buf[7], 0xff, 'nothing written after the header')
+  buf.fill(0xff)
+  t.is(writeClientFrameHeader(buf, 0, false, 0x0, 300), 8)
+  t.deepEqual([...buf.subarray(0, 8)], [0x00, 0x80 | 126, 0x01, 0x2c, 0, 0, 0, 0])
+  buf.fill(0xff)
+  t.is(writeClientFrameHeader(buf, 0, true, 0x0, 2 ** 32 + 70000), 14)
+  t.deepEqual([...buf.subarray(0, 14)], [0x80, 0x80 | 127, 0, 0, 0, 1, 0, 0x01, 0x11, 0x70, 0, 0, 0, 0])
+  t.is(writeClientFrameHeader(buf, 0, true, 0x2, 125), 6)
+  t.is(buf[1], 0x80 | 125)
+  t.is(writeClientFrameHeader(buf, 0, true, 0x2, 65535), 8)
+  t.is(writeClientFrameHeader(buf, 0, true, 0x2, 65536), 14)
 })
