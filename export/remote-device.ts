@@ -168,8 +168,18 @@ export class RemoteDevice extends Device {
   }
 
   /** One request, sent again on a fresh connection for as long as the link (not the request) is what failed. */
-  private async send (op: number, offset: number, length: number, into: Uint8Array | null, data: Uint8Array | null, aux = 0): Promise<void> {
-    let firstFailure = 0
+  private send (op: number, offset: number, length: number, into: Uint8Array | null, data: Uint8Array | null, aux = 0): Promise<void> {
+    // The usual case, a live connection, without the retry loop's async machinery on the request path.
+    const conn = this.conn
+    if (conn === null || conn.isClosed) return this.sendRetrying(op, offset, length, into, data, aux, 0)
+    return conn.request(op, offset, length, into, data, aux).catch((err: DstError) => {
+      if (this.closedByUs || !TRANSPORT.has(err.code)) throw err
+      this.resent++
+      return this.sendRetrying(op, offset, length, into, data, aux, Date.now())
+    })
+  }
+
+  private async sendRetrying (op: number, offset: number, length: number, into: Uint8Array | null, data: Uint8Array | null, aux: number, firstFailure: number): Promise<void> {
     for (;;) {
       const conn = this.conn !== null && !this.conn.isClosed ? this.conn : await this.nextConnection()
       try {

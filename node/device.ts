@@ -156,9 +156,22 @@ export abstract class Device {
 
   private track <T>(p: Promise<T>): Promise<T> {
     this.inflight++
-    return p.finally(() => {
-      if (--this.inflight === 0 && this.idle !== null) { const done = this.idle; this.idle = null; done() }
-    })
+    // Bound once per device, not a closure per request: on the request path (finally() would cost more promises).
+    return p.then(this.settledOk, this.settledErr) as Promise<T>
+  }
+
+  private readonly settledOk = <T>(value: T): T => {
+    this.settled()
+    return value
+  }
+
+  private readonly settledErr = (err: unknown): never => {
+    this.settled()
+    throw err
+  }
+
+  private settled (): void {
+    if (--this.inflight === 0 && this.idle !== null) { const done = this.idle; this.idle = null; done() }
   }
 
   private waitIdle (): Promise<void> {
