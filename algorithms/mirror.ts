@@ -269,13 +269,26 @@ export class MirrorDevice extends Device {
 
   // ---- I/O -------------------------------------------------------------------------------------------------------
 
-  protected override async _read (offset: number, length: number, into: Uint8Array): Promise<void> {
+  protected override _read (offset: number, length: number, into: Uint8Array): Promise<void> {
+    if (this.paused) return this.readGated(offset, length, into)
+    // Not paused: enter() would only count the read as active; done here without its promise turn.
+    this.active++
+    return this.readRange(offset, length, into).then(this.exitOk, this.exitErr)
+  }
+
+  private async readGated (offset: number, length: number, into: Uint8Array): Promise<void> {
     await this.enter()
     try {
       await this.readRange(offset, length, into)
     } finally {
       this.exit()
     }
+  }
+
+  private readonly exitOk = (): void => { this.exit() }
+  private readonly exitErr = (err: unknown): never => {
+    this.exit()
+    throw err
   }
 
   /** Digests come from one leg that holds the range (least busy first), like a read. */
@@ -335,7 +348,33 @@ export class MirrorDevice extends Device {
     await this.store.close?.()
   }
 
-  private async readRange (offset: number, length: number, into: Uint8Array): Promise<void> {
+  /**
+   * A read below SPLIT_READ goes to the least busy leg holding the range, picked without building arrays; if that leg
+   * fails, it is marked failed and the read starts over on the others (readAnyLeg).
+   */
+  private readRange (offset: number, length: number, into: Uint8Array): Promise<void> {
+    if (length >= SPLIT_READ) return this.readAnyLeg(offset, length, into)
+    const r0 = this.regionOf(offset)
+    const r1 = this.regionOf(offset + length - 1)
+    let leg: Leg | null = null
+    let legRank = 0
+    for (const l of this.legs) {
+      if (l.state === 'failed' || !this.holds(l, r0, r1)) continue
+      // Least busy first; a leg whose link is down (reconnecting) only when no other leg holds the range.
+      const rank = (l.device.state === 'connecting' ? 1e9 : 0) + l.outstanding
+      if (leg === null || rank < legRank) { leg = l; legRank = rank }
+    }
+    if (leg === null) return Promise.reject(this.noLegError(`read ${offset}+${length}`))
+    const chosen = leg
+    chosen.outstanding++
+    return chosen.device.read(offset, length, into).then(() => { chosen.outstanding-- }, err => {
+      chosen.outstanding--
+      this.fail(chosen, err)
+      return this.readAnyLeg(offset, length, into)
+    })
+  }
+
+  private async readAnyLeg (offset: number, length: number, into: Uint8Array): Promise<void> {
     const r0 = this.regionOf(offset)
     const r1 = this.regionOf(offset + length - 1)
     for (;;) {

@@ -287,6 +287,26 @@ test('a large read is split across legs, and still succeeds when a leg fails und
   t.is(legState(m, 'b'), 'failed')
 })
 
+test('small reads whose leg fails under them are served by the other leg, and that leg is marked failed', async t => {
+  const { faults, members } = rig([64 * KiB, 64 * KiB])
+  const m = await openSynced(t, members)
+  const data = pattern(64 * KiB, 5)
+  await m.write(0, data)
+  faults[0].failing = true
+  // Both legs are equally idle, so the first read goes to leg a, which fails under it.
+  const reads = await Promise.all(Array.from({ length: 16 }, async (_, i) => {
+    const into = Buffer.alloc(4 * KiB)
+    await m.read(i * 4 * KiB, 4 * KiB, into)
+    return into.equals(data.subarray(i * 4 * KiB, (i + 1) * 4 * KiB))
+  }))
+  t.deepEqual(reads, reads.map(() => true))
+  t.is(legState(m, 'a'), 'failed')
+  t.is(legState(m, 'b'), 'in-sync')
+  // With no leg left that holds the data, a read fails with a clear error instead of hanging.
+  faults[1].failing = true
+  await t.throwsAsync(m.read(0, 4 * KiB, Buffer.alloc(4 * KiB)), { message: /no in-sync leg left/ })
+})
+
 test('with a leg failed, reads and writes go on without error and the leg\'s missed regions are counted', async t => {
   const { mems, faults, members } = rig([64 * KiB, 64 * KiB])
   const m = await openSynced(t, members)
