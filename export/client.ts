@@ -1,7 +1,8 @@
 // The client side of the native protocol: one WebSocket connection to one export. Requests get a slot (the tag's low
 // half is the slot number, the high half a sequence number, so a stale or forged reply is recognised); up to
-// `maxInFlight` are on the wire at once and the rest wait in a bounded FIFO. A READ's reply payload is copied straight
-// into the caller's buffer; a WRITE's payload is sent as the second fragment of its message, unmasked and uncopied.
+// `maxInFlight` are on the wire at once and the rest wait in a bounded FIFO. A large READ reply is read from the socket
+// straight into the caller's buffer (a small one is copied there once); a WRITE's payload is sent as the second
+// fragment of its message, unmasked and uncopied. Request frames are written here, from a buffer per slot.
 
 import * as net from 'node:net'
 import WebSocket from 'ws'
@@ -385,6 +386,17 @@ export class Connection {
       messageEnd: () => { if (!this.decoder.atBoundary) throw new ProtocolError('reply message ends inside a frame') },
       control: frame => { receiver.write(frame) },
     })
+    // Bytes off the socket, into the tap (which hands data to the decoder and control frames to ws).
+    const feed = (chunk: Buffer): void => {
+      this.lastHeard = Date.now()
+      this.pingOut = false
+      if (this.closed !== null) return
+      try {
+        tap.push(chunk)
+      } catch (err) {
+        this.protocolFailure((err as Error).message)
+      }
+    }
     const reader = this.reader
     if (reader !== null && reader.installed && reader.socket === socket && socket.readableLength === 0) {
       // Reads land in the reader's buffers from now on: large payloads straight in their destination.
@@ -406,30 +418,12 @@ export class Connection {
             this.protocolFailure((err as Error).message)
           }
         },
-        chunk: buf => {
-          this.lastHeard = Date.now()
-          this.pingOut = false
-          if (this.closed !== null) return
-          try {
-            tap.push(buf)
-          } catch (err) {
-            this.protocolFailure((err as Error).message)
-          }
-        },
+        chunk: feed,
       })
       return true
     }
     socket.removeListener('data', listeners[0] as (chunk: Buffer) => void)
-    socket.on('data', (chunk: Buffer) => {
-      this.lastHeard = Date.now()
-      this.pingOut = false
-      if (this.closed !== null) return
-      try {
-        tap.push(chunk)
-      } catch (err) {
-        this.protocolFailure((err as Error).message)
-      }
-    })
+    socket.on('data', feed)
     return true
   }
 

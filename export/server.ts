@@ -146,8 +146,17 @@ export class ExportSession {
 
   /** Resolves once every request received so far has been answered (graceful shutdown). */
   drain (): Promise<void> {
-    if (this.inFlight === 0) return Promise.resolve()
+    if (this.inFlight === 0 && !this.flushScheduled) return Promise.resolve()
     return new Promise(resolve => { this.draining = resolve })
+  }
+
+  private internalFailure (err: unknown): void {
+    try {
+      this.transport.end(CloseCode.INTERNAL, `reply not sent: ${(err as Error)?.message ?? String(err)}`.slice(0, 120))
+    } catch {
+      // Already closed: nothing left to end.
+    }
+    this.onClose()
   }
 
   private protocolError (reason: string): void {
@@ -229,16 +238,16 @@ export class ExportSession {
 
   private readInto (h: RequestHeader, slot: PoolBuffer): void {
     this.exp.device.read(h.offset, h.length, slot.data).then(() => {
-        this.exp.metrics.bytesRead += h.length
-        if (this.exp.digest !== true) { this.finish(h, 'read', 0, slot, h.length); return }
-        hasher().digestOne(slot.data.subarray(0, h.length)).then(digest => this.finish(h, 'read', 0, slot, h.length, digest), err => {
-          this.pool.release(slot)
-          this.finish(h, 'read', toErrno(err), null, 0)
-        })
-      }, err => {
+      this.exp.metrics.bytesRead += h.length
+      if (this.exp.digest !== true) { this.finish(h, 'read', 0, slot, h.length); return }
+      hasher().digestOne(slot.data.subarray(0, h.length)).then(digest => this.finish(h, 'read', 0, slot, h.length, digest), err => {
         this.pool.release(slot)
         this.finish(h, 'read', toErrno(err), null, 0)
       })
+    }, err => {
+      this.pool.release(slot)
+      this.finish(h, 'read', toErrno(err), null, 0)
+    })
   }
 
   /** A WRITE with a wire digest: written only if the payload matches it; a mismatch is EBADMSG and a counter. */
@@ -348,15 +357,22 @@ export class ExportSession {
     if (this.closed) { this.dropOutbox(); return }
     const views = this.outViews
     const digests = this.outDigests
-    this.transport.cork(() => {
-      if (this.headerFill > 0) this.transport.send(this.headerBatch.subarray(0, this.headerFill))
-      for (let i = 0; i < views.length; i++) {
-        const digest = digests[i]
-        if (digest !== null) this.transport.sendParts(views[i], digest)
-        else this.transport.send(views[i])
-      }
-    })
-    this.dropOutbox()
+    try {
+      this.transport.cork(() => {
+        if (this.headerFill > 0) this.transport.send(this.headerBatch.subarray(0, this.headerFill))
+        for (let i = 0; i < views.length; i++) {
+          const digest = digests[i]
+          if (digest !== null) this.transport.sendParts(views[i], digest)
+          else this.transport.send(views[i])
+        }
+      })
+    } catch (err) {
+      // The transport refused to send (its connection went away under us). The connection is ended, if it is still
+      // there, and the replies go nowhere, as after onClose: the client sends its requests again on a new connection.
+      this.internalFailure(err)
+    } finally {
+      this.dropOutbox()
+    }
   }
 
   private dropOutbox (): void {

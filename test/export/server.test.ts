@@ -747,3 +747,21 @@ test.serial('replies finished in one turn leave together: header-only ones as fr
   t.true(corks <= 2, `${corks} corked writes for 14 replies`)
   t.is(pool.available, 16, 'every pool buffer is back once its reply has left')
 })
+
+test.serial('a transport that throws on send ends that connection (1011) and gives every pool buffer back; nothing escapes', async t => {
+  const device = new MemoryDevice({ size: 256 * KiB })
+  const exp: ServedExport = {
+    name: 'inproc', device, readOnly: false, allow: [], metrics: new ExportMetrics(), lease: new WriteLease(1000), generation: 0,
+  }
+  const pool = new BufferPool({ count: 8, size: MAX_REQUEST, headroom: 32 })
+  const transport = new RecordingTransport()
+  transport.send = () => { throw new Error('Invalid access of closed uWS.WebSocket/SSLWebSocket.') }
+  const session = new ExportSession(exp, pool, { maxRequest: MAX_REQUEST, maxInFlight: 64, pingInterval: 10000 }, transport)
+  t.teardown(() => session.onClose())
+  session.onMessage(Buffer.concat([frame(Op.READ, 1, 0, 4 * KiB), frame(Op.READ, 2, 4 * KiB, 4 * KiB), frame(Op.PING, 3, 0, 0)]))
+  await session.drain()
+  t.is(transport.ended?.code, 1011)
+  t.regex(transport.ended?.reason ?? '', /reply not sent: Invalid access/)
+  t.is(pool.available, 8)
+  t.is(exp.metrics.connections, 0, 'the session counts as closed')
+})
