@@ -2,7 +2,7 @@
 // two remote nodes (and the leaf exported directly), with the same client and the same jobs. Reports ratios, which
 // mean something on a shared machine; the absolute numbers are only for orientation. Not part of `npm test`.
 
-import { spawn, type ChildProcess } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
@@ -10,31 +10,18 @@ import { randomFillSync } from 'node:crypto'
 import { RemoteDevice } from '../export/remote-device'
 import { parseDstUrl } from '../node/config'
 import { linksAvailable, makeLinks } from './netns'
+import { spawnDst } from './spawn-dst'
 
 const MiB = 1024 * 1024
-const DST = path.join(__dirname, 'dst.js')
 const procs: ChildProcess[] = []
 
 interface Target { name: string, url: string, pid: () => number }
 interface Job { name: string, run: (dev: RemoteDevice) => Promise<{ ops: number, bytes: number, secs: number, p99: number }> }
 
-function start (args: string[], netns?: string): Promise<{ port: number, proc: ChildProcess }> {
-  return new Promise((resolve, reject) => {
-    const proc = netns === undefined
-      ? spawn(process.execPath, [DST, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-      : spawn('ip', ['netns', 'exec', netns, process.execPath, DST, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-    procs.push(proc)
-    let out = ''
-    const timer = setTimeout(() => reject(new Error(`dst ${args.join(' ')} did not start: ${out}`)), 60000)
-    const onData = (c: Buffer): void => {
-      out += c.toString()
-      const m = /status {2}http:\/\/[^\s/]+:(\d+)\/status/.exec(out)
-      if (m !== null && out.includes(' ready\n')) { clearTimeout(timer); resolve({ port: Number(m[1]), proc }) }
-    }
-    proc.stdout?.on('data', onData)
-    proc.stderr?.on('data', (c: Buffer) => { out += c.toString() })
-    proc.on('exit', code => { clearTimeout(timer); reject(new Error(`dst ${args.join(' ')} exited ${code}: ${out}`)) })
-  })
+async function start (args: string[], netns?: string): Promise<{ port: number, proc: ChildProcess }> {
+  const started = await spawnDst(args, { netns, procs })
+  if (started.statusPort === null) throw new Error(`dst ${args.join(' ')} printed no status address: ${started.out()}`)
+  return { port: started.statusPort, proc: started.proc }
 }
 
 async function open (url: string): Promise<RemoteDevice> {

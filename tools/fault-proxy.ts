@@ -22,8 +22,11 @@ type Item = Buffer | 'end' | 'reset'
 
 function reset (socket: net.Socket): void {
   if (socket.destroyed) return
-  // resetAndDestroy() on a socket still connecting would wait for the connection only to reset it.
-  if (socket.connecting) socket.destroy(); else socket.resetAndDestroy()
+  // resetAndDestroy() on a socket still connecting would wait for the connection only to reset it. On a socket whose
+  // end() was called, libuv refuses the reset while the shutdown is pending (EINVAL); a refused reset is the suspect
+  // for a handle that never finished closing and kept a soak spinning at exit. Such a socket (its FIN already sent)
+  // is destroyed instead.
+  if (socket.connecting || socket.writableEnded) socket.destroy(); else socket.resetAndDestroy()
 }
 
 /** One direction of one connection: what `from` sent, held until it is due and the proxy passes, then written to `to`. */

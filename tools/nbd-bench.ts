@@ -15,9 +15,9 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import { randomFillSync } from 'node:crypto'
 import { freePort } from './ports'
+import { spawnDst } from './spawn-dst'
 
 const MiB = 1024 * 1024
-const DST = path.join(__dirname, 'dst.js')
 const procs: ChildProcess[] = []
 
 interface Target { name: string, uri: string, pid: number, metrics?: string }
@@ -25,15 +25,7 @@ interface Job { name: string, args: string[] }
 interface Result { iops: number, mibs: number, p99: number, ios: number, rss: number }
 
 function startDst (args: string[]): Promise<{ proc: ChildProcess, out: () => string }> {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, [DST, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-    procs.push(proc)
-    let out = ''
-    const timer = setTimeout(() => reject(new Error(`dst ${args.join(' ')} did not start: ${out}`)), 60000)
-    proc.stdout?.on('data', (c: Buffer) => { out += c.toString(); if (out.includes(' ready\n')) { clearTimeout(timer); resolve({ proc, out: () => out }) } })
-    proc.stderr?.on('data', (c: Buffer) => { out += c.toString() })
-    proc.on('exit', code => { clearTimeout(timer); reject(new Error(`dst ${args.join(' ')} exited ${code}: ${out}`)) })
-  })
+  return spawnDst(args, { procs })
 }
 
 function nbdUri (out: string): string {

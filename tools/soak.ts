@@ -6,7 +6,7 @@
 // The tree:   client -> node "top" exports `all` = linear( mirror(far1, far2), far3 )
 //             far1, far2, far3 are remote devices reaching leaves l1, l2, l3 through fault proxies p1, p2, p3.
 
-import { spawn, type ChildProcess } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
@@ -14,10 +14,10 @@ import { randomBytes } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { FaultProxy } from './fault-proxy'
 import { freePort } from './ports'
+import { spawnDst } from './spawn-dst'
 import { RemoteDevice } from '../export/remote-device'
 
 const MiB = 1024 * 1024
-const DST = path.join(__dirname, 'dst.js')
 const LEAF = 16 * MiB
 
 interface Proc { name: string, args: string[], port: number, proc: ChildProcess | null }
@@ -30,26 +30,29 @@ function sleep (ms: number): Promise<void> { return new Promise(resolve => setTi
 function pick<T> (xs: T[]): T { return xs[Math.floor(Math.random() * xs.length)] }
 function between (lo: number, hi: number): number { return lo + Math.floor(Math.random() * (hi - lo + 1)) }
 
+/** dst processes that exited without being killed by the soak (a crash is a finding, not noise). */
+const crashes: string[] = []
+
 async function launch (p: Proc): Promise<void> {
-  const proc = spawn(process.execPath, [DST, ...p.args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const spawned: ChildProcess[] = []
+  const started = spawnDst(p.args, { what: p.name, procs: spawned })
+  // Known before it is ready, so a start that fails or hangs can still be killed.
+  const proc = spawned[0]
   p.proc = proc
-  let out = ''
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${p.name} did not start: ${out}`)), 60000)
-    const onData = (c: Buffer): void => {
-      out += c.toString()
-      if (out.includes(' ready\n')) { clearTimeout(timer); resolve() }
-    }
-    proc.stdout?.on('data', onData)
-    proc.stderr?.on('data', (c: Buffer) => { out += c.toString(); if (out.length > 100000) out = out.slice(-50000) })
-    proc.on('exit', code => { clearTimeout(timer); if (!out.includes(' ready\n')) reject(new Error(`${p.name} exited ${code}: ${out}`)) })
+  const { out } = await started
+  proc.once('exit', (code, signal) => {
+    if (p.proc !== proc) return // killed by the soak
+    p.proc = null
+    const report = `${p.name} exited on its own (code ${code}, signal ${signal}); its last output:\n${out().slice(-4000)}`
+    crashes.push(report)
+    log(report)
   })
 }
 
 function kill (p: Proc): Promise<void> {
   const proc = p.proc
   p.proc = null
-  if (proc === null || proc.exitCode !== null) return Promise.resolve()
+  if (proc === null || proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve()
   return new Promise(resolve => { proc.once('exit', () => resolve()); proc.kill('SIGKILL') })
 }
 
@@ -244,7 +247,8 @@ async function main (): Promise<void> {
     log(`I/O: ${stats.writes} writes, ${stats.reads} reads, ${(stats.bytes / MiB).toFixed(0)} MiB, ${stats.errors} errors`)
     log(`found: ${stats.mismatches} wrong reads during the run; ${bad} of ${checked} known blocks wrong at the end` +
       `; mirror ${inSync ? 'in sync' : 'NOT in sync'}; leg files ${legsEqual ? 'identical' : 'DIFFERENT'}; l1 ${legsMatchTop ? 'matches' : 'does NOT match'} the top`)
-    if (stats.mismatches > 0 || bad > 0 || !legsEqual || !legsMatchTop) process.exitCode = 1
+    if (crashes.length > 0) log(`CRASHED: ${crashes.length} dst process(es) exited on their own (above)`)
+    if (stats.mismatches > 0 || bad > 0 || !legsEqual || !legsMatchTop || crashes.length > 0) process.exitCode = 1
   } finally {
     await client?.close().catch(() => {})
     for (const p of proxies) await p.close().catch(() => {})
@@ -253,7 +257,11 @@ async function main (): Promise<void> {
   }
 }
 
-main().catch(err => {
+main().then(() => {
+  // Everything was closed and killed above; exit here rather than wait for the loop to drain by itself, so a handle
+  // that never finishes closing (seen rarely, in Node's exit-time cleanup) cannot keep the soak spinning.
+  process.exit(process.exitCode ?? 0)
+}, err => {
   process.stderr.write(`soak: ${(err as Error).stack ?? String(err)}\n`)
   process.exit(1)
 })

@@ -5,41 +5,28 @@
 // only differing chunks copied) against a plain full copy, side by side in one run.
 // Usage: node -r ts-node/register/transpile-only tools/verify-bench.ts [--size MiB]
 
-import { spawn, type ChildProcess } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { randomFillSync } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { linksAvailable, makeLinks } from './netns'
+import { spawnDst } from './spawn-dst'
 
 const MiB = 1024 * 1024
 const REGION = MiB
-const DST = path.join(__dirname, 'dst.js')
 const procs: ChildProcess[] = []
 
 interface Node { proc: ChildProcess, port: number, http: string }
 
-function startNode (dir: string, config: Record<string, unknown>, netns?: string): Promise<Node> {
+async function startNode (dir: string, config: Record<string, unknown>, netns?: string): Promise<Node> {
   const file = path.join(dir, `${String(config.name)}.json`)
   fs.writeFileSync(file, JSON.stringify({ listen: '127.0.0.1:0', ...config }, null, 2))
-  return new Promise((resolve, reject) => {
-    const args = [DST, 'node', '--config', file]
-    const proc = netns === undefined
-      ? spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] })
-      : spawn('ip', ['netns', 'exec', netns, process.execPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-    procs.push(proc)
-    let out = ''
-    const timer = setTimeout(() => reject(new Error(`node ${String(config.name)} did not start: ${out}`)), 60000)
-    const onData = (c: Buffer): void => {
-      out += c.toString()
-      const m = /status {2}http:\/\/[^\s/]+:(\d+)\/status/.exec(out)
-      if (m !== null && out.includes(' ready\n')) { clearTimeout(timer); resolve({ proc, port: Number(m[1]), http: `http://127.0.0.1:${m[1]}` }) }
-    }
-    proc.stdout?.on('data', onData)
-    proc.stderr?.on('data', (c: Buffer) => { out += c.toString() })
-    proc.on('exit', code => { clearTimeout(timer); reject(new Error(`node ${String(config.name)} exited ${code}: ${out}`)) })
-  })
+  const started = await spawnDst(['node', '--config', file], { netns, procs, what: `node ${String(config.name)}` })
+  const port = started.statusPort
+  if (port === null) throw new Error(`node ${String(config.name)} printed no status address: ${started.out()}`)
+  return { proc: started.proc, port, http: `http://127.0.0.1:${port}` }
 }
 
 async function stopNode (n: Node): Promise<void> {
