@@ -56,11 +56,13 @@ function serve (e) {
   }
 }
 
-// Completions are published one by one but announced (Atomics.notify, which costs the main thread a wake-up) once
-// the ring is empty or every ANNOUNCE_EVERY completions, so a burst of requests costs one wake-up, not one each.
-// (Spinning a while before sleeping, to save the submitter's wake-up, was measured: no gain on 2 cores, where the
-// spinner takes CPU from the event loop and the client.)
-const ANNOUNCE_EVERY = 16
+// Each completion is announced (Atomics.notify) as soon as it is published. The main thread still settles every
+// completion published by the time it wakes, so a burst costs few wake-ups; a notify while it is not waiting costs
+// almost nothing. Announcing only every 16 completions or when the ring ran dry was measured against this on
+// 2 cores: 5-15% fewer IOPS on 4 KiB and 9% less on 1 MiB writes, because replies waited for the rest of the burst.
+// (Spinning a while before sleeping, to save the submitter's wake-up, was measured too: no gain on 2 cores, where
+// the spinner takes CPU from the event loop and the client.)
+const ANNOUNCE_EVERY = 1
 let unannounced = 0
 for (;;) {
   const head = Atomics.load(ctl, SQ_HEAD)
