@@ -106,6 +106,7 @@ export interface VerifyReport {
   skippedBytes: number
   mismatches: number
   repairedRegions: number
+  /** The first regions that differ (up to 1000), in region order. */
   mismatchedRegions: VerifyMismatch[]
   error: string | null
 }
@@ -900,8 +901,14 @@ export class MirrorDevice extends Device {
     this.verifyTotals.mismatches++
     this.log(`verify: region ${r} (${at}+${n}) differs in ${chunks} of ${Math.ceil(n / chunk)} chunks on ${differing.map(l => l.name).join(', ')}` +
       (reference < 0 ? ' (no reference to repair from: give --from LEG)' : ` from ${referenceName === 'majority' ? 'the majority' : `'${referenceName}'`}${repaired ? '; marked for resync' : ''}`))
-    if (report.mismatchedRegions.length < REPORT_LIMIT) {
-      report.mismatchedRegions.push({ region: r, offset: at, length: n, chunks, legs: differing.map(l => l.name), reference: referenceName, repaired })
+    // Regions are compared several at once and finish in any order; the list stays in region order (the first
+    // REPORT_LIMIT regions that differ), as a user reading it expects.
+    const list = report.mismatchedRegions
+    let pos = list.length
+    while (pos > 0 && list[pos - 1].region > r) pos--
+    if (pos < REPORT_LIMIT) {
+      list.splice(pos, 0, { region: r, offset: at, length: n, chunks, legs: differing.map(l => l.name), reference: referenceName, repaired })
+      if (list.length > REPORT_LIMIT) list.pop()
     }
   }
 
