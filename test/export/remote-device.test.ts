@@ -14,6 +14,7 @@ import type { DstError } from '../../node/errors'
 import { hasher } from '../../node/hasher'
 import { FaultProxy } from '../../tools/fault-proxy'
 import { digestsOf } from '../helpers/digests'
+import { within } from '../helpers/wait'
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -40,13 +41,6 @@ async function openDevice (t: { teardown: (fn: () => unknown) => void }, node: R
   const dev = await RemoteDevice.open({ host: '127.0.0.1', port: node.port, export: name }, options)
   t.teardown(() => dev.close())
   return dev
-}
-
-/** Settles `p` or fails after `ms`, so a hang becomes a clear failure instead of a test timeout. */
-function within<T> (p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const late = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error(`${what}: still pending after ${ms} ms`)), ms) })
-  return Promise.race([p, late]).finally(() => clearTimeout(timer))
 }
 
 test('size, block size and identity come from the handshake', async t => {

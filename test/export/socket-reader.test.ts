@@ -13,6 +13,7 @@ import { Connection } from '../../export/client'
 import { Op } from '../../export/codec'
 import { startNode, tempDir } from '../helpers/node-process'
 import { between, newSeed, prng, seededBytes } from '../helpers/random'
+import { until } from '../helpers/wait'
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -30,18 +31,6 @@ async function pair (reader: SocketReader): Promise<{ server: net.Socket, client
   return { server, client, close: () => { client.destroy(); server.destroy(); srv.close() } }
 }
 
-function until (cond: () => boolean, ms: number, what: string): Promise<void> {
-  const deadline = Date.now() + ms
-  return new Promise((resolve, reject) => {
-    const tick = (): void => {
-      if (cond()) { resolve(); return }
-      if (Date.now() > deadline) { reject(new Error(`${what}: not within ${ms} ms`)); return }
-      setTimeout(tick, 5)
-    }
-    tick()
-  })
-}
-
 test('before attach, bytes arrive as ordinary data chunks', async t => {
   const reader = new SocketReader()
   const { server, client, close } = await pair(reader)
@@ -50,7 +39,7 @@ test('before attach, bytes arrive as ordinary data chunks', async t => {
   client.on('data', (chunk: Buffer) => got.push(Buffer.from(chunk)))
   const sent = seededBytes(prng(newSeed()), 200 * KiB)
   server.write(sent)
-  await until(() => got.reduce((n, b) => n + b.length, 0) >= sent.length, 5000, 'all bytes')
+  await until('all bytes', () => got.reduce((n, b) => n + b.length, 0) >= sent.length, 5000, 5)
   t.true(reader.installed)
   t.true(Buffer.concat(got).equals(sent))
   t.is(reader.directReads, 0)
@@ -82,10 +71,10 @@ test('attached: a large payload lands straight in its destination, the rest in t
   })
   server.write(Buffer.alloc(16, 0xee))
   // Let the header be read alone, so the payload is read with a destination in place.
-  await until(() => headerBytes === 16, 5000, 'header')
+  await until('header', () => headerBytes === 16, 5000, 5)
   server.write(payload)
   server.write(Buffer.alloc(16, 0xdd))
-  await until(() => tail.length === 16, 5000, 'payload and tail')
+  await until('payload and tail', () => tail.length === 16, 5000, 5)
   t.true(dest.equals(payload))
   t.true(reader.directReads > 0)
   t.true(reader.directBytes >= payload.length - 64 * KiB, `${reader.directBytes} of ${payload.length} bytes read in place`)
@@ -96,7 +85,7 @@ test('attached: a large payload lands straight in its destination, the rest in t
   let chunks = 0
   reader.attach({ room: () => dest2, direct: () => t.fail('no direct read after detach'), chunk: () => { chunks++ } })
   server.write(Buffer.alloc(1)) // a read, so that dest2 is what libuv holds next
-  await until(() => chunks === 1, 5000, 'a read')
+  await until('a read', () => chunks === 1, 5000, 5)
   reader.detach()
   server.write(Buffer.alloc(DIRECT_MIN * 2, 0x77))
   await new Promise(resolve => setTimeout(resolve, 200))

@@ -10,6 +10,7 @@ import { freePort } from '../helpers/ports'
 import { RemoteDevice } from '../../export/remote-device'
 import { parseDstUrl } from '../../node/config'
 import { FileIntentStore } from '../../algorithms/intent-store'
+import { until } from '../helpers/wait'
 
 const MiB = 1024 * 1024
 
@@ -21,16 +22,6 @@ async function open (url: string, reconnectTimeout = 30000): Promise<RemoteDevic
 
 async function status (n: RunningNode): Promise<any> {
   return await (await fetch(`${n.http}/status`)).json()
-}
-
-/** Polls until `check` is true (bounded). */
-async function until (what: string, check: () => Promise<boolean>, ms = 30000): Promise<void> {
-  const end = Date.now() + ms
-  while (Date.now() < end) {
-    if (await check()) return
-    await new Promise(resolve => setTimeout(resolve, 200))
-  }
-  throw new Error(`timed out waiting for ${what}`)
 }
 
 test('a 3-level tree across 7 nodes: data written at the top lands in every leaf file; a leaf killed during writes is resynced with only what changed', async t => {

@@ -10,6 +10,7 @@ import { freePort } from '../helpers/ports'
 import { RemoteDevice } from '../../export/remote-device'
 import { DEFAULT_CONFIG } from '../../node/config'
 import type { DstError } from '../../node/errors'
+import { within } from '../helpers/wait'
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -37,13 +38,6 @@ async function getJson (url: string): Promise<{ status: number, type: string, bo
 async function getText (url: string): Promise<{ status: number, type: string, body: string }> {
   const res = await fetch(url)
   return { status: res.status, type: res.headers.get('content-type') ?? '', body: await res.text() }
-}
-
-/** Settles `p` or fails after `ms`, so a hang becomes a clear failure instead of a test timeout. */
-function within<T> (p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const late = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error(`${what}: still pending after ${ms} ms`)), ms) })
-  return Promise.race([p, late]).finally(() => clearTimeout(timer))
 }
 
 /** The value of one Prometheus sample, or NaN when the line is missing. */

@@ -13,6 +13,7 @@ import { randomBytes } from 'node:crypto'
 import { runDst, startExport, startNode, tempDir, type RunningNode } from '../helpers/node-process'
 import { between, newSeed, prng, seededBytes } from '../helpers/random'
 import { RemoteDevice } from '../../export/remote-device'
+import { until } from '../helpers/wait'
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -74,16 +75,6 @@ async function metricsOf (n: RunningNode): Promise<string> {
 function metric (text: string, name: string, labels: string): number {
   const line = text.split('\n').find(l => l.startsWith(`${name}{${labels}} `))
   return line === undefined ? NaN : Number(line.slice(line.lastIndexOf(' ') + 1))
-}
-
-/** Polls until `check` is true (bounded). */
-async function until (what: string, check: () => Promise<boolean>, ms = 30000): Promise<void> {
-  const end = Date.now() + ms
-  while (Date.now() < end) {
-    if (await check()) return
-    await new Promise(resolve => setTimeout(resolve, 100))
-  }
-  throw new Error(`timed out waiting for ${what}`)
 }
 
 async function postVerify (n: RunningNode, array: string, body: Record<string, unknown>): Promise<{ status: number, body: any }> {

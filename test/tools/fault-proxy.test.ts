@@ -10,6 +10,7 @@ import * as path from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { FaultProxy } from '../../tools/fault-proxy'
 import { freePort } from '../helpers/ports'
+import { until } from '../helpers/wait'
 
 const TOOL = path.join(__dirname, '..', '..', 'tools', 'fault-proxy.ts')
 
@@ -56,19 +57,11 @@ async function connect (t: ExecutionContext, port: number): Promise<Client> {
 
 const sleep = (ms: number): Promise<void> => new Promise(resolve => setTimeout(resolve, ms))
 
-async function until (what: string, check: () => boolean, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
-    await sleep(5)
-  }
-}
-
 async function roundTrip (client: Client, text: string): Promise<number> {
   const before = client.bytes
   const start = performance.now()
   client.socket.write(text)
-  await until(`echo of '${text}'`, () => client.bytes >= before + text.length)
+  await until(`echo of '${text}'`, () => client.bytes >= before + text.length, 5000, 5)
   return performance.now() - start
 }
 
