@@ -8,6 +8,8 @@ import * as path from 'node:path'
 import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { startNode, tempDir, type RunningNode } from '../helpers/node-process'
+import { freePort } from '../helpers/ports'
+import { until } from '../helpers/wait'
 
 const MiB = 1024 * 1024
 // nbdsh runs the first python3 on PATH, which must be Debian's (it has the nbd module).
@@ -187,4 +189,99 @@ test('fio (nbd engine) with verify=crc32c on a mirror of two remote nodes', asyn
   t.true(job.write.io_bytes > 0 && job.read.io_bytes > 0)
   await top.stop()
   t.true(fs.readFileSync(path.join(dir, 'l1.img')).equals(fs.readFileSync(path.join(dir, 'l2.img'))), 'both legs hold the same bytes')
+})
+
+test('fio (nbd engine) with verify on a mirror sees no error while one leaf is killed and restarted; the legs end identical', async t => {
+  const dir = tempDir('dst-nbd-fault-')
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const nodes: RunningNode[] = []
+  t.teardown(async () => { await Promise.all(nodes.map(n => n.kill())) })
+  const leafConfig = async (name: string): Promise<Record<string, unknown>> => ({
+    name, listen: `127.0.0.1:${await freePort()}`, dataDir: `./state-${name}`,
+    devices: { disk: { type: 'file', path: `./${name}.img`, size: 16 * MiB } }, exports: [{ device: 'disk' }],
+  })
+  const configs = [await leafConfig('l1'), await leafConfig('l2')]
+  const leaves = [await startNode(dir, configs[0]), await startNode(dir, configs[1])]
+  nodes.push(...leaves)
+  const top = await startNode(dir, {
+    name: 'top', dataDir: './state-top', nbd: '127.0.0.1:0', pingInterval: 300, reconnectTimeout: 1000,
+    devices: {
+      a: { type: 'remote', url: leaves[0].url('disk') },
+      b: { type: 'remote', url: leaves[1].url('disk') },
+      m: { type: 'mirror', members: ['a', 'b'], region: '64KiB' },
+    },
+    exports: [{ device: 'm' }],
+  })
+  nodes.push(top)
+  const port = /nbd {5}nbd:\/\/127\.0\.0\.1:(\d+)\//.exec(top.output())?.[1]
+  const mirror = async (): Promise<any> => (await (await fetch(`${top.http}/status`)).json() as any).devices.m
+  await until('the mirror to be online', async () => (await mirror()).state === 'online')
+  // Writes paced at 4 MiB/s over 16 MiB, so the leaf is down (longer than reconnectTimeout) in the middle of them;
+  // then fio reads every block back and checks it.
+  const fio = run('fio', ['--name=verify', '--ioengine=nbd', `--uri=nbd://127.0.0.1:${port}/m`, '--rw=randwrite', '--bs=4k', '--iodepth=16',
+    '--size=16m', '--rate=4m', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--output-format=json'], 120000, dir)
+  await new Promise(resolve => setTimeout(resolve, 1000))
+  await leaves[1].kill()
+  await new Promise(resolve => setTimeout(resolve, 1500))
+  const during = await mirror()
+  t.is(during.state, 'degraded', 'the mirror went on without the killed leaf')
+  nodes.push(await startNode(dir, configs[1]))
+  const r = await fio
+  t.is(r.code, 0, r.stderr)
+  const job = (JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))) as { jobs: Array<{ error: number, write: { io_bytes: number }, read: { io_bytes: number } }> }).jobs[0]
+  t.is(job.error, 0)
+  t.is(job.write.io_bytes, 16 * MiB)
+  t.is(job.read.io_bytes, 16 * MiB, 'fio read every block back and found it right')
+  await until('the restarted leg to be back in sync', async () => (await mirror()).members.every((l: any) => l.state === 'in-sync'), 60000, 100)
+  await top.stop()
+  t.true(fs.readFileSync(path.join(dir, 'l1.img')).equals(fs.readFileSync(path.join(dir, 'l2.img'))), 'both legs hold the same bytes')
+})
+
+test('clients that vanish mid-request (inside a WRITE payload, with READ replies unread) give every pool buffer back; the node keeps serving', async t => {
+  const { nbd, node } = await rig(t, fileNode(16 * MiB, { pool: { count: 8, size: '1MiB' } }))
+  const port = Number(/:(\d+)\//.exec(nbd('disk'))?.[1])
+  const status = async (): Promise<any> => await (await fetch(`${node.http}/status`)).json()
+  // Fixed newstyle with NO_ZEROES, then NBD_OPT_EXPORT_NAME: the server's reply is 18 + 10 bytes.
+  const name = Buffer.from('disk')
+  const opt = Buffer.alloc(16)
+  Buffer.from('IHAVEOPT').copy(opt, 0)
+  opt.writeUInt32BE(1, 8)
+  opt.writeUInt32BE(name.length, 12)
+  const handshake = Buffer.concat([Buffer.from([0, 0, 0, 3]), opt, name])
+  const request = (type: number, offset: number, length: number, handle: number): Buffer => {
+    const r = Buffer.alloc(28)
+    r.writeUInt32BE(0x25609513, 0)
+    r.writeUInt16BE(type, 6)
+    r.writeUInt32BE(handle, 12)
+    r.writeUInt32BE(offset, 20)
+    r.writeUInt32BE(length, 24)
+    return r
+  }
+  /** Connects, sends `bytes` after the handshake, waits until `after` bytes of replies came (or a moment), then vanishes. */
+  const vanish = (bytes: Buffer, after: number): Promise<void> => new Promise(resolve => {
+    const s = net.connect(port, '127.0.0.1')
+    let got = 0
+    const done = (): void => { s.destroy(); resolve() }
+    s.on('data', c => { got += c.length; if (got >= 28 + after) { s.pause(); setTimeout(done, 20) } })
+    s.on('connect', () => s.write(Buffer.concat([handshake, bytes])))
+    s.on('error', () => {})
+    s.on('close', resolve)
+    setTimeout(done, 2000)
+  })
+  const payload = Buffer.alloc(MiB, 0x5a)
+  for (let round = 0; round < 6; round++) {
+    // A WRITE whose payload stops half way.
+    await vanish(Buffer.concat([request(1, round * MiB, MiB, 1), payload.subarray(0, MiB / 2)]), 0)
+    // Sixteen 1 MiB READs (twice the pool), the replies left unread once the first bytes came.
+    await vanish(Buffer.concat(Array.from({ length: 16 }, (_, i) => request(0, i * MiB, MiB, i))), 1)
+    // Whole WRITEs, then READs, then a WRITE cut short: some of each are in flight when the client goes.
+    await vanish(Buffer.concat([request(1, 0, MiB, 1), payload, request(0, 0, MiB, 2), request(0, MiB, MiB, 3), request(1, MiB, MiB, 4), payload.subarray(0, 1000)]), 16)
+  }
+  await until('every pool buffer to be free and every connection gone', async () => {
+    const s = await status()
+    return s.pool.free === s.pool.count && s.exports.every((e: any) => e.connections === 0)
+  }, 10000)
+  const info = await run('nbdinfo', [nbd('disk')])
+  t.is(info.code, 0, 'a well-behaved client is served afterwards')
+  t.is(node.proc.exitCode, null)
 })
