@@ -55,6 +55,8 @@ interface Leg {
   lastError: string
   nextProbe: number
   probeWait: number
+  /** The array's event count when this leg's resync paused for want of a source (-1: not paused). */
+  pausedAt: number
 }
 
 /** Reads at least this long are split across legs so one reader gets the bandwidth of several. */
@@ -424,17 +426,33 @@ export class MirrorDevice extends Device {
     const r1 = this.regionOf(offset + length - 1)
     await this.enter(r0, r1)
     try {
+      // With no in-sync leg the write is refused before any leg is touched. Applied to a stale leg and marked missed on
+      // the failed ones, it would leave regions that no leg holds, and the array could never be whole again.
+      if (!this.legs.some(l => l.state === 'in-sync')) throw this.noLegError(`write ${offset}+${length}`)
       if (this.markIntent(r0, r1)) await this.save()
       const targets: Leg[] = []
       for (const l of this.legs) {
         if (l.state === 'failed') this.markStale(l, r0, r1); else targets.push(l)
       }
-      const ok = await Promise.all(targets.map(l => {
+      // Regions a leg failing under this write held until now, per leg, in case the write ends up refused.
+      const held: Array<number[] | null> = targets.map(() => null)
+      const ok = await Promise.all(targets.map((l, i) => {
         l.outstanding++
-        return op(l).then(() => true, err => { this.fail(l, err); this.markStale(l, r0, r1); return false })
-          .finally(() => { l.outstanding-- })
+        return op(l).then(() => true, err => {
+          this.fail(l, err)
+          const was: number[] = []
+          for (let r = r0; r <= r1; r++) if (l.stale[r] === 0) was.push(r)
+          held[i] = was
+          this.markStale(l, r0, r1)
+          return false
+        }).finally(() => { l.outstanding-- })
       }))
-      if (!targets.some((l, i) => ok[i] && l.state === 'in-sync')) throw this.noLegError(`write ${offset}+${length}`)
+      if (!targets.some((l, i) => ok[i] && l.state === 'in-sync')) {
+        // Refused: every in-sync leg failed under it. Its range may now hold old or new bytes on any leg (a failed
+        // write promises nothing there), but a region no other leg holds stays held by the leg that held it.
+        if (this.keepHolders(targets, held)) await this.save()
+        throw this.noLegError(`write ${offset}+${length}`)
+      }
       // A leg failed under this write: the superblock must say so on disk before the write is acknowledged, or a crash
       // now could pick that leg as the source and copy its old data over the legs that took the write.
       if (ok.includes(false)) await this.save()
@@ -489,6 +507,24 @@ export class MirrorDevice extends Device {
       }
       this.marked.add(r)
     }
+    return changed
+  }
+
+  /**
+   * After a refused write: gives back to each leg that failed under it the regions it held before, where no other
+   * working leg holds them, and clears its intent bit there so a restart agrees. True if a bit changed.
+   */
+  private keepHolders (targets: Leg[], held: Array<number[] | null>): boolean {
+    let changed = false
+    targets.forEach((l, i) => {
+      const i0 = this.legs.indexOf(l)
+      for (const r of held[i] ?? []) {
+        if (l.stale[r] === 0 || this.legs.some(o => o !== l && o.state !== 'failed' && o.stale[r] === 0)) continue
+        l.stale[r] = 0
+        l.staleCount--
+        if (i0 >= 0 && getBit(this.state_.bits[i0], r)) { this.setBit(i0, r, false); changed = true }
+      }
+    })
     return changed
   }
 
@@ -589,10 +625,19 @@ export class MirrorDevice extends Device {
     if (this.options.autoResync !== false) for (const l of this.legs) if (l.state === 'stale') this.startResync(l)
   }
 
-  /** Checks failed legs: one whose device answers again becomes stale and is resynced. */
+  /**
+   * Checks failed legs: one whose device answers again becomes stale and is resynced. A resync that paused for want of
+   * a source is started again once a leg's state has changed since (a leg back, or in sync).
+   */
   private probe (): void {
     const now = Date.now()
     for (const l of this.legs) {
+      if (l.state === 'stale' && l.running === null && l.pausedAt >= 0 && l.pausedAt !== this.state_.superblock.events &&
+          !this.stopping && this.options.autoResync !== false) {
+        l.pausedAt = -1
+        this.startResync(l).catch(() => {})
+        continue
+      }
       // A leg whose old resync is still winding down is probed once that has stopped.
       if (l.state !== 'failed' || now < l.nextProbe || this.stopping || l.running !== null) continue
       const ds = l.device.state
@@ -703,6 +748,7 @@ export class MirrorDevice extends Device {
       const sources = this.legs.filter(s => s !== l && s.state !== 'failed' && s.stale[r] === 0)
       if (sources.length === 0) {
         l.lastError = `no leg holds region ${r} to copy from`
+        l.pausedAt = this.state_.superblock.events
         this.log(`leg '${l.name}': resync paused: ${l.lastError}`)
         return null
       }
@@ -1051,7 +1097,7 @@ function newLeg (m: Member, regions: number, options: MirrorOptions): Leg {
   return {
     name: m.name, device: m.device, state: 'in-sync', outstanding: 0, stale: new Uint8Array(regions), staleCount: 0,
     full: false, resync: null, cursor: 0, claimed: new Set(), running: null, lastError: '', nextProbe: 0,
-    probeWait: options.probeInterval ?? 1000,
+    probeWait: options.probeInterval ?? 1000, pausedAt: -1,
   }
 }
 
