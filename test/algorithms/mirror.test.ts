@@ -784,6 +784,21 @@ const cmdArb: fc.Arbitrary<Cmd> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('wait' as const), ms: fc.integer({ min: 0, max: 20 }) }) },
 )
 
+/** The commands both mirror properties run alike: a leg back, a leg slowed, a pause. */
+async function faultCmd (c: Cmd, faults: FaultDevice[]): Promise<void> {
+  switch (c.kind) {
+    case 'return': faults[c.leg % faults.length].failing = false; break
+    case 'slow': faults[c.leg % faults.length].delay = c.ms; break
+    case 'wait': await sleep(c.ms); break
+  }
+}
+
+/** Clears every fault and waits (at most 5 s) for every leg to be in sync. */
+async function healAll (m: MirrorDevice, faults: FaultDevice[]): Promise<void> {
+  for (const f of faults) { f.failing = false; f.delay = 0 }
+  if (!await waitFor(() => allInSync(m), 5000)) throw new Error(`legs not in sync after 5 s: ${JSON.stringify(m.legStates())}`)
+}
+
 // Regression: several resyncs at once used to share one lock slot, and a three-leg run found that within a few dozen
 // runs. With the per-region lock the property runs unrestricted; setting this to true keeps at most one leg away.
 const ONE_LEG_AWAY = false
@@ -828,13 +843,10 @@ test('random writes, reads, leg failures and returns agree with a Buffer model (
               if (ONE_LEG_AWAY ? others.every(o => o.ok) : others.some(o => o.ok)) faults[i].failing = true
               break
             }
-            case 'return': faults[c.leg % sizes.length].failing = false; break
-            case 'slow': faults[c.leg % sizes.length].delay = c.ms; break
-            case 'wait': await sleep(c.ms); break
+            default: await faultCmd(c, faults)
           }
         }
-        for (const f of faults) { f.failing = false; f.delay = 0 }
-        if (!await waitFor(() => allInSync(m), 5000)) throw new Error(`legs not in sync after 5 s: ${JSON.stringify(m.legStates())}`)
+        await healAll(m, faults)
         for (const [i, mem] of mems.entries()) {
           if (!mem.data.subarray(0, size).equals(model)) throw new Error(`leg ${legName(i)} differs from the model`)
         }
@@ -894,13 +906,10 @@ test('any leg may fail, the last in-sync one too: refused writes and reads are N
               break
             }
             case 'fail': faults[c.leg % sizes.length].failing = true; break
-            case 'return': faults[c.leg % sizes.length].failing = false; break
-            case 'slow': faults[c.leg % sizes.length].delay = c.ms; break
-            case 'wait': await sleep(c.ms); break
+            default: await faultCmd(c, faults)
           }
         }
-        for (const f of faults) { f.failing = false; f.delay = 0 }
-        if (!await waitFor(() => allInSync(m), 5000)) throw new Error(`legs not in sync after 5 s: ${JSON.stringify(m.legStates())}`)
+        await healAll(m, faults)
         for (const [i, mem] of mems.entries()) {
           if (!mem.data.subarray(0, size).equals(mems[0].data.subarray(0, size))) throw new Error(`leg ${legName(i)} differs from leg a`)
         }
