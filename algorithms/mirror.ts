@@ -57,6 +57,11 @@ interface Leg {
   probeWait: number
   /** The array's event count when this leg's resync paused for want of a source (-1: not paused). */
   pausedAt: number
+  /**
+   * This leg failed as the last in-sync one and no leg has been in sync since: it holds every acknowledged write, so
+   * the superblock keeps calling it in sync (a restart takes regions marked on every leg from it).
+   */
+  authority: boolean
 }
 
 /** Reads at least this long are split across legs so one reader gets the bandwidth of several. */
@@ -580,7 +585,7 @@ export class MirrorDevice extends Device {
     const pages = this.pages
     this.pages = new Map()
     const sb = this.state_.superblock
-    sb.legs.forEach((rec, i) => { rec.inSync = this.legs[i]?.state === 'in-sync' })
+    sb.legs.forEach((rec, i) => { const l = this.legs[i]; rec.inSync = l !== undefined && (l.state === 'in-sync' || l.authority) })
     try {
       await this.store.update(this.state_, pages)
     } catch (err) {
@@ -602,6 +607,7 @@ export class MirrorDevice extends Device {
     if (l.state === 'failed') return
     const was = l.state
     l.state = 'failed'
+    if (was === 'in-sync' && !this.legs.some(o => o.state === 'in-sync')) l.authority = true
     l.lastError = (err as Error)?.message ?? String(err)
     l.nextProbe = Date.now() + l.probeWait
     this.state_.superblock.events++
@@ -728,6 +734,7 @@ export class MirrorDevice extends Device {
       if (stopped || l.state !== 'resyncing') return
       l.state = 'in-sync'
       l.full = false
+      for (const o of this.legs) o.authority = false
       this.state_.superblock.events++
       this.log(`leg '${l.name}' in sync (${l.resync.copiedBytes} of ${l.resync.totalBytes} bytes copied, ${l.resync.comparedBytes} compared by digest)`)
       this.clearQuiet(true)
@@ -1097,7 +1104,7 @@ function newLeg (m: Member, regions: number, options: MirrorOptions): Leg {
   return {
     name: m.name, device: m.device, state: 'in-sync', outstanding: 0, stale: new Uint8Array(regions), staleCount: 0,
     full: false, resync: null, cursor: 0, claimed: new Set(), running: null, lastError: '', nextProbe: 0,
-    probeWait: options.probeInterval ?? 1000, pausedAt: -1,
+    probeWait: options.probeInterval ?? 1000, pausedAt: -1, authority: false,
   }
 }
 

@@ -674,6 +674,37 @@ test('a write acknowledged while a leg failed under it survives a crash', async 
   await closeSoon(m1)
 })
 
+test('a crash after the last in-sync leg failed: regions marked on every leg are taken from that leg, not from the stale one', async t => {
+  const memA = new MemoryDevice({ size: 64 * KiB })
+  const memB = new MemoryDevice({ size: 64 * KiB })
+  const faults = [new FaultDevice(memA), new FaultDevice(memB)]
+  const store = new CrashableStore()
+  // Bits stay set (clearDelay), and a returning leg is not resynced (autoResync: false), so region 0 ends up marked on
+  // both legs with only b holding it.
+  const m1 = await openMirror(t, [{ name: 'a', device: faults[0] }, { name: 'b', device: faults[1] }], { store, clearDelay: 60_000, autoResync: false })
+  for (const l of m1.legNames) await m1.startResync(l)
+  t.true(await waitFor(() => allInSync(m1)))
+  await m1.write(0, Buffer.alloc(REGION, 1))
+  faults[0].failing = true
+  await m1.write(0, Buffer.alloc(REGION, 2)) // acknowledged: only b took it
+  faults[0].failing = false
+  t.true(await waitFor(() => legState(m1, 'a') === 'stale'), 'a is back, not resynced')
+  faults[1].failing = true
+  await t.throwsAsync(m1.write(REGION, Buffer.alloc(REGION, 3)), { code: 'DST_ERR_NOLEG' }) // b fails under it
+  t.is(m1.status().state, 'failed')
+  t.true(await waitFor(() => store.pending === 0))
+  store.crashed = true
+  t.deepEqual(store.inner.saved?.superblock.legs.map(l => l.inSync), [false, true], 'b, the last in-sync leg, is still the one to trust')
+
+  const m2 = await openMirror(t, [{ name: 'a', device: new FaultDevice(memA) }, { name: 'b', device: new FaultDevice(memB) }], { store: store.inner })
+  t.true(await waitFor(() => allInSync(m2)), JSON.stringify(m2.legStates()))
+  const into = Buffer.alloc(REGION)
+  await m2.read(0, REGION, into)
+  t.true(into.equals(Buffer.alloc(REGION, 2)), `read back ${into[0]}: the acknowledged write was lost`)
+  t.true(memA.data.equals(memB.data))
+  await closeSoon(m1)
+})
+
 // ---- managing legs ------------------------------------------------------------------------------------------------
 
 test('addLeg: a new leg is compared and filled in the background while I/O goes on', async t => {
