@@ -121,11 +121,10 @@ function gone (): DstError { return new DstError('DST_ERR_EIO', 'crashed', Errno
  * crash() nothing more becomes durable. `inner.saved` is then exactly what survived.
  */
 class CrashableStore implements IntentStore {
-  readonly inner = new MemoryIntentStore()
   crashed = false
   /** Saves under way (not yet durable). */
   pending = 0
-  constructor (readonly delay = 0) {}
+  constructor (readonly delay = 0, readonly inner = new MemoryIntentStore()) {}
 
   load (): Promise<IntentState | null> { return this.inner.load() }
 
@@ -892,13 +891,23 @@ test('random writes, reads, leg failures and returns agree with a Buffer model (
   t.pass('fast-check found no counterexample') // fc.assert throws on failure
 })
 
-test('any leg may fail, the last in-sync one too: refused writes and reads are NOLEG, acknowledged writes are never lost, and the array comes back whole (fast-check)', async t => {
+test('any leg may fail, the last in-sync one too, and the node may crash: refused writes and reads are NOLEG, acknowledged writes are never lost, and the array comes back whole (fast-check)', async t => {
+  const crashArb = fc.record({ kind: fc.constant('crash' as const) })
   await fc.assert(fc.asyncProperty(
     fc.array(fc.constantFrom(64 * KiB, 60000), { minLength: 2, maxLength: 3 }),
-    fc.array(cmdArb, { minLength: 5, maxLength: 40, size: 'max' }),
+    fc.array(fc.oneof({ weight: 13, arbitrary: cmdArb }, { weight: 1, arbitrary: crashArb }), { minLength: 5, maxLength: 40, size: 'max' }),
     async (sizes, cmds) => {
-      const { mems, faults, members } = rig(sizes)
-      const m = await MirrorDevice.open({ name: 'p', legs: members, region: REGION, store: new MemoryIntentStore(), clearDelay: 10, probeInterval: 10, autoResync: true })
+      const mems = sizes.map(size => new MemoryDevice({ size }))
+      let store = new CrashableStore()
+      let crashables: Crashable[] = []
+      let faults: FaultDevice[] = []
+      // Opens the array on the same memory after a crash, each leg keeping its fault.
+      const open = async (): Promise<MirrorDevice> => {
+        crashables = mems.map(mem => new Crashable(mem))
+        faults = crashables.map((c, i) => Object.assign(new FaultDevice(c), { failing: faults[i]?.failing ?? false }))
+        return await MirrorDevice.open({ name: 'p', legs: faults.map((device, i) => ({ name: legName(i), device })), region: REGION, store, clearDelay: 10, probeInterval: 10, autoResync: true })
+      }
+      let m = await open()
       try {
         const size = m.size
         const model = Buffer.alloc(size)
@@ -908,6 +917,15 @@ test('any leg may fail, the last in-sync one too: refused writes and reads are N
         const noLeg = (err: unknown): boolean => (err as DstError).code === 'DST_ERR_NOLEG'
         for (const [step, c] of cmds.entries()) {
           switch (c.kind) {
+            case 'crash': {
+              // Nothing more reaches the legs or the store from the old array (a resync may have been under way).
+              store.crashed = true
+              for (const x of crashables) x.crashed = true
+              void closeSoon(m)
+              store = new CrashableStore(0, store.inner)
+              m = await open()
+              break
+            }
             case 'write': {
               const at = Math.floor(c.at * size)
               const data = pattern(Math.min(c.length, size - at), c.seed)
@@ -951,7 +969,7 @@ test('any leg may fail, the last in-sync one too: refused writes and reads are N
         await closeSoon(m)
       }
     },
-  ), { numRuns: 50 })
+  ), { numRuns: 100 })
   t.pass('fast-check found no counterexample') // fc.assert throws on failure
 })
 
