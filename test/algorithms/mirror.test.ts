@@ -3,7 +3,8 @@
 // writes fan-out, reads only from legs that hold the range and balanced across them, degraded service while a leg is
 // away, resync of only the dirty regions (and compare-first full sync for a new array or leg), crash recovery from the
 // durable write-intent map, writes racing a resync, and add/remove/split of legs. A fast-check property runs random
-// writes, reads, leg failures and returns against a Buffer model. Integrity: hash from one leg with failover, checksum
+// writes, reads, leg failures and returns against a Buffer model; a second lets every leg fail (the last in-sync one
+// too) and the node crash, and checks that refusals are NOLEG, acknowledged writes survive and the array heals. Integrity: hash from one leg with failover, checksum
 // resync (only differing chunks copied; `compare: false` copies whole regions), and online verify (mismatches found,
 // reported, repaired from a leg or a majority; skipped regions; refusals), with a property of writes racing a verify.
 
