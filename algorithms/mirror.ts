@@ -439,14 +439,16 @@ export class MirrorDevice extends Device {
       for (const l of this.legs) {
         if (l.state === 'failed') this.markStale(l, r0, r1); else targets.push(l)
       }
-      // Regions a leg failing under this write held until now, per leg, in case the write ends up refused.
-      const held: Array<number[] | null> = targets.map(() => null)
+      // Regions a leg failing under this write held until now, per leg, in case the write ends up refused (made only
+      // when a leg fails: nothing more is allocated per write on the hot path).
+      let held: Array<number[] | null> | null = null
       const ok = await Promise.all(targets.map((l, i) => {
         l.outstanding++
         return op(l).then(() => true, err => {
           this.fail(l, err)
           const was: number[] = []
           for (let r = r0; r <= r1; r++) if (l.stale[r] === 0) was.push(r)
+          held ??= targets.map(() => null)
           held[i] = was
           this.markStale(l, r0, r1)
           return false
@@ -455,7 +457,7 @@ export class MirrorDevice extends Device {
       if (!targets.some((l, i) => ok[i] && l.state === 'in-sync')) {
         // Refused: every in-sync leg failed under it. Its range may now hold old or new bytes on any leg (a failed
         // write promises nothing there), but a region no other leg holds stays held by the leg that held it.
-        if (this.keepHolders(targets, held)) await this.save()
+        if (held !== null && this.keepHolders(targets, held)) await this.save()
         throw this.noLegError(`write ${offset}+${length}`)
       }
       // A leg failed under this write: the superblock must say so on disk before the write is acknowledged, or a crash
