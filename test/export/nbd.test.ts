@@ -222,9 +222,7 @@ test('fio (nbd engine) with verify on a mirror sees no error while one leaf is k
     '--size=16m', '--rate=4m', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--output-format=json'], 120000, dir)
   await new Promise(resolve => setTimeout(resolve, 1000))
   await leaves[1].kill()
-  await new Promise(resolve => setTimeout(resolve, 1500))
-  const during = await mirror()
-  t.is(during.state, 'degraded', 'the mirror went on without the killed leaf')
+  await until('the mirror to go on without the killed leaf', async () => (await mirror()).state === 'degraded', 10000)
   nodes.push(await startNode(dir, configs[1]))
   const r = await fio
   t.is(r.code, 0, r.stderr)
