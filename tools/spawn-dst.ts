@@ -1,5 +1,5 @@
-// Starts a `dst` process for the benchmarks and the soak, optionally inside a network namespace, and waits for its
-// ` ready` line. Output is kept (the last 64 KiB) for error messages and for the addresses the process prints.
+// Starts a `dst` process for the benchmarks, the soak and the end-to-end tests, optionally inside a network namespace,
+// and waits for its ` ready` line. Output is kept (the last 64 KiB) for error messages and for the addresses the process prints.
 
 import { spawn, type ChildProcess } from 'node:child_process'
 import * as path from 'node:path'
@@ -22,8 +22,10 @@ export interface SpawnOptions {
   what?: string
   /** Every spawned process is added here, so the caller can kill them all at the end. */
   procs?: ChildProcess[]
-  /** Milliseconds to wait for ` ready`. */
+  /** Milliseconds to wait for ` ready`; a process not ready by then is killed. */
   timeout?: number
+  /** Bytes of output kept (the last ones); default 64 KiB. */
+  keep?: number
 }
 
 export function spawnDst (args: string[], options: SpawnOptions = {}): Promise<StartedDst> {
@@ -33,12 +35,14 @@ export function spawnDst (args: string[], options: SpawnOptions = {}): Promise<S
     : spawn('ip', ['netns', 'exec', options.netns, process.execPath, DST, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
   options.procs?.push(proc)
   let out = ''
+  const keep = options.keep ?? KEEP
   const take = (c: Buffer): void => {
     out += c.toString()
-    if (out.length > 2 * KEEP) out = out.slice(-KEEP)
+    if (out.length > 2 * keep) out = out.slice(-keep)
   }
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${what} did not start: ${out}`)), options.timeout ?? 60000)
+    const timeout = options.timeout ?? 60000
+    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`${what} did not start within ${timeout} ms: ${out}`)) }, timeout)
     let ready = false
     proc.stdout?.on('data', (c: Buffer) => {
       take(c)
@@ -50,6 +54,6 @@ export function spawnDst (args: string[], options: SpawnOptions = {}): Promise<S
     })
     proc.stderr?.on('data', take)
     // After ` ready`, an exit settles nothing: the promise has resolved.
-    proc.on('exit', code => { clearTimeout(timer); reject(new Error(`${what} exited ${code}: ${out}`)) })
+    proc.on('exit', code => { clearTimeout(timer); reject(new Error(`${what} exited with ${code} before it was ready: ${out}`)) })
   })
 }

@@ -2,6 +2,7 @@
 // by its own pid when the test ends. The port is read from the node's start-up lines.
 
 import { spawn, type ChildProcess } from 'node:child_process'
+import { spawnDst } from '../../tools/spawn-dst'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
@@ -59,36 +60,23 @@ export function startExport (args: string[], options: { timeout?: number } = {})
   return startProcess(['export', ...args], options.timeout)
 }
 
-function startProcess (args: string[], timeout = 40000): Promise<RunningNode> {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, [DST, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-    live.add(proc)
-    let out = ''
-    let exited = false
-    const exit = new Promise<number | null>(res => proc.on('exit', code => { exited = true; live.delete(proc); res(code) }))
-    const fail = (why: string): void => { clearTimeout(timer); proc.kill('SIGKILL'); reject(new Error(`${why}; output:\n${out}`)) }
-    const timer = setTimeout(() => fail(`dst ${args.join(' ')} did not start within ${timeout} ms`), timeout)
-    const onData = (c: Buffer): void => {
-      out += c.toString()
-      const m = /status {2}http:\/\/([^\s/]+):(\d+)\/status/.exec(out)
-      if (m !== null && out.includes(' ready\n')) {
-        clearTimeout(timer)
-        proc.stdout?.off('data', onData)
-        proc.stdout?.on('data', (d: Buffer) => { out += d.toString() })
-        const port = Number(m[2])
-        resolve({
-          proc,
-          port,
-          http: `http://127.0.0.1:${port}`,
-          url: name => `dst://127.0.0.1:${port}/${name}`,
-          output: () => out,
-          stop: async () => { if (!exited) proc.kill('SIGTERM'); return await exit },
-          kill: async () => { if (!exited) proc.kill('SIGKILL'); await exit },
-        })
-      }
-    }
-    proc.stdout?.on('data', onData)
-    proc.stderr?.on('data', (c: Buffer) => { out += c.toString() })
-    proc.on('exit', code => { if (!out.includes(' ready\n')) fail(`dst ${args.join(' ')} exited with ${code} before it was ready`) })
-  })
+async function startProcess (args: string[], timeout = 40000): Promise<RunningNode> {
+  const spawned: ChildProcess[] = []
+  const starting = spawnDst(args, { timeout, procs: spawned, keep: Number.POSITIVE_INFINITY })
+  const proc = spawned[0]
+  live.add(proc)
+  let exited = false
+  const exit = new Promise<number | null>(res => proc.on('exit', code => { exited = true; live.delete(proc); res(code) }))
+  const started = await starting
+  const port = started.statusPort
+  if (port === null) { proc.kill('SIGKILL'); throw new Error(`dst ${args.join(' ')} printed no status address; output:\n${started.out()}`) }
+  return {
+    proc,
+    port,
+    http: `http://127.0.0.1:${port}`,
+    url: name => `dst://127.0.0.1:${port}/${name}`,
+    output: started.out,
+    stop: async () => { if (!exited) proc.kill('SIGTERM'); return await exit },
+    kill: async () => { if (!exited) proc.kill('SIGKILL'); await exit },
+  }
 }
