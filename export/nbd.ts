@@ -258,9 +258,13 @@ class NbdSession {
         if (this.payloadFill === req.length) this.finishRequest()
       }
     } catch (err) {
-      if (!(err instanceof ProtocolError)) throw err
-      this.server.options.log(`nbd: ${this.address}: ${err.message}; closing`)
-      if (this.exp !== null) this.exp.metrics.protocolErrors++
+      // A bad request costs its connection; so does a bug here (it is logged with its stack), never the node.
+      if (err instanceof ProtocolError) {
+        this.server.options.log(`nbd: ${this.address}: ${err.message}; closing`)
+        if (this.exp !== null) this.exp.metrics.protocolErrors++
+      } else {
+        this.server.options.log(`nbd: ${this.address}: internal error: ${(err as Error).stack ?? String(err)}; closing`)
+      }
       this.close()
     }
   }

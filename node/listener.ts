@@ -79,11 +79,13 @@ export class Listener {
         ws.getUserData().session?.onClose()
       },
     })
+    // A handler that throws would abort the whole process (uWebSockets.js refuses a handler that returns without
+    // answering): a bug in a report costs that request a 500, never the node.
     this.app.get('/status', res => {
-      res.writeHeader('content-type', 'application/json').end(JSON.stringify(this.options.status(), null, 2) + '\n')
+      this.report(res, 'application/json', () => JSON.stringify(this.options.status(), null, 2) + '\n')
     })
     this.app.get('/metrics', res => {
-      res.writeHeader('content-type', 'text/plain; version=0.0.4').end(this.options.metrics())
+      this.report(res, 'text/plain; version=0.0.4', () => this.options.metrics())
     })
     this.app.post('/arrays/:name/:action', (res, req) => this.admin(res, req))
     this.app.any('/*', res => {
@@ -118,6 +120,18 @@ export class Listener {
       ws.end(CloseCode.GOING_AWAY, 'node shutting down')
     }
     this.sessions.clear()
+  }
+
+  private report (res: uws.HttpResponse, type: string, body: () => string): void {
+    let text: string
+    try {
+      text = body()
+    } catch (err) {
+      this.options.log(`internal error building a report: ${(err as Error).stack ?? String(err)}`)
+      res.writeStatus('500 Internal Server Error').writeHeader('content-type', 'text/plain').end(`internal error: ${(err as Error).message}\n`)
+      return
+    }
+    res.writeHeader('content-type', type).end(text)
   }
 
   /** A bug must cost one connection, never the node: log it and close that connection (1011). */

@@ -214,7 +214,7 @@ test('fio (nbd engine) with verify on a mirror sees no error while one leaf is k
   })
   nodes.push(top)
   const port = /nbd {5}nbd:\/\/127\.0\.0\.1:(\d+)\//.exec(top.output())?.[1]
-  const mirror = async (): Promise<any> => (await (await fetch(`${top.http}/status`)).json() as any).devices.m
+  const mirror = async (): Promise<any> => (await top.status()).devices.m
   await until('the mirror to be online', async () => (await mirror()).state === 'online')
   // Writes paced at 4 MiB/s over 16 MiB, so the leaf is down (longer than reconnectTimeout) in the middle of them;
   // then fio reads every block back and checks it.
@@ -238,7 +238,7 @@ test('fio (nbd engine) with verify on a mirror sees no error while one leaf is k
 test('clients that vanish mid-request (inside a WRITE payload, with READ replies unread) give every pool buffer back; the node keeps serving', async t => {
   const { nbd, node } = await rig(t, fileNode(16 * MiB, { pool: { count: 8, size: '1MiB' } }))
   const port = Number(/:(\d+)\//.exec(nbd('disk'))?.[1])
-  const status = async (): Promise<any> => await (await fetch(`${node.http}/status`)).json()
+  const status = async (): Promise<any> => await node.status()
   // Fixed newstyle with NO_ZEROES, then NBD_OPT_EXPORT_NAME: the server's reply is 18 + 10 bytes.
   const name = Buffer.from('disk')
   const opt = Buffer.alloc(16)

@@ -365,7 +365,7 @@ test('a digest export round trip: 3 MiB of random data written and read back equ
   t.is(dev.counters.digestErrors, 0)
   t.is(dev.status().digestErrors, 0)
   t.is(await metricOf(node, 'dst_digest_errors_total', 'node="rd",export="disk"'), 0)
-  const status = await (await fetch(`${node.http}/status`)).json() as { exports: Array<{ name: string, digest: boolean }> }
+  const status = await node.status() as { exports: Array<{ name: string, digest: boolean }> }
   t.is(status.exports.find(e => e.name === 'disk')?.digest, true)
 
   // An export without digests says so too.

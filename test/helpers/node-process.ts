@@ -17,6 +17,11 @@ export interface RunningNode {
   /** dst:// URL of an export on this node. */
   url: (exportName: string) => string
   output: () => string
+  /**
+   * GET /status as JSON. When the node cannot answer, the error says whether the process is gone and what it printed
+   * last, so that a failure in CI names its cause instead of just 'fetch failed'.
+   */
+  status: () => Promise<any>
   /** SIGTERM and wait for exit; resolves with the exit code. */
   stop: () => Promise<number | null>
   /** SIGKILL and wait for exit. */
@@ -76,6 +81,17 @@ async function startProcess (args: string[], timeout = 40000): Promise<RunningNo
     http: `http://127.0.0.1:${port}`,
     url: name => `dst://127.0.0.1:${port}/${name}`,
     output: started.out,
+    status: async () => {
+      try {
+        const res = await fetch(`http://127.0.0.1:${port}/status`)
+        if (res.status !== 200) throw new Error(`HTTP ${res.status}: ${await res.text()}`)
+        return await res.json()
+      } catch (err) {
+        const cause = (err as { cause?: { code?: string, message?: string } }).cause
+        const gone = exited ? `the process exited (code ${String(proc.exitCode)}, signal ${String(proc.signalCode)})` : 'the process is still running'
+        throw new Error(`GET /status of dst ${args.join(' ')} failed: ${(err as Error).message}${cause !== undefined ? ` (${cause.code ?? ''} ${cause.message ?? ''})` : ''}; ${gone}; its last output:\n${started.out().slice(-4000)}`)
+      }
+    },
     stop: async () => { if (!exited) proc.kill('SIGTERM'); return await exit },
     kill: async () => { if (!exited) proc.kill('SIGKILL'); await exit },
   }

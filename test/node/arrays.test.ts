@@ -21,7 +21,7 @@ async function open (url: string, reconnectTimeout = 30000): Promise<RemoteDevic
 }
 
 async function status (n: RunningNode): Promise<any> {
-  return await (await fetch(`${n.http}/status`)).json()
+  return await n.status()
 }
 
 test('a 3-level tree across 7 nodes: data written at the top lands in every leaf file; a leaf killed during writes is resynced with only what changed', async t => {

@@ -67,7 +67,7 @@ test.serial('a 64 MiB copy through a remote device completes with no error while
   const result = await copying
   t.is(result.code, 0, result.stderr)
   // The copy saw the restart (the peer's generation went from 1 to 2) and still got no error.
-  const status = await (await fetch(`${b.http}/status`)).json() as { devices: { far: { generation: number, state: string } } }
+  const status = await b.status() as { devices: { far: { generation: number, state: string } } }
   t.is(status.devices.far.generation, 2)
   t.is(status.devices.far.state, 'online')
   t.true(fs.readFileSync(path.join(dir, 'a.img')).equals(fs.readFileSync(input)), 'the peer\'s file is byte-identical to the input')
@@ -145,7 +145,7 @@ test.serial('the same copy rides out a silent stall of the link (no FIN, no answ
   proxy.pass()
   const result = await copying
   t.is(result.code, 0, result.stderr)
-  const status = await (await fetch(`${b.http}/status`)).json() as { devices: { far: { resent: number, state: string } } }
+  const status = await b.status() as { devices: { far: { resent: number, state: string } } }
   t.true(status.devices.far.resent > 0, `requests were re-sent on a fresh connection (${status.devices.far.resent})`)
   t.is(status.devices.far.state, 'online')
   t.true(fs.readFileSync(path.join(dir, 'a.img')).equals(fs.readFileSync(input)), 'byte-identical after the stall')
@@ -171,7 +171,7 @@ test.serial('a mirror leg cut for longer than reconnectTimeout: the mirror keeps
     exports: [{ device: 'mir' }],
   })
   nodes.push(m)
-  const status = async (): Promise<any> => await (await fetch(`${m.http}/status`)).json()
+  const status = async (): Promise<any> => await m.status()
   for (let i = 0; i < 100 && (await status()).devices.mir.state !== 'online'; i++) await new Promise(resolve => setTimeout(resolve, 100))
   const dev = await runClient(m.url('mir'))
   t.teardown(() => dev.close())

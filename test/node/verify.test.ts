@@ -64,7 +64,7 @@ async function stopTree (tree: Tree | undefined): Promise<void> {
 }
 
 async function status (n: RunningNode): Promise<any> {
-  return await (await fetch(`${n.http}/status`)).json()
+  return await n.status()
 }
 
 async function metricsOf (n: RunningNode): Promise<string> {
