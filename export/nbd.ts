@@ -37,6 +37,8 @@ const cmdNames: Record<number, string> = { 0: 'read', 1: 'write', 2: 'other', 3:
 /** Longest option payload accepted during negotiation, and longest WRITE payload skipped rather than refused. */
 const MAX_OPTION = 64 * 1024
 const MAX_DISCARD = 64 * 1024 * 1024
+/** How long a stopping server waits for a client to take its last replies and close. */
+const SHUTDOWN_GRACE = 2000
 
 /** NBD's wire errors are Linux errno numbers for the few it names; anything else is EIO. */
 function nbdErrno (errno: number): number {
@@ -107,12 +109,15 @@ export class NbdServer {
     })
   }
 
-  /** Stops accepting, lets every session answer what it received, then closes them. */
+  /**
+   * Stops accepting, lets every session answer what it received (requests that come meanwhile get ESHUTDOWN), then
+   * ends each connection once its replies are sent.
+   */
   async stop (): Promise<void> {
     this.stopping = true
     this.server.close()
     await Promise.all([...this.sessions].map(s => s.drain()))
-    for (const s of this.sessions) s.close()
+    await Promise.all([...this.sessions].map(s => s.shutdown()))
   }
 
   get isStopping (): boolean { return this.stopping }
@@ -128,6 +133,8 @@ class NbdSession {
   private drained: (() => void) | null = null
   private disconnecting = false
   private corked = false
+  /** The connection is being ended: what arrives is read and dropped, nothing more is sent. */
+  private ending = false
   private readonly address: string
   readonly socket: net.Socket
   // Receive state of the transmission phase: a request header being gathered, then its WRITE payload.
@@ -173,6 +180,20 @@ class NbdSession {
     return new Promise(resolve => { this.drained = resolve })
   }
 
+  /**
+   * Ends the connection after the replies queued for it (a plain destroy would drop corked ones, and a reset can make
+   * the client discard what it received but had not yet read). Bounded: a client that does not read or close is cut.
+   */
+  shutdown (): Promise<void> {
+    if (this.phase === 'closed') return Promise.resolve()
+    return new Promise(resolve => {
+      const timer = setTimeout(() => this.close(), SHUTDOWN_GRACE)
+      this.socket.once('close', () => { clearTimeout(timer); resolve() })
+      this.ending = true
+      this.socket.end()
+    })
+  }
+
   close (): void {
     if (this.phase === 'closed') return
     this.phase = 'closed'
@@ -197,7 +218,7 @@ class NbdSession {
 
   /** `n` bytes arrived in `buf` (our receive buffer, a direct payload view, or a chunk of the plain 'data' path). */
   private onRead (n: number, buf: Buffer): void {
-    if (this.phase === 'closed') return
+    if (this.phase === 'closed' || this.ending) return
     if (buf === this.direct) {
       this.direct = null
       this.payloadFill += n
@@ -490,8 +511,9 @@ class NbdSession {
       return
     }
     exp.metrics.requests[op]++
-    // A WRITE with a payload was checked when its header came (to know where the payload goes).
-    const errno = h.type === Cmd.WRITE && h.length > 0 ? this.requestErrno : this.check(h)
+    // A WRITE with a payload was checked when its header came (to know where the payload goes). Once the node is
+    // shutting down, requests still in flight are answered, and new ones get ESHUTDOWN, as the spec asks.
+    const errno = this.server.isStopping ? Errno.ESHUTDOWN : h.type === Cmd.WRITE && h.length > 0 ? this.requestErrno : this.check(h)
     if (errno !== 0) {
       exp.metrics.errors[op]++
       this.send(h, nbdErrno(errno), slot, 0)

@@ -498,7 +498,7 @@ for name in ["mem", "disk"]:
   t.is(s.pool.free, s.pool.count, 'every pool buffer is back')
 })
 
-test('replies leave as requests complete: a READ from a slow member is answered after a later READ from a fast one; while a dst node holds the write lease, NBD clients see the export read-only', async t => {
+test('replies leave as requests complete: a READ from a slow member is answered after a later READ from a fast one; while a dst node holds the write lease, NBD clients see the export read-only; on SIGTERM the READ in flight is answered and later requests get ESHUTDOWN', async t => {
   const dir = tempDir('dst-nbd-order-')
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
   const leaf = await startNode(dir, { name: 'leaf', dataDir: './state-leaf', nbd: '127.0.0.1:0', devices: { disk: { type: 'file', path: './leaf.img', size: 1 * MiB } }, exports: [{ device: 'disk' }] })
@@ -541,6 +541,27 @@ test('replies leave as requests complete: a READ from a slow member is answered 
   t.is(w.code, 0, w.stderr)
   t.regex(w.stdout, /write: EPERM/)
   t.regex(w.stdout, /read: 512/)
+
+  // SIGTERM with a READ in flight: that READ is answered, a request sent after the signal gets ESHUTDOWN. An idle
+  // client that never closes does not keep the node from exiting.
+  const idle = new OptionClient(port)
+  t.teardown(() => idle.end())
+  await idle.take(18)
+  idle.send(OPT.EXPORT_NAME, Buffer.from('lin'))
+  t.not(await idle.take(10), null)
+  proxy.delay(300)
+  c.request(0, 3, 8192, 4096)
+  await new Promise(resolve => setTimeout(resolve, 100))
+  top.proc.kill('SIGTERM')
+  await new Promise(resolve => setTimeout(resolve, 150))
+  c.request(0, 4, MiB, 4096)
+  t.deepEqual(await c.simpleReply(), { handle: 4, errno: 108 }, 'NBD_ESHUTDOWN for the request that came after the signal')
+  t.deepEqual(await c.simpleReply(), { handle: 3, errno: 0 }, 'the READ in flight is answered')
+  t.not(await c.take(4096), null)
+  c.end()
+  await until('the node to exit after its last client left', () => top.proc.exitCode !== null, 10000)
+  t.is(top.proc.exitCode, 0, `the node exits cleanly: ${top.output()}`)
+  t.is(await idle.take(1), null, 'the idle client was disconnected')
 })
 
 test('dst export FILE --nbd serves the file to NBD clients; --read-only is read-only there too', async t => {
