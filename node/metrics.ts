@@ -65,6 +65,9 @@ export function renderMetrics (node: string, exports: ReadonlyArray<{ name: stri
   family('dst_pool_waits_total', 'counter', 'Times a request waited for a pool buffer (backpressure).', [[n, pool.waits]])
   family('dst_gc_total', 'counter', 'Garbage collections of the node, by kind (minor = young generation).',
     [[`${n},kind="minor"`, gcCounts.minor], [`${n},kind="major"`, gcCounts.major], [`${n},kind="other"`, gcCounts.other]])
+  const mem = process.memoryUsage()
+  family('dst_memory_bytes', 'gauge', 'Memory of the node process: resident set, JavaScript heap used and reserved (main thread), and memory outside it (buffers; array_buffers is the part in ArrayBuffers, the pool among them).',
+    [[`${n},kind="rss"`, mem.rss], [`${n},kind="heap_used"`, mem.heapUsed], [`${n},kind="heap_total"`, mem.heapTotal], [`${n},kind="external"`, mem.external], [`${n},kind="array_buffers"`, mem.arrayBuffers]])
   const arr = (fn: (a: ArrayCounters) => number): Array<[string, number]> => arrays.map(a => [`${n},array="${esc(a.name)}"`, fn(a)])
   family('dst_resync_copied_bytes_total', 'counter', 'Bytes resyncs copied to legs.', arr(a => a.resyncCopiedBytes))
   family('dst_resync_compared_bytes_total', 'counter', 'Bytes resyncs compared by digest before copying.', arr(a => a.resyncComparedBytes))

@@ -61,7 +61,7 @@ export class DstNode {
     if (HEADROOM < REPLY_HEADER_SIZE) throw new Error('pool headroom smaller than a reply header')
     this.config = config
     this.log = options.log ?? (m => process.stderr.write(`[${config.name}] ${m}\n`))
-    this.pool = new BufferPool({ count: config.pool.count, size: config.pool.size, headroom: HEADROOM })
+    this.pool = new BufferPool({ count: config.pool.count, size: config.pool.size, headroom: HEADROOM, commit: true })
     this.remoteOpenTimeout = options.remoteOpenTimeout ?? 30000
   }
 

@@ -21,6 +21,11 @@ export interface BufferPoolOptions {
   headroom?: number
   /** Most callers that may wait at once for a slot; a further one gets an explicit error. */
   maxWaiters?: number
+  /**
+   * Touch every page at construction, so the whole pool is resident from the start: the process's memory does not
+   * creep up as slots are first used under load, and a machine short of memory fails at start, not mid-request.
+   */
+  commit?: boolean
 }
 
 export class BufferPool {
@@ -47,6 +52,7 @@ export class BufferPool {
     this.headroom = headroom
     const stride = headroom + size
     this.memory = new SharedArrayBuffer(stride * count)
+    if (options.commit === true) new Uint8Array(this.memory).fill(0)
     this.slots = []
     this.free = new Int32Array(count)
     this.inUse = new Uint8Array(count)

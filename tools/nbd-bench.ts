@@ -59,13 +59,26 @@ function currentRss (pid: number): number {
   } catch { return 0 }
 }
 
-/** Runs `job` for `seconds` and samples the target's RSS once a second meanwhile. */
-async function rssOver (target: Target, job: Job, seconds: number): Promise<{ samples: number[], mibs: number }> {
+/** The node's JavaScript heap in use now (from its /metrics), or null where it has none. */
+async function heapUsed (metrics: string | undefined): Promise<number | null> {
+  if (metrics === undefined) return null
+  try {
+    const m = /dst_memory_bytes\{[^}]*kind="heap_used"\} (\d+)/.exec(await (await fetch(metrics)).text())
+    return m === null ? null : Number(m[1])
+  } catch { return null }
+}
+
+/** Runs `job` for `seconds` and samples the target's RSS and heap in use once a second meanwhile. */
+async function rssOver (target: Target, job: Job, seconds: number): Promise<{ samples: number[], heaps: number[], mibs: number }> {
   const samples: number[] = [currentRss(target.pid)]
-  const timer = setInterval(() => samples.push(currentRss(target.pid)), 1000)
+  const heaps: number[] = []
+  const timer = setInterval(() => {
+    samples.push(currentRss(target.pid))
+    void heapUsed(target.metrics).then(h => { if (h !== null) heaps.push(h) })
+  }, 1000)
   try {
     const r = await fio(target.uri, job, seconds)
-    return { samples: [...samples, currentRss(target.pid)], mibs: r.mibs }
+    return { samples: [...samples, currentRss(target.pid)], heaps, mibs: r.mibs }
   } finally { clearInterval(timer) }
 }
 
@@ -185,15 +198,22 @@ async function main (): Promise<void> {
       console.log(`\n== RSS of each dst node through ${rssSeconds} s of fio ${mixed.args.join(' ')}, sampled once a second\n`)
       // The pool's buffers are touched as first used, so RSS climbs in the first seconds; what must stay flat is after.
       const warm = Math.min(10, Math.floor(rssSeconds / 3))
-      console.log(`${pad('target', 28)}${pad('start MiB', 11)}${pad(`at ${warm} s`, 9)}${pad('last MiB', 10)}${pad('peak MiB', 10)}${pad(`last - at ${warm} s`, 16)}MiB/s`)
+      // RSS also follows V8's sizing of its heap, which grows its reserve for a while under a steady load; what a leak
+      // would raise is the heap's floor (what is left in use after collections): its lowest sample in the first and in
+      // the last third of the run after the warm-up.
+      console.log(`${pad('target', 28)}${pad('start MiB', 11)}${pad(`at ${warm} s`, 9)}${pad('last MiB', 10)}${pad('peak MiB', 10)}${pad(`last - at ${warm} s`, 16)}${pad('heap floor MiB', 16)}MiB/s`)
       for (const target of targets.filter(tg => rssLetters.includes(tg.name[1]) && !tg.name.startsWith('(a)'))) {
-        const { samples, mibs } = await rssOver(target, mixed, rssSeconds)
+        const { samples, heaps, mibs } = await rssOver(target, mixed, rssSeconds)
+        const settled = heaps.slice(Math.min(warm, heaps.length))
+        const third = Math.max(1, Math.floor(settled.length / 3))
+        const floor = (xs: number[]): string => xs.length === 0 ? '-' : (Math.min(...xs) / MiB).toFixed(0)
+        const heapFloors = `${floor(settled.slice(0, third))} -> ${floor(settled.slice(-third))}`
         const first = samples[0] / MiB
         const warmed = samples[Math.min(warm, samples.length - 1)] / MiB
         const last = samples[samples.length - 1] / MiB
         const peak = Math.max(...samples) / MiB
         const growth = last - warmed
-        console.log(`${pad(target.name, 28)}${pad(first.toFixed(0), 11)}${pad(warmed.toFixed(0), 9)}${pad(last.toFixed(0), 10)}${pad(peak.toFixed(0), 10)}${pad(`${growth >= 0 ? '+' : ''}${growth.toFixed(0)}`, 16)}${mibs.toFixed(0)}`)
+        console.log(`${pad(target.name, 28)}${pad(first.toFixed(0), 11)}${pad(warmed.toFixed(0), 9)}${pad(last.toFixed(0), 10)}${pad(peak.toFixed(0), 10)}${pad(`${growth >= 0 ? '+' : ''}${growth.toFixed(0)}`, 16)}${pad(heapFloors, 16)}${mibs.toFixed(0)}`)
       }
     }
   } finally {

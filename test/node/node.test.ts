@@ -170,6 +170,10 @@ test('/status is JSON with name, devices and exports; /metrics counts requests p
     t.is(sample(m0.body, 'dst_requests_total', `${scratch},op="${op}"`), 0)
   }
   t.is(sample(m0.body, 'dst_pool_buffers', 'node="obs"'), 64)
+  // The pool is committed at start: its 64 MiB are resident and counted among the ArrayBuffers from the first sample.
+  t.true(sample(m0.body, 'dst_memory_bytes', 'node="obs",kind="array_buffers"') >= 64 * MiB)
+  t.true(sample(m0.body, 'dst_memory_bytes', 'node="obs",kind="rss"') >= 64 * MiB)
+  t.true(sample(m0.body, 'dst_memory_bytes', 'node="obs",kind="heap_used"') > 0)
 
   const dev = await device(t, n, 'disk')
   const data = Buffer.alloc(64 * KiB, 7)

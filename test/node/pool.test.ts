@@ -236,3 +236,18 @@ test('acquire never throws synchronously when the waiter queue is full', t => {
   t.notThrows(() => { p = pool.acquire() })
   return t.throwsAsync(p as Promise<PoolBuffer>, { instanceOf: RangeError })
 })
+
+test.serial('commit: a committed pool is resident from the start; an uncommitted one only as slots are used', t => {
+  const MiB = 1024 * 1024
+  const rss = (): number => process.memoryUsage().rss
+  const before = rss()
+  const lazy = new BufferPool({ count: 64, size: 2 * MiB })
+  const lazyGrowth = rss() - before
+  const start = rss()
+  const committed = new BufferPool({ count: 64, size: 2 * MiB, commit: true })
+  const committedGrowth = rss() - start
+  t.true(lazyGrowth < 32 * MiB, `an uncommitted 128 MiB pool added ${Math.round(lazyGrowth / MiB)} MiB`)
+  t.true(committedGrowth >= 120 * MiB, `a committed 128 MiB pool added ${Math.round(committedGrowth / MiB)} MiB`)
+  t.true(committed.tryAcquire()?.data.every(b => b === 0), 'committed slots read as zeros')
+  t.is(lazy.available, 64)
+})
