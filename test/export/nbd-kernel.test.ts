@@ -1,5 +1,5 @@
 // The kernel's own NBD client against a node: a Linux guest (test/helpers/kernel-vm.ts) attaches a dst mirror of two
-// remote nodes as /dev/nbd0 with nbd-client, makes an ext2 filesystem on it, mounts it, writes a file and unmounts.
+// remote nodes as /dev/nbd0 with nbd-client over two connections (CAN_MULTI_CONN), makes an ext2 filesystem on it, mounts it, writes a file and unmounts.
 // Then, on the host, both legs' files hold the same bytes, the filesystem in them checks clean, and the file in it is
 // the one the guest wrote. `.ci/run` (through .ci/kernel.sh) installs qemu, nbd-client and busybox and the kernel.
 
@@ -37,7 +37,7 @@ test('the kernel nbd client mounts an ext2 filesystem on a mirror of two remote 
   nodes.push(top)
   const port = /nbd {5}nbd:\/\/127\.0\.0\.1:(\d+)\//.exec(top.output())?.[1]
   const script = `
-nbd-client 10.0.2.2 ${String(port)} /dev/nbd0 -N m -b 4096 || { echo "== nbd-client failed"; exit 1; }
+nbd-client 10.0.2.2 ${String(port)} /dev/nbd0 -N m -b 4096 -C 2 || { echo "== nbd-client failed"; exit 1; }
 echo "== sectors $(cat /sys/block/nbd0/size)"
 mke2fs -q -b 4096 /dev/nbd0 && echo "== mkfs ok"
 mount -t ext2 /dev/nbd0 /mnt && echo "== mounted"
@@ -54,6 +54,7 @@ nbd-client -d /dev/nbd0 && echo "== detached"
   if (process.env.DST_GUEST_CONSOLE === '1') t.log(guest.console)
   const out = guest.console
   t.regex(out, /== guest up/, out)
+  t.is(out.match(/Negotiation: /g)?.length, 2, `nbd-client -C 2 opened two connections (the export offers CAN_MULTI_CONN): ${out}`)
   t.regex(out, /== sectors 131072/, out)
   t.regex(out, /== mkfs ok/, out)
   t.regex(out, /== mounted/, out)
@@ -64,6 +65,7 @@ nbd-client -d /dev/nbd0 && echo "== detached"
   t.truthy(sha, out)
 
   const s = await top.status()
+  t.is(s.exports[0].connections, 0, 'the guest detached; both of its connections are gone')
   t.is(s.devices.m.state, 'online', 'the mirror stayed whole')
   t.is(s.pool.free, s.pool.count, 'every pool buffer is back')
   t.is(await top.stop(), 0)
