@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The kernel-client test (test/export/nbd-kernel.test.ts) boots a Debian kernel under qemu, because the machines' own
-# kernel has no nbd module. This installs qemu, nbd-client and busybox, and unpacks from Debian's current kernel
+# kernel has no nbd module. This installs qemu, nbd-client, busybox and e2fsprogs (the host checks the guest's
+# filesystem with e2fsck and debugfs), and unpacks from Debian's current kernel
 # package only what the guest needs (the kernel and seven modules) into node_modules/.cache/dst-kernel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=node_modules/.cache/dst-kernel
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
-packages="qemu-system-x86 nbd-client busybox-static"
+packages="qemu-system-x86 nbd-client busybox-static e2fsprogs"
 missing=""
 for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
