@@ -8,6 +8,9 @@ import { allowed, type Cidr } from './acl'
 import { CloseCode, ExportSession, type ServedExport, type SessionAccess, type SessionLimits } from '../export/server'
 import { REQUEST_HEADER_SIZE } from '../export/codec'
 
+/** uSockets' listen option (declared only as a type-level enum in the package, so spelled out here). */
+const LIBUS_LISTEN_EXCLUSIVE_PORT = 1
+
 interface UserData { session: ExportSession | null, exp: ServedExport, access: SessionAccess }
 
 export interface ListenerOptions {
@@ -95,8 +98,12 @@ export class Listener {
 
   listen (): Promise<void> {
     const { host, port } = this.options
+    // Exclusive: by default uWebSockets.js sets SO_REUSEPORT on a fixed port, so a second node started on the port of
+    // a running one would listen too and the kernel would deal connections to either at random (a client, or a mirror
+    // leg reconnecting, could reach the wrong node). Exclusive, the second one is refused.
+    const listen = this.app.listen.bind(this.app) as unknown as (host: string, port: number, options: number, cb: (token: uws.us_listen_socket | false) => void) => void
     return new Promise((resolve, reject) => {
-      this.app.listen(host, port, token => {
+      listen(host, port, LIBUS_LISTEN_EXCLUSIVE_PORT, token => {
         if (token === false) { reject(new Error(`cannot listen on ${host}:${port} (address in use or not available)`)); return }
         this.socket = token
         this.port = uws.us_socket_local_port(token)

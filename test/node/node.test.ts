@@ -299,3 +299,20 @@ test('the embedded default config (port 0) creates ./data/disk0.img sparse and s
   t.true(back.equals(data))
   t.true(fs.statSync(img).blocks * 512 < 1 * MiB, 'still sparse after a write at the end')
 })
+
+test('a second node on the port of a running one is refused with a clear error; every connection still reaches the first', async t => {
+  const dir = tempDir()
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const port = await freePort()
+  const config = (name: string): Record<string, unknown> => ({
+    name, listen: `127.0.0.1:${port}`, dataDir: `./state-${name}`,
+    devices: { disk: { type: 'file', path: `./${name}.img`, size: 1 * MiB } }, exports: [{ device: 'disk' }],
+  })
+  const first = await startNode(dir, config('first'))
+  t.teardown(() => first.kill())
+  // uWebSockets.js would share a fixed port (SO_REUSEPORT) with a second listener, and the kernel would then deal
+  // connections to either node; the node asks for the port exclusively, so the second cannot start.
+  const err = await t.throwsAsync(startNode(dir, config('second'), { timeout: 20000 }))
+  t.regex(err?.message ?? '', new RegExp(`cannot listen on 127\\.0\\.0\\.1:${port} \\(address in use`))
+  for (let i = 0; i < 20; i++) t.is((await first.status()).name, 'first')
+})
