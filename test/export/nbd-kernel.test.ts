@@ -8,7 +8,7 @@ import * as fs from 'node:fs'
 import * as path from 'node:path'
 import { createHash } from 'node:crypto'
 import { execFileSync } from 'node:child_process'
-import { startNode, tempDir, type RunningNode } from '../helpers/node-process'
+import { startMirrorTree, tempDir } from '../helpers/node-process'
 import { buildInitramfs, findKernel, runGuest } from '../helpers/kernel-vm'
 
 const MiB = 1024 * 1024
@@ -19,23 +19,8 @@ test('the kernel nbd client mounts an ext2 filesystem on a mirror of two remote 
   if (typeof kernel === 'string') { t.fail(kernel); return }
   const dir = tempDir('dst-nbd-kernel-')
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  const nodes: RunningNode[] = []
-  t.teardown(async () => { await Promise.all(nodes.map(n => n.kill())) })
-  for (const name of ['l1', 'l2']) {
-    nodes.push(await startNode(dir, { name, dataDir: `./state-${name}`, devices: { disk: { type: 'file', path: `./${name}.img`, size: 64 * MiB } }, exports: [{ device: 'disk' }] }))
-  }
   // The guest's traffic arrives from 127.0.0.1 (qemu's user network), which the default allow list admits.
-  const top = await startNode(dir, {
-    name: 'top', dataDir: './state-top', nbd: '127.0.0.1:0',
-    devices: {
-      a: { type: 'remote', url: nodes[0].url('disk') },
-      b: { type: 'remote', url: nodes[1].url('disk') },
-      m: { type: 'mirror', members: ['a', 'b'] },
-    },
-    exports: [{ device: 'm' }],
-  })
-  nodes.push(top)
-  const port = /nbd {5}nbd:\/\/127\.0\.0\.1:(\d+)\//.exec(top.output())?.[1]
+  const { top, nbdPort: port } = await startMirrorTree(t, dir, 64 * MiB)
   const script = `
 nbd-client 10.0.2.2 ${String(port)} /dev/nbd0 -N m -b 4096 -C 2 || { echo "== nbd-client failed"; exit 1; }
 echo "== sectors $(cat /sys/block/nbd0/size)"

@@ -7,7 +7,7 @@ import * as net from 'node:net'
 import * as path from 'node:path'
 import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { startExport, startNode, tempDir, type RunningNode } from '../helpers/node-process'
+import { startExport, startMirrorTree, startNode, tempDir, type RunningNode } from '../helpers/node-process'
 import { freePort } from '../helpers/ports'
 import { until } from '../helpers/wait'
 import { FaultProxy } from '../../tools/fault-proxy'
@@ -43,6 +43,30 @@ const fileNode = (size: number, extra: Record<string, unknown> = {}): Record<str
   exports: [{ device: 'disk' }, { device: 'ro', readOnly: true }],
   ...extra,
 })
+
+// Wire values from doc/proto.md, spelled out here so the tests check the server's own tables too.
+const REP = { ACK: 1, SERVER: 2, INFO: 3, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_UNKNOWN: 0x80000006 }
+const OPT = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, STARTTLS: 5, INFO: 6, GO: 7, STRUCTURED_REPLY: 8, LIST_META_CONTEXT: 9 }
+
+/** An option as a client sends it: IHAVEOPT, the option, its length, its data. */
+function optionBytes (option: number, data: Buffer = Buffer.alloc(0)): Buffer {
+  const head = Buffer.alloc(16)
+  Buffer.from('IHAVEOPT').copy(head, 0)
+  head.writeUInt32BE(option, 8)
+  head.writeUInt32BE(data.length, 12)
+  return Buffer.concat([head, data])
+}
+
+/** A transmission-phase request header (no flags; handles and offsets below 2^32). */
+function requestBytes (type: number, handle: number, offset: number, length: number): Buffer {
+  const h = Buffer.alloc(28)
+  h.writeUInt32BE(0x25609513, 0)
+  h.writeUInt16BE(type, 6)
+  h.writeUInt32BE(handle, 12)
+  h.writeUInt32BE(offset, 20)
+  h.writeUInt32BE(length, 24)
+  return h
+}
 
 test('nbdinfo lists the exports and reports size, flags and block sizes', async t => {
   const { nbd } = await rig(t, fileNode(64 * MiB))
@@ -131,13 +155,8 @@ test('a broken handshake, garbage instead of an option, or a bad request magic c
   const garbage = await talk(Buffer.concat([Buffer.from([0, 0, 0, 3]), Buffer.from('this is not IHAVEOPT at all')]))
   t.is(garbage.length, 18, 'only the greeting, then the connection closes')
   // A full handshake (NBD_OPT_EXPORT_NAME), then a request with a bad magic: the server closes that connection.
-  const name = Buffer.from('disk')
-  const opt = Buffer.alloc(16)
-  Buffer.from('IHAVEOPT').copy(opt, 0)
-  opt.writeUInt32BE(1, 8)
-  opt.writeUInt32BE(name.length, 12)
   const badRequest = Buffer.alloc(28, 0xee)
-  const afterExport = await talk(Buffer.concat([Buffer.from([0, 0, 0, 3]), opt, name, badRequest]))
+  const afterExport = await talk(Buffer.concat([Buffer.from([0, 0, 0, 3]), optionBytes(OPT.EXPORT_NAME, Buffer.from('disk')), badRequest]))
   t.is(afterExport.length, 18 + 10, 'greeting and export reply, then the connection closes without a reply')
   t.is(afterExport.readUInt32BE(18 + 4), 4 * MiB, 'the export reply carried the size')
   const info = await run('nbdinfo', [nbd('disk')])
@@ -165,22 +184,7 @@ test('qemu-io writes a pattern and reads it back through a mirror array', async 
 test('fio (nbd engine) with verify=crc32c on a mirror of two remote nodes', async t => {
   const dir = tempDir('dst-nbd-fio-')
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  const leaves: RunningNode[] = []
-  t.teardown(async () => { await Promise.all(leaves.map(n => n.kill())) })
-  for (const name of ['l1', 'l2']) {
-    leaves.push(await startNode(dir, { name, dataDir: `./state-${name}`, devices: { disk: { type: 'file', path: `./${name}.img`, size: 32 * MiB } }, exports: [{ device: 'disk' }] }))
-  }
-  const top = await startNode(dir, {
-    name: 'top', dataDir: './state-top', nbd: '127.0.0.1:0',
-    devices: {
-      a: { type: 'remote', url: leaves[0].url('disk') },
-      b: { type: 'remote', url: leaves[1].url('disk') },
-      m: { type: 'mirror', members: ['a', 'b'] },
-    },
-    exports: [{ device: 'm' }],
-  })
-  t.teardown(() => top.kill())
-  const port = /nbd {5}nbd:\/\/127\.0\.0\.1:(\d+)\//.exec(top.output())?.[1]
+  const { top, nbdPort: port } = await startMirrorTree(t, dir, 32 * MiB)
   const r = await run('fio', ['--name=verify', '--ioengine=nbd', `--uri=nbd://127.0.0.1:${port}/m`, '--rw=randrw', '--bs=4k', '--iodepth=16',
     '--size=16m', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--output-format=json'], 120000, dir) // fio leaves a verify state file in its cwd
   t.is(r.code, 0, r.stderr)
@@ -241,21 +245,8 @@ test('clients that vanish mid-request (inside a WRITE payload, with READ replies
   const port = Number(/:(\d+)\//.exec(nbd('disk'))?.[1])
   const status = async (): Promise<any> => await node.status()
   // Fixed newstyle with NO_ZEROES, then NBD_OPT_EXPORT_NAME: the server's reply is 18 + 10 bytes.
-  const name = Buffer.from('disk')
-  const opt = Buffer.alloc(16)
-  Buffer.from('IHAVEOPT').copy(opt, 0)
-  opt.writeUInt32BE(1, 8)
-  opt.writeUInt32BE(name.length, 12)
-  const handshake = Buffer.concat([Buffer.from([0, 0, 0, 3]), opt, name])
-  const request = (type: number, offset: number, length: number, handle: number): Buffer => {
-    const r = Buffer.alloc(28)
-    r.writeUInt32BE(0x25609513, 0)
-    r.writeUInt16BE(type, 6)
-    r.writeUInt32BE(handle, 12)
-    r.writeUInt32BE(offset, 20)
-    r.writeUInt32BE(length, 24)
-    return r
-  }
+  const handshake = Buffer.concat([Buffer.from([0, 0, 0, 3]), optionBytes(OPT.EXPORT_NAME, Buffer.from('disk'))])
+  const request = (type: number, offset: number, length: number, handle: number): Buffer => requestBytes(type, handle, offset, length)
   /** Connects, sends `bytes` after the handshake, waits until `after` bytes of replies came (or a moment), then vanishes. */
   const vanish = (bytes: Buffer, after: number): Promise<void> => new Promise(resolve => {
     const s = net.connect(port, '127.0.0.1')
@@ -315,11 +306,7 @@ class OptionClient {
   }
 
   send (option: number, data: Buffer = Buffer.alloc(0)): void {
-    const head = Buffer.alloc(16)
-    Buffer.from('IHAVEOPT').copy(head, 0)
-    head.writeUInt32BE(option, 8)
-    head.writeUInt32BE(data.length, 12)
-    this.socket.write(Buffer.concat([head, data]))
+    this.socket.write(optionBytes(option, data))
   }
 
   /** The next option reply: its option, type and data. */
@@ -344,13 +331,7 @@ class OptionClient {
 
   /** Sends a transmission-phase request header (after NBD_OPT_EXPORT_NAME). */
   request (type: number, handle: number, offset: number, length: number): void {
-    const h = Buffer.alloc(28)
-    h.writeUInt32BE(0x25609513, 0)
-    h.writeUInt16BE(type, 6)
-    h.writeUInt32BE(handle, 12)
-    h.writeUInt32BE(offset, 20)
-    h.writeUInt32BE(length, 24)
-    this.socket.write(h)
+    this.socket.write(requestBytes(type, handle, offset, length))
   }
 
   /** The next simple reply: its handle and error (the caller knows how much data follows a good READ reply). */
@@ -374,9 +355,6 @@ function infoRequest (name: string, infos: number[] = []): Buffer {
   infos.forEach((x, i) => b.writeUInt16BE(x, 4 + n.length + 2 + 2 * i))
   return b
 }
-
-const REP = { ACK: 1, SERVER: 2, INFO: 3, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_UNKNOWN: 0x80000006 }
-const OPT = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, STARTTLS: 5, INFO: 6, GO: 7, STRUCTURED_REPLY: 8, LIST_META_CONTEXT: 9 }
 
 test('option phase: LIST names only the exports this client may use; INFO answers EXPORT, BLOCK_SIZE and NAME; refusals name the reason; other options are ERR_UNSUP; ABORT is acknowledged', async t => {
   const { nbd } = await rig(t, {

@@ -96,3 +96,37 @@ async function startProcess (args: string[], timeout = 40000): Promise<RunningNo
     kill: async () => { if (!exited) proc.kill('SIGKILL'); await exit },
   }
 }
+
+export interface MirrorTree {
+  /** The two leaf nodes, exporting `disk` from `l1.img` and `l2.img` in the directory. */
+  leaves: RunningNode[]
+  /** The node whose mirror `m` has a remote leg on each leaf, exported as `m`, over NBD too. */
+  top: RunningNode
+  /** The port of the top node's NBD server. */
+  nbdPort: number
+}
+
+/**
+ * Starts two leaf nodes and a top node that mirrors them and serves the mirror over NBD, all in `dir`. Every node is
+ * killed when the test ends (`teardown`).
+ */
+export async function startMirrorTree (t: { teardown: (fn: () => unknown) => void }, dir: string, legSize: number): Promise<MirrorTree> {
+  const leaves: RunningNode[] = []
+  t.teardown(async () => { await Promise.all(leaves.map(n => n.kill())) })
+  for (const name of ['l1', 'l2']) {
+    leaves.push(await startNode(dir, { name, dataDir: `./state-${name}`, devices: { disk: { type: 'file', path: `./${name}.img`, size: legSize } }, exports: [{ device: 'disk' }] }))
+  }
+  const top = await startNode(dir, {
+    name: 'top', dataDir: './state-top', nbd: '127.0.0.1:0',
+    devices: {
+      a: { type: 'remote', url: leaves[0].url('disk') },
+      b: { type: 'remote', url: leaves[1].url('disk') },
+      m: { type: 'mirror', members: ['a', 'b'] },
+    },
+    exports: [{ device: 'm' }],
+  })
+  t.teardown(() => top.kill())
+  const port = /nbd {5}nbd:\/\/127\.0\.0\.1:(\d+)\//.exec(top.output())?.[1]
+  if (port === undefined) throw new Error(`the top node printed no NBD address:\n${top.output()}`)
+  return { leaves, top, nbdPort: Number(port) }
+}
