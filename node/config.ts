@@ -60,10 +60,11 @@ export interface NodeConfig {
 export const RESERVED_EXPORT_NAMES = ['status', 'metrics']
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 
-/** The config `npm start` runs: one sparse file under ./data, exported to loopback. */
+/** The config `npm start` runs: one sparse file under ./data, exported to loopback, over NBD too (its usual port). */
 export const DEFAULT_CONFIG = {
   name: 'dst',
   listen: '127.0.0.1:7001',
+  nbd: '127.0.0.1:10809',
   dataDir: './data/state',
   devices: { disk0: { type: 'file', path: './data/disk0.img', size: '1GiB' } },
   exports: [{ device: 'disk0', name: 'disk0' }],

@@ -33,7 +33,8 @@ SIGINT or SIGTERM stops accepting, finishes requests in flight, flushes and exit
 
   --config FILE   the node's JSON config (see the README)
   --default       the embedded default config: ./data/disk0.img (1 GiB sparse)
-                  exported as dst://127.0.0.1:7001/disk0
+                  exported as dst://127.0.0.1:7001/disk0 and
+                  nbd://127.0.0.1:10809/disk0
   --help          this text`,
   export: `usage: dst export FILE --listen HOST:PORT [--nbd HOST:PORT] [--name NAME] [--size SIZE]
                   [--read-only] [--allow CIDR]... [--token TOKEN] [--shared] [--digest]

@@ -123,6 +123,7 @@ test('parseConfig: the embedded default config parses', t => {
   t.like(c.devices.get('disk0') as DeviceConfig, { type: 'file', path: path.join(baseDir, 'data', 'disk0.img'), size: GiB })
   t.is(c.dataDir, path.join(baseDir, 'data', 'state'))
   t.deepEqual(c.listen, { host: '127.0.0.1', port: 7001 })
+  t.deepEqual(c.nbd, { host: '127.0.0.1', port: 10809 }, 'NBD clients can use it too, on loopback')
 })
 
 test('loadConfigFile resolves paths against the config file\'s folder', t => {

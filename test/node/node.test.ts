@@ -274,8 +274,11 @@ test('the embedded default config (port 0) creates ./data/disk0.img sparse and s
   fs.mkdirSync(path.join(dir, 'data'))
   const config = JSON.parse(JSON.stringify(DEFAULT_CONFIG)) as typeof DEFAULT_CONFIG
   t.is(config.listen, '127.0.0.1:7001', 'the default serves loopback only')
+  t.is(config.nbd, '127.0.0.1:10809', 'NBD on loopback, on its usual port')
   config.listen = '127.0.0.1:0'
+  config.nbd = '127.0.0.1:0'
   const n = await node(t, dir, config)
+  t.regex(n.output(), /nbd {5}nbd:\/\/127\.0\.0\.1:\d+\/disk0/)
 
   const img = path.join(dir, 'data', 'disk0.img')
   const st = fs.statSync(img)
