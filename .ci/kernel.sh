@@ -18,7 +18,13 @@ if [ -n "$missing" ]; then
   $sudo apt-get install -y -qq --no-install-recommends $missing
 fi
 if ls "$dest"/boot/vmlinuz-* >/dev/null 2>&1; then exit 0; fi
-image=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+kernel_package () { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }'; }
+image=$(kernel_package)
+if [ -z "$image" ]; then
+  # No package lists on this machine (an image that removed them): fetch them and ask again.
+  $sudo apt-get update -qq
+  image=$(kernel_package)
+fi
 [ -n "$image" ] || { echo "kernel.sh: no linux-image package behind linux-image-amd64" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
