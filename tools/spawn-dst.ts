@@ -53,7 +53,14 @@ export function spawnDst (args: string[], options: SpawnOptions = {}): Promise<S
       resolve({ proc, out: () => out, statusPort: m === null ? null : Number(m[1]) })
     })
     proc.stderr?.on('data', take)
-    // After ` ready`, an exit settles nothing: the promise has resolved.
-    proc.on('exit', code => { clearTimeout(timer); reject(new Error(`${what} exited with ${code} before it was ready: ${out}`)) })
+    // After ` ready`, an exit settles nothing: the promise has resolved. Before it, the error carries what the process
+    // printed: 'exit' can come before the last of its output has been read, so the message waits for 'close' (the
+    // pipes drained), or a second at most.
+    proc.on('exit', code => {
+      clearTimeout(timer)
+      const fail = (): void => reject(new Error(`${what} exited with ${code} before it was ready: ${out}`))
+      const late = setTimeout(fail, 1000)
+      proc.once('close', () => { clearTimeout(late); fail() })
+    })
   })
 }
