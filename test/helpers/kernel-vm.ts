@@ -1,9 +1,10 @@
 // A throwaway Linux guest for testing the kernel's own NBD client (nbd.ko driven by nbd-client) against a node: the
 // development and CI machines run a kernel without the nbd module, so a Debian kernel boots under qemu (software
-// emulation; KVM when asked) from an initramfs built here of busybox, nbd-client and its
-// libraries, and the modules it needs. The guest reaches the host only through qemu's user-mode network, whose
+// emulation; KVM when asked) from an initramfs built here of busybox, nbd-client and its libraries, and the modules
+// it needs. The guest reaches the host only through qemu's user-mode network, whose
 // gateway 10.0.2.2 is the host's own loopback: the guest's traffic arrives on 127.0.0.1 and goes nowhere else.
-// `.ci/run` installs qemu-system-x86, nbd-client and busybox-static, and unpacks the kernel into KERNEL_DIR.
+// `.ci/kernel.sh` (run by `.ci/run`) installs qemu-system-x86, nbd-client, busybox-static and e2fsprogs, and unpacks
+// the kernel and the modules into KERNEL_DIR.
 
 import { execFileSync, spawn } from 'node:child_process'
 import * as fs from 'node:fs'
@@ -18,7 +19,7 @@ export interface GuestKernel { vmlinuz: string, modules: string[] }
 
 /** The unpacked kernel and the modules the guest loads, or a sentence saying what is missing and how to get it. */
 export function findKernel (): GuestKernel | string {
-  const fix = 'run .ci/run (or .ci/kernel.sh) to install qemu-system-x86, nbd-client and busybox-static and unpack a Debian kernel'
+  const fix = 'run .ci/run (or .ci/kernel.sh) to install qemu-system-x86, nbd-client, busybox-static and e2fsprogs and unpack a Debian kernel'
   for (const tool of ['qemu-system-x86_64', 'nbd-client', 'busybox']) {
     if (which(tool) === null) return `${tool} is not installed: ${fix}`
   }
