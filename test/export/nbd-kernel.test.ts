@@ -1,7 +1,8 @@
 // The kernel's own NBD client against a node: a Linux guest (test/helpers/kernel-vm.ts) attaches a dst mirror of two
-// remote nodes as /dev/nbd0 with nbd-client over two connections (CAN_MULTI_CONN), makes an ext2 filesystem on it, mounts it, writes a file and unmounts.
-// Then, on the host, both legs' files hold the same bytes, the filesystem in them checks clean, and the file in it is
-// the one the guest wrote. `.ci/run` (through .ci/kernel.sh) installs qemu, nbd-client, busybox, e2fsprogs and the kernel.
+// remote nodes as /dev/nbd0 with nbd-client over two connections (CAN_MULTI_CONN), makes an ext2 filesystem on it,
+// mounts it, writes a file and unmounts. Then, on the host, both legs' files hold the same bytes, the filesystem in
+// them checks clean, and the file in it is the one the guest wrote. `.ci/run` (through .ci/kernel.sh) installs qemu,
+// nbd-client, busybox, e2fsprogs and the kernel.
 
 import test from 'ava'
 import * as fs from 'node:fs'
