@@ -71,7 +71,7 @@ interface Slot {
 
 /** Where the request header starts in a slot's `wire`, after its WebSocket frame header. */
 const WIRE_HEAD = 6
-/** Request headers without payload packed into one message at most (64 x 32 bytes, well inside the server's limit). */
+/** Requests without payload packed into one message at most (64 x 32 bytes, well inside the server's limit). */
 const REQUEST_BATCH = 64
 
 interface Queued {
@@ -117,8 +117,8 @@ export class Connection {
   private inFlight = 0
   private closed: Error | null = null
   private corked = false
-  /** Request headers waiting for the end of the tick, to leave as one message (`batched` of them). */
-  private readonly batch = Buffer.alloc(REQUEST_BATCH * REQUEST_HEADER_SIZE)
+  /** Requests without payload waiting for the end of the tick, to leave as one message (the first `batched`). */
+  private readonly batch: Slot[] = []
   private batched = 0
   private lastHeard = Date.now()
   private pingOut = false
@@ -352,22 +352,31 @@ export class Connection {
       // Requests without a payload issued in one tick go as the frames of one message: the server then takes them in
       // one call (and one wake-up of its I/O worker) instead of one per request.
       if (this.batched === REQUEST_BATCH) this.flushBatch()
-      slot.header.copy(this.batch, this.batched * REQUEST_HEADER_SIZE)
-      this.batched++
+      this.batch[this.batched++] = slot
     }
   }
 
-  /** Sends the batched request headers as one message (from a buffer of its own: the socket may hold it a while). */
+  /**
+   * Sends the batched requests as one message. A lone request goes from its slot's own wire buffer, as it always did;
+   * several are copied into a buffer of their own (the socket may hold it a while, and it is new each time).
+   */
   private flushBatch (): void {
     const n = this.batched
     if (n === 0) return
     this.batched = 0
+    const socket = this.socket as net.Socket
+    if (n === 1) {
+      const slot = this.batch[0]
+      slot.wire[0] = 0x80 | OP_BINARY
+      socket.write(slot.request)
+      return
+    }
     const length = n * REQUEST_HEADER_SIZE
     const head = length < 126 ? 6 : 8
     const message = Buffer.allocUnsafe(head + length)
     writeClientFrameHeader(message, 0, true, OP_BINARY, length)
-    this.batch.copy(message, head, 0, length)
-    ;(this.socket as net.Socket).write(message)
+    for (let i = 0; i < n; i++) this.batch[i].header.copy(message, head + i * REQUEST_HEADER_SIZE)
+    socket.write(message)
   }
 
   private readonly uncork = (): void => {

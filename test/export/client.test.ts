@@ -59,6 +59,12 @@ test('requests without payload issued in one tick leave as one message; a WRITE 
   first.forEach((r, i) => t.true(r.into.every(b => b === i), `read ${i} got its own bytes`))
 
   arrivals.length = 0
+  const lone = reads(50, 1)
+  await lone[0].done
+  t.deepEqual(arrivals.map(a => a.requests.length), [1], 'a lone READ is a message of its own')
+  t.true(lone[0].into.every(b => b === 50))
+
+  arrivals.length = 0
   const many = reads(100, 150)
   await Promise.all(many.map(r => r.done))
   t.deepEqual(arrivals.map(a => a.requests.length), [64, 64, 22], 'at most 64 to a message')

@@ -20,10 +20,6 @@ async function open (url: string, reconnectTimeout = 30000): Promise<RemoteDevic
   return RemoteDevice.open(target, { queueDepth: 32, openTimeout: 20000, reconnectTimeout })
 }
 
-async function status (n: RunningNode): Promise<any> {
-  return await n.status()
-}
-
 test('a 3-level tree across 7 nodes: data written at the top lands in every leaf file; a leaf killed during writes is resynced with only what changed', async t => {
   const dir = tempDir()
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
@@ -77,7 +73,7 @@ test('a 3-level tree across 7 nodes: data written at the top lands in every leaf
   const dev = await open(top.url('all'))
   t.teardown(() => dev.close())
   t.is(dev.size, 3 * leafSize)
-  await until('m1 mirror in sync', async () => (await status(m1)).devices.mir.state === 'online')
+  await until('m1 mirror in sync', async () => (await m1.status()).devices.mir.state === 'online')
 
   // Random data through the top, in requests that cross every member boundary.
   const model = randomBytes(dev.size)
@@ -108,7 +104,7 @@ test('a 3-level tree across 7 nodes: data written at the top lands in every leaf
   await l2.kill()
   await during
   await writeSome(1 * MiB, 16)
-  const degraded = await status(m1)
+  const degraded = await m1.status()
   t.is(degraded.devices.mir.state, 'degraded')
   const leg = degraded.devices.mir.members.find((m: any) => m.name === 'b')
   t.is(leg.state, 'failed')
@@ -118,10 +114,10 @@ test('a 3-level tree across 7 nodes: data written at the top lands in every leaf
   const l2b = await leaf('l2', `127.0.0.1:${l2port}`)
   t.truthy(l2b)
   await until('leg b back in sync', async () => {
-    const s = await status(m1)
+    const s = await m1.status()
     return s.devices.mir.members.every((m: any) => m.state === 'in-sync')
   })
-  const after = await status(m1)
+  const after = await m1.status()
   t.true(after.devices.mir.resyncedBytes <= leg.dirtyBytes + 64 * 1024, `resynced ${after.devices.mir.resyncedBytes} <= dirty ${leg.dirtyBytes}`)
   await dev.read(0, dev.size, back)
   t.true(back.equals(model), 'top reads the latest data')
@@ -144,7 +140,7 @@ test('kill -9 of a node during mirror writes: after restart only dirty regions a
   }
   const first = await startNode(dir, config)
   t.teardown(() => first.kill())
-  await until('initial sync', async () => (await status(first)).devices.m.state === 'online')
+  await until('initial sync', async () => (await first.status()).devices.m.state === 'online')
   // The client gives up on the dead node after a second (it will not come back on this address).
   const dev = await open(first.url('m'), 1000)
   // Writes to a few scattered regions, many in flight, then SIGKILL in the middle of them.
@@ -171,8 +167,8 @@ test('kill -9 of a node during mirror writes: after restart only dirty regions a
 
   const second = await startNode(dir, config)
   t.teardown(() => second.kill())
-  await until('resync after the crash', async () => (await status(second)).devices.m.state === 'online')
-  const s = await status(second)
+  await until('resync after the crash', async () => (await second.status()).devices.m.state === 'online')
+  const s = await second.status()
   t.true(s.devices.m.resyncedBytes <= dirty * region, `copied ${s.devices.m.resyncedBytes} bytes for ${dirty} dirty regions`)
   t.is(await second.stop(), 0)
   t.true(fs.readFileSync(path.join(dir, 'a.img')).equals(fs.readFileSync(path.join(dir, 'b.img'))), 'legs byte-identical')
@@ -195,7 +191,7 @@ test('dst array add, split and remove change a mirror live, refuse what would lo
   }
   let node = await startNode(dir, config)
   t.teardown(() => node.kill())
-  await until('first sync', async () => (await status(node)).devices.m.state === 'online')
+  await until('first sync', async () => (await node.status()).devices.m.state === 'online')
   const dev = await open(node.url('m'))
   const first = randomBytes(size)
   await dev.write(0, first)
@@ -211,7 +207,7 @@ test('dst array add, split and remove change a mirror live, refuse what would lo
   const add = await admin(['add', node.http, 'm', 'spare'])
   t.is(add.code, 0, add.stderr)
   t.regex(add.stdout.toString(), /leg 'spare' added/)
-  await until('spare in sync', async () => (await status(node)).devices.m.members.every((l: any) => l.state === 'in-sync'))
+  await until('spare in sync', async () => (await node.status()).devices.m.members.every((l: any) => l.state === 'in-sync'))
   t.true(fs.readFileSync(path.join(dir, 'spare.img')).equals(first), 'the added leg holds the array')
 
   // split: b is detached as a point-in-time copy and exported as "snap"; later writes do not reach it.
@@ -246,7 +242,7 @@ test('dst array add, split and remove change a mirror live, refuse what would lo
   // A restart keeps every change: m has one leg (a), snap is still exported.
   t.is(await node.stop(), 0)
   node = await startNode(dir, config)
-  const s = await status(node)
+  const s = await node.status()
   t.deepEqual(s.devices.m.members.map((l: any) => l.name), ['a'])
   t.is(s.devices.m.state, 'degraded')
   t.true(s.exports.some((e: any) => e.name === 'snap' && e.device === 'b' && e.readOnly === true))

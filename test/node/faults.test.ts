@@ -171,8 +171,7 @@ test.serial('a mirror leg cut for longer than reconnectTimeout: the mirror keeps
     exports: [{ device: 'mir' }],
   })
   nodes.push(m)
-  const status = async (): Promise<any> => await m.status()
-  for (let i = 0; i < 100 && (await status()).devices.mir.state !== 'online'; i++) await new Promise(resolve => setTimeout(resolve, 100))
+  for (let i = 0; i < 100 && (await m.status()).devices.mir.state !== 'online'; i++) await new Promise(resolve => setTimeout(resolve, 100))
   const dev = await runClient(m.url('mir'))
   t.teardown(() => dev.close())
   const model = Buffer.alloc(size)
@@ -185,7 +184,7 @@ test.serial('a mirror leg cut for longer than reconnectTimeout: the mirror keeps
   proxy.drop()
   // Writes go on during the cut: the first ones wait up to reconnectTimeout for the leg, then the mirror drops it.
   for (let i = 0; i < 16; i++) await write(2 * MiB + i * 128 * 1024, 32 * 1024)
-  const during = await status()
+  const during = await m.status()
   t.is(during.devices.mir.state, 'degraded')
   const leg = during.devices.mir.members.find((l: any) => l.name === 'far')
   t.is(leg.state, 'failed')
@@ -194,7 +193,7 @@ test.serial('a mirror leg cut for longer than reconnectTimeout: the mirror keeps
   proxy.pass()
   let back: any = null
   for (let i = 0; i < 150; i++) {
-    back = await status()
+    back = await m.status()
     if (back.devices.mir.members.every((l: any) => l.state === 'in-sync')) break
     await new Promise(resolve => setTimeout(resolve, 100))
   }

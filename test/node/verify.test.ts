@@ -49,7 +49,7 @@ async function startTree (prefix: string, legSize: number): Promise<Tree> {
   const tree = { dir, la, lb, mn, fileA, fileB }
   // A new array compares (and if needed copies) its second leg once: wait for that to finish.
   try {
-    await until('mirror in sync', async () => (await status(mn)).devices.m.state === 'online', 60000)
+    await until('mirror in sync', async () => (await mn.status()).devices.m.state === 'online', 60000)
   } catch (err) {
     await stopTree(tree)
     throw err
@@ -61,10 +61,6 @@ async function stopTree (tree: Tree | undefined): Promise<void> {
   if (tree === undefined) return
   await Promise.all([tree.mn.kill(), tree.la.kill(), tree.lb.kill()])
   fs.rmSync(tree.dir, { recursive: true, force: true })
-}
-
-async function status (n: RunningNode): Promise<any> {
-  return await n.status()
 }
 
 async function metricsOf (n: RunningNode): Promise<string> {
@@ -157,7 +153,7 @@ test.serial('after two 4 KiB ranges of leaf b change behind its back, dst verify
 
 test.serial('/status and /metrics report the verify that found the mismatches; --json prints the same report', async t => {
   const { mn } = tree as Tree
-  const s = await status(mn)
+  const s = await mn.status()
   const v = s.verify.m
   t.like(v, {
     state: 'done', repair: false, from: null, totalBytes: LEG_SIZE, doneBytes: LEG_SIZE, comparedBytes: LEG_SIZE,
@@ -211,7 +207,7 @@ test.serial('dst verify --repair --from a repairs leg b: exit 0, the leaf files 
   const a = fs.readFileSync(fileA)
   t.true(a.equals(fs.readFileSync(fileB)), 'the two leaf files are byte-identical')
   t.true(a.equals(model), 'and hold what was copied in')
-  const s = await status(mn)
+  const s = await mn.status()
   t.like(s.verify.m, { state: 'done', repair: true, from: 'a', mismatches: 2, repairedRegions: 2, error: null })
   t.true(s.verify.m.mismatchedRegions.every((x: { repaired: boolean, reference: string, legs: string[] }) => x.repaired && x.reference === 'a' && x.legs.join() === 'b'))
   t.is(s.devices.m.state, 'online')
@@ -227,7 +223,7 @@ test.serial('dst verify --repair --from a repairs leg b: exit 0, the leaf files 
   const again = await runDst(['verify', mn.http, 'm', '--no-progress'])
   t.is(again.code, 0, again.stderr)
   t.regex(again.stdout.toString(), /^0 mismatched region\(s\)$/m)
-  t.like((await status(mn)).verify.m, { state: 'done', mismatches: 0, comparedBytes: LEG_SIZE })
+  t.like((await mn.status()).verify.m, { state: 'done', mismatches: 0, comparedBytes: LEG_SIZE })
 })
 
 test.serial('dst verify exits 2 on bad usage, before asking the node anything', async t => {
@@ -299,7 +295,7 @@ test.serial('more mismatched regions than /status lists: the CLI prints the firs
   t.deepEqual(listed, Array.from({ length: 20 }, (_, i) => 3 + i))
   t.regex(out, /^ {2}\.\.\. 5 more$/m)
   t.regex(out, /^25 mismatched region\(s\)$/m)
-  const s = await status(mn)
+  const s = await mn.status()
   t.is(s.verify.m.mismatches, 25)
   t.is(s.verify.m.mismatchedRegions.length, 20, '/status lists the first 20')
 
@@ -308,7 +304,7 @@ test.serial('more mismatched regions than /status lists: the CLI prints the firs
   t.is(undecided.code, 1, undecided.stderr)
   t.regex(undecided.stdout.toString(), /^25 mismatched region\(s\)$/m)
   t.regex(undecided.stdout.toString(), /differ on a, b \(no reference: repair with --from LEG\)/)
-  t.like((await status(mn)).verify.m, { repair: true, mismatches: 25, repairedRegions: 0 })
+  t.like((await mn.status()).verify.m, { repair: true, mismatches: 25, repairedRegions: 0 })
   t.false(fs.readFileSync(fileA).equals(model), 'leg a still has the damage')
 
   const repaired = await runDst(['verify', mn.http, 'm', '--repair', '--from', 'b', '--no-progress'])
@@ -345,11 +341,11 @@ test.serial('a verify while writes go on through the mirror finds no mismatch, a
     })
     await Promise.all(batch)
     writes += batch.length
-    state = (await status(mn)).verify.m.state
+    state = (await mn.status()).verify.m.state
   }
   await dev.flush()
-  await until('verify done', async () => (await status(mn)).verify.m.state !== 'running', 60000)
-  const v = (await status(mn)).verify.m
+  await until('verify done', async () => (await mn.status()).verify.m.state !== 'running', 60000)
+  const v = (await mn.status()).verify.m
   t.log(`${writes} writes while the verify ran`)
   t.true(writes >= 20, `only ${writes} writes overlapped the verify`)
   t.like(v, { state: 'done', mismatches: 0, comparedBytes: LEG_SIZE, error: null })
@@ -375,7 +371,7 @@ test.serial('a mirror of local devices is verified on the node\'s own hash worke
     exports: [{ device: 'lm' }],
   })
   t.teardown(() => n.kill())
-  await until('local mirror in sync', async () => (await status(n)).devices.lm.state === 'online')
+  await until('local mirror in sync', async () => (await n.status()).devices.lm.state === 'online')
   const dev = await RemoteDevice.open({ host: '127.0.0.1', port: n.port, export: 'lm' })
   t.teardown(() => dev.close())
   await dev.write(0, randomBytes(8 * MiB))
@@ -401,7 +397,7 @@ test.serial('a mirror of local devices is verified on the node\'s own hash worke
   // Local legs are digested here: both legs' bytes went through this node's hasher, on worker threads.
   t.true(metric(after, 'dst_hash_bytes_total', 'node="loc"') - metric(before, 'dst_hash_bytes_total', 'node="loc"') >= 2 * 8 * MiB)
   t.true(metric(after, 'dst_hash_tasks_total', 'node="loc",where="worker"') > metric(before, 'dst_hash_tasks_total', 'node="loc",where="worker"'))
-  const s = await status(n)
+  const s = await n.status()
   t.true(s.hash.bytes >= 2 * 8 * MiB)
   t.is(s.hash.errors, 0)
   t.like(s.verify.lm, { state: 'done', mismatches: 0, comparedBytes: 8 * MiB })
@@ -447,7 +443,7 @@ test.serial('the node answers native PINGs and /status quickly while a verify of
     }
     // Metrics first: if /status still says running afterwards, the verify was running when the metrics were taken.
     const running = metric(await metricsOf(big.mn), 'dst_verify_running', 'node="mn",array="m"')
-    const s = await status(big.mn)
+    const s = await big.mn.status()
     state = s.verify.m.state
     if (state === 'running') {
       sawRunning = true
@@ -459,8 +455,8 @@ test.serial('the node answers native PINGs and /status quickly while a verify of
   t.log(`${pingsWhileRunning} ping rounds while the verify ran; slowest ping ${slowest.toFixed(1)} ms`)
   t.true(sawRunning)
   t.true(pingsWhileRunning >= 5, `only ${pingsWhileRunning} ping rounds were answered while the verify ran`)
-  await until('verify done', async () => (await status(big.mn)).verify.m.state !== 'running', 120000)
-  const done = (await status(big.mn)).verify.m
+  await until('verify done', async () => (await big.mn.status()).verify.m.state !== 'running', 120000)
+  const done = (await big.mn.status()).verify.m
   t.like(done, { state: 'done', mismatches: 0, comparedBytes: 256 * MiB, error: null })
 })
 
@@ -472,7 +468,7 @@ test.serial('dst export --digest: dst copy in and out gives back the same bytes'
   const file = path.join(dir, 'disk.img')
   const exp = await startExport([file, '--listen', '127.0.0.1:0', '--size', '8MiB', '--name', 'dig', '--digest'])
   t.teardown(() => exp.kill())
-  const s = await status(exp)
+  const s = await exp.status()
   t.is(s.exports.find((e: { name: string }) => e.name === 'dig')?.digest, true)
 
   const data = randomBytes(5 * MiB + 123)
