@@ -11,8 +11,11 @@ import { startExport, startMirrorTree, startNode, tempDir, type RunningNode } fr
 import { freePort } from '../helpers/ports'
 import { until } from '../helpers/wait'
 import { FaultProxy } from '../../tools/fault-proxy'
+import { testNeeding, TOOLS } from '../helpers/requires'
 
 const MiB = 1024 * 1024
+// Every test here drives a real client; on a machine without them they are skipped (under CI=true they fail).
+const clientTest = testNeeding(Object.values(TOOLS))
 // nbdsh runs the first python3 on PATH, which must be Debian's (it has the nbd module).
 const env = { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` }
 
@@ -68,7 +71,7 @@ function requestBytes (type: number, handle: number, offset: number, length: num
   return h
 }
 
-test('nbdinfo lists the exports and reports size, flags and block sizes', async t => {
+clientTest('nbdinfo lists the exports and reports size, flags and block sizes', async t => {
   const { nbd } = await rig(t, fileNode(64 * MiB))
   const list = await run('nbdinfo', ['--list', nbd('')])
   t.is(list.code, 0, list.stderr)
@@ -88,7 +91,7 @@ test('nbdinfo lists the exports and reports size, flags and block sizes', async 
   t.is(ro.exports[0].is_read_only, true)
 })
 
-test('qemu-img convert of a random image onto an export and back is byte-identical', async t => {
+clientTest('qemu-img convert of a random image onto an export and back is byte-identical', async t => {
   const { dir, nbd } = await rig(t, fileNode(32 * MiB))
   const src = path.join(dir, 'src.raw')
   fs.writeFileSync(src, randomBytes(32 * MiB))
@@ -105,7 +108,7 @@ test('qemu-img convert of a random image onto an export and back is byte-identic
   t.true(fs.readFileSync(copy).equals(fs.readFileSync(src)), 'nbdcopy reads the same bytes')
 })
 
-test('nbdsh: a read past the end gets EINVAL and the same connection still works; a write to a read-only export gets EPERM', async t => {
+clientTest('nbdsh: a read past the end gets EINVAL and the same connection still works; a write to a read-only export gets EPERM', async t => {
   const { nbd } = await rig(t, fileNode(4 * MiB))
   const script = `
 h.set_strict_mode(0)
@@ -136,7 +139,7 @@ ro.shutdown()
   t.regex(r.stdout, /ro-write: EPERM/)
 })
 
-test('a broken handshake, garbage instead of an option, or a bad request magic closes that connection only; the server keeps serving', async t => {
+clientTest('a broken handshake, garbage instead of an option, or a bad request magic closes that connection only; the server keeps serving', async t => {
   const { nbd, node } = await rig(t, fileNode(4 * MiB))
   const port = Number(/:(\d+)\//.exec(nbd('disk'))?.[1])
   const talk = (bytes: Buffer): Promise<Buffer> => new Promise(resolve => {
@@ -164,7 +167,7 @@ test('a broken handshake, garbage instead of an option, or a bad request magic c
   t.is(node.proc.exitCode, null)
 })
 
-test('qemu-io writes a pattern and reads it back through a mirror array', async t => {
+clientTest('qemu-io writes a pattern and reads it back through a mirror array', async t => {
   const { nbd } = await rig(t, {
     name: 'mir',
     devices: {
@@ -181,7 +184,7 @@ test('qemu-io writes a pattern and reads it back through a mirror array', async 
   t.notRegex(r.stdout + r.stderr, /Pattern verification failed/)
 })
 
-test('fio (nbd engine) with verify=crc32c on a mirror of two remote nodes', async t => {
+clientTest('fio (nbd engine) with verify=crc32c on a mirror of two remote nodes', async t => {
   const dir = tempDir('dst-nbd-fio-')
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
   const { top, nbdPort: port } = await startMirrorTree(t, dir, 32 * MiB)
@@ -196,7 +199,7 @@ test('fio (nbd engine) with verify=crc32c on a mirror of two remote nodes', asyn
   t.true(fs.readFileSync(path.join(dir, 'l1.img')).equals(fs.readFileSync(path.join(dir, 'l2.img'))), 'both legs hold the same bytes')
 })
 
-test('fio (nbd engine) with verify on a mirror sees no error while one leaf is killed and restarted; the legs end identical', async t => {
+clientTest('fio (nbd engine) with verify on a mirror sees no error while one leaf is killed and restarted; the legs end identical', async t => {
   const dir = tempDir('dst-nbd-fault-')
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
   const nodes: RunningNode[] = []
@@ -240,7 +243,7 @@ test('fio (nbd engine) with verify on a mirror sees no error while one leaf is k
   t.true(fs.readFileSync(path.join(dir, 'l1.img')).equals(fs.readFileSync(path.join(dir, 'l2.img'))), 'both legs hold the same bytes')
 })
 
-test('clients that vanish mid-request (inside a WRITE payload, with READ replies unread) give every pool buffer back; the node keeps serving', async t => {
+clientTest('clients that vanish mid-request (inside a WRITE payload, with READ replies unread) give every pool buffer back; the node keeps serving', async t => {
   const { nbd, node } = await rig(t, fileNode(16 * MiB, { pool: { count: 8, size: '1MiB' } }))
   const port = Number(/:(\d+)\//.exec(nbd('disk'))?.[1])
   const status = async (): Promise<any> => await node.status()
@@ -356,7 +359,7 @@ function infoRequest (name: string, infos: number[] = []): Buffer {
   return b
 }
 
-test('option phase: LIST names only the exports this client may use; INFO answers EXPORT, BLOCK_SIZE and NAME; refusals name the reason; other options are ERR_UNSUP; ABORT is acknowledged', async t => {
+clientTest('option phase: LIST names only the exports this client may use; INFO answers EXPORT, BLOCK_SIZE and NAME; refusals name the reason; other options are ERR_UNSUP; ABORT is acknowledged', async t => {
   const { nbd } = await rig(t, {
     name: 'n',
     devices: {
@@ -422,7 +425,7 @@ test('option phase: LIST names only the exports this client may use; INFO answer
   t.is((await run('nbdinfo', [nbd('disk')])).code, 0, 'and keeps serving')
 })
 
-test('nbdsh: FUA writes, FLUSH, WRITE_ZEROES and TRIM land; a file export offers no TRIM; READ and WRITE above the maximum get EOVERFLOW and the connection goes on', async t => {
+clientTest('nbdsh: FUA writes, FLUSH, WRITE_ZEROES and TRIM land; a file export offers no TRIM; READ and WRITE above the maximum get EOVERFLOW and the connection goes on', async t => {
   const { nbd, node } = await rig(t, {
     name: 'n',
     devices: { disk: { type: 'file', path: './disk.img', size: 4 * MiB }, mem: { type: 'memory', size: 4 * MiB } },
@@ -476,7 +479,7 @@ for name in ["mem", "disk"]:
   t.is(s.pool.free, s.pool.count, 'every pool buffer is back')
 })
 
-test('replies leave as requests complete: a READ from a slow member is answered after a later READ from a fast one; while a dst node holds the write lease, NBD clients see the export read-only; on SIGTERM the READ in flight is answered and later requests get ESHUTDOWN', async t => {
+clientTest('replies leave as requests complete: a READ from a slow member is answered after a later READ from a fast one; while a dst node holds the write lease, NBD clients see the export read-only; on SIGTERM the READ in flight is answered and later requests get ESHUTDOWN', async t => {
   const dir = tempDir('dst-nbd-order-')
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
   const leaf = await startNode(dir, { name: 'leaf', dataDir: './state-leaf', nbd: '127.0.0.1:0', devices: { disk: { type: 'file', path: './leaf.img', size: 1 * MiB } }, exports: [{ device: 'disk' }] })
@@ -542,7 +545,7 @@ test('replies leave as requests complete: a READ from a slow member is answered 
   t.is(await idle.take(1), null, 'the idle client was disconnected')
 })
 
-test('dst export FILE --nbd serves the file to NBD clients; --read-only is read-only there too', async t => {
+clientTest('dst export FILE --nbd serves the file to NBD clients; --read-only is read-only there too', async t => {
   const dir = tempDir('dst-nbd-cli-')
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
   const file = path.join(dir, 'plain.img')
