@@ -13,10 +13,12 @@ import { formatDstUrl } from '../export/client'
 import { RemoteDevice } from '../export/remote-device'
 import { MirrorDevice } from '../algorithms/mirror'
 import type { Device } from './device'
-import { DstError, Errno } from './errors'
+import { ConfigError, DstError, Errno } from './errors'
 import { parseDstUrl, RESERVED_EXPORT_NAMES } from './config'
 import { emptyOverlay, writeOverlay } from './state'
 import { writerId } from './registry'
+import { nodeIdentity, writeFileDurably } from './identity'
+import { DataDirLock, makeDir, type LockHolder } from './lock'
 import { LOOPBACK_ONLY, parseCidr, type Cidr } from './acl'
 import { WriteLease } from './lease'
 import { NbdServer } from '../export/nbd'
@@ -29,9 +31,7 @@ async function nextGeneration (dataDir: string): Promise<number> {
   const file = path.join(dataDir, 'generation')
   const last = Number((await fs.promises.readFile(file, 'utf8').catch(() => '0')).trim())
   const next = (Number.isSafeInteger(last) && last >= 0 ? last : 0) + 1
-  const tmp = `${file}.tmp`
-  await fs.promises.writeFile(tmp, `${next}\n`)
-  await fs.promises.rename(tmp, file)
+  writeFileDurably(file, `${next}\n`)
   return next
 }
 
@@ -56,6 +56,8 @@ export class DstNode {
   private readonly log: (message: string) => void
   private readonly startedAt = Date.now()
   private stopped: Promise<void> | null = null
+  /** Held from start to stop: one node per dataDir. */
+  private dataDirLock: DataDirLock | null = null
 
   constructor (config: NodeConfig, options: NodeOptions = {}) {
     if (HEADROOM < REPLY_HEADER_SIZE) throw new Error('pool headroom smaller than a reply header')
@@ -73,10 +75,39 @@ export class DstNode {
     watchGc()
     const c = this.config
     if (hasher().threads !== c.hash.threads) configureHasher({ threads: c.hash.threads })
+    let made: string[] = []
     if (c.dataDir !== null) {
-      await fs.promises.mkdir(c.dataDir, { recursive: true })
-      this.generation = await nextGeneration(c.dataDir)
+      try {
+        made = makeDir(c.dataDir)
+      } catch (err) {
+        throw new ConfigError(`dataDir '${c.dataDir}': cannot create it: ${(err as Error).message}`)
+      }
+      // Before anything in it is read or written: a second node on this dataDir would share its write-intent maps.
+      this.dataDirLock = DataDirLock.acquire(c.dataDir, this.lockHolder(c.listen.port))
     }
+    try {
+      c.nodeId = nodeIdentity(c.dataDir)
+      if (c.dataDir !== null) this.generation = await nextGeneration(c.dataDir)
+      await this.openAndListen()
+    } catch (err) {
+      this.dataDirLock?.release()
+      this.dataDirLock = null
+      // A bad config creates nothing: a dataDir this start made goes again.
+      if (err instanceof ConfigError && made.length > 0) fs.rmSync(made[0], { recursive: true, force: true })
+      throw err
+    }
+    this.dataDirLock?.update(this.lockHolder(this.port))
+  }
+
+  /** The node's identity (dataDir/node-id), known once it has started. */
+  get nodeId (): string { return this.config.nodeId ?? nodeIdentity(null) }
+
+  private lockHolder (port: number): LockHolder {
+    return { name: this.config.name, pid: process.pid, listen: `${this.config.listen.host}:${port}`, since: new Date(this.startedAt).toISOString() }
+  }
+
+  private async openAndListen (): Promise<void> {
+    const c = this.config
     await this.registry.open(c, { log: this.log, remoteOpenTimeout: this.remoteOpenTimeout, pingInterval: c.pingInterval })
     for (const e of c.exports) {
       const device = this.registry.get(e.device)
@@ -94,6 +125,7 @@ export class DstNode {
       log: this.log,
       admin: c.admin,
       onAdmin: (array, action, body) => this.changeArray(array, action, body),
+      nodeId: c.nodeId,
     })
     try {
       await this.listener.listen()
@@ -129,6 +161,7 @@ export class DstNode {
   status (): unknown {
     return {
       name: this.config.name,
+      id: this.nodeId,
       uptime: Math.round((Date.now() - this.startedAt) / 1000),
       listen: `${this.config.listen.host}:${this.port}`,
       pool: { count: this.pool.count, size: this.pool.size, free: this.pool.available, waiting: this.pool.waiting },
@@ -159,6 +192,8 @@ export class DstNode {
         await this.registry.flushAll()
         this.listener?.closeAll()
         await this.registry.close()
+        this.dataDirLock?.release()
+        this.dataDirLock = null
       })()
     }
     return this.stopped
@@ -194,7 +229,7 @@ export class DstNode {
           const token = typeof body.token === 'string' ? body.token : undefined
           member = await RemoteDevice.open(target, {
             token, pingInterval: c.pingInterval, reconnectTimeout: c.reconnectTimeout, requestTimeout: c.requestTimeout,
-            owner: writerId(c, name), acceptNewDisk: true, log: m => this.log(`device '${name}': ${m}`),
+            owner: writerId(c, name), node: { name: c.name, id: this.nodeId }, acceptNewDisk: true, log: m => this.log(`device '${name}': ${m}`),
           })
           this.registry.add(name, member)
           overlay.devices[name] = { type: 'remote', url: leg, ...(token !== undefined ? { token } : {}) }

@@ -3,6 +3,7 @@
 
 import * as fs from 'node:fs'
 import * as path from 'node:path'
+import { makeDir } from './lock'
 
 export interface NodeOverlay {
   /** Array name -> its members now. */
@@ -36,7 +37,7 @@ export function readOverlay (dataDir: string): NodeOverlay | null {
 
 /** Writes the overlay durably: temporary file, fsync, rename. */
 export async function writeOverlay (dataDir: string, overlay: NodeOverlay): Promise<void> {
-  await fs.promises.mkdir(dataDir, { recursive: true })
+  makeDir(dataDir)
   const file = overlayFile(dataDir)
   const tmp = `${file}.tmp`
   const fh = await fs.promises.open(tmp, 'w')
