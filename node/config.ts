@@ -94,6 +94,7 @@ export function loadConfigFile (file: string): NodeConfig {
   try {
     overlay = readOverlay(config.dataDir)
   } catch (err) {
+    if (err instanceof ConfigError) throw err
     throw new ConfigError(`${overlayFile(config.dataDir)}: cannot read it: ${(err as Error).message}`)
   }
   if (overlay === null) return config
