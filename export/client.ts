@@ -32,6 +32,8 @@ export interface ConnectOptions {
   requestTimeout?: number
   /** Who writes through this connection: a stable id, so the export's write lease survives our reconnects. */
   owner?: string
+  /** The node this connection is made for (its name names the lease holder in refusals; its id detects loops). */
+  node?: { name: string, id: string }
   /** 'ro' asks for a read-only session and takes no write lease. */
   access?: 'rw' | 'ro'
   /** Counted across reconnects by the owner (a remote device): payloads that failed their wire digest. */
@@ -181,6 +183,7 @@ export class Connection {
       if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`
       if (options.access === 'ro') headers['x-dst-access'] = 'ro'
       else if (options.owner !== undefined) headers['x-dst-writer'] = options.owner
+      if (options.node !== undefined) { headers['x-dst-node'] = options.node.id; headers['x-dst-writer-name'] = options.node.name }
       // closeTimeout is a ws option its type definitions do not list yet.
       const wsOptions: WebSocket.ClientOptions & { closeTimeout: number } = {
         headers,
@@ -219,8 +222,11 @@ export class Connection {
         res.on('data', (c: Buffer) => chunks.push(c))
         res.on('end', () => {
           const body = Buffer.concat(chunks).toString().trim()
-          const code = res.statusCode === 401 ? 'DST_ERR_TOKEN' : res.statusCode === 403 ? 'DST_ERR_ACCESS' : res.statusCode === 404 ? 'DST_ERR_NOEXPORT' : res.statusCode === 409 ? 'DST_ERR_LEASED' : 'DST_ERR_REFUSED'
-          done(new DstError(code, `${url}: refused (${res.statusCode ?? '?'}): ${body || res.statusMessage || 'no reason given'}`, Errno.EACCES))
+          const code = res.statusCode === 401 ? 'DST_ERR_TOKEN' : res.statusCode === 403 ? 'DST_ERR_ACCESS' : res.statusCode === 404 ? 'DST_ERR_NOEXPORT' : res.statusCode === 409 ? 'DST_ERR_LEASED' : res.statusCode === 508 ? 'DST_ERR_SELF' : 'DST_ERR_REFUSED'
+          const err = new DstError(code, `${url}: refused (${res.statusCode ?? '?'}): ${body || res.statusMessage || 'no reason given'}`, Errno.EACCES)
+          const expiresIn = Number(res.headers['x-dst-lease-expires-in'])
+          if (code === 'DST_ERR_LEASED' && res.headers['x-dst-lease-expires-in'] !== undefined && Number.isSafeInteger(expiresIn) && expiresIn >= 0) err.retryAfter = expiresIn
+          done(err)
         })
         res.on('error', () => done(new DstError('DST_ERR_REFUSED', `${url}: refused (${res.statusCode ?? '?'})`, Errno.EACCES)))
       })

@@ -2,6 +2,12 @@
 // buffers, and one streaming decoder, an explicit state machine over received chunks that copies a payload once,
 // straight into the buffer its owner names (a pool slot on the server, the caller's read buffer on the client).
 
+/**
+ * WebSocket close code a writer sends when it is gone for good (a clean stop, a device closed): the export releases
+ * its write lease at once instead of keeping it for leaseTimeout (export/PROTOCOL.md).
+ */
+export const CLOSE_WRITER_DONE = 4000
+
 export const PROTOCOL_VERSION = 2
 
 export const REQUEST_MAGIC = 0x51545344 // "DSTQ" on the wire

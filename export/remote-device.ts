@@ -11,7 +11,7 @@
 
 import { Device, type DeviceStatus } from '../node/device'
 import { DstError, Errno } from '../node/errors'
-import { Op } from './codec'
+import { CLOSE_WRITER_DONE, Op } from './codec'
 import { settleAll } from '../node/settle'
 import { DIGEST_SIZE, digestCount } from '../node/hasher'
 import { Connection, formatDstUrl, type ConnectOptions, type DstUrl } from './client'
@@ -81,7 +81,13 @@ export class RemoteDevice extends Device {
         return new RemoteDevice(target, conn, options)
       } catch (err) {
         const e = err as DstError
-        // Refusals (token, allow list, no such export, a lease) will not change by waiting.
+        // A lease whose holder has left expires by itself: wait for it if it does so in time.
+        if (e.code === 'DST_ERR_LEASED' && e.retryAfter !== undefined && Date.now() + e.retryAfter + 100 <= deadline) {
+          options.log?.(`${e.message}; waiting ${e.retryAfter} ms for it to expire`)
+          await new Promise(resolve => setTimeout(resolve, e.retryAfter as number + 100))
+          continue
+        }
+        // Other refusals (token, allow list, no such export, a lease held) will not change by waiting.
         if (e.code !== 'DST_ERR_CONNECT' && e.code !== 'DST_ERR_TIMEOUT') throw err
         if (Date.now() + wait > deadline) throw err
         options.log?.(`${e.message}; retrying`)
@@ -129,7 +135,8 @@ export class RemoteDevice extends Device {
     if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer)
     if (this.giveUpTimer !== null) clearTimeout(this.giveUpTimer)
     this.release(new DstError('DST_ERR_CLOSED', `${this.url}: device closed`, Errno.ESHUTDOWN))
-    this.conn?.close(1000, 'device closed')
+    // Closed for good: the export may give our write lease to the next writer at once.
+    this.conn?.close(CLOSE_WRITER_DONE, 'writer done')
     return Promise.resolve()
   }
 

@@ -3,9 +3,11 @@
 
 import * as fs from 'node:fs'
 import * as path from 'node:path'
-import { availableParallelism } from 'node:os'
+import { availableParallelism, networkInterfaces } from 'node:os'
 import { ConfigError } from './errors'
 import { parseSize } from './size'
+import { parseDuration } from './duration'
+import { NAME, RESERVED_EXPORT_NAMES } from './names'
 import { LOOPBACK_ONLY, parseCidr, type Cidr } from './acl'
 import { applyOverlay, overlayFile, readOverlay, type NodeOverlay } from './state'
 
@@ -55,10 +57,11 @@ export interface NodeConfig {
   admin: { allow: Cidr[], token?: string }
   /** Live changes read from dataDir (see node/state.ts). */
   overlay?: NodeOverlay
+  /** This node's identity (node/identity.ts), set at start: writer ids derive from it. */
+  nodeId?: string
 }
 
-export const RESERVED_EXPORT_NAMES = ['status', 'metrics']
-const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
+export { NAME, RESERVED_EXPORT_NAMES }
 
 /** The config `npm start` runs: one sparse file under ./data, exported to loopback, over NBD too (its usual port). */
 export const DEFAULT_CONFIG = {
@@ -91,6 +94,7 @@ export function loadConfigFile (file: string): NodeConfig {
   try {
     overlay = readOverlay(config.dataDir)
   } catch (err) {
+    if (err instanceof ConfigError) throw err
     throw new ConfigError(`${overlayFile(config.dataDir)}: cannot read it: ${(err as Error).message}`)
   }
   if (overlay === null) return config
@@ -132,10 +136,10 @@ export function parseConfig (raw: unknown, baseDir: string, label = 'config', op
     if (h.threads !== undefined) hash.threads = positiveInt(h.threads, 'hash.threads', 1, 64, fail)
   }
   const maxInFlight = raw.maxInFlight === undefined ? 128 : positiveInt(raw.maxInFlight, 'maxInFlight', 1, 65536, fail)
-  const pingInterval = raw.pingInterval === undefined ? 10000 : positiveInt(raw.pingInterval, 'pingInterval', 100, 3600000, fail)
-  const reconnectTimeout = raw.reconnectTimeout === undefined ? 30000 : positiveInt(raw.reconnectTimeout, 'reconnectTimeout', 100, 86400000, fail)
-  const requestTimeout = raw.requestTimeout === undefined ? 30000 : positiveInt(raw.requestTimeout, 'requestTimeout', 100, 3600000, fail)
-  const leaseTimeout = raw.leaseTimeout === undefined ? reconnectTimeout : positiveInt(raw.leaseTimeout, 'leaseTimeout', 100, 86400000, fail)
+  const pingInterval = raw.pingInterval === undefined ? 10000 : durationOf(raw.pingInterval, 'pingInterval', 100, 3600000, fail)
+  const reconnectTimeout = raw.reconnectTimeout === undefined ? 30000 : durationOf(raw.reconnectTimeout, 'reconnectTimeout', 100, 86400000, fail)
+  const requestTimeout = raw.requestTimeout === undefined ? 30000 : durationOf(raw.requestTimeout, 'requestTimeout', 100, 3600000, fail)
+  const leaseTimeout = raw.leaseTimeout === undefined ? reconnectTimeout : durationOf(raw.leaseTimeout, 'leaseTimeout', 100, 86400000, fail)
 
   const admin = parseAccess(raw.admin, 'admin', fail)
 
@@ -172,6 +176,9 @@ export function parseConfig (raw: unknown, baseDir: string, label = 'config', op
     if (x.digest !== undefined && typeof x.digest !== 'boolean') fail(`${field}.digest`, 'expected true or false')
     exportList.push({ name: ename as string, device: x.device as string, readOnly: x.readOnly === true, allow, token, shared: x.shared === true, digest: x.digest === true })
   }
+
+  checkLegsNotExported(devices, exportList, fail)
+  checkNotSelf(devices, listen, fail)
 
   return { name: name as string, listen, nbd, dataDir, pool, hash, maxInFlight, pingInterval, reconnectTimeout, requestTimeout, leaseTimeout, devices, exports: exportList, baseDir, admin }
 }
@@ -225,8 +232,8 @@ function parseDevice (name: string, d: unknown, field: string, baseDir: string, 
       if (typeof url === 'string') return fail(`${field}.url`, url)
       if (x.token !== undefined && (typeof x.token !== 'string' || x.token.length === 0)) fail(`${field}.token`, 'expected a non-empty string')
       const queueDepth = x.queueDepth === undefined ? 32 : positiveInt(x.queueDepth, `${field}.queueDepth`, 1, 4096, fail)
-      const reconnectTimeout = x.reconnectTimeout === undefined ? undefined : positiveInt(x.reconnectTimeout, `${field}.reconnectTimeout`, 100, 86400000, fail)
-      const requestTimeout = x.requestTimeout === undefined ? undefined : positiveInt(x.requestTimeout, `${field}.requestTimeout`, 100, 3600000, fail)
+      const reconnectTimeout = x.reconnectTimeout === undefined ? undefined : durationOf(x.reconnectTimeout, `${field}.reconnectTimeout`, 100, 86400000, fail)
+      const requestTimeout = x.requestTimeout === undefined ? undefined : durationOf(x.requestTimeout, `${field}.requestTimeout`, 100, 3600000, fail)
       return { type: 'remote', name, url: x.url as string, ...url, token: x.token as string | undefined, queueDepth, reconnectTimeout, requestTimeout }
     }
     case 'mirror':
@@ -279,15 +286,24 @@ function checkMembers (devices: Map<string, DeviceConfig>, fail: Fail): void {
   for (const name of devices.keys()) visit(name, [])
 }
 
-/** Checks what can be checked about file devices without creating anything. */
+/**
+ * Checks what can be checked about file devices without creating anything. Two devices on one file are refused
+ * however they name it: by the file's device and inode when it exists (symlinks, hard links, `..`), else by the real
+ * path of its folder.
+ */
 function checkFiles (devices: Map<string, DeviceConfig>, fail: Fail): void {
-  const paths = new Map<string, string>()
+  const files = new Map<string, string>()
+  const same = (key: string, d: DeviceConfig & { path: string }): void => {
+    const other = files.get(key)
+    if (other !== undefined) {
+      const otherPath = (devices.get(other) as { path: string }).path
+      fail(`devices.${d.name}.path`, otherPath === d.path ? `'${d.path}' is also the path of device '${other}'` : `'${d.path}' is the same file as device '${other}' ('${otherPath}'); a file backs one device only`)
+    }
+    files.set(key, d.name)
+  }
   for (const d of devices.values()) {
     if (d.type !== 'file') continue
     const field = `devices.${d.name}.path`
-    const other = paths.get(d.path)
-    if (other !== undefined) fail(field, `'${d.path}' is also the path of device '${other}'`)
-    paths.set(d.path, d.name)
     let st: fs.Stats
     try {
       st = fs.statSync(d.path)
@@ -297,8 +313,12 @@ function checkFiles (devices: Map<string, DeviceConfig>, fail: Fail): void {
       if (d.readOnly) fail(field, `'${d.path}' does not exist (a read-only device is never created)`)
       const dir = path.dirname(d.path)
       if (!fs.existsSync(dir)) fail(field, `folder '${dir}' does not exist`)
+      let real = d.path
+      try { real = path.join(fs.realpathSync(dir), path.basename(d.path)) } catch {}
+      same(`path:${real}`, d)
       continue
     }
+    same(`inode:${st.dev}:${st.ino}`, d)
     if (!st.isFile() && !st.isBlockDevice()) fail(field, `'${d.path}' is neither a regular file nor a block device`)
     if (st.isFile() && st.size === 0 && d.size === undefined) fail(`devices.${d.name}.size`, `'${d.path}' is empty; give a size`)
     try {
@@ -307,6 +327,52 @@ function checkFiles (devices: Map<string, DeviceConfig>, fail: Fail): void {
       fail(field, `'${d.path}' is not ${d.readOnly ? 'readable' : 'readable and writable'} by this process`)
     }
   }
+}
+
+/** A mirror leg has one writer, the mirror: neither it nor anything inside it may also be exported directly. */
+function checkLegsNotExported (devices: Map<string, DeviceConfig>, exportList: ExportConfig[], fail: Fail): void {
+  const mirrorOf = new Map<string, string>()
+  const mark = (name: string, mirror: string): void => {
+    mirrorOf.set(name, mirror)
+    const d = devices.get(name)
+    if (d !== undefined && (d.type === 'mirror' || d.type === 'linear')) for (const m of d.members) mark(m, mirror)
+  }
+  for (const d of devices.values()) if (d.type === 'mirror') for (const m of d.members) mark(m, d.name)
+  for (const [i, e] of exportList.entries()) {
+    const mirror = mirrorOf.get(e.device)
+    if (mirror !== undefined) fail(`exports[${i}].device`, `'${e.device}' is a leg of mirror '${mirror}' (or inside one); a leg has one writer, the mirror: export '${mirror}' instead`)
+  }
+}
+
+/** A remote device at this node's own listen address would wait for itself forever. */
+function checkNotSelf (devices: Map<string, DeviceConfig>, listen: Address, fail: Fail): void {
+  if (listen.port === 0) return
+  for (const d of devices.values()) {
+    if (d.type !== 'remote' || d.port !== listen.port || !sameHost(d.host, listen.host)) continue
+    fail(`devices.${d.name}.url`, `"${d.url}" is this node's own listen address (${listen.host}:${listen.port}); a remote device is another node's export`)
+  }
+}
+
+const LOOPBACK = new Set(['localhost', '::1', '0.0.0.0', '::'])
+
+/**
+ * Does `host` (of a URL) reach a node listening on `listen`? Names and loopback addresses are compared as the kernel
+ * would route them: 'localhost' and 127.x are this machine; a wildcard listen address (0.0.0.0, ::) takes every
+ * address of this machine.
+ */
+export function sameHost (host: string, listen: string): boolean {
+  const local = (h: string): boolean => LOOPBACK.has(h.toLowerCase()) || /^127\./.test(h) || /^::ffff:127\./i.test(h) || ownAddresses().has(h)
+  const norm = (h: string): string => { const x = h.toLowerCase().replace(/^::ffff:/, ''); return x === 'localhost' ? '127.0.0.1' : x }
+  if (listen === '0.0.0.0' || listen === '::') return local(host)
+  if (norm(host) === norm(listen)) return true
+  // 'localhost' resolves to 127.0.0.1 or ::1: either is the same loopback listener only when listen is loopback too.
+  return host.toLowerCase() === 'localhost' && (norm(listen) === '127.0.0.1' || listen === '::1')
+}
+
+function ownAddresses (): Set<string> {
+  const out = new Set<string>()
+  for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) out.add(a.address)
+  return out
 }
 
 export function parseDstUrl (value: unknown): { host: string, port: number, export: string } | string {
@@ -342,6 +408,14 @@ function resolvePath (value: unknown, field: string, baseDir: string, fail: Fail
 function sizeOf (value: unknown, field: string, fail: Fail): number {
   const size = parseSize(value)
   return typeof size === 'string' ? fail(field, size) : size
+}
+
+/** A duration field: milliseconds, or a string like "500ms", "3s", "2m" (node/duration.ts), within [min, max] ms. */
+function durationOf (value: unknown, field: string, min: number, max: number, fail: Fail): number {
+  const ms = parseDuration(value)
+  if (typeof ms === 'string') return fail(field, ms)
+  if (ms < min || ms > max) return fail(field, `expected a duration from ${min} ms to ${max} ms, got ${JSON.stringify(value)}`)
+  return ms
 }
 
 function blockSizeOf (value: unknown, field: string, fail: Fail): number | undefined {

@@ -31,6 +31,8 @@ export function errnoName (errno: number): string {
 export class DstError extends Error {
   readonly code: string
   readonly errno: number
+  /** When waiting may help: ms after which the same request may succeed (a write lease about to expire). */
+  retryAfter?: number
 
   constructor (code: string, message: string, errno: number = Errno.EIO) {
     super(message)

@@ -6,7 +6,8 @@
 import * as fs from 'node:fs'
 import { derivedIdentity } from './identity'
 import { Device } from './device'
-import { DstError, Errno } from './errors'
+import { ConfigError, DstError, Errno } from './errors'
+import { lockBackingFile } from './lock'
 import { IoRing } from './io-ring'
 
 export interface FileDeviceOptions {
@@ -73,6 +74,8 @@ export class FileDevice extends Device {
       } catch (err2) { throw fileError(path, err2) }
     }
     try {
+      // Before the file is sized or read: a second node (or a second device) on one file is refused, untouched.
+      lockBackingFile(fd, path, options.readOnly === true)
       const st = await fsFstat(fd)
       let size: number
       if (st.isBlockDevice()) {
@@ -83,7 +86,11 @@ export class FileDevice extends Device {
         if (options.size !== undefined && options.size !== size) {
           if (size < options.size) {
             if (options.readOnly === true) throw new DstError('DST_ERR_SIZE', `file device '${path}' is ${size} bytes, smaller than the configured ${options.size}, and read-only`, Errno.EINVAL)
-            await fsFtruncate(fd, options.size)
+            await fsFtruncate(fd, options.size).catch((err: NodeJS.ErrnoException) => {
+              // A size the filesystem cannot hold (EFBIG, EINVAL) is a config problem, not an I/O failure.
+              if (err.code === 'EFBIG' || err.code === 'EINVAL') throw new ConfigError(`file device '${path}': size ${options.size as number} is more than this filesystem takes for one file (${err.code})`)
+              throw fileError(path, err)
+            })
             if (!created) options.warn?.(`file '${path}' grown sparse from ${size} to ${options.size} bytes`)
           } else {
             options.warn?.(`file '${path}' is ${size} bytes; only the first ${options.size} are used`)
@@ -97,6 +104,8 @@ export class FileDevice extends Device {
       return new FileDevice(path, fd, size, options, identityOf(st))
     } catch (err) {
       await fsClose(fd).catch(() => {})
+      // A file this start created and could not make into a device is removed again: a failed start leaves nothing.
+      if (created) await fs.promises.unlink(path).catch(() => {})
       throw err
     }
   }

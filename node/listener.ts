@@ -6,7 +6,7 @@ import { timingSafeEqual, createHash } from 'node:crypto'
 import type { BufferPool } from './pool'
 import { allowed, type Cidr } from './acl'
 import { CloseCode, ExportSession, type ServedExport, type SessionAccess, type SessionLimits } from '../export/server'
-import { REQUEST_HEADER_SIZE } from '../export/codec'
+import { CLOSE_WRITER_DONE, REQUEST_HEADER_SIZE } from '../export/codec'
 
 /** uSockets' listen option (declared only as a type-level enum in the package, so spelled out here). */
 const LIBUS_LISTEN_EXCLUSIVE_PORT = 1
@@ -25,6 +25,8 @@ export interface ListenerOptions {
   /** Who may use the admin endpoints (POST /arrays/NAME/ACTION), and what they do. */
   admin: { allow: Cidr[], token?: string }
   onAdmin: (array: string, action: string, body: Record<string, unknown>) => Promise<unknown>
+  /** This node's identity: a client that presents it (x-dst-node) is this node itself, and is refused (508). */
+  nodeId?: string
 }
 
 export class Listener {
@@ -77,9 +79,11 @@ export class Listener {
           this.internalError(ws, session, err)
         }
       },
-      close: ws => {
+      close: (ws, code) => {
         this.sessions.delete(ws)
-        ws.getUserData().session?.onClose()
+        const data = ws.getUserData()
+        if (code === CLOSE_WRITER_DONE && data.access.owner !== null) data.exp.lease.relinquish(data.access.owner)
+        data.session?.onClose()
       },
     })
     // A handler that throws would abort the whole process (uWebSockets.js refuses a handler that returns without
@@ -184,7 +188,7 @@ export class Listener {
       }
       this.options.onAdmin(array, action, body).then(result => answer('200 OK', result), (err: Error & { code?: string }) => {
         this.options.log(`array ${action} on '${array}' refused: ${err.message}`)
-        answer(err.code === 'DST_ERR_NOTFOUND' ? '404 Not Found' : '409 Conflict', { error: err.message, code: err.code })
+        answer(err.code === 'DST_ERR_NOTFOUND' ? '404 Not Found' : err.code === 'DST_ERR_USAGE' ? '400 Bad Request' : '409 Conflict', { error: err.message, code: err.code })
       })
     })
   }
@@ -196,12 +200,16 @@ export class Listener {
     const extensions = req.getHeader('sec-websocket-extensions')
     const auth = req.getHeader('authorization')
     const writer = req.getHeader('x-dst-writer')
+    const writerName = req.getHeader('x-dst-writer-name')
+    const peerNode = req.getHeader('x-dst-node')
     const readOnlyAsked = req.getHeader('x-dst-access') === 'ro'
     const address = Buffer.from(res.getRemoteAddressAsText()).toString()
-    const refuse = (status: string, reason: string, exp?: ServedExport): void => {
+    const refuse = (status: string, reason: string, exp?: ServedExport, headers: Record<string, string> = {}): void => {
       if (exp !== undefined) exp.metrics.refused++
       this.options.log(`refused ${address} for ${url}: ${reason}`)
-      res.writeStatus(status).writeHeader('content-type', 'text/plain').end(reason + '\n')
+      res.writeStatus(status).writeHeader('content-type', 'text/plain')
+      for (const [k, v] of Object.entries(headers)) res.writeHeader(k, v)
+      res.end(reason + '\n')
     }
     let name: string
     try { name = decodeURIComponent(url.slice(1)) } catch { refuse('400 Bad Request', 'bad export name in the URL'); return }
@@ -215,15 +223,23 @@ export class Listener {
     }
     if (this.stopping) { refuse('503 Service Unavailable', 'node is shutting down', exp); return }
     if (exp.device.state === 'closed' || exp.device.state === 'closing') { refuse('503 Service Unavailable', `device of export '${name}' is ${exp.device.state}`, exp); return }
+    if (this.options.nodeId !== undefined && peerNode === this.options.nodeId) {
+      refuse('508 Loop Detected', `export '${name}' is on the node that asks for it: a remote device cannot point at its own node`, exp)
+      return
+    }
     const access: SessionAccess = { readOnly: readOnlyAsked || exp.readOnly || !exp.device.writable, owner: null, token: 0 }
     if (!access.readOnly && exp.shared !== true && writer !== '') {
       if (!/^[A-Za-z0-9._:-]{1,128}$/.test(writer)) { refuse('400 Bad Request', 'bad x-dst-writer id', exp); return }
-      const lease = exp.lease.acquire(writer)
-      if (!lease.ok) { refuse('409 Conflict', `export '${name}' is leased for writing: ${lease.reason}`, exp); return }
+      const lease = exp.lease.acquire(writer, { name: /^[A-Za-z0-9._-]{1,64}$/.test(writerName) ? writerName : '', address })
+      if (!lease.ok) {
+        // How long until it expires (the holder has left): a remote device opening waits that long instead of failing.
+        refuse('409 Conflict', `export '${name}' is leased for writing: ${lease.reason}`, exp, lease.expiresIn !== null ? { 'x-dst-lease-expires-in': String(lease.expiresIn) } : {})
+        return
+      }
       access.owner = writer
       access.token = lease.token
     } else if (!access.readOnly && exp.shared !== true && exp.lease.owner !== null) {
-      refuse('409 Conflict', `export '${name}' is leased for writing by writer ${exp.lease.owner}; connect read-only or mark the export "shared"`, exp)
+      refuse('409 Conflict', `export '${name}' is leased for writing by ${exp.lease.holderText()}; connect read-only or mark the export "shared"`, exp)
       return
     }
     res.upgrade<UserData>({ session: null, exp, access }, key, protocol, extensions, context)

@@ -13,10 +13,13 @@ import { formatDstUrl } from '../export/client'
 import { RemoteDevice } from '../export/remote-device'
 import { MirrorDevice } from '../algorithms/mirror'
 import type { Device } from './device'
-import { DstError, Errno } from './errors'
-import { parseDstUrl, RESERVED_EXPORT_NAMES } from './config'
-import { emptyOverlay, writeOverlay } from './state'
+import { ConfigError, DstError, Errno } from './errors'
+import { parseDstUrl, RESERVED_EXPORT_NAMES, sameHost } from './config'
+import { exportNameProblem, nameProblem } from './names'
+import { emptyOverlay, writeOverlay, type NodeOverlay } from './state'
 import { writerId } from './registry'
+import { nodeIdentity, writeFileDurably } from './identity'
+import { DataDirLock, makeDir, type LockHolder } from './lock'
 import { LOOPBACK_ONLY, parseCidr, type Cidr } from './acl'
 import { WriteLease } from './lease'
 import { NbdServer } from '../export/nbd'
@@ -29,9 +32,7 @@ async function nextGeneration (dataDir: string): Promise<number> {
   const file = path.join(dataDir, 'generation')
   const last = Number((await fs.promises.readFile(file, 'utf8').catch(() => '0')).trim())
   const next = (Number.isSafeInteger(last) && last >= 0 ? last : 0) + 1
-  const tmp = `${file}.tmp`
-  await fs.promises.writeFile(tmp, `${next}\n`)
-  await fs.promises.rename(tmp, file)
+  writeFileDurably(file, `${next}\n`)
   return next
 }
 
@@ -39,6 +40,23 @@ export interface NodeOptions {
   log?: (message: string) => void
   /** How long to keep trying to reach remote devices' nodes at start (ms). */
   remoteOpenTimeout?: number
+}
+
+/** The body fields each admin action takes (POST /arrays/NAME/ACTION); anything else is refused (400). */
+const ARRAY_ACTION_FIELDS: Record<string, string[] | undefined> = {
+  add: ['device', 'name', 'token'],
+  remove: ['device'],
+  split: ['device', 'export', 'readOnly'],
+  verify: ['repair', 'from', 'rate', 'wait'],
+}
+
+/** Bad admin input: answered 400 (node/listener.ts), nothing changed. */
+function usage (message: string): DstError {
+  return new DstError('DST_ERR_USAGE', message, Errno.EINVAL)
+}
+
+function check (field: string, problem: string | null): void {
+  if (problem !== null) throw usage(`"${field}": ${problem}`)
 }
 
 /** Pool slots keep this much room in front of the payload for a reply header (rounded up for alignment). */
@@ -56,6 +74,8 @@ export class DstNode {
   private readonly log: (message: string) => void
   private readonly startedAt = Date.now()
   private stopped: Promise<void> | null = null
+  /** Held from start to stop: one node per dataDir. */
+  private dataDirLock: DataDirLock | null = null
 
   constructor (config: NodeConfig, options: NodeOptions = {}) {
     if (HEADROOM < REPLY_HEADER_SIZE) throw new Error('pool headroom smaller than a reply header')
@@ -73,10 +93,39 @@ export class DstNode {
     watchGc()
     const c = this.config
     if (hasher().threads !== c.hash.threads) configureHasher({ threads: c.hash.threads })
+    let made: string[] = []
     if (c.dataDir !== null) {
-      await fs.promises.mkdir(c.dataDir, { recursive: true })
-      this.generation = await nextGeneration(c.dataDir)
+      try {
+        made = makeDir(c.dataDir)
+      } catch (err) {
+        throw new ConfigError(`dataDir '${c.dataDir}': cannot create it: ${(err as Error).message}`)
+      }
+      // Before anything in it is read or written: a second node on this dataDir would share its write-intent maps.
+      this.dataDirLock = DataDirLock.acquire(c.dataDir, this.lockHolder(c.listen.port))
     }
+    try {
+      c.nodeId = nodeIdentity(c.dataDir)
+      if (c.dataDir !== null) this.generation = await nextGeneration(c.dataDir)
+      await this.openAndListen()
+    } catch (err) {
+      this.dataDirLock?.release()
+      this.dataDirLock = null
+      // A bad config creates nothing: a dataDir this start made goes again.
+      if (err instanceof ConfigError && made.length > 0) fs.rmSync(made[0], { recursive: true, force: true })
+      throw err
+    }
+    this.dataDirLock?.update(this.lockHolder(this.port))
+  }
+
+  /** The node's identity (dataDir/node-id), known once it has started. */
+  get nodeId (): string { return this.config.nodeId ?? nodeIdentity(null) }
+
+  private lockHolder (port: number): LockHolder {
+    return { name: this.config.name, pid: process.pid, listen: `${this.config.listen.host}:${port}`, since: new Date(this.startedAt).toISOString() }
+  }
+
+  private async openAndListen (): Promise<void> {
+    const c = this.config
     await this.registry.open(c, { log: this.log, remoteOpenTimeout: this.remoteOpenTimeout, pingInterval: c.pingInterval })
     for (const e of c.exports) {
       const device = this.registry.get(e.device)
@@ -94,6 +143,7 @@ export class DstNode {
       log: this.log,
       admin: c.admin,
       onAdmin: (array, action, body) => this.changeArray(array, action, body),
+      nodeId: c.nodeId,
     })
     try {
       await this.listener.listen()
@@ -129,6 +179,7 @@ export class DstNode {
   status (): unknown {
     return {
       name: this.config.name,
+      id: this.nodeId,
       uptime: Math.round((Date.now() - this.startedAt) / 1000),
       listen: `${this.config.listen.host}:${this.port}`,
       pool: { count: this.pool.count, size: this.pool.size, free: this.pool.available, waiting: this.pool.waiting },
@@ -159,6 +210,8 @@ export class DstNode {
         await this.registry.flushAll()
         this.listener?.closeAll()
         await this.registry.close()
+        this.dataDirLock?.release()
+        this.dataDirLock = null
       })()
     }
     return this.stopped
@@ -170,6 +223,11 @@ export class DstNode {
    */
   async changeArray (array: string, action: string, body: Record<string, unknown>): Promise<unknown> {
     const c = this.config
+    // Checked as the config checks the same names (node/names.ts), before anything changes: what is recorded in
+    // dataDir must load at the next start.
+    const fields = ARRAY_ACTION_FIELDS[action]
+    if (fields === undefined) throw usage(`unknown array action '${action}' (add, remove, split, verify)`)
+    for (const k of Object.keys(body)) if (!fields.includes(k)) throw usage(`"${k}": unknown field for ${action} (expected one of ${fields.join(', ')})`)
     const device = this.registry.get(array)
     if (device === undefined) throw new DstError('DST_ERR_NOTFOUND', `no device named '${array}' on node ${c.name}`, Errno.EINVAL)
     if (!(device instanceof MirrorDevice)) {
@@ -179,8 +237,14 @@ export class DstNode {
     if (action === 'verify') return await this.startVerify(array, device, body)
     if (c.dataDir === null) throw new DstError('DST_ERR_NOSTATE', 'this node has no dataDir to record array changes in', Errno.EINVAL)
     const leg = body.device
-    if (typeof leg !== 'string' || leg === '') throw new DstError('DST_ERR_USAGE', 'give "device": a device name or a dst:// URL', Errno.EINVAL)
-    const overlay = c.overlay ?? emptyOverlay()
+    if (typeof leg !== 'string' || leg === '') throw usage('give "device": a device name or a dst:// URL')
+    if (!(action === 'add' && leg.startsWith('dst://'))) check('device', nameProblem(leg))
+    if (body.name !== undefined) check('name', nameProblem(body.name))
+    if (body.token !== undefined && (typeof body.token !== 'string' || body.token === '')) throw usage('"token": expected a non-empty string')
+    if (body.export !== undefined) check('export', exportNameProblem(body.export))
+    if (body.readOnly !== undefined && typeof body.readOnly !== 'boolean') throw usage('"readOnly": expected true or false')
+    // A copy: a change that fails half-way leaves the recorded state as it was.
+    const overlay: NodeOverlay = JSON.parse(JSON.stringify(c.overlay ?? emptyOverlay()))
     let detail: string
     switch (action) {
       case 'add': {
@@ -188,13 +252,15 @@ export class DstNode {
         let member: Device
         if (leg.startsWith('dst://')) {
           const target = parseDstUrl(leg)
-          if (typeof target === 'string') throw new DstError('DST_ERR_USAGE', target, Errno.EINVAL)
-          name = typeof body.name === 'string' && body.name !== '' ? body.name : `${target.export}@${target.host}_${target.port}`.replace(/[^A-Za-z0-9._-]/g, '_')
+          if (typeof target === 'string') throw usage(`"device": ${target}`)
+          if (target.port === this.port && sameHost(target.host, c.listen.host)) throw usage(`"device": ${leg} is this node's own address; a remote leg is another node's export`)
+          name = typeof body.name === 'string' ? body.name : `${target.export}@${target.host}_${target.port}`.replace(/[^A-Za-z0-9._-]/g, '_')
+          if (nameProblem(name) !== null) throw usage(`"name": the name made from the URL, '${name}', is not a device name; give one with "name"`)
           if (this.registry.get(name) !== undefined) throw new DstError('DST_ERR_EXISTS', `a device named '${name}' already exists; pick another with "name"`, Errno.EINVAL)
           const token = typeof body.token === 'string' ? body.token : undefined
           member = await RemoteDevice.open(target, {
             token, pingInterval: c.pingInterval, reconnectTimeout: c.reconnectTimeout, requestTimeout: c.requestTimeout,
-            owner: writerId(c, name), acceptNewDisk: true, log: m => this.log(`device '${name}': ${m}`),
+            owner: writerId(c, name), node: { name: c.name, id: this.nodeId }, acceptNewDisk: true, log: m => this.log(`device '${name}': ${m}`),
           })
           this.registry.add(name, member)
           overlay.devices[name] = { type: 'remote', url: leg, ...(token !== undefined ? { token } : {}) }
@@ -218,7 +284,7 @@ export class DstNode {
         break
       }
       case 'split': {
-        const exportName = typeof body.export === 'string' && body.export !== '' ? body.export : undefined
+        const exportName = typeof body.export === 'string' ? body.export : undefined
         if (exportName !== undefined && (this.exports.has(exportName) || RESERVED_EXPORT_NAMES.includes(exportName))) {
           throw new DstError('DST_ERR_EXISTS', `export name '${exportName}' is taken`, Errno.EINVAL)
         }
@@ -237,11 +303,11 @@ export class DstNode {
         break
       }
       default:
-        throw new DstError('DST_ERR_USAGE', `unknown array action '${action}' (add, remove, split)`, Errno.EINVAL)
+        throw usage(`unknown array action '${action}' (add, remove, split, verify)`)
     }
     overlay.arrays[array] = { members: device.legNames }
-    c.overlay = overlay
     await writeOverlay(c.dataDir, overlay)
+    c.overlay = overlay
     this.log(detail)
     return { ok: true, message: detail, array: device.status() }
   }

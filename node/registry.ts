@@ -10,7 +10,7 @@ import { LinearDevice, type Member } from '../algorithms/linear'
 import { MirrorDevice } from '../algorithms/mirror'
 import { FileIntentStore } from '../algorithms/intent-store'
 import * as path from 'node:path'
-import { derivedIdentity } from './identity'
+import { derivedIdentity, nodeIdentity } from './identity'
 
 export interface RegistryOptions {
   log: (message: string) => void
@@ -86,6 +86,7 @@ export class DeviceRegistry {
             reconnectTimeout: d.reconnectTimeout ?? config.reconnectTimeout,
             requestTimeout: d.requestTimeout ?? config.requestTimeout,
             owner: writerId(config, d.name),
+            node: { name: config.name, id: config.nodeId ?? nodeIdentity(null) },
             acceptNewDisk: isMirrorLeg(config, d.name),
             log,
           })
@@ -160,9 +161,12 @@ function arrayOrder (config: NodeConfig): DeviceConfig[] {
   return out
 }
 
-/** The writer id this node presents for a remote device: stable across restarts, so the node gets its lease back. */
+/**
+ * The writer id this node presents for a remote device: derived from the node's identity (dataDir/node-id), so it is
+ * stable across restarts (the node gets its lease back) and differs between two machines that run the same config.
+ */
 export function writerId (config: NodeConfig, device: string): string {
-  return derivedIdentity(`writer:${config.name}:${config.dataDir ?? config.baseDir}:${device}`)
+  return derivedIdentity(`writer:${config.nodeId ?? nodeIdentity(null)}:${device}`)
 }
 
 /** Mirror legs take on a peer that came back with another disk: the mirror then copies the whole array to it. */

@@ -3,6 +3,11 @@
 
 import * as fs from 'node:fs'
 import * as path from 'node:path'
+import { makeDir } from './lock'
+import { writeFileDurably } from './identity'
+import { ConfigError } from './errors'
+import { exportNameProblem, nameProblem } from './names'
+import { parseDstUrl } from './config'
 
 export interface NodeOverlay {
   /** Array name -> its members now. */
@@ -30,23 +35,59 @@ export function readOverlay (dataDir: string): NodeOverlay | null {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
     throw err
   }
-  const o = JSON.parse(text) as Partial<NodeOverlay>
-  return { arrays: o.arrays ?? {}, devices: o.devices ?? {}, exports: o.exports ?? [] }
+  let raw: unknown
+  try {
+    raw = JSON.parse(text)
+  } catch (err) {
+    throw new ConfigError(`${overlayFile(dataDir)}: not valid JSON: ${(err as Error).message}`)
+  }
+  return checkOverlay(raw, overlayFile(dataDir))
 }
 
-/** Writes the overlay durably: temporary file, fsync, rename. */
-export async function writeOverlay (dataDir: string, overlay: NodeOverlay): Promise<void> {
-  await fs.promises.mkdir(dataDir, { recursive: true })
-  const file = overlayFile(dataDir)
-  const tmp = `${file}.tmp`
-  const fh = await fs.promises.open(tmp, 'w')
-  try {
-    await fh.writeFile(JSON.stringify(overlay, null, 2) + '\n')
-    await fh.sync()
-  } finally {
-    await fh.close()
+/**
+ * Checks an overlay as the config checks names and URLs (node/names.ts), so what a node writes it can read at its next
+ * start. Throws a ConfigError naming the file and the field.
+ */
+export function checkOverlay (raw: unknown, label: string): NodeOverlay {
+  const fail = (field: string, problem: string): never => { throw new ConfigError(`${label}: ${field}: ${problem}`) }
+  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v)
+  const name = (v: unknown, field: string): string => { const p = nameProblem(v); return p === null ? v as string : fail(field, p) }
+  if (!isObject(raw)) return fail('(top level)', 'expected a JSON object with arrays, devices and exports')
+  for (const k of Object.keys(raw)) if (!['arrays', 'devices', 'exports'].includes(k)) fail(k, 'unknown field (expected one of arrays, devices, exports)')
+  const out = emptyOverlay()
+  if (raw.arrays !== undefined && !isObject(raw.arrays)) fail('arrays', 'expected an object mapping array names to { "members": [...] }')
+  for (const [array, a] of Object.entries((raw.arrays ?? {}) as Record<string, unknown>)) {
+    name(array, `arrays.${array}`)
+    if (!isObject(a) || !Array.isArray(a.members)) return fail(`arrays.${array}.members`, 'expected an array of device names')
+    out.arrays[array] = { members: (a.members as unknown[]).map((m, i) => name(m, `arrays.${array}.members[${i}]`)) }
   }
-  await fs.promises.rename(tmp, file)
+  if (raw.devices !== undefined && !isObject(raw.devices)) fail('devices', 'expected an object mapping device names to remote devices')
+  for (const [device, d] of Object.entries((raw.devices ?? {}) as Record<string, unknown>)) {
+    name(device, `devices.${device}`)
+    if (!isObject(d) || d.type !== 'remote') return fail(`devices.${device}.type`, 'expected a remote device ({ "type": "remote", "url": ... })')
+    const url = parseDstUrl(d.url)
+    if (typeof url === 'string') fail(`devices.${device}.url`, url)
+    if (d.token !== undefined && (typeof d.token !== 'string' || d.token === '')) fail(`devices.${device}.token`, 'expected a non-empty string')
+    out.devices[device] = { type: 'remote', url: d.url as string, ...(d.token !== undefined ? { token: d.token as string } : {}) }
+  }
+  if (raw.exports !== undefined && !Array.isArray(raw.exports)) fail('exports', 'expected an array')
+  for (const [i, e] of ((raw.exports ?? []) as unknown[]).entries()) {
+    if (!isObject(e)) return fail(`exports[${i}]`, 'expected { "name", "device", "readOnly" }')
+    const problem = exportNameProblem(e.name)
+    if (problem !== null) fail(`exports[${i}].name`, problem)
+    name(e.device, `exports[${i}].device`)
+    if (typeof e.readOnly !== 'boolean') fail(`exports[${i}].readOnly`, 'expected true or false')
+    out.exports.push({ name: e.name as string, device: e.device as string, readOnly: e.readOnly as boolean })
+  }
+  return out
+}
+
+/** Writes the overlay durably: temporary file, fsync, rename, fsync of the folder. */
+export async function writeOverlay (dataDir: string, overlay: NodeOverlay): Promise<void> {
+  // Never write what the next start could not read.
+  checkOverlay(JSON.parse(JSON.stringify(overlay)), overlayFile(dataDir))
+  makeDir(dataDir)
+  writeFileDurably(overlayFile(dataDir), JSON.stringify(overlay, null, 2) + '\n')
 }
 
 /** Lays the overlay over a raw config object (before validation, so the result is checked like any config). */

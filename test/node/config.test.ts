@@ -428,3 +428,49 @@ test('CLI: a dst:// url with a malformed percent escape exits 2 naming devices.f
   t.is(r.code, 2, r.stderr)
   t.true(r.stderr.includes('devices.far.url'), r.stderr)
 })
+
+// ---- issue 12: durations, one file per device, legs not exported, no remote device at the node itself -------------
+
+test('durations: every duration field takes "500ms", "3s", "2m" as well as milliseconds', t => {
+  const c = parseConfig(base({ pingInterval: '500ms', reconnectTimeout: '3s', requestTimeout: '2m', leaseTimeout: 1500 }, {
+    far: { type: 'remote', url: 'dst://10.0.0.2:7001/d', reconnectTimeout: '1.5s', requestTimeout: '10s' },
+  }), dir(), 'test.json')
+  t.is(c.pingInterval, 500)
+  t.is(c.reconnectTimeout, 3000)
+  t.is(c.requestTimeout, 120000)
+  t.is(c.leaseTimeout, 1500)
+  t.like(c.devices.get('far'), { reconnectTimeout: 1500, requestTimeout: 10000 })
+  t.is(parseConfig(base({ reconnectTimeout: '3s' }), dir(), 'test.json').leaseTimeout, 3000, 'leaseTimeout defaults to reconnectTimeout')
+  t.regex(configError(t, base({ reconnectTimeout: '3 weeks' }), 'reconnectTimeout'), /unknown unit "weeks"/)
+  t.regex(configError(t, base({ pingInterval: '10ms' }), 'pingInterval'), /from 100 ms to 3600000 ms/)
+  configError(t, base({}, { far: { type: 'remote', url: 'dst://10.0.0.2:7001/d', requestTimeout: 'soon' } }), 'devices.far.requestTimeout')
+})
+
+test('error: one file behind two devices, through a symlink, a hard link or a symlinked folder', t => {
+  const d = dir()
+  fs.writeFileSync(path.join(d, 'a.img'), Buffer.alloc(4096))
+  fs.symlinkSync(path.join(d, 'a.img'), path.join(d, 'alias.img'))
+  fs.linkSync(path.join(d, 'a.img'), path.join(d, 'hard.img'))
+  fs.symlinkSync(d, path.join(d, 'same-folder'))
+  const msg = configError(t, base({}, { a: { type: 'file', path: 'a.img' }, b: { type: 'file', path: 'alias.img' } }), 'devices.b.path', d)
+  t.regex(msg, /is the same file as device 'a'/)
+  configError(t, base({}, { a: { type: 'file', path: 'a.img' }, b: { type: 'file', path: 'hard.img' } }), 'devices.b.path', d)
+  configError(t, base({}, { a: { type: 'file', path: 'new.img', size: 4096 }, b: { type: 'file', path: 'same-folder/new.img', size: 4096 } }), 'devices.b.path', d)
+  t.false(fs.existsSync(path.join(d, 'new.img')), 'nothing created')
+})
+
+test('error: a mirror leg (or a device inside one) exported directly names the leg and the mirror', t => {
+  const devices = { a: { type: 'memory', size: '1MiB' }, b: { type: 'memory', size: '1MiB' }, c: { type: 'memory', size: '1MiB' }, lin: { type: 'linear', members: ['b', 'c'] }, m: { type: 'mirror', members: ['a', 'lin'] } }
+  t.regex(configError(t, base({ exports: [{ device: 'm' }, { device: 'a', name: 'raw' }] }, devices), 'exports[1].device'), /'a' is a leg of mirror 'm'.*export 'm' instead/)
+  configError(t, base({ exports: [{ device: 'c' }] }, devices), 'exports[0].device')
+  t.notThrows(() => parseConfig(base({ exports: [{ device: 'm' }, { device: 'm0' }] }, devices), dir(), 'test.json'))
+})
+
+test('error: a remote device at the node\'s own listen address (localhost, 127.0.0.1, a wildcard listen)', t => {
+  t.regex(configError(t, base({ listen: '127.0.0.1:7001' }, { me: { type: 'remote', url: 'dst://127.0.0.1:7001/m0' } }), 'devices.me.url'), /this node's own listen address/)
+  configError(t, base({ listen: '127.0.0.1:7001' }, { me: { type: 'remote', url: 'dst://localhost:7001/m0' } }), 'devices.me.url')
+  configError(t, base({ listen: '0.0.0.0:7001' }, { me: { type: 'remote', url: 'dst://127.0.0.1:7001/m0' } }), 'devices.me.url')
+  configError(t, base({ listen: 'localhost:7001' }, { me: { type: 'remote', url: 'dst://127.0.0.1:7001/m0' } }), 'devices.me.url')
+  t.notThrows(() => parseConfig(base({ listen: '127.0.0.1:7001' }, { peer: { type: 'remote', url: 'dst://127.0.0.1:7002/m0' } }), dir(), 'test.json'), 'another port')
+  t.notThrows(() => parseConfig(base({ listen: '127.0.0.1:7001' }, { peer: { type: 'remote', url: 'dst://10.0.0.9:7001/m0' } }), dir(), 'test.json'), 'another host')
+})

@@ -319,3 +319,19 @@ test('a second node on the port of a running one is refused with a clear error; 
   t.regex(err?.message ?? '', new RegExp(`cannot listen on 127\\.0\\.0\\.1:${port} \\(address in use`))
   for (let i = 0; i < 20; i++) t.is((await first.status()).name, 'first')
 })
+
+test('a remote device that reaches its own node (its node id in x-dst-node) is refused at the upgrade (508, DST_ERR_SELF), not retried', async t => {
+  const dir = tempDir()
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const n = await node(t, dir, { name: 'loop', dataDir: './state', devices: { m: { type: 'memory', size: MiB } }, exports: [{ device: 'm' }] })
+  const id = (await n.status()).id as string
+  t.is(fs.readFileSync(path.join(dir, 'state', 'node-id'), 'utf8').trim(), id, '/status shows the node id kept in dataDir')
+  const started = Date.now()
+  const err = await t.throwsAsync(RemoteDevice.open({ host: '127.0.0.1', port: n.port, export: 'm' }, { node: { name: 'loop', id }, openTimeout: 10000 }))
+  t.is((err as DstError).code, 'DST_ERR_SELF')
+  t.regex(err?.message ?? '', /refused \(508\): export 'm' is on the node that asks for it/)
+  t.true(Date.now() - started < 5000, 'not retried until the open timeout')
+  const other = await RemoteDevice.open({ host: '127.0.0.1', port: n.port, export: 'm' }, { node: { name: 'other', id: '00000000-0000-4000-8000-000000000000' } })
+  await other.close()
+  t.pass()
+})

@@ -251,7 +251,7 @@ test.serial('dst verify exits 2 on bad usage, before asking the node anything', 
   t.is(metric(await metricsOf(mn), 'dst_verify_runs_total', 'node="mn",array="m"'), runsBefore, 'no verify was started')
 })
 
-test.serial('a verify of something that is not a mirror, or of no device, is refused with a clear message (CLI exit 1, HTTP 409/404)', async t => {
+test.serial('a verify of something that is not a mirror, or of no device, is refused with a clear message (CLI exit 1, HTTP 409/404, bad input 400)', async t => {
   const { mn } = tree as Tree
   const notMirror = await runDst(['verify', mn.http, 'a', '--no-progress'])
   t.is(notMirror.code, 1)
@@ -271,10 +271,10 @@ test.serial('a verify of something that is not a mirror, or of no device, is ref
   t.is(missing.status, 404)
   t.regex(missing.body.error, /nosuch/)
   const fromAlone = await postVerify(mn, 'm', { from: 'a' })
-  t.is(fromAlone.status, 409)
+  t.is(fromAlone.status, 400)
   t.regex(fromAlone.body.error, /"from".*"repair": true/)
   const badRate = await postVerify(mn, 'm', { rate: -1 })
-  t.is(badRate.status, 409)
+  t.is(badRate.status, 400)
   t.regex(badRate.body.error, /rate/)
   // wait: true answers with the finished report.
   const waited = await postVerify(mn, 'm', { wait: true })

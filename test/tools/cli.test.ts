@@ -315,3 +315,89 @@ test('dst status names the reason when fetch refuses the address', async t => {
   t.is(r.code, 1)
   t.regex(r.stderr, /bad port/)
 })
+
+// ---- issue 12: config edges exit 2 and create nothing; admin input is checked as the config is ---------------------
+
+/** Writes `config` as NAME.json in a fresh folder and runs `dst node --config` on it to completion. */
+async function runNodeConfig (t: import('ava').ExecutionContext, config: Record<string, unknown>, setup: (d: string) => void = () => {}): Promise<{ code: number | null, stderr: string, dir: string, ms: number }> {
+  const d = tempDir('dst-cli-edge-')
+  t.teardown(() => fs.rmSync(d, { recursive: true, force: true }))
+  setup(d)
+  const file = path.join(d, 'edge.json')
+  fs.writeFileSync(file, JSON.stringify({ name: 'edge', listen: '127.0.0.1:0', ...config }))
+  const started = Date.now()
+  const r = await runDst(['node', '--config', file], { timeout: 30000 })
+  return { code: r.code, stderr: r.stderr, dir: d, ms: Date.now() - started }
+}
+
+test('a file size the filesystem cannot hold ("1000TiB") exits 2 and leaves no file and no dataDir', async t => {
+  const r = await runNodeConfig(t, { dataDir: './state', devices: { d: { type: 'file', path: './d.img', size: '1000TiB' } } })
+  t.is(r.code, 2, r.stderr)
+  t.regex(r.stderr, /file device '.*d\.img': size \d+ is more than this filesystem takes/)
+  t.deepEqual(fs.readdirSync(r.dir), ['edge.json'])
+})
+
+test('a dataDir that cannot be made (under /proc) exits 2 at once', async t => {
+  const r = await runNodeConfig(t, { dataDir: '/proc/dst-no-such/state', devices: { m: { type: 'memory', size: '1MiB' } } })
+  t.is(r.code, 2, r.stderr)
+  t.regex(r.stderr, /dataDir '\/proc\/dst-no-such\/state': cannot create it: ENOENT/)
+  t.true(r.ms < 15000, `took ${r.ms} ms`)
+})
+
+test('a remote device at the node\'s own listen address, and one file named twice through a symlink, exit 2', async t => {
+  const port = await freePort()
+  const self = await runNodeConfig(t, { listen: `127.0.0.1:${port}`, devices: { me: { type: 'remote', url: `dst://localhost:${port}/m` }, m: { type: 'memory', size: '1MiB' } } })
+  t.is(self.code, 2, self.stderr)
+  t.regex(self.stderr, /devices\.me\.url: "dst:\/\/localhost:\d+\/m" is this node's own listen address/)
+  const twice = await runNodeConfig(t, { devices: { a: { type: 'file', path: './a.img' }, b: { type: 'file', path: './link.img' } } }, d => {
+    fs.writeFileSync(path.join(d, 'a.img'), Buffer.alloc(4096))
+    fs.symlinkSync('a.img', path.join(d, 'link.img'))
+  })
+  t.is(twice.code, 2, twice.stderr)
+  t.regex(twice.stderr, /devices\.b\.path: '.*link\.img' is the same file as device 'a'/)
+})
+
+test('admin: bad names and fields are refused with 400 and change nothing; durations like "3s" are accepted; the node restarts fine', async t => {
+  const d = tempDir('dst-cli-admin-')
+  t.teardown(() => fs.rmSync(d, { recursive: true, force: true }))
+  const config = {
+    name: 'adm', dataDir: './state', reconnectTimeout: '3s', pingInterval: '500ms',
+    devices: { a: { type: 'memory', size: '1MiB' }, b: { type: 'memory', size: '1MiB' }, spare: { type: 'memory', size: '1MiB' }, m: { type: 'mirror', members: ['a', 'b'] } },
+    exports: [{ device: 'm' }],
+  }
+  let n = await startNode(d, config)
+  t.teardown(async () => { await n.kill() })
+  const post = async (action: string, body: Record<string, unknown>): Promise<{ status: number, error: string }> => {
+    const res = await fetch(`${n.http}/arrays/m/${action}`, { method: 'POST', body: JSON.stringify(body) })
+    return { status: res.status, error: ((await res.json()) as { error: string }).error }
+  }
+  const badExport = await runDst(['array', 'split', n.http, 'm', 'b', '--export', 'bad name!'])
+  t.is(badExport.code, 1)
+  t.regex(badExport.stderr, /"export": expected a name of letters/)
+  const badName = await runDst(['array', 'add', n.http, 'm', 'dst://127.0.0.1:1/x', '--name', '../x'])
+  t.is(badName.code, 1)
+  t.regex(badName.stderr, /"name": expected a name/)
+  t.like(await post('split', { device: 'b', export: 'status' }), { status: 400, error: '"export": \'status\' is reserved for the node\'s HTTP pages' })
+  t.like(await post('add', { device: 'spare', color: 'red' }), { status: 400 })
+  t.like(await post('add', { device: '../spare' }), { status: 400 })
+  t.like(await post('add', { device: `dst://127.0.0.1:${n.port}/m` }), { status: 400 })
+  t.like(await post('frobnicate', { device: 'b' }), { status: 400 })
+  t.like(await post('split', { device: 'b', readOnly: 'yes' }), { status: 400 })
+  t.false(fs.existsSync(path.join(d, 'state', 'arrays.json')), 'nothing recorded')
+  t.is((await n.status()).devices.m.members.length, 2, 'nothing changed')
+  // A good change is recorded, and the node starts again on it.
+  const split = await runDst(['array', 'split', n.http, 'm', 'b', '--export', 'snap'])
+  t.is(split.code, 0, split.stderr)
+  t.is(await n.stop(), 0)
+  n = await startNode(d, config)
+  t.true((await n.status()).exports.some((e: { name: string }) => e.name === 'snap'))
+  // A hand-edited arrays.json that the config could not load is a config error naming the file and the field.
+  t.is(await n.stop(), 0)
+  const file = path.join(d, 'state', 'arrays.json')
+  const recorded = JSON.parse(fs.readFileSync(file, 'utf8'))
+  recorded.exports[0].name = 'bad name!'
+  fs.writeFileSync(file, JSON.stringify(recorded))
+  const bad = await runDst(['node', '--config', path.join(d, 'adm.json')])
+  t.is(bad.code, 2)
+  t.regex(bad.stderr, /arrays\.json: exports\[0\]\.name: expected a name/)
+})
