@@ -41,6 +41,12 @@ export interface NodeOptions {
   remoteOpenTimeout?: number
 }
 
+/**
+ * How long a client may leave its replies unread (taking none) before its connection is closed and its pool buffers
+ * come back (ms; `DST_STALL_TIMEOUT` for tests and drills).
+ */
+const STALL_TIMEOUT = Number(process.env.DST_STALL_TIMEOUT ?? '') > 0 ? Number(process.env.DST_STALL_TIMEOUT) : 30000
+
 /** Pool slots keep this much room in front of the payload for a reply header (rounded up for alignment). */
 const HEADROOM = 32
 
@@ -98,7 +104,10 @@ export class DstNode {
     try {
       await this.listener.listen()
       if (c.nbd !== undefined) {
-        this.nbd = new NbdServer({ host: c.nbd.host, port: c.nbd.port, pool: this.pool, maxRequest: c.pool.size, exports: this.exports, log: this.log })
+        this.nbd = new NbdServer({
+          host: c.nbd.host, port: c.nbd.port, pool: this.pool, maxRequest: c.pool.size, exports: this.exports, log: this.log,
+          maxInFlight: c.maxInFlight, stallTimeout: STALL_TIMEOUT,
+        })
         await this.nbd.listen()
       }
     } catch (err) {

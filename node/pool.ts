@@ -40,6 +40,8 @@ export class BufferPool {
   private readonly waiters: Ring<(buf: PoolBuffer) => void>
   /** Times a caller had to wait for a slot; exported as a metric. */
   waits = 0
+  /** Connections holding or waiting for slots now (kept by their PoolShare, which sizes each one's share by it). */
+  activeShares = 0
 
   constructor (options: BufferPoolOptions) {
     const { count, size } = options
