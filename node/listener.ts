@@ -5,13 +5,13 @@ import * as uws from 'uWebSockets.js'
 import { timingSafeEqual, createHash } from 'node:crypto'
 import type { BufferPool } from './pool'
 import { allowed, type Cidr } from './acl'
-import { CloseCode, ExportSession, type ServedExport, type SessionAccess, type SessionLimits } from '../export/server'
-import { REQUEST_HEADER_SIZE } from '../export/codec'
+import { CloseCode, DEFAULT_MAX_QUEUED_BYTES, ExportSession, type ServedExport, type SessionAccess, type SessionLimits } from '../export/server'
+import { REPLY_HEADER_SIZE, REQUEST_HEADER_SIZE } from '../export/codec'
 
 /** uSockets' listen option (declared only as a type-level enum in the package, so spelled out here). */
 const LIBUS_LISTEN_EXCLUSIVE_PORT = 1
 
-interface UserData { session: ExportSession | null, exp: ServedExport, access: SessionAccess }
+interface UserData { session: ExportSession | null, exp: ServedExport, access: SessionAccess, drain: (() => void) | null, address: string }
 
 export interface ListenerOptions {
   host: string
@@ -35,24 +35,39 @@ export class Listener {
   port = 0
 
   constructor (private readonly options: ListenerOptions) {
-    const { pool, limits } = options
+    const { pool } = options
+    const limits: SessionLimits = { ...options.limits, maxQueuedBytes: options.limits.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES }
+    const queuedBytes = limits.maxQueuedBytes as number
     this.app = uws.App()
     this.app.ws<UserData>('/*', {
       compression: uws.DISABLED,
       // A WRITE above maxRequest still fits, so it can be answered EOVERFLOW instead of cutting the connection.
       maxPayloadLength: 4 * limits.maxRequest + 64 * REQUEST_HEADER_SIZE,
-      maxBackpressure: 1024 * 1024 * 1024,
+      // What uWebSockets.js may buffer for one connection. Above it, send() drops the message, so the session never
+      // sends once maxQueuedBytes are buffered and holds its replies until `drain`; the margin is for the one message
+      // sent last below that mark (a READ reply of maxRequest with its digest, or the batch of header-only replies).
+      maxBackpressure: queuedBytes + limits.maxRequest + 2 * limits.maxInFlight * REPLY_HEADER_SIZE + 256 * 1024,
       idleTimeout: Math.max(16, Math.ceil((limits.pingInterval * 4) / 1000)),
       sendPingsAutomatically: true,
       upgrade: (res, req, context) => this.upgrade(res, req, context),
       open: ws => {
         const data = ws.getUserData()
-        const session = new ExportSession(data.exp, pool, limits, {
-          send: message => { ws.send(message, true, false) },
-          sendParts: (first, last) => { ws.sendFirstFragment(first, true, false); ws.sendLastFragment(last, false) },
-          cork: fn => { ws.cork(fn) },
-          end: (code, reason) => { ws.end(code, reason) },
-        }, data.access)
+        let session: ExportSession
+        try {
+          session = new ExportSession(data.exp, pool, limits, {
+            send: message => { ws.send(message, true, false) },
+            sendParts: (first, last) => { ws.sendFirstFragment(first, true, false); ws.sendLastFragment(last, false) },
+            cork: fn => { ws.cork(fn) },
+            end: (code, reason) => { ws.end(code, reason) },
+            bufferedAmount: () => ws.getBufferedAmount(),
+            onDrain: fn => { data.drain = fn },
+          }, data.access)
+        } catch (err) {
+          this.options.log(`internal error opening a connection to '${data.exp.name}': ${(err as Error)?.stack ?? String(err)}`)
+          ws.end(CloseCode.INTERNAL, 'internal error')
+          return
+        }
+        session.onPolicyClose = reason => this.options.log(`closing ${data.address}'s connection to '${data.exp.name}': ${reason}`)
         data.session = session
         this.sessions.add(ws)
         if (this.stopping) session.stopping = true
@@ -60,6 +75,15 @@ export class Listener {
           ws.send(session.handshake(), true, false)
         } catch (err) {
           this.internalError(ws, session, err)
+        }
+      },
+      drain: ws => {
+        const data = ws.getUserData()
+        if (data.drain === null || data.session === null) return
+        try {
+          data.drain()
+        } catch (err) {
+          this.internalError(ws, data.session, err)
         }
       },
       message: (ws, message, isBinary) => {
@@ -79,7 +103,11 @@ export class Listener {
       },
       close: ws => {
         this.sessions.delete(ws)
-        ws.getUserData().session?.onClose()
+        try {
+          ws.getUserData().session?.onClose()
+        } catch (err) {
+          this.options.log(`internal error closing a connection: ${(err as Error)?.stack ?? String(err)}`)
+        }
       },
     })
     // A handler that throws would abort the whole process (uWebSockets.js refuses a handler that returns without
@@ -290,7 +318,7 @@ export class Listener {
       refuse('409 Conflict', `export '${name}' is leased for writing by writer ${exp.lease.owner}; connect read-only or mark the export "shared"`, exp)
       return
     }
-    res.upgrade<UserData>({ session: null, exp, access }, key, protocol, extensions, context)
+    res.upgrade<UserData>({ session: null, exp, access, drain: null, address }, key, protocol, extensions, context)
   }
 }
 

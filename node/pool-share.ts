@@ -1,73 +1,76 @@
 // One connection's fair share of the node's buffer pool: the one "take a free buffer or wait" path of both protocols
 // (native sessions and NBD), so that a client that stops reading its replies cannot hold every buffer.
 //
-// Why a share, and why this size: a reply that its client does not read keeps its buffer (the data is sent from it),
-// so buffers taken by such a client come back only when it reads or is closed. The pool is therefore dealt out by
-// connection: a connection that holds or waits for buffers is *active*, and one may hold at most
-// max(1, floor(count / (active + 1))) at once. The "+ 1" is the reserve: whatever the active connections hold, as much
-// again as one share stays for the next connection to ask (a single client alone gets half the pool, which is still
-// far more than a queue depth of 32 needs). Shares shrink as more connections become active and grow as they leave;
-// a connection above its share after a newcomer arrived keeps what it has but gets no more until it is back under
-// it. Connections that wait get buffers in the order they asked, across connections (the pool's FIFO), each with at
-// most its share of requests in that FIFO; the rest of a connection's requests wait in its own ring. Many
-// never-reading clients at once can still take every buffer between them (each before the next came); the sessions
-// close a connection whose replies stay unread for long (`stallTimeout`), which gives its buffers back.
+// Why: a reply that its client does not read keeps its buffer (the data is sent from it), so the buffers such a client
+// took come back only when it reads or is closed; without shares, one client sending 200 large READs and reading none
+// holds the whole pool and every other client waits (NBD) or gets EAGAIN (native) until it goes.
+//
+// The rules, and why these:
+// - A connection holding or waiting for buffers is *active*; each may hold at most max(1, floor(count / active)), so
+//   one busy client alone may use most of the pool, and as others become active each one's share shrinks to a fair
+//   part. A connection above its share (it took buffers before the others came) keeps them but gets no more until it
+//   is back under it.
+// - A share alone cannot help against a client that grabbed its buffers first and never gives them back. So the last
+//   `reserve` free buffers (an eighth of the pool) go only to connections holding fewer than half the reserve: a
+//   stalled client can never take them all, and a newcomer always finds a few, whoever holds the rest.
+// - Waiting connections are offered buffers in turn as they come back, one each per round (round robin), and a
+//   connection's own requests are served in order.
+// Several never-reading clients, each arriving before the next, can still hold most of the pool between them; the
+// sessions close a connection whose replies stay unread for long (`stallTimeout`), which gives its buffers back.
 
-import type { BufferPool, PoolBuffer } from './pool'
+import type { BufferPool, PoolBuffer, ShareWaiter } from './pool'
 import { Ring } from './ring'
 
 interface Waiter { resolve: (buf: PoolBuffer) => void, reject: (err: Error) => void }
 
-export class PoolShare {
+export class PoolShare implements ShareWaiter {
   /** Buffers this connection holds now. */
   private held = 0
-  /** Its requests now waiting in the pool's FIFO. */
-  private asked = 0
   private active = false
   private closed = false
+  /** In the pool's queue of waiting connections. */
+  private queued = false
   private readonly waiting: Ring<Waiter>
+  private readonly reserve: number
+  private readonly reserveHolding: number
 
   /** `maxWaiting`: most requests of this connection that may wait at once (beyond: an explicit error). */
   constructor (readonly pool: BufferPool, maxWaiting = 1024) {
     this.waiting = new Ring(maxWaiting)
+    this.reserve = Math.floor(pool.count / 8)
+    this.reserveHolding = Math.max(1, Math.floor(this.reserve / 2))
   }
 
   /** Most buffers this connection may hold now. */
   get limit (): number {
-    const others = this.pool.activeShares - (this.active ? 1 : 0)
-    return Math.max(1, Math.floor(this.pool.count / (others + 2)))
+    return Math.max(1, Math.floor(this.pool.count / (this.pool.activeShares + (this.active ? 0 : 1))))
   }
 
   get holding (): number { return this.held }
 
-  /** A free buffer now, or null: the pool is empty, others wait before us, or this connection holds its share. */
+  /** A free buffer now, or null: none is free, others wait before us, or this connection holds its share. */
   tryAcquire (): PoolBuffer | null {
-    if (this.waiting.length > 0 || this.pool.waiting > 0 || this.held + this.asked >= this.limit) return null
-    const buf = this.pool.tryAcquire()
-    if (buf === null) return null
-    this.held++
-    if (!this.active) this.activate()
-    return buf
+    if (this.waiting.length > 0) return null
+    return this.take()
   }
 
   /** A buffer, waiting (in order) when none can be had now. Rejects once the connection is closed. */
   acquire (): Promise<PoolBuffer> {
+    if (this.closed) return Promise.reject(new RangeError('buffer pool: the connection is closed'))
     const buf = this.tryAcquire()
     if (buf !== null) return Promise.resolve(buf)
-    if (this.closed) return Promise.reject(new RangeError('buffer pool: the connection is closed'))
     if (this.waiting.full) return Promise.reject(new RangeError(`buffer pool: ${this.waiting.capacity} requests of this connection already waiting`))
     if (!this.active) this.activate()
     this.pool.waits++
     return new Promise((resolve, reject) => {
       this.waiting.push({ resolve, reject })
-      this.pump()
+      if (!this.queued) { this.queued = true; this.pool.queueShare(this) }
     })
   }
 
   release (buf: PoolBuffer): void {
     this.held--
     this.pool.release(buf)
-    this.pump()
     this.settle()
   }
 
@@ -80,21 +83,27 @@ export class PoolShare {
     this.settle()
   }
 
-  /** Moves waiting requests into the pool's FIFO while this connection is under its share. */
-  private pump (): void {
-    while (this.waiting.length > 0 && this.held + this.asked < this.limit) {
-      const w = this.waiting.shift() as Waiter
-      this.asked++
-      this.pool.acquire().then(buf => {
-        this.asked--
-        this.held++
-        w.resolve(buf)
-      }, (err: Error) => {
-        this.asked--
-        w.reject(err)
-        this.settle()
-      })
-    }
+  takeOne (): boolean {
+    if (this.waiting.length === 0) return false
+    const buf = this.take()
+    if (buf === null) return false
+    ;(this.waiting.shift() as Waiter).resolve(buf)
+    return true
+  }
+
+  stillWaiting (): boolean {
+    this.queued = this.waiting.length > 0
+    return this.queued
+  }
+
+  private take (): PoolBuffer | null {
+    const free = this.pool.available
+    if (free === 0 || this.pool.waiting > 0 || this.held >= this.limit) return null
+    if (free <= this.reserve && this.held >= this.reserveHolding) return null
+    const buf = this.pool.tryAcquire() as PoolBuffer
+    this.held++
+    if (!this.active) this.activate()
+    return buf
   }
 
   private activate (): void {
@@ -103,9 +112,11 @@ export class PoolShare {
   }
 
   private settle (): void {
-    if (this.active && this.held === 0 && this.asked === 0 && this.waiting.length === 0) {
+    if (this.active && this.held === 0 && this.waiting.length === 0) {
       this.active = false
       this.pool.activeShares--
+      // Every other share just grew: those waiting may take more now.
+      this.pool.offerShares()
     }
   }
 }

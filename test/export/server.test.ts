@@ -445,6 +445,11 @@ class RecordingTransport implements SessionTransport {
   sendParts (first: Uint8Array, last: Uint8Array): void { this.messages.push(Buffer.concat([first, last])) }
   cork (fn: () => void): void { fn() }
   end (code: number, reason: string): void { this.ended = { code, reason } }
+  /** What the fake "client" has not taken; a test sets it to stage a client that does not read. */
+  buffered = 0
+  drain: (() => void) | null = null
+  bufferedAmount (): number { return this.buffered }
+  onDrain (fn: () => void): void { this.drain = fn }
 
   /** Waits (bounded) until `count` messages have been sent in total. */
   async waitMessages (count: number, timeout = 10000): Promise<Buffer[]> {

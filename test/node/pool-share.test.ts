@@ -1,77 +1,82 @@
-// A connection's fair share of the buffer pool (node/pool-share.ts): one connection alone gets half the pool, a
-// second one always finds buffers however many the first holds, waiters are served in order, and a closed
-// connection's waiting requests are refused while what it holds comes back.
+// A connection's fair share of the buffer pool (node/pool-share.ts): one connection alone may use most of the pool
+// but never its reserve; a newcomer always finds buffers however many the first holds; waiting connections are served
+// as buffers come back, each within its share; a closed connection's waiting requests are refused.
 
 import test from 'ava'
 import { BufferPool, type PoolBuffer } from '../../node/pool'
 import { PoolShare } from '../../node/pool-share'
 
-test('a connection alone may hold half the pool; the rest stays for the next one', t => {
-  const pool = new BufferPool({ count: 8, size: 4096 })
-  const hog = new PoolShare(pool)
+function takeAll (share: PoolShare): PoolBuffer[] {
   const got: PoolBuffer[] = []
-  for (let b = hog.tryAcquire(); b !== null; b = hog.tryAcquire()) got.push(b)
-  t.is(got.length, 4)
-  t.is(pool.available, 4)
+  for (let b = share.tryAcquire(); b !== null; b = share.tryAcquire()) got.push(b)
+  return got
+}
+
+test('a connection alone may hold all but the reserve (an eighth); a newcomer finds buffers there, and the first gets no more', t => {
+  const pool = new BufferPool({ count: 64, size: 4096 })
+  const hog = new PoolShare(pool)
+  t.is(takeAll(hog).length, 56)
+  t.is(pool.available, 8)
   const other = new PoolShare(pool)
-  t.is(other.limit, 2, 'with two connections active, each may hold a third (8 / 3)')
-  t.not(other.tryAcquire(), null)
-  t.not(other.tryAcquire(), null)
-  t.is(other.tryAcquire(), null, 'its share is full')
-  t.is(pool.available, 2, 'and a reserve is left for a third')
-  t.is(hog.tryAcquire(), null, 'the first connection is above its new share and gets nothing more')
+  t.is(takeAll(other).length, 4, 'from the reserve, a connection may hold up to half of it')
+  t.is(other.limit, 32, 'two connections active: each may hold half the pool')
+  const third = new PoolShare(pool)
+  t.is(takeAll(third).length, 4, 'a third one still finds the rest of the reserve')
+  t.is(hog.tryAcquire(), null, 'the first connection is far above its share (64 / 3) now')
+  t.is(pool.activeShares, 3)
 })
 
-test('a waiting request is served when a buffer comes back, once its connection is back under its share', async t => {
-  const pool = new BufferPool({ count: 6, size: 4096 })
+test('a waiting connection is served as buffers come back, once it is under its share', async t => {
+  const pool = new BufferPool({ count: 8, size: 4096 })
   const a = new PoolShare(pool)
   const b = new PoolShare(pool)
-  const held = [a.tryAcquire(), a.tryAcquire(), a.tryAcquire()] as PoolBuffer[]
-  t.is(a.tryAcquire(), null, 'alone, a holds half the pool')
+  const held = takeAll(a)
+  t.is(held.length, 7)
   const bHeld = b.tryAcquire() as PoolBuffer
-  t.not(bHeld, null)
-  t.is(pool.available, 2)
+  t.not(bHeld, null, 'b takes the reserve buffer')
   const order: string[] = []
   const aWaits = a.acquire().then(buf => { order.push('a'); return buf })
   const bWaits = b.acquire().then(buf => { order.push('b'); return buf })
+  b.release(bHeld)
   await new Promise(resolve => setImmediate(resolve))
-  t.deepEqual(order, ['b'], 'b is under its share (6 / 3) and takes a free buffer; a is above it and waits')
-  a.release(held[0])
+  t.deepEqual(order, ['b'], 'a asked first but holds more than its share (8 / 2); b gets the buffer')
+  for (let i = 0; i < 3; i++) a.release(held.pop() as PoolBuffer)
   await new Promise(resolve => setImmediate(resolve))
-  t.deepEqual(order, ['b'], 'a holds 2, its share: still waiting though a buffer is free')
-  a.release(held[1])
+  t.deepEqual(order, ['b'], 'a holds 4, its share: it still waits, though buffers are free')
+  a.release(held.pop() as PoolBuffer)
   const fromA = await aWaits
   t.deepEqual(order, ['b', 'a'])
   a.release(fromA)
-  a.release(held[2])
+  for (const buf of held) a.release(buf)
   b.release(await bWaits)
-  b.release(bHeld)
-  t.is(pool.available, 6)
+  t.is(pool.available, 8)
   t.is(pool.activeShares, 0, 'connections holding nothing are not active')
 })
 
 test('close refuses the waiting requests; buffers held still come back', async t => {
   const pool = new BufferPool({ count: 2, size: 4096 })
   const s = new PoolShare(pool)
-  const one = s.tryAcquire() as PoolBuffer
+  const held = takeAll(s)
+  t.is(held.length, 2, 'a pool of fewer than 8 has no reserve')
   const waits = [s.acquire(), s.acquire()]
   s.close()
   for (const w of waits) await t.throwsAsync(w, { message: /closed/ })
-  s.release(one)
+  for (const buf of held) s.release(buf)
   t.is(pool.available, 2)
   t.is(pool.activeShares, 0)
-  await t.throwsAsync(s.acquire().then(b => { s.release(b); return Promise.reject(new Error('closed: but got one')) }), { message: /closed/ })
+  await t.throwsAsync(s.acquire(), { message: /closed/ })
 })
 
-test('a connection that asks for too many at once gets an explicit error', async t => {
+test('a connection that asks for too many at once gets an explicit error; the others are served in order', async t => {
   const pool = new BufferPool({ count: 2, size: 4096 })
   const s = new PoolShare(pool, 2)
-  const one = s.tryAcquire() as PoolBuffer
-  const waits = [s.acquire(), s.acquire()]
+  const held = takeAll(s)
+  const order: number[] = []
+  const waits = [s.acquire().then(b => { order.push(1); return b }), s.acquire().then(b => { order.push(2); return b })]
   await t.throwsAsync(s.acquire(), { message: /2 requests of this connection already waiting/ })
-  s.release(one)
-  const next = await waits[0]
-  s.release(next)
-  s.release(await waits[1])
+  s.release(held[0])
+  s.release(held[1])
+  for (const w of waits) s.release(await w)
+  t.deepEqual(order, [1, 2])
   t.is(pool.available, 2)
 })
