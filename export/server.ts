@@ -236,6 +236,8 @@ export class ExportSession {
   }
 
   private onRequest (h: RequestHeader, payload: Uint8Array | null, trailer: Buffer | null): void {
+    // Closed by an earlier frame of the same message (a policy close): the rest of it is dropped.
+    if (this.closed) { this.releaseWriteSlot(); return }
     const m = this.exp.metrics
     const opName = opNames[h.op] ?? 'other'
     m.requests[opName]++

@@ -98,7 +98,7 @@ export class PoolShare implements ShareWaiter {
 
   private take (): PoolBuffer | null {
     const free = this.pool.available
-    if (free === 0 || this.pool.waiting > 0 || this.held >= this.limit) return null
+    if (this.closed || free === 0 || this.pool.waiting > 0 || this.held >= this.limit) return null
     if (free <= this.reserve && this.held >= this.reserveHolding) return null
     const buf = this.pool.tryAcquire() as PoolBuffer
     this.held++
