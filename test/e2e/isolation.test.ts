@@ -6,7 +6,7 @@ import test from 'ava'
 import * as fs from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { startNode, tempDir, type RunningNode } from '../helpers/node-process'
-import { NBD_CMD, NbdTestClient, nbdRequest, neverReading, quantile } from '../helpers/raw-nbd'
+import { NBD_CMD, NbdTestClient, nbdOption, nbdRequest, neverReading, quantile } from '../helpers/raw-nbd'
 import { RawClient, frame } from '../helpers/raw-client'
 import { Op } from '../../export/codec'
 import { until } from '../helpers/wait'
@@ -140,4 +140,37 @@ test('NBD: a client that leaves its replies unread for the stall timeout is clos
   await until('its pool buffers to come back', async () => (await node.status()).pool.free === 64, 10000)
   const text = await (await fetch(`${node.http}/metrics`)).text()
   t.regex(text, /dst_connections_stalled_total\{node="iso",export="disk"\} 1/)
+})
+
+test('NBD option phase: a client that floods options and never reads the replies is stopped being read; RSS stays within 100 MiB', async t => {
+  const { node, nbdPort } = await nodeWithNbd(t)
+  const before = await memory(node)
+  // LIST (a reply per export and an ACK for 16 bytes), INFO asking for NAME a thousand times, and unknown options.
+  const info = Buffer.alloc(4 + 4 + 2 + 2000)
+  info.writeUInt32BE(4, 0)
+  info.write('disk', 4)
+  info.writeUInt16BE(1000, 8)
+  for (let i = 0; i < 1000; i++) info.writeUInt16BE(1, 10 + 2 * i)
+  const chunk = Buffer.concat(Array.from({ length: 300 }, (_, i) => i % 3 === 0 ? nbdOption(3) : i % 3 === 1 ? nbdOption(6, info) : nbdOption(0x4242)))
+  const hostile = neverReading(nbdPort, Buffer.from([0, 0, 0, 3]), true)
+  t.teardown(() => hostile.destroy())
+  const deadline = Date.now() + 3000
+  let sent = 0
+  while (Date.now() < deadline) {
+    sent += 300
+    if (!hostile.write(chunk)) {
+      await new Promise<void>(resolve => {
+        const done = (): void => { clearTimeout(timer); hostile.off('drain', done); resolve() }
+        const timer = setTimeout(done, 200)
+        hostile.on('drain', done)
+      })
+    }
+  }
+  const after = await memory(node)
+  t.log(`${sent} options sent; RSS ${(before / MiB).toFixed(0)} -> ${(after / MiB).toFixed(0)} MiB`)
+  t.true(after - before < 100 * MiB, `RSS grew ${((after - before) / MiB).toFixed(0)} MiB`)
+  t.true(hostile.writableLength > 0, 'the node stopped reading options')
+  const c = await NbdTestClient.connect(nbdPort, 'disk')
+  t.teardown(() => c.close())
+  t.is((await c.request(NBD_CMD.READ, 0, 4096)).errno, 0)
 })
