@@ -384,8 +384,9 @@ class NbdSession {
   }
 
   /**
-   * While the connection is held, checks now and then that its client takes replies; one that took none for a whole
-   * `stallTimeout` while some were waiting for it is closed, so that its pool buffers come back.
+   * While replies wait for the client (or the connection is held), checks now and then that the client takes them;
+   * one that took none for a whole `stallTimeout` while some were waiting for it is closed, so that its pool buffers
+   * come back. One timer per connection, re-armed at most once per `stallTimeout`.
    */
   private startStallTimer (): void {
     if (this.stallTimer !== null) return
@@ -409,7 +410,7 @@ class NbdSession {
       this.close()
       return
     }
-    if (this.heldBusy || this.optionsPaused) this.startStallTimer()
+    if (this.unwritten > 0 || this.heldBusy || this.optionsPaused) this.startStallTimer()
   }
 
   /** A header-only reply's write completed (one bound function for all of them: no closure per reply). */
@@ -722,6 +723,7 @@ class NbdSession {
     head.writeUInt32BE(h.handleLo, at + 12)
     this.cork()
     this.unwritten++
+    if (this.stallTimer === null) this.startStallTimer()
     if (slot === null) { this.socket.write(head, this.headerWritten); return }
     // The socket sends from the slot itself, so the slot goes back to the pool only once the write is done.
     this.socket.write(slot.frame.subarray(at, pool.headroom + length), () => {
