@@ -9,6 +9,7 @@
 
 import * as net from 'node:net'
 import type { BufferPool, PoolBuffer } from '../node/pool'
+import { PoolShare } from '../node/pool-share'
 import { allowed } from '../node/acl'
 import { Errno, toErrno } from '../node/errors'
 import { ProtocolError } from './codec'
@@ -39,6 +40,9 @@ const MAX_OPTION = 64 * 1024
 const MAX_DISCARD = 64 * 1024 * 1024
 /** How long a stopping server waits for a client to take its last replies and close. */
 const SHUTDOWN_GRACE = 2000
+/** How long a client may leave replies unread (taking none at all) before its connection is closed. */
+const DEFAULT_STALL_TIMEOUT = 30000
+const EMPTY = Buffer.alloc(0)
 
 /** NBD's wire errors are Linux errno numbers for the few it names; anything else is EIO. */
 function nbdErrno (errno: number): number {
@@ -66,6 +70,14 @@ function parseRequest (buf: Buffer, at: number): NbdRequest {
   }
 }
 
+/**
+ * Reply bytes a connection may have queued in its socket (not yet taken by the kernel) before it stops reading
+ * requests; and, in the option phase, before it stops reading options. Its READ replies are sent from pool buffers,
+ * which its fair share bounds; this bounds the rest (header-only replies and option replies are our own memory).
+ */
+const MAX_QUEUED_BYTES = 4 * 1024 * 1024
+const MAX_QUEUED_OPTION_BYTES = 64 * 1024
+
 /** Bytes each connection reads into at once (headers, small payloads, the start of large ones). */
 const RECEIVE_BUFFER = 256 * 1024
 /** A WRITE payload with at least this much still to come is read straight into its pool buffer. */
@@ -78,6 +90,10 @@ export interface NbdServerOptions {
   maxRequest: number
   exports: Map<string, ServedExport>
   log: (message: string) => void
+  /** Most requests a connection may have received and not yet seen answered (reply written); at the cap it stops reading. */
+  maxInFlight?: number
+  /** A connection whose replies stay unread this long (ms, no byte taken by its client meanwhile) is closed. */
+  stallTimeout?: number
 }
 
 export class NbdServer {
@@ -154,11 +170,27 @@ class NbdSession {
    */
   private readonly rxSmall: Buffer
   private lastWasLarge = false
-  /** Received bytes not yet taken while waiting for a pool buffer (the socket is paused meanwhile). */
+  /**
+   * Received bytes not yet taken (the socket is paused meanwhile): while waiting for a pool buffer for a WRITE, or
+   * while the connection is at its bounds (requests in flight, queued reply bytes).
+   */
   private held: { buf: Buffer, at: number, end: number } | null = null
+  private heldBusy = false
+  /** This connection's share of the pool: every buffer it takes and gives back goes through it. */
+  private readonly share: PoolShare
+  /** Replies handed to the socket whose write has not completed (the client has not taken them yet). */
+  private unwritten = 0
+  /** Replies whose write completed, ever: the stall check's measure of progress. */
+  private written = 0
+  private readonly maxInFlight: number
+  private stallTimer: NodeJS.Timeout | null = null
+  private stallMark = 0
+  private optionsPaused = false
 
   constructor (private readonly server: NbdServer, accepted: net.Socket) {
     this.address = accepted.remoteAddress ?? ''
+    this.share = new PoolShare(server.options.pool)
+    this.maxInFlight = server.options.maxInFlight ?? 128
     this.rx = Buffer.allocUnsafeSlow(RECEIVE_BUFFER)
     this.rxSmall = this.rx.subarray(0, 4096)
     this.socket = adoptWithOnread(accepted, () => this.nextReadBuffer(), (n, buf) => this.onRead(n, buf))
@@ -168,6 +200,7 @@ class NbdSession {
     else socket.on('data', (chunk: Buffer) => this.onRead(chunk.length, chunk))
     socket.on('error', () => this.close())
     socket.on('close', () => this.close())
+    socket.on('drain', () => this.onDrain())
     const hello = Buffer.alloc(18)
     NBDMAGIC.copy(hello, 0)
     IHAVEOPT.copy(hello, 8)
@@ -197,9 +230,11 @@ class NbdSession {
   close (): void {
     if (this.phase === 'closed') return
     this.phase = 'closed'
-    if (this.payloadSlot !== null) { this.server.options.pool.release(this.payloadSlot); this.payloadSlot = null }
+    if (this.payloadSlot !== null) { this.share.release(this.payloadSlot); this.payloadSlot = null }
     this.direct = null
     this.held = null
+    this.share.close()
+    this.stopStallTimer()
     if (this.exp !== null) this.exp.metrics.connections--
     this.socket.destroy()
   }
@@ -240,6 +275,11 @@ class NbdSession {
       while (at < end && this.phase === 'transmission') {
         const req = this.request
         if (req === null) {
+          // At its bounds the connection stops reading until replies drain (client isolation): what came is kept.
+          if (this.inFlight + this.unwritten >= this.maxInFlight || this.socket.writableLength > MAX_QUEUED_BYTES) {
+            this.holdBusy(buf, at, end)
+            return
+          }
           let h: NbdRequest
           if (this.headerFill === 0 && end - at >= NBD_REQUEST_SIZE) {
             h = parseRequest(buf, at)
@@ -265,7 +305,7 @@ class NbdSession {
             }
             continue // the payload is skipped
           }
-          const slot = this.server.options.pool.tryAcquire()
+          const slot = this.share.tryAcquire()
           if (slot !== null) { this.payloadSlot = slot; continue }
           // No buffer free: stop reading until one is (backpressure), keeping what was already received.
           ;(this.exp as ServedExport).metrics.poolExhausted++
@@ -296,11 +336,12 @@ class NbdSession {
     // (the plain 'data' path's chunks) is ours already.
     this.held = { buf, at, end }
     this.socket.pause()
-    this.server.options.pool.acquire().then(slot => {
-      if (this.phase === 'closed') { this.server.options.pool.release(slot); return }
+    this.share.acquire().then(slot => {
+      if (this.phase === 'closed') { this.share.release(slot); return }
       this.payloadSlot = slot
       this.resumeHeld()
     }, () => {
+      if (this.phase === 'closed') return
       // Too many waiting for the pool: the payload is skipped and the WRITE answered ENOMEM.
       this.requestErrno = Errno.ENOMEM
       this.resumeHeld()
@@ -312,6 +353,71 @@ class NbdSession {
     this.held = null
     this.take(held.buf, held.at, held.end)
     if (this.held === null && this.phase === 'transmission') this.socket.resume()
+  }
+
+  /** Pauses the socket while the connection is at its bounds; `maybeResume` carries on once replies drained. */
+  private holdBusy (buf: Buffer, at: number, end: number): void {
+    this.held = { buf, at, end }
+    this.heldBusy = true
+    this.socket.pause()
+    this.startStallTimer()
+  }
+
+  /** A reply was written or a request finished: carry on reading if the connection is back under its bounds. */
+  private maybeResume (): void {
+    if (!this.heldBusy || this.phase !== 'transmission') return
+    if (this.inFlight + this.unwritten >= this.maxInFlight || this.socket.writableLength > MAX_QUEUED_BYTES) return
+    this.heldBusy = false
+    this.stopStallTimer()
+    this.resumeHeld()
+  }
+
+  private onDrain (): void {
+    if (this.optionsPaused) {
+      this.optionsPaused = false
+      this.stopStallTimer()
+      this.socket.resume()
+      this.onData(EMPTY)
+      return
+    }
+    this.maybeResume()
+  }
+
+  /**
+   * While replies wait for the client (or the connection is held), checks now and then that the client takes them;
+   * one that took none for a whole `stallTimeout` while some were waiting for it is closed, so that its pool buffers
+   * come back. One timer per connection, re-armed at most once per `stallTimeout`.
+   */
+  private startStallTimer (): void {
+    if (this.stallTimer !== null) return
+    this.stallMark = this.written
+    this.stallTimer = setTimeout(this.stallCheck, this.server.options.stallTimeout ?? DEFAULT_STALL_TIMEOUT)
+    this.stallTimer.unref()
+  }
+
+  private stopStallTimer (): void {
+    if (this.stallTimer !== null) { clearTimeout(this.stallTimer); this.stallTimer = null }
+  }
+
+  private readonly stallCheck = (): void => {
+    this.stallTimer = null
+    if (this.phase === 'closed') return
+    const waiting = this.unwritten > 0 || this.socket.writableLength > 0
+    if (waiting && this.written === this.stallMark) {
+      const timeout = this.server.options.stallTimeout ?? DEFAULT_STALL_TIMEOUT
+      this.server.options.log(`nbd: ${this.address}: client took no reply for ${timeout} ms (${this.unwritten} replies, ${this.socket.writableLength} bytes queued); closing`)
+      if (this.exp !== null) this.exp.metrics.stalled++
+      this.close()
+      return
+    }
+    if (this.unwritten > 0 || this.heldBusy || this.optionsPaused) this.startStallTimer()
+  }
+
+  /** A header-only reply's write completed (one bound function for all of them: no closure per reply). */
+  private readonly headerWritten = (): void => {
+    this.unwritten--
+    this.written++
+    if (this.heldBusy) this.maybeResume()
   }
 
   /** The current request is complete (header, and payload if any): dispatch it. */
@@ -326,7 +432,7 @@ class NbdSession {
 
   private onData (chunk: Buffer): void {
     // Negotiation is not the hot path: gather bytes and take whole messages.
-    this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk])
+    if (chunk.length > 0) this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk])
     while (this.phase === 'flags' || this.phase === 'options') {
       if (this.phase === 'flags') {
         if (this.pending.length < 4) return
@@ -342,6 +448,11 @@ class NbdSession {
         continue
       }
       if (this.pending.length < 16) return
+      if (this.socket.writableLength > MAX_QUEUED_OPTION_BYTES) {
+        // The client does not read our option replies: read no more options until it does.
+        if (!this.optionsPaused) { this.optionsPaused = true; this.socket.pause(); this.startStallTimer() }
+        return
+      }
       if (!this.pending.subarray(0, 8).equals(IHAVEOPT)) {
         this.server.options.log(`nbd: ${this.address}: bad option magic; closing`)
         this.close()
@@ -455,11 +566,14 @@ class NbdSession {
         block.writeUInt32BE(Math.min(exp.device.blockSize, this.server.options.maxRequest), 6)
         block.writeUInt32BE(this.server.options.maxRequest, 10)
         this.reply(option, Rep.INFO, block)
+        // Each information type is answered once, however often it is asked (a request list of thousands of
+        // NBD_INFO_NAME would otherwise be amplified into as many replies).
         for (let i = 0; i < count; i++) {
           if (data.readUInt16BE(4 + nameLength + 2 + 2 * i) === Info.NAME) {
             const head = Buffer.alloc(2)
             head.writeUInt16BE(Info.NAME, 0)
             this.reply(option, Rep.INFO, withName(head, exp.name))
+            break
           }
         }
         this.reply(option, Rep.ACK)
@@ -502,7 +616,7 @@ class NbdSession {
   /** A whole request: `slot` holds a WRITE's payload (null when refused or when there is none). */
   private onRequest (h: NbdRequest, slot: PoolBuffer | null): void {
     const pool = this.server.options.pool
-    if (this.phase !== 'transmission') { if (slot !== null) pool.release(slot); return }
+    if (this.phase !== 'transmission') { if (slot !== null) this.share.release(slot); return }
     const exp = this.exp as ServedExport
     const op = cmdNames[h.type] ?? 'other'
     if (h.type === Cmd.DISC) {
@@ -526,9 +640,9 @@ class NbdSession {
     switch (h.type) {
       case Cmd.READ: {
         // A free buffer is taken at once (no promise turn); otherwise the READ waits for one in FIFO order.
-        const free = pool.waiting === 0 ? pool.tryAcquire() : null
+        const free = this.share.tryAcquire()
         if (free !== null) this.read(h, op, free)
-        else pool.acquire().then(slot => this.read(h, op, slot), err => this.finish(h, op, toErrno(err), null, 0))
+        else this.share.acquire().then(slot => this.read(h, op, slot), err => this.finish(h, op, toErrno(err), null, 0))
         return
       }
       case Cmd.WRITE: {
@@ -584,6 +698,7 @@ class NbdSession {
       if (this.drained !== null) { const done = this.drained; this.drained = null; done() }
       if (this.disconnecting) this.socket.end(() => this.close())
     }
+    if (this.heldBusy) this.maybeResume()
   }
 
   /**
@@ -592,7 +707,7 @@ class NbdSession {
    */
   private send (h: NbdRequest, errno: number, slot: PoolBuffer | null, length: number): void {
     const pool = this.server.options.pool
-    if (this.phase === 'closed') { if (slot !== null) pool.release(slot); return }
+    if (this.phase === 'closed') { if (slot !== null) this.share.release(slot); return }
     let head: Buffer
     let at: number
     if (slot !== null) {
@@ -607,9 +722,14 @@ class NbdSession {
     head.writeUInt32BE(h.handleHi, at + 8)
     head.writeUInt32BE(h.handleLo, at + 12)
     this.cork()
-    if (slot === null) { this.socket.write(head); return }
+    this.unwritten++
+    if (this.stallTimer === null) this.startStallTimer()
+    if (slot === null) { this.socket.write(head, this.headerWritten); return }
     // The socket sends from the slot itself, so the slot goes back to the pool only once the write is done.
-    this.socket.write(slot.frame.subarray(at, pool.headroom + length), () => pool.release(slot))
+    this.socket.write(slot.frame.subarray(at, pool.headroom + length), () => {
+      this.share.release(slot)
+      this.headerWritten()
+    })
   }
 
   /** Replies finishing in the same tick leave in one write. */

@@ -5,6 +5,7 @@
 import type { Device } from '../node/device'
 import { Errno, toErrno } from '../node/errors'
 import type { BufferPool, PoolBuffer } from '../node/pool'
+import { PoolShare } from '../node/pool-share'
 import type { ExportMetrics } from '../node/metrics'
 import type { Cidr } from '../node/acl'
 import type { WriteLease } from '../node/lease'
@@ -45,7 +46,17 @@ export interface SessionLimits {
   maxRequest: number
   maxInFlight: number
   pingInterval: number
+  /**
+   * Reply bytes the transport may hold for a connection (sent, not yet taken by the client) before the session holds
+   * its further replies itself; default 4 MiB. The listener sets the transport's own limit a little above it.
+   */
+  maxQueuedBytes?: number
+  /** A connection whose client takes no reply for this long (ms) while replies wait for it is closed; default 30 s. */
+  stallTimeout?: number
 }
+
+export const DEFAULT_MAX_QUEUED_BYTES = 4 * 1024 * 1024
+const DEFAULT_STALL_TIMEOUT = 30000
 
 /** What a session needs from its transport (a uWebSockets.js WebSocket in the node; a fake in tests). */
 export interface SessionTransport {
@@ -57,6 +68,10 @@ export interface SessionTransport {
   cork: (fn: () => void) => void
   /** Closes the connection with a WebSocket close code and a reason. */
   end: (code: number, reason: string) => void
+  /** Bytes sent and not yet taken by the client (uWebSockets.js drops a message sent above its limit: look first). */
+  bufferedAmount: () => number
+  /** Registers the session's handler for "the client took what was buffered" (uWebSockets.js's drain). */
+  onDrain: (fn: () => void) => void
 }
 
 /** Header-only replies packed into one message at most. */
@@ -74,12 +89,27 @@ export class ExportSession {
   private writeErrno = 0
   // Replies finished in one turn of the event loop leave together at its end, in one write: the header-only ones
   // (WRITE, FLUSH, errors...) packed as frames of one message, each READ reply as its own message from its pool buffer.
-  private readonly headerBatch = Buffer.alloc(REPLY_HEADER_SIZE * HEADER_BATCH)
+  // While the client does not take its replies (the transport holds maxQueuedBytes), they stay here, keeping their
+  // pool slots, and go out when it drains; the outbox holds at most 2 x maxInFlight replies (see overrun()).
+  private headerBatch = Buffer.alloc(REPLY_HEADER_SIZE * HEADER_BATCH)
   private headerFill = 0
   private readonly outViews: Uint8Array[] = []
   private readonly outDigests: Array<Buffer | null> = []
-  private readonly outSlots: PoolBuffer[] = []
+  private readonly outSlots: Array<PoolBuffer | null> = []
+  /** Replies in the outbox (header-only and with payload): they count against maxInFlight until handed over. */
+  private queued = 0
   private flushScheduled = false
+  /** The transport is over maxQueuedBytes: replies wait for its drain. */
+  private blocked = false
+  private readonly maxQueuedBytes: number
+  private stallTimer: NodeJS.Timeout | null = null
+  /** Bytes of replies handed to the transport, ever; less what it still buffers, what the client took. */
+  private handed = 0
+  private stallMark = 0
+  /** This connection's share of the pool: every buffer it takes and gives back goes through it. */
+  private readonly share: PoolShare
+  /** Told when the connection is closed for the client's behaviour (not reading, sending past its bounds). */
+  onPolicyClose: ((reason: string) => void) | null = null
   /** Set by the node when it stops: new requests get ESHUTDOWN, running ones finish. */
   stopping = false
 
@@ -92,6 +122,9 @@ export class ExportSession {
   ) {
     const frames = exp.digest === true ? digestFrames(requestFrames, DIGEST_SIZE, writeCarriesDigest) : requestFrames
     this.decoder = new FrameDecoder(frames, h => this.payloadTarget(h), (h, payload, trailer) => this.onRequest(h, payload, trailer))
+    this.share = new PoolShare(pool)
+    this.maxQueuedBytes = limits.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES
+    transport.onDrain(this.onTransportDrain)
     exp.metrics.connections++
   }
 
@@ -140,8 +173,10 @@ export class ExportSession {
     this.closed = true
     this.exp.metrics.connections--
     if (this.access.owner !== null && this.exp.shared !== true) this.exp.lease.release(this.access.owner)
-    if (this.writeSlot !== null) { this.pool.release(this.writeSlot); this.writeSlot = null }
+    if (this.writeSlot !== null) { this.share.release(this.writeSlot); this.writeSlot = null }
     this.dropOutbox()
+    this.share.close()
+    this.stopStallTimer()
   }
 
   /** Resolves once every request received so far has been answered (graceful shutdown). */
@@ -169,7 +204,7 @@ export class ExportSession {
     // Only WRITE carries a payload. Decide here whether it will be kept; onRequest answers the refusals.
     this.writeErrno = this.checkRequest(h)
     if (this.writeErrno !== 0) return null
-    const slot = this.pool.tryAcquire()
+    const slot = this.share.tryAcquire()
     if (slot === null) { this.writeErrno = Errno.EAGAIN; this.exp.metrics.poolExhausted++; return null }
     this.writeSlot = slot
     return slot.data
@@ -201,13 +236,16 @@ export class ExportSession {
   }
 
   private onRequest (h: RequestHeader, payload: Uint8Array | null, trailer: Buffer | null): void {
+    // Closed by an earlier frame of the same message (a policy close): the rest of it is dropped.
+    if (this.closed) { this.releaseWriteSlot(); return }
     const m = this.exp.metrics
     const opName = opNames[h.op] ?? 'other'
     m.requests[opName]++
     // Only a WRITE with a payload went through payloadTarget; a zero-length one is checked like any other request.
     let errno = h.op === Op.WRITE && h.length > 0 ? this.writeErrno : this.checkRequest(h)
     if (errno === 0 && this.stopping) errno = Errno.ESHUTDOWN
-    if (errno === 0 && this.inFlight >= this.limits.maxInFlight) errno = Errno.EAGAIN
+    // Replies not yet handed to the transport count too: a client that does not read cannot have more outstanding.
+    if (errno === 0 && this.inFlight + this.queued >= this.limits.maxInFlight) errno = Errno.EAGAIN
     if (errno !== 0) {
       if (h.op === Op.WRITE) this.releaseWriteSlot()
       this.reply(h, opName, errno, null, 0)
@@ -231,9 +269,9 @@ export class ExportSession {
 
   private read (h: RequestHeader): void {
     // A free buffer is taken at once (no promise turn); otherwise the READ waits for one in FIFO order.
-    const free = this.pool.waiting === 0 ? this.pool.tryAcquire() : null
+    const free = this.share.tryAcquire()
     if (free !== null) this.readInto(h, free)
-    else this.pool.acquire().then(slot => this.readInto(h, slot), err => this.finish(h, 'read', toErrno(err), null, 0))
+    else this.share.acquire().then(slot => this.readInto(h, slot), err => this.finish(h, 'read', toErrno(err), null, 0))
   }
 
   private readInto (h: RequestHeader, slot: PoolBuffer): void {
@@ -241,11 +279,11 @@ export class ExportSession {
       this.exp.metrics.bytesRead += h.length
       if (this.exp.digest !== true) { this.finish(h, 'read', 0, slot, h.length); return }
       hasher().digestOne(slot.data.subarray(0, h.length)).then(digest => this.finish(h, 'read', 0, slot, h.length, digest), err => {
-        this.pool.release(slot)
+        this.share.release(slot)
         this.finish(h, 'read', toErrno(err), null, 0)
       })
     }, err => {
-      this.pool.release(slot)
+      this.share.release(slot)
       this.finish(h, 'read', toErrno(err), null, 0)
     })
   }
@@ -255,10 +293,10 @@ export class ExportSession {
     hasher().digestOne(slot.data.subarray(0, h.length)).then(actual => {
       if (actual.equals(expected)) { this.write(h, slot); return }
       this.exp.metrics.digestErrors++
-      this.pool.release(slot)
+      this.share.release(slot)
       this.finish(h, 'write', Errno.EBADMSG, null, 0)
     }, err => {
-      this.pool.release(slot)
+      this.share.release(slot)
       this.finish(h, 'write', toErrno(err), null, 0)
     })
   }
@@ -275,11 +313,12 @@ export class ExportSession {
     this.exp.metrics.inFlight--
     if (errno !== 0) this.exp.metrics.errors.hash++
     if (!this.closed) {
-      // Not the hot path: a HASH reply is a few digests, so header and digests are joined in one small buffer.
+      // Not the hot path: a HASH reply is a few digests, so header and digests are joined in one small buffer, which
+      // leaves with this turn's other replies (or waits with them while the client does not read).
       const message = Buffer.allocUnsafe(REPLY_HEADER_SIZE + (digests?.length ?? 0))
       writeReplyHeader(message, 0, h.op, h.tagLo, h.tagHi, errno, digests?.length ?? 0)
       digests?.copy(message, REPLY_HEADER_SIZE)
-      this.transport.cork(() => this.transport.send(message))
+      this.queue(message, null, null)
     }
     this.checkDrained()
   }
@@ -287,10 +326,10 @@ export class ExportSession {
   private write (h: RequestHeader, slot: PoolBuffer): void {
     this.exp.device.write(h.offset, slot.data.subarray(0, h.length)).then(() => {
       this.exp.metrics.bytesWritten += h.length
-      this.pool.release(slot)
+      this.share.release(slot)
       this.finish(h, 'write', 0, null, 0)
     }, err => {
-      this.pool.release(slot)
+      this.share.release(slot)
       this.finish(h, 'write', toErrno(err), null, 0)
     })
   }
@@ -306,7 +345,7 @@ export class ExportSession {
   }
 
   private releaseWriteSlot (): void {
-    if (this.writeSlot !== null) { this.pool.release(this.writeSlot); this.writeSlot = null }
+    if (this.writeSlot !== null) { this.share.release(this.writeSlot); this.writeSlot = null }
   }
 
   /** Answers a request; `slot` (a READ's data, `length` bytes) is the reply's from here on and goes back to the pool once sent. */
@@ -328,22 +367,68 @@ export class ExportSession {
    */
   private reply (h: RequestHeader, opName: string, errno: number, slot: PoolBuffer | null, length: number, digest: Buffer | null = null): void {
     if (errno !== 0) this.exp.metrics.errors[opName]++
-    if (this.closed) { if (slot !== null) this.pool.release(slot); return }
+    if (this.closed) { if (slot !== null) this.share.release(slot); return }
     if (slot !== null) {
       const at = this.pool.headroom - REPLY_HEADER_SIZE
       writeReplyHeader(slot.frame, at, h.op, h.tagLo, h.tagHi, 0, length)
-      this.outViews.push(slot.frame.subarray(at, this.pool.headroom + length))
-      this.outDigests.push(digest)
-      this.outSlots.push(slot)
-    } else {
-      if (this.headerFill === this.headerBatch.length) this.flush()
-      writeReplyHeader(this.headerBatch, this.headerFill, h.op, h.tagLo, h.tagHi, errno, 0)
-      this.headerFill += REPLY_HEADER_SIZE
+      this.queue(slot.frame.subarray(at, this.pool.headroom + length), digest, slot)
+      return
     }
-    if (!this.flushScheduled) {
+    if (this.headerFill === this.headerBatch.length) {
+      if (!this.blocked) this.flush()
+      if (this.headerFill === this.headerBatch.length) this.growHeaderBatch()
+    }
+    writeReplyHeader(this.headerBatch, this.headerFill, h.op, h.tagLo, h.tagHi, errno, 0)
+    this.headerFill += REPLY_HEADER_SIZE
+    this.queued++
+    this.overrun()
+    this.scheduleFlush()
+  }
+
+  /** A reply with a payload view (from `slot`, given back once sent, or a small buffer of its own). */
+  private queue (view: Uint8Array, digest: Buffer | null, slot: PoolBuffer | null): void {
+    this.outViews.push(view)
+    this.outDigests.push(digest)
+    this.outSlots.push(slot)
+    this.queued++
+    this.overrun()
+    this.scheduleFlush()
+  }
+
+  private scheduleFlush (): void {
+    if (!this.flushScheduled && !this.blocked && !this.closed) {
       this.flushScheduled = true
       process.nextTick(this.flushTurn)
     }
+  }
+
+  /**
+   * Requests counted against maxInFlight are at most maxInFlight replies; the rest of the outbox are refusals (EAGAIN
+   * for requests past maxInFlight). A client that makes the outbox hold twice maxInFlight keeps sending while it does
+   * not read: it has been slowed (EAGAIN) and is now closed, so that it cannot make the node hold more for it.
+   */
+  private overrun (): void {
+    if (this.queued <= 2 * this.limits.maxInFlight || this.closed) return
+    this.policyClose(`client sent past maxInFlight (${this.limits.maxInFlight}) while not reading its replies (${this.queued} replies, ${this.transport.bufferedAmount()} bytes waiting for it)`)
+  }
+
+  private policyClose (reason: string): void {
+    this.exp.metrics.stalled++
+    this.onPolicyClose?.(reason)
+    try {
+      this.transport.end(CloseCode.POLICY, reason.slice(0, 120))
+    } catch {
+      // Already closed.
+    }
+    this.onClose()
+  }
+
+  /** Only while the client does not read (rare): room for the header-only replies held for it, up to the outbox's bound. */
+  private growHeaderBatch (): void {
+    const bigger = Buffer.alloc(Math.max(this.headerBatch.length, Math.min(2 * this.headerBatch.length, REPLY_HEADER_SIZE * (2 * this.limits.maxInFlight + HEADER_BATCH))))
+    if (bigger.length === this.headerBatch.length) throw new Error(`reply batch full (${this.headerFill / REPLY_HEADER_SIZE} replies)`)
+    this.headerBatch.copy(bigger, 0, 0, this.headerFill)
+    this.headerBatch = bigger
   }
 
   private readonly flushTurn = (): void => {
@@ -352,34 +437,100 @@ export class ExportSession {
     this.checkDrained()
   }
 
-  /** Sends every queued reply in one corked write (the transport copies), then gives their slots back. */
+  private readonly onTransportDrain = (): void => {
+    if (!this.blocked || this.closed) return
+    this.blocked = false
+    this.flush()
+    if (!this.blocked) this.stopStallTimer()
+    this.checkDrained()
+  }
+
+  /**
+   * Sends queued replies in one corked write (the transport copies), then gives their slots back. It sends only while
+   * the transport holds less than maxQueuedBytes for this connection (above its own limit uWebSockets.js would drop
+   * the message); what is left waits for the transport's drain, keeping its slots.
+   */
   private flush (): void {
     if (this.closed) { this.dropOutbox(); return }
     const views = this.outViews
     const digests = this.outDigests
+    let room = this.maxQueuedBytes - this.transport.bufferedAmount()
+    let sent = 0
+    let headersSent = false
     try {
-      this.transport.cork(() => {
-        if (this.headerFill > 0) this.transport.send(this.headerBatch.subarray(0, this.headerFill))
-        for (let i = 0; i < views.length; i++) {
-          const digest = digests[i]
-          if (digest !== null) this.transport.sendParts(views[i], digest)
-          else this.transport.send(views[i])
-        }
-      })
+      if (room > 0) {
+        this.transport.cork(() => {
+          if (this.headerFill > 0) {
+            this.transport.send(this.headerBatch.subarray(0, this.headerFill))
+            room -= this.headerFill
+            this.handed += this.headerFill
+            headersSent = true
+          }
+          for (; sent < views.length; sent++) {
+            if (room <= 0) {
+              room = this.maxQueuedBytes - this.transport.bufferedAmount()
+              if (room <= 0) break
+            }
+            const digest = digests[sent]
+            if (digest !== null) this.transport.sendParts(views[sent], digest)
+            else this.transport.send(views[sent])
+            room -= views[sent].length
+            this.handed += views[sent].length
+          }
+        })
+      }
     } catch (err) {
       // The transport refused to send (its connection went away under us). The connection is ended, if it is still
       // there, and the replies go nowhere, as after onClose: the client sends its requests again on a new connection.
       this.internalFailure(err)
-    } finally {
       this.dropOutbox()
+      return
     }
+    if (headersSent) { this.queued -= this.headerFill / REPLY_HEADER_SIZE; this.headerFill = 0 }
+    if (sent === views.length) {
+      this.queued -= sent
+      this.dropOutbox()
+      return
+    }
+    for (let i = 0; i < sent; i++) { const slot = this.outSlots[i]; if (slot !== null) this.share.release(slot) }
+    views.splice(0, sent)
+    digests.splice(0, sent)
+    this.outSlots.splice(0, sent)
+    this.queued -= sent
+    this.hold()
+  }
+
+  /** The client does not take its replies: wait for the transport's drain; close a client that takes none for long. */
+  private hold (): void {
+    if (this.headerFill === 0 && this.outViews.length === 0) return
+    this.blocked = true
+    if (this.stallTimer !== null) return
+    this.stallMark = this.handed - this.transport.bufferedAmount()
+    this.stallTimer = setTimeout(this.stallCheck, this.limits.stallTimeout ?? DEFAULT_STALL_TIMEOUT)
+    this.stallTimer.unref()
+  }
+
+  private readonly stallCheck = (): void => {
+    this.stallTimer = null
+    if (this.closed || !this.blocked) return
+    const buffered = this.transport.bufferedAmount()
+    if (this.handed - buffered <= this.stallMark) {
+      this.policyClose(`client took no reply for ${this.limits.stallTimeout ?? DEFAULT_STALL_TIMEOUT} ms (${this.queued} replies, ${buffered} bytes waiting for it)`)
+      return
+    }
+    this.hold()
+  }
+
+  private stopStallTimer (): void {
+    if (this.stallTimer !== null) { clearTimeout(this.stallTimer); this.stallTimer = null }
   }
 
   private dropOutbox (): void {
     this.headerFill = 0
-    for (const slot of this.outSlots) this.pool.release(slot)
+    for (const slot of this.outSlots) if (slot !== null) this.share.release(slot)
     this.outViews.length = 0
     this.outDigests.length = 0
     this.outSlots.length = 0
+    this.queued = 0
   }
 }

@@ -5,13 +5,13 @@ import * as uws from 'uWebSockets.js'
 import { timingSafeEqual, createHash } from 'node:crypto'
 import type { BufferPool } from './pool'
 import { allowed, type Cidr } from './acl'
-import { CloseCode, ExportSession, type ServedExport, type SessionAccess, type SessionLimits } from '../export/server'
-import { CLOSE_WRITER_DONE, REQUEST_HEADER_SIZE } from '../export/codec'
+import { CloseCode, DEFAULT_MAX_QUEUED_BYTES, ExportSession, type ServedExport, type SessionAccess, type SessionLimits } from '../export/server'
+import { CLOSE_WRITER_DONE, REPLY_HEADER_SIZE, REQUEST_HEADER_SIZE } from '../export/codec'
 
 /** uSockets' listen option (declared only as a type-level enum in the package, so spelled out here). */
 const LIBUS_LISTEN_EXCLUSIVE_PORT = 1
 
-interface UserData { session: ExportSession | null, exp: ServedExport, access: SessionAccess }
+interface UserData { session: ExportSession | null, exp: ServedExport, access: SessionAccess, drain: (() => void) | null, address: string }
 
 export interface ListenerOptions {
   host: string
@@ -37,24 +37,39 @@ export class Listener {
   port = 0
 
   constructor (private readonly options: ListenerOptions) {
-    const { pool, limits } = options
+    const { pool } = options
+    const limits: SessionLimits = { ...options.limits, maxQueuedBytes: options.limits.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES }
+    const queuedBytes = limits.maxQueuedBytes as number
     this.app = uws.App()
     this.app.ws<UserData>('/*', {
       compression: uws.DISABLED,
       // A WRITE above maxRequest still fits, so it can be answered EOVERFLOW instead of cutting the connection.
       maxPayloadLength: 4 * limits.maxRequest + 64 * REQUEST_HEADER_SIZE,
-      maxBackpressure: 1024 * 1024 * 1024,
+      // What uWebSockets.js may buffer for one connection. Above it, send() drops the message, so the session never
+      // sends once maxQueuedBytes are buffered and holds its replies until `drain`; the margin is for the one message
+      // sent last below that mark (a READ reply of maxRequest with its digest, or the batch of header-only replies).
+      maxBackpressure: queuedBytes + limits.maxRequest + 2 * limits.maxInFlight * REPLY_HEADER_SIZE + 256 * 1024,
       idleTimeout: Math.max(16, Math.ceil((limits.pingInterval * 4) / 1000)),
       sendPingsAutomatically: true,
       upgrade: (res, req, context) => this.upgrade(res, req, context),
       open: ws => {
         const data = ws.getUserData()
-        const session = new ExportSession(data.exp, pool, limits, {
-          send: message => { ws.send(message, true, false) },
-          sendParts: (first, last) => { ws.sendFirstFragment(first, true, false); ws.sendLastFragment(last, false) },
-          cork: fn => { ws.cork(fn) },
-          end: (code, reason) => { ws.end(code, reason) },
-        }, data.access)
+        let session: ExportSession
+        try {
+          session = new ExportSession(data.exp, pool, limits, {
+            send: message => { ws.send(message, true, false) },
+            sendParts: (first, last) => { ws.sendFirstFragment(first, true, false); ws.sendLastFragment(last, false) },
+            cork: fn => { ws.cork(fn) },
+            end: (code, reason) => { ws.end(code, reason) },
+            bufferedAmount: () => ws.getBufferedAmount(),
+            onDrain: fn => { data.drain = fn },
+          }, data.access)
+        } catch (err) {
+          this.options.log(`internal error opening a connection to '${data.exp.name}': ${(err as Error)?.stack ?? String(err)}`)
+          ws.end(CloseCode.INTERNAL, 'internal error')
+          return
+        }
+        session.onPolicyClose = reason => this.options.log(`closing ${data.address}'s connection to '${data.exp.name}': ${reason}`)
         data.session = session
         this.sessions.add(ws)
         if (this.stopping) session.stopping = true
@@ -62,6 +77,15 @@ export class Listener {
           ws.send(session.handshake(), true, false)
         } catch (err) {
           this.internalError(ws, session, err)
+        }
+      },
+      drain: ws => {
+        const data = ws.getUserData()
+        if (data.drain === null || data.session === null) return
+        try {
+          data.drain()
+        } catch (err) {
+          this.internalError(ws, data.session, err)
         }
       },
       message: (ws, message, isBinary) => {
@@ -81,22 +105,28 @@ export class Listener {
       },
       close: (ws, code) => {
         this.sessions.delete(ws)
-        const data = ws.getUserData()
-        if (code === CLOSE_WRITER_DONE && data.access.owner !== null) data.exp.lease.relinquish(data.access.owner)
-        data.session?.onClose()
+        try {
+          const data = ws.getUserData()
+          if (code === CLOSE_WRITER_DONE && data.access.owner !== null) data.exp.lease.relinquish(data.access.owner)
+          data.session?.onClose()
+        } catch (err) {
+          this.options.log(`internal error closing a connection: ${(err as Error)?.stack ?? String(err)}`)
+        }
       },
     })
     // A handler that throws would abort the whole process (uWebSockets.js refuses a handler that returns without
-    // answering): a bug in a report costs that request a 500, never the node.
+    // answering): every HTTP handler runs inside `guard`, so a bug costs that request a 500 and a log line, never the node.
     this.app.get('/status', res => {
-      this.report(res, 'application/json', () => JSON.stringify(this.options.status(), null, 2) + '\n')
+      this.guard(res, 'GET /status', () => this.report(res, 'application/json', () => JSON.stringify(this.options.status(), null, 2) + '\n'))
     })
     this.app.get('/metrics', res => {
-      this.report(res, 'text/plain; version=0.0.4', () => this.options.metrics())
+      this.guard(res, 'GET /metrics', () => this.report(res, 'text/plain; version=0.0.4', () => this.options.metrics()))
     })
-    this.app.post('/arrays/:name/:action', (res, req) => this.admin(res, req))
+    this.app.post('/arrays/:name/:action', (res, req) => { this.guard(res, 'POST /arrays', () => this.admin(res, req)) })
     this.app.any('/*', res => {
-      res.writeStatus('404 Not Found').end('not found: try GET /status, GET /metrics, or a WebSocket upgrade at /EXPORT\n')
+      this.guard(res, 'a request', () => {
+        res.writeStatus('404 Not Found').end('not found: try GET /status, GET /metrics, POST /arrays/NAME/ACTION, or a WebSocket upgrade at /EXPORT\n')
+      })
     })
   }
 
@@ -152,17 +182,55 @@ export class Listener {
     ws.end(CloseCode.INTERNAL, 'internal error')
   }
 
-  /** POST /arrays/NAME/ACTION with a JSON body: live array changes, for the admin allow list and token only. */
+  /**
+   * Runs an HTTP handler so that nothing it throws reaches uWebSockets.js (which would abort the process): the error is
+   * logged with its stack and the request answered 500, if it was not answered already.
+   */
+  private guard (res: uws.HttpResponse, what: string, fn: () => void): void {
+    try {
+      fn()
+    } catch (err) {
+      this.failed(res, what, err)
+    }
+  }
+
+  /** Answers 500 for a handler that failed (once; a response already ended or aborted is left alone). */
+  private failed (res: uws.HttpResponse, what: string, err: unknown): void {
+    this.options.log(`internal error in ${what}: ${(err as Error)?.stack ?? String(err)}`)
+    try {
+      res.cork(() => {
+        res.writeStatus('500 Internal Server Error').writeHeader('content-type', 'text/plain').end(`internal error: ${(err as Error)?.message ?? String(err)}\n`)
+      })
+    } catch {
+      // Already answered, or the client went away: nothing left to tell it.
+    }
+  }
+
+  /**
+   * POST /arrays/NAME/ACTION with a JSON body: live array changes, for the admin allow list and token only. Who asks
+   * is checked before anything else of the request is looked at; then the names in the path, then the body.
+   */
   private admin (res: uws.HttpResponse, req: uws.HttpRequest): void {
-    const array = decodeURIComponent(req.getParameter(0) ?? '')
-    const action = req.getParameter(1) ?? ''
+    // Everything needed from `req` is read now: it is valid only during this call.
+    const rawArray = req.getParameter(0) ?? ''
+    const rawAction = req.getParameter(1) ?? ''
     const auth = req.getHeader('authorization')
     const address = Buffer.from(res.getRemoteAddressAsText()).toString()
-    let aborted = false
-    res.onAborted(() => { aborted = true })
+    let done = false
+    res.onAborted(() => { done = true })
     const answer = (status: string, body: unknown): void => {
-      if (aborted) return
-      res.cork(() => { res.writeStatus(status).writeHeader('content-type', 'application/json').end(JSON.stringify(body, null, 2) + '\n') })
+      if (done) return
+      done = true
+      let text: string
+      try {
+        text = JSON.stringify(body, null, 2) + '\n'
+      } catch (err) {
+        done = false
+        this.failed(res, 'POST /arrays (the answer)', err)
+        done = true
+        return
+      }
+      res.cork(() => { res.writeStatus(status).writeHeader('content-type', 'application/json').end(text) })
     }
     const { allow, token } = this.options.admin
     if (!allowed(allow, address)) { answer('403 Forbidden', { error: `address ${address} may not change arrays on this node` }); return }
@@ -170,30 +238,54 @@ export class Listener {
       answer('401 Unauthorized', { error: 'this node needs the admin token to change arrays' })
       return
     }
+    const array = pathName(rawArray)
+    if (array === null) { answer('400 Bad Request', { error: `bad array name in the path: ${JSON.stringify(rawArray.slice(0, 80))} (expected letters, digits, '.', '_' or '-', at most 64)` }); return }
+    if (!/^[a-z]{1,32}$/.test(rawAction)) { answer('400 Bad Request', { error: `bad action in the path: ${JSON.stringify(rawAction.slice(0, 80))} (expected a word such as add, remove, split or verify)` }); return }
+    const action = rawAction
     const chunks: Buffer[] = []
     let size = 0
     res.onData((chunk, isLast) => {
-      size += chunk.byteLength
-      if (size > 65536) { if (!aborted) { aborted = true; res.cork(() => res.writeStatus('413 Payload Too Large').end('request body too large\n')) } return }
-      chunks.push(Buffer.from(chunk.slice(0)))
-      if (!isLast || aborted) return
-      let body: Record<string, unknown>
       try {
-        const text = Buffer.concat(chunks).toString()
-        body = text.trim() === '' ? {} : JSON.parse(text) as Record<string, unknown>
-        if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new Error('expected a JSON object')
+        if (done) return
+        size += chunk.byteLength
+        if (size > MAX_ADMIN_BODY) {
+          done = true
+          res.cork(() => res.writeStatus('413 Payload Too Large').writeHeader('content-type', 'text/plain').end(`request body larger than ${MAX_ADMIN_BODY} bytes\n`))
+          return
+        }
+        chunks.push(Buffer.from(chunk.slice(0)))
+        if (!isLast) return
+        let body: Record<string, unknown>
+        try {
+          const text = Buffer.concat(chunks).toString()
+          body = text.trim() === '' ? {} : JSON.parse(text) as Record<string, unknown>
+          if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new Error('expected a JSON object')
+        } catch (err) {
+          answer('400 Bad Request', { error: `bad request body: ${(err as Error).message}` })
+          return
+        }
+        // Started in a promise turn, so that a handler that throws at once is caught like one that rejects.
+        Promise.resolve().then(() => this.options.onAdmin(array, action, body)).then(result => { answer('200 OK', result) }, (err: Error & { code?: string }) => {
+          this.options.log(`array ${action} on '${array}' refused: ${err?.message ?? String(err)}`)
+          answer(err?.code === 'DST_ERR_NOTFOUND' ? '404 Not Found' : err?.code === 'DST_ERR_USAGE' ? '400 Bad Request' : '409 Conflict', { error: err?.message ?? String(err), code: err?.code })
+        }).catch(err => {
+          if (!done) { this.failed(res, 'POST /arrays', err); done = true }
+        })
       } catch (err) {
-        answer('400 Bad Request', { error: `bad request body: ${(err as Error).message}` })
-        return
+        if (!done) { this.failed(res, 'POST /arrays (the body)', err); done = true }
       }
-      this.options.onAdmin(array, action, body).then(result => answer('200 OK', result), (err: Error & { code?: string }) => {
-        this.options.log(`array ${action} on '${array}' refused: ${err.message}`)
-        answer(err.code === 'DST_ERR_NOTFOUND' ? '404 Not Found' : err.code === 'DST_ERR_USAGE' ? '400 Bad Request' : '409 Conflict', { error: err.message, code: err.code })
-      })
     })
   }
 
   private upgrade (res: uws.HttpResponse, req: uws.HttpRequest, context: uws.us_socket_context_t): void {
+    try {
+      this.tryUpgrade(res, req, context)
+    } catch (err) {
+      this.failed(res, `the upgrade to ${req.getUrl()}`, err)
+    }
+  }
+
+  private tryUpgrade (res: uws.HttpResponse, req: uws.HttpRequest, context: uws.us_socket_context_t): void {
     const url = req.getUrl()
     const key = req.getHeader('sec-websocket-key')
     const protocol = req.getHeader('sec-websocket-protocol')
@@ -242,8 +334,18 @@ export class Listener {
       refuse('409 Conflict', `export '${name}' is leased for writing by ${exp.lease.holderText()}; connect read-only or mark the export "shared"`, exp)
       return
     }
-    res.upgrade<UserData>({ session: null, exp, access }, key, protocol, extensions, context)
+    res.upgrade<UserData>({ session: null, exp, access, drain: null, address }, key, protocol, extensions, context)
   }
+}
+
+/** Largest JSON body the admin endpoints read. */
+const MAX_ADMIN_BODY = 65536
+
+/** A name from the URL path, percent-decoded, if it is a valid device name (as in the config); else null. */
+function pathName (raw: string): string | null {
+  let name: string
+  try { name = decodeURIComponent(raw) } catch { return null }
+  return /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name) ? name : null
 }
 
 function sameSecret (a: string, b: string): boolean {

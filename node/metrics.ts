@@ -16,6 +16,8 @@ export class ExportMetrics {
   bytesHashed = 0
   /** WRITE payloads refused because they did not match their wire digest. */
   digestErrors = 0
+  /** Connections closed because their client stopped taking replies (or kept sending far past its bounds). */
+  stalled = 0
 }
 
 function esc (value: string): string {
@@ -55,7 +57,8 @@ export function renderMetrics (node: string, exports: ReadonlyArray<{ name: stri
   family('dst_connections', 'gauge', 'Open client connections.', per(m => [['', m.connections]]))
   family('dst_connections_refused_total', 'counter', 'Connections refused by the allow list, the token or the export state.', per(m => [['', m.refused]]))
   family('dst_protocol_errors_total', 'counter', 'Connections closed for a malformed frame.', per(m => [['', m.protocolErrors]]))
-  family('dst_pool_exhausted_total', 'counter', 'Writes that found every pool buffer in use (native protocol: answered EAGAIN; NBD: the connection pauses until one frees).', per(m => [['', m.poolExhausted]]))
+  family('dst_pool_exhausted_total', 'counter', 'Writes that found every pool buffer in use, or their connection at its share of the pool (native protocol: answered EAGAIN; NBD: the connection pauses until one frees).', per(m => [['', m.poolExhausted]]))
+  family('dst_connections_stalled_total', 'counter', 'Connections closed because their client did not read its replies (or kept sending past its bounds while it did not).', per(m => [['', m.stalled]]))
   family('dst_hashed_bytes_total', 'counter', 'Bytes digested for HASH requests.', per(m => [['', m.bytesHashed]]))
   family('dst_digest_errors_total', 'counter', 'WRITE payloads refused because they did not match their wire digest.', per(m => [['', m.digestErrors]]))
   const n = `node="${esc(node)}"`

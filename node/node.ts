@@ -59,6 +59,12 @@ function check (field: string, problem: string | null): void {
   if (problem !== null) throw usage(`"${field}": ${problem}`)
 }
 
+/**
+ * How long a client may leave its replies unread (taking none) before its connection is closed and its pool buffers
+ * come back (ms; `DST_STALL_TIMEOUT` for tests and drills).
+ */
+const STALL_TIMEOUT = Number(process.env.DST_STALL_TIMEOUT ?? '') > 0 ? Number(process.env.DST_STALL_TIMEOUT) : 30000
+
 /** Pool slots keep this much room in front of the payload for a reply header (rounded up for alignment). */
 const HEADROOM = 32
 
@@ -136,7 +142,7 @@ export class DstNode {
       host: c.listen.host,
       port: c.listen.port,
       pool: this.pool,
-      limits: { maxRequest: c.pool.size, maxInFlight: c.maxInFlight, pingInterval: c.pingInterval },
+      limits: { maxRequest: c.pool.size, maxInFlight: c.maxInFlight, pingInterval: c.pingInterval, stallTimeout: STALL_TIMEOUT },
       exports: this.exports,
       status: () => this.status(),
       metrics: () => renderMetrics(c.name, [...this.exports.values()], { count: this.pool.count, size: this.pool.size, available: this.pool.available, waits: this.pool.waits }, this.arrayCounters(), hasher().stats),
@@ -148,7 +154,10 @@ export class DstNode {
     try {
       await this.listener.listen()
       if (c.nbd !== undefined) {
-        this.nbd = new NbdServer({ host: c.nbd.host, port: c.nbd.port, pool: this.pool, maxRequest: c.pool.size, exports: this.exports, log: this.log })
+        this.nbd = new NbdServer({
+          host: c.nbd.host, port: c.nbd.port, pool: this.pool, maxRequest: c.pool.size, exports: this.exports, log: this.log,
+          maxInFlight: c.maxInFlight, stallTimeout: STALL_TIMEOUT,
+        })
         await this.nbd.listen()
       }
     } catch (err) {

@@ -15,6 +15,14 @@ export interface PoolBuffer {
   readonly data: Buffer
 }
 
+/** What the pool asks of a connection's share (node/pool-share.ts) that waits for slots. */
+export interface ShareWaiter {
+  /** Takes one free slot for its oldest waiting request if its share allows; true if it did. */
+  takeOne: () => boolean
+  /** Whether it still has requests waiting (if not, it leaves the pool's queue). */
+  stillWaiting: () => boolean
+}
+
 export interface BufferPoolOptions {
   count: number
   size: number
@@ -40,6 +48,10 @@ export class BufferPool {
   private readonly waiters: Ring<(buf: PoolBuffer) => void>
   /** Times a caller had to wait for a slot; exported as a metric. */
   waits = 0
+  /** Connections holding or waiting for slots now (kept by their PoolShare, which sizes each one's share by it). */
+  activeShares = 0
+  /** Connections (PoolShare) with requests waiting for a slot, offered free slots in turn as they come back. */
+  private readonly waitingShares: Ring<ShareWaiter>
 
   constructor (options: BufferPoolOptions) {
     const { count, size } = options
@@ -63,6 +75,7 @@ export class BufferPool {
     }
     this.freeCount = count
     this.waiters = new Ring(options.maxWaiters ?? 65536)
+    this.waitingShares = new Ring(options.maxWaiters ?? 65536)
   }
 
   get available (): number { return this.freeCount }
@@ -89,6 +102,28 @@ export class BufferPool {
     if (next !== undefined) { next(buf); return }
     this.inUse[buf.index] = 0
     this.free[this.freeCount++] = buf.index
+    if (this.waitingShares.length > 0) this.offerShares()
+  }
+
+  /** A connection's share has requests waiting: it is offered free slots (its `take`) as they come back. */
+  queueShare (share: ShareWaiter): void {
+    this.waitingShares.push(share)
+  }
+
+  /**
+   * Offers free slots to the waiting connections in turn, one slot each per round (round robin), until the slots are
+   * gone or no connection may take one (each decides by its share). Also called when the shares change.
+   */
+  offerShares (): void {
+    let progress = true
+    while (progress && this.freeCount > 0 && this.waitingShares.length > 0) {
+      progress = false
+      for (let n = this.waitingShares.length; n > 0 && this.freeCount > 0; n--) {
+        const share = this.waitingShares.shift() as ShareWaiter
+        if (share.takeOne()) progress = true
+        if (share.stillWaiting()) this.waitingShares.push(share)
+      }
+    }
   }
 
   private take (): PoolBuffer {

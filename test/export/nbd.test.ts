@@ -425,6 +425,22 @@ clientTest('option phase: LIST names only the exports this client may use; INFO 
   t.is((await run('nbdinfo', [nbd('disk')])).code, 0, 'and keeps serving')
 })
 
+test('option phase: an INFO asking for NBD_INFO_NAME thousands of times is answered with one NAME (no amplification)', async t => {
+  const { nbd } = await rig(t, fileNode(4 * MiB))
+  const port = Number(/:(\d+)\//.exec(nbd('disk'))?.[1])
+  const c = new OptionClient(port)
+  t.teardown(() => c.end())
+  await c.take(18)
+  c.send(OPT.INFO, infoRequest('disk', Array.from({ length: 30000 }, (_, i) => i % 7 === 0 ? 3 : 1)))
+  const info = await c.replies()
+  t.deepEqual(info.map(r => r.type), [REP.INFO, REP.INFO, REP.INFO, REP.ACK])
+  t.deepEqual(info.slice(0, 3).map(r => r.data.readUInt16BE(0)).sort(), [0, 1, 3], 'EXPORT, NAME and BLOCK_SIZE once each')
+  c.send(OPT.GO, infoRequest('disk', [1, 1, 1]))
+  const go = await c.replies()
+  t.is(go.filter(r => r.type === REP.INFO && r.data.readUInt16BE(0) === 1).length, 1)
+  t.is(go[go.length - 1].type, REP.ACK)
+})
+
 clientTest('nbdsh: FUA writes, FLUSH, WRITE_ZEROES and TRIM land; a file export offers no TRIM; READ and WRITE above the maximum get EOVERFLOW and the connection goes on', async t => {
   const { nbd, node } = await rig(t, {
     name: 'n',

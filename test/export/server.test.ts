@@ -445,6 +445,11 @@ class RecordingTransport implements SessionTransport {
   sendParts (first: Uint8Array, last: Uint8Array): void { this.messages.push(Buffer.concat([first, last])) }
   cork (fn: () => void): void { fn() }
   end (code: number, reason: string): void { this.ended = { code, reason } }
+  /** What the fake "client" has not taken; a test sets it to stage a client that does not read. */
+  buffered = 0
+  drain: (() => void) | null = null
+  bufferedAmount (): number { return this.buffered }
+  onDrain (fn: () => void): void { this.drain = fn }
 
   /** Waits (bounded) until `count` messages have been sent in total. */
   async waitMessages (count: number, timeout = 10000): Promise<Buffer[]> {
@@ -764,4 +769,61 @@ test.serial('a transport that throws on send ends that connection (1011) and giv
   t.regex(transport.ended?.reason ?? '', /reply not sent: Invalid access/)
   t.is(pool.available, 8)
   t.is(exp.metrics.connections, 0, 'the session counts as closed')
+})
+
+test.serial('while the transport holds maxQueuedBytes, replies wait in the session (keeping their slots) and count against maxInFlight; a drain sends them all', async t => {
+  const device = new MemoryDevice({ size: 256 * KiB })
+  const exp: ServedExport = {
+    name: 'inproc', device, readOnly: false, allow: [], metrics: new ExportMetrics(), lease: new WriteLease(1000), generation: 0,
+  }
+  const pool = new BufferPool({ count: 16, size: MAX_REQUEST, headroom: 32 })
+  const transport = new RecordingTransport()
+  transport.buffered = 1024 * KiB // the client reads nothing
+  const session = new ExportSession(exp, pool, { maxRequest: MAX_REQUEST, maxInFlight: 8, pingInterval: 10000, maxQueuedBytes: 64 * KiB }, transport)
+  t.teardown(() => session.onClose())
+  session.onMessage(Buffer.concat(Array.from({ length: 6 }, (_, i) => frame(Op.READ, i, i * 4 * KiB, 4 * KiB))))
+  await new Promise(resolve => setTimeout(resolve, 50))
+  t.is(transport.messages.length, 0, 'nothing is sent above maxQueuedBytes (uWebSockets.js would drop it)')
+  t.is(pool.available, 10, 'the held READ replies keep their slots')
+  // 6 held replies + 2 new = maxInFlight: the next ones are EAGAIN, and those replies wait too.
+  session.onMessage(Buffer.concat(Array.from({ length: 4 }, (_, i) => frame(Op.READ, 10 + i, 0, 4 * KiB))))
+  await new Promise(resolve => setTimeout(resolve, 50))
+  t.is(transport.messages.length, 0)
+  transport.buffered = 0
+  transport.drain?.()
+  await session.drain()
+  const replies = transport.messages.flatMap(m => {
+    const out = []
+    for (let at = 0; at < m.length;) { const h = parseReplyHeader(m, at); out.push(h); at += REPLY_HEADER_SIZE + h.length }
+    return out
+  })
+  t.deepEqual(replies.filter(h => h.errno === 0).map(h => h.tagLo).sort((a, b) => a - b), [0, 1, 2, 3, 4, 5, 10, 11])
+  t.deepEqual(replies.filter(h => h.errno === EAGAIN).map(h => h.tagLo).sort((a, b) => a - b), [12, 13])
+  t.is(pool.available, 16)
+  t.is(transport.ended, null)
+})
+
+test.serial('a client that keeps sending past maxInFlight while its replies wait is closed (1008) and every slot comes back', async t => {
+  const device = new MemoryDevice({ size: 256 * KiB })
+  const exp: ServedExport = {
+    name: 'inproc', device, readOnly: false, allow: [], metrics: new ExportMetrics(), lease: new WriteLease(1000), generation: 0,
+  }
+  const pool = new BufferPool({ count: 16, size: MAX_REQUEST, headroom: 32 })
+  const transport = new RecordingTransport()
+  transport.buffered = 1024 * KiB
+  const session = new ExportSession(exp, pool, { maxRequest: MAX_REQUEST, maxInFlight: 8, pingInterval: 10000, maxQueuedBytes: 64 * KiB }, transport)
+  const closed: string[] = []
+  session.onPolicyClose = reason => closed.push(reason)
+  t.teardown(() => session.onClose())
+  session.onMessage(Buffer.concat(Array.from({ length: 8 }, (_, i) => frame(Op.READ, i, i * 4 * KiB, 4 * KiB))))
+  await new Promise(resolve => setTimeout(resolve, 50))
+  t.is(transport.ended, null, 'at maxInFlight it is only slowed')
+  session.onMessage(Buffer.concat(Array.from({ length: 8 }, (_, i) => frame(Op.READ, 100 + i, 0, 4 * KiB))))
+  t.is(transport.ended, null, 'answered EAGAIN, held with the rest')
+  session.onMessage(Buffer.concat(Array.from({ length: 8 }, (_, i) => frame(Op.READ, 200 + i, 0, 4 * KiB))))
+  t.is(transport.ended?.code, 1008)
+  t.regex(closed[0], /client sent past maxInFlight \(8\) while not reading its replies/)
+  t.is(transport.messages.length, 0)
+  t.is(pool.available, 16)
+  t.is(exp.metrics.stalled, 1)
 })
