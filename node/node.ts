@@ -5,13 +5,14 @@ import * as fs from 'node:fs'
 import { BufferPool } from './pool'
 import { DeviceRegistry } from './registry'
 import { Listener } from './listener'
-import { ExportMetrics, renderMetrics, type ArrayCounters } from './metrics'
+import { ExportMetrics, renderMetrics, type ArrayCounters, type DeviceGauge } from './metrics'
 import type { NodeConfig } from './config'
 import type { ServedExport } from '../export/server'
 import { REPLY_HEADER_SIZE } from '../export/codec'
 import { formatDstUrl } from '../export/client'
 import { RemoteDevice } from '../export/remote-device'
 import { MirrorDevice } from '../algorithms/mirror'
+import { LinearDevice } from '../algorithms/linear'
 import type { Device } from './device'
 import { DstError, Errno } from './errors'
 import { parseDstUrl, RESERVED_EXPORT_NAMES } from './config'
@@ -21,6 +22,7 @@ import { LOOPBACK_ONLY, parseCidr, type Cidr } from './acl'
 import { WriteLease } from './lease'
 import { NbdServer } from '../export/nbd'
 import { watchGc } from './gc'
+import { RemoteMemory } from './remotes'
 import { configureHasher, hasher, HASH_ALGORITHM } from './hasher'
 import * as path from 'node:path'
 
@@ -66,6 +68,8 @@ export class DstNode {
   }
 
   private readonly remoteOpenTimeout: number
+  /** What remote devices found at their last handshake (dataDir/remotes.json). */
+  private remotes: RemoteMemory | null = null
   /** How many times this node (its dataDir) has started; in every handshake, so peers see restarts. */
   generation = 0
 
@@ -77,7 +81,8 @@ export class DstNode {
       await fs.promises.mkdir(c.dataDir, { recursive: true })
       this.generation = await nextGeneration(c.dataDir)
     }
-    await this.registry.open(c, { log: this.log, remoteOpenTimeout: this.remoteOpenTimeout, pingInterval: c.pingInterval })
+    this.remotes = c.dataDir !== null ? RemoteMemory.load(c.dataDir) : null
+    await this.registry.open(c, { log: this.log, remoteOpenTimeout: this.remoteOpenTimeout, pingInterval: c.pingInterval, remotes: this.remotes })
     for (const e of c.exports) {
       const device = this.registry.get(e.device)
       if (device === undefined) throw new Error(`export '${e.name}': device '${e.device}' did not open`)
@@ -90,7 +95,7 @@ export class DstNode {
       limits: { maxRequest: c.pool.size, maxInFlight: c.maxInFlight, pingInterval: c.pingInterval },
       exports: this.exports,
       status: () => this.status(),
-      metrics: () => renderMetrics(c.name, [...this.exports.values()], { count: this.pool.count, size: this.pool.size, available: this.pool.available, waits: this.pool.waits }, this.arrayCounters(), hasher().stats),
+      metrics: () => renderMetrics(c.name, [...this.exports.values()], { count: this.pool.count, size: this.pool.size, available: this.pool.available, waits: this.pool.waits }, this.arrayCounters(), hasher().stats, this.deviceGauges()),
       log: this.log,
       admin: c.admin,
       onAdmin: (array, action, body) => this.changeArray(array, action, body),
@@ -165,13 +170,14 @@ export class DstNode {
   }
 
   /**
-   * Live array changes (dst array add/remove/split): applied with I/O paused only for the switch, then recorded in
+   * Live array changes (dst array add/remove/split/replace): applied with I/O paused only for the switch, then recorded in
    * dataDir so a restart keeps them.
    */
   async changeArray (array: string, action: string, body: Record<string, unknown>): Promise<unknown> {
     const c = this.config
     const device = this.registry.get(array)
     if (device === undefined) throw new DstError('DST_ERR_NOTFOUND', `no device named '${array}' on node ${c.name}`, Errno.EINVAL)
+    if (action === 'replace' && device instanceof LinearDevice) return await this.replaceMember(array, device, body.device)
     if (!(device instanceof MirrorDevice)) {
       const what = action === 'verify' ? 'only mirror arrays have legs to compare' : 'only mirror arrays change members while running'
       throw new DstError('DST_ERR_NOTMIRROR', `'${array}' is a ${device.type} device; ${what}`, Errno.EINVAL)
@@ -194,7 +200,8 @@ export class DstNode {
           const token = typeof body.token === 'string' ? body.token : undefined
           member = await RemoteDevice.open(target, {
             token, pingInterval: c.pingInterval, reconnectTimeout: c.reconnectTimeout, requestTimeout: c.requestTimeout,
-            owner: writerId(c, name), acceptNewDisk: true, log: m => this.log(`device '${name}': ${m}`),
+            owner: writerId(c, name), log: m => this.log(`device '${name}': ${m}`),
+            onDisk: disk => { this.remotes?.set(name, leg, disk).catch(err => this.log(`device '${name}': cannot remember its disk: ${(err as Error).message}`)) },
           })
           this.registry.add(name, member)
           overlay.devices[name] = { type: 'remote', url: leg, ...(token !== undefined ? { token } : {}) }
@@ -209,7 +216,14 @@ export class DstNode {
           member = found
         }
         await device.addLeg({ name, device: member })
-        detail = `leg '${name}' added to '${array}'; full sync started`
+        detail = `leg '${name}' added to '${array}': everything on it is overwritten by a full sync (started)`
+        break
+      }
+      case 'replace': {
+        // The operator takes on the disk now behind a foreign leg: a remote device is told to accept it first.
+        const member = this.registry.get(leg)
+        if (member instanceof RemoteDevice && member.state === 'foreign' && device.legNames.includes(leg)) await member.acceptFoundDisk()
+        detail = await device.replaceLeg(leg)
         break
       }
       case 'remove': {
@@ -237,13 +251,30 @@ export class DstNode {
         break
       }
       default:
-        throw new DstError('DST_ERR_USAGE', `unknown array action '${action}' (add, remove, split)`, Errno.EINVAL)
+        throw new DstError('DST_ERR_USAGE', `unknown array action '${action}' (add, remove, split, replace)`, Errno.EINVAL)
     }
     overlay.arrays[array] = { members: device.legNames }
     c.overlay = overlay
     await writeOverlay(c.dataDir, overlay)
     this.log(detail)
     return { ok: true, message: detail, array: device.status() }
+  }
+
+  /**
+   * A linear member whose peer serves another disk takes that disk on: nothing is copied (a linear array keeps one
+   * copy); the operator says the disk found is the member now. Nothing about the array's layout changes.
+   */
+  private async replaceMember (array: string, linear: LinearDevice, leg: unknown): Promise<unknown> {
+    const member = linear.members.find(m => m.name === leg)
+    if (member === undefined) throw new DstError('DST_ERR_NOLEG', `linear '${array}': no member '${String(leg)}' (members: ${linear.members.map(m => m.name).join(', ')})`, Errno.EINVAL)
+    if (!(member.device instanceof RemoteDevice) || member.device.state !== 'foreign') {
+      throw new DstError('DST_ERR_NOTFOREIGN', `linear '${array}': member '${member.name}' is ${member.device.state}; replace takes on the other disk of a foreign remote member`, Errno.EINVAL)
+    }
+    const found = member.device.found?.identity ?? ''
+    await member.device.acceptFoundDisk()
+    const detail = `linear '${array}': member '${member.name}' now uses disk ${found}; its range holds whatever that disk holds (nothing was copied)`
+    this.log(detail)
+    return { ok: true, message: detail, array: linear.status() }
   }
 
   /**
@@ -282,7 +313,12 @@ export class DstNode {
       verifyMismatches: m.verifyTotals.mismatches,
       verifyRepaired: m.verifyTotals.repaired,
       verifyRunning: m.lastVerify?.state === 'running' ? 1 : 0,
+      legs: m.legStates().reduce<Record<string, number>>((acc, l) => { acc[l.state] = (acc[l.state] ?? 0) + 1; return acc }, {}),
     }))
+  }
+
+  private deviceGauges (): DeviceGauge[] {
+    return this.registry.all().map(([name, d]) => ({ name, type: d.type, state: String(d.status().state) }))
   }
 
   private deviceName (e: ServedExport): string {

@@ -11,12 +11,15 @@ import { MirrorDevice } from '../algorithms/mirror'
 import { FileIntentStore } from '../algorithms/intent-store'
 import * as path from 'node:path'
 import { derivedIdentity } from './identity'
+import type { RemoteMemory } from './remotes'
 
 export interface RegistryOptions {
   log: (message: string) => void
   /** How long to keep trying to reach a remote device's node at start (ms). */
   remoteOpenTimeout: number
   pingInterval: number
+  /** What remote devices found at their last handshake (dataDir/remotes.json), or null without a dataDir. */
+  remotes: RemoteMemory | null
 }
 
 export class DeviceRegistry {
@@ -77,7 +80,9 @@ export class DeviceRegistry {
           return await FileDevice.open({ path: d.path, size: d.size, readOnly: d.readOnly, blockSize: d.blockSize, warn: log })
         case 'memory':
           return new MemoryDevice({ size: d.size, blockSize: d.blockSize })
-        case 'remote':
+        case 'remote': {
+          const remotes = options.remotes
+          const url = d.url
           return await RemoteDevice.open({ host: d.host, port: d.port, export: d.export }, {
             token: d.token,
             queueDepth: d.queueDepth,
@@ -86,9 +91,12 @@ export class DeviceRegistry {
             reconnectTimeout: d.reconnectTimeout ?? config.reconnectTimeout,
             requestTimeout: d.requestTimeout ?? config.requestTimeout,
             owner: writerId(config, d.name),
-            acceptNewDisk: isMirrorLeg(config, d.name),
+            // A peer that cannot be reached now opens connecting with what it served last time.
+            expect: remotes?.get(d.name, url),
+            onDisk: disk => { remotes?.set(d.name, url, disk).catch(err => log(`cannot remember its disk: ${(err as Error).message}`)) },
             log,
           })
+        }
         default:
           throw new Error(`not a leaf: ${d.type}`)
       }
@@ -112,6 +120,9 @@ export class DeviceRegistry {
     try {
       return await MirrorDevice.open({
         name: d.name, legs: members, region: d.region, store, resyncRate: d.resyncRate, compare: d.checksumResync,
+        // Live changes may have removed the leg named at creation; it matters only when the array is created.
+        syncFrom: d.syncFrom !== undefined && d.members.includes(d.syncFrom) ? d.syncFrom : undefined,
+        assumeClean: d.assumeClean,
         log: m => options.log(`mirror '${d.name}': ${m}`),
       })
     } catch (err) {
@@ -163,11 +174,6 @@ function arrayOrder (config: NodeConfig): DeviceConfig[] {
 /** The writer id this node presents for a remote device: stable across restarts, so the node gets its lease back. */
 export function writerId (config: NodeConfig, device: string): string {
   return derivedIdentity(`writer:${config.name}:${config.dataDir ?? config.baseDir}:${device}`)
-}
-
-/** Mirror legs take on a peer that came back with another disk: the mirror then copies the whole array to it. */
-function isMirrorLeg (config: NodeConfig, device: string): boolean {
-  return [...config.devices.values()].some(d => d.type === 'mirror' && d.members.includes(device))
 }
 
 function memberNames (d: Device): string[] {
