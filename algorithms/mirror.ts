@@ -750,6 +750,8 @@ export class MirrorDevice extends Device {
         this.startResync(l).catch(() => {})
         continue
       }
+      // Another disk answers where a working leg's disk was (noticed by its device, between requests): leave it out now.
+      if (!absent(l) && l.device.state === 'foreign') { this.fail(l, new DstError('DST_ERR_FOREIGN', deviceError(l.device), Errno.EIO)); continue }
       // A leg whose old resync is still winding down is probed once that has stopped.
       if (!absent(l) || now < l.nextProbe || this.stopping || l.running !== null) continue
       const ds = l.device.state
