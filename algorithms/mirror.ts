@@ -268,13 +268,23 @@ export class MirrorDevice extends Device {
         }
         if (all) legs[source].stale[r] = 0
       }
-      // Legs that were in sync but cannot be reached: while no reachable leg is in sync, they hold every acknowledged
-      // write, and the superblock must keep saying so (the array is failed until one is back).
-      const inSyncNow = legs.some((l, i) => l.state === 'in-sync' && records[i].inSync)
-      if (!inSyncNow) legs.forEach((l, i) => { if (absent(l) && records[i].inSync) l.authority = true })
     } else {
-      if (loaded !== null) log(`region or size changed (was ${loaded.superblock.region}/${loaded.superblock.size}), or no leg is known to the array: it is set up again`)
-      await MirrorDevice.decideNew(options, legs, records, bits, size, regions, reachable)
+      // Only the region changed, and the superblock knew every leg as in sync with nothing marked: they are identical.
+      const clean = loaded !== null && old !== undefined && old.size === size && old.legs.length === members.length &&
+        matched.every(j => j >= 0 && old.legs[j].inSync) && loaded.bits.every(b => b.every(x => x === 0))
+      if (clean) {
+        uuid = old.uuid
+        events = old.events
+        log(`region changed (was ${old.region}); every leg was in sync with nothing marked: kept in sync`)
+      } else {
+        if (loaded !== null) log(`region or size changed (was ${loaded.superblock.region}/${loaded.superblock.size}), or no leg is known to the array: it is set up again as a new array`)
+        await MirrorDevice.decideNew(options, legs, records, bits, size, regions, reachable)
+      }
+    }
+    // Legs that were in sync but cannot be reached: while no reachable leg is in sync, they hold every acknowledged
+    // write, and the superblock must keep saying so (the array is failed until one is back).
+    if (!legs.some((l, i) => l.state === 'in-sync' && records[i].inSync)) {
+      legs.forEach((l, i) => { if (absent(l) && records[i].inSync) l.authority = true })
     }
     for (const l of legs) {
       l.staleCount = countOnes(l.stale)

@@ -1759,3 +1759,45 @@ test('random writes while a verify runs never show up as mismatches, and the leg
   ), { numRuns: 25 })
   t.pass('fast-check found no counterexample') // fc.assert throws on failure
 })
+
+test('a region change of an array whose legs were all in sync keeps them in sync; a size change is a new array (refused while a leg holds data)', async t => {
+  const size = 64 * KiB
+  const { mems, faults, members } = rig([size, size])
+  const store = new MemoryIntentStore()
+  const m1 = await openSynced(t, members, { store })
+  await m1.write(0, pattern(size, 71))
+  await m1.close()
+  const before = faults[1].counts.writeBytes
+  const m2 = await openMirror(t, members, { store, region: 2 * REGION })
+  t.true(allInSync(m2))
+  t.is(m2.identity, m1.identity, 'the array keeps its UUID')
+  await m2.close()
+  t.is(faults[1].counts.writeBytes, before)
+  // Both legs grew (same disks, same identities): the array's size changes, and a new array never guesses.
+  const sized = mems.map((mem, i) => {
+    const big = new MemoryDevice({ size: 2 * size })
+    big.data.set(mem.data)
+    big.identity = mem.identity
+    return { name: legName(i), device: big }
+  })
+  await t.throwsAsync(MirrorDevice.open({ name: 'm', legs: sized, region: REGION, store }), { code: 'DST_ERR_SYNCSOURCE' })
+})
+
+test('a leg new to the array that was unreachable at open is checked when it answers: holding data, it is foreign and untouched', async t => {
+  const size = 64 * KiB
+  const { members } = rig([size, size])
+  const store = new MemoryIntentStore()
+  const m1 = await openSynced(t, members, { store })
+  await m1.close()
+  const other = new FaultDevice(new MemoryDevice({ size }))
+  ;(other.inner as MemoryDevice).data.set(pattern(size, 72))
+  other.state = 'connecting'
+  const m2 = await openMirror(t, [members[0], { name: 'b', device: other }], { store })
+  t.is(legState(m2, 'b'), 'failed')
+  await m2.write(0, pattern(4096, 73))
+  other.state = 'online'
+  t.true(await waitFor(() => legState(m2, 'b') === 'foreign'))
+  await sleep(30)
+  t.is(other.counts.writeBytes, 0)
+  t.true((other.inner as MemoryDevice).data.equals(pattern(size, 72)))
+})
