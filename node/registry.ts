@@ -5,7 +5,8 @@ import type { Device, DeviceStatus } from './device'
 import type { DeviceConfig, NodeConfig } from './config'
 import { FileDevice } from './file-device'
 import { MemoryDevice } from './memory-device'
-import { RemoteDevice } from '../export/remote-device'
+import { RemoteDevice, type RemoteDisk } from '../export/remote-device'
+import { HandshakeFlag } from '../export/codec'
 import { LinearDevice, type Member } from '../algorithms/linear'
 import { MirrorDevice } from '../algorithms/mirror'
 import { FileIntentStore } from '../algorithms/intent-store'
@@ -91,8 +92,9 @@ export class DeviceRegistry {
             reconnectTimeout: d.reconnectTimeout ?? config.reconnectTimeout,
             requestTimeout: d.requestTimeout ?? config.requestTimeout,
             owner: writerId(config, d.name),
-            // A peer that cannot be reached now opens connecting with what it served last time.
-            expect: remotes?.get(d.name, url),
+            // A peer that cannot be reached now opens connecting with what it served last time, or (a mirror leg
+            // this dataDir has no handshake of) with the size and identity its mirror's superblock records.
+            expect: remotes?.get(d.name, url) ?? await legOfSuperblock(config, d.name, log),
             onDisk: disk => { remotes?.set(d.name, url, disk).catch(err => log(`cannot remember its disk: ${(err as Error).message}`)) },
             log,
           })
@@ -174,6 +176,21 @@ function arrayOrder (config: NodeConfig): DeviceConfig[] {
 /** The writer id this node presents for a remote device: stable across restarts, so the node gets its lease back. */
 export function writerId (config: NodeConfig, device: string): string {
   return derivedIdentity(`writer:${config.name}:${config.dataDir ?? config.baseDir}:${device}`)
+}
+
+/**
+ * What a mirror's superblock says of leg `name` (the array's size, the leg's identity), as the disk to expect of a
+ * remote leg never reached from this dataDir. The block size is only advice on the wire; 4 KiB, as a file's. Trim
+ * is not assumed (a leg that cannot trim would fail the mirror's trims); the first handshake tells the rest.
+ */
+async function legOfSuperblock (config: NodeConfig, name: string, log: (m: string) => void): Promise<RemoteDisk | undefined> {
+  const mirror = [...config.devices.values()].find(d => d.type === 'mirror' && d.members.includes(name))
+  if (mirror === undefined || config.dataDir === null) return undefined
+  const loaded = await new FileIntentStore(path.join(config.dataDir, `mirror-${mirror.name}.intent`)).load().catch(() => null)
+  const record = loaded?.superblock.legs.find(l => l.name === name && l.identity !== '')
+  if (loaded == null || record === undefined) return undefined
+  log(`no handshake remembered; if unreachable, it opens with mirror '${mirror.name}''s superblock: ${loaded.superblock.size} bytes, identity ${record.identity}`)
+  return { size: loaded.superblock.size, blockSize: 4096, maxRequest: 64 * 1024, identity: record.identity, flags: HandshakeFlag.FLUSH }
 }
 
 function memberNames (d: Device): string[] {

@@ -11,7 +11,8 @@ import { randomBytes } from 'node:crypto'
 import { runDst, startNode, tempDir, type RunningNode } from '../helpers/node-process'
 import { freePort } from '../helpers/ports'
 import { RemoteDevice } from '../../export/remote-device'
-import { parseDstUrl } from '../../node/config'
+import { parseConfig, parseDstUrl } from '../../node/config'
+import { DeviceRegistry } from '../../node/registry'
 import { until, within } from '../helpers/wait'
 
 const MiB = 1024 * 1024
@@ -189,4 +190,31 @@ test('a node starts with a mirror leg and a linear member down: degraded mirror 
   await until('linear member d back', async () => (await top.status()).devices.lin.state === 'online')
   await lin.write(SIZE, first4)
   t.true(fs.readFileSync(path.join(dir, 'l4.img')).subarray(0, 4096).equals(first4))
+})
+
+test('a mirror leg with no remembered handshake opens with its superblock\'s size and identity while its node is down; a remote never reached fails saying why', async t => {
+  const { dir, nodes, leaf } = rig(t)
+  const p2 = await freePort()
+  const [l1, l2] = await Promise.all([leaf('l1'), leaf('l2', `127.0.0.1:${p2}`)])
+  const config = {
+    name: 'top', dataDir: './state/top',
+    devices: { a: { type: 'remote', url: l1.url('disk') }, b: { type: 'remote', url: l2.url('disk') }, mir: { type: 'mirror', members: ['a', 'b'], region: '64KiB' } },
+    exports: [{ device: 'mir' }],
+  }
+  const first = await startNode(dir, config)
+  nodes.push(first)
+  t.is(await first.stop(), 0)
+  // As after an upgrade from a version that kept no remotes.json.
+  fs.rmSync(path.join(dir, 'state', 'top', 'remotes.json'))
+  await l2.kill()
+  const top = await within(startNode(dir, config), 20000, 'start with leg b down')
+  nodes.push(top)
+  t.is(legOf(await top.status(), 'mir', 'b').state, 'failed')
+  const l2b = await leaf('l2', `127.0.0.1:${p2}`)
+  t.truthy(l2b)
+  await until('leg b in sync', async () => (await top.status()).devices.mir.state === 'online')
+
+  const lonely = parseConfig({ name: 'x', listen: '127.0.0.1:0', dataDir: path.join(dir, 'state', 'x'), devices: { far: { type: 'remote', url: `dst://127.0.0.1:${await freePort()}/disk` } } }, dir)
+  const err = await t.throwsAsync(new DeviceRegistry().open(lonely, { log: () => {}, remoteOpenTimeout: 300, pingInterval: 1000, remotes: null }))
+  t.regex(err?.message ?? '', /device 'far': .*never reached, so its size is unknown/)
 })
