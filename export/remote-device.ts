@@ -129,7 +129,7 @@ export class RemoteDevice extends Device {
           return device
         }
         if (Date.now() + wait > deadline) {
-          e.message = `${e.message}: never reached, so its size is unknown (no earlier handshake is remembered); it must answer once before the node can start without it`
+          e.message = `${e.message}: never reached, so its size is unknown (no earlier handshake is remembered)`
           throw e
         }
         options.log?.(`${e.message}; retrying`)

@@ -218,3 +218,33 @@ test('a mirror leg with no remembered handshake opens with its superblock\'s siz
   const err = await t.throwsAsync(new DeviceRegistry().open(lonely, { log: () => {}, remoteOpenTimeout: 300, pingInterval: 1000, remotes: null }))
   t.regex(err?.message ?? '', /device 'far': .*never reached, so its size is unknown/)
 })
+
+test('a linear member whose address answers with another disk is foreign: its range fails, the other member is served, and dst array replace takes the disk on without copying', async t => {
+  const { dir, nodes, leaf } = rig(t)
+  const port = await freePort()
+  const [c, d] = await Promise.all([leaf('c', `127.0.0.1:${port}`), leaf('d')])
+  const top = await startNode(dir, {
+    name: 'top', dataDir: './state/top', pingInterval: 1000, reconnectTimeout: 2000,
+    devices: { c: { type: 'remote', url: c.url('disk') }, d: { type: 'remote', url: d.url('disk') }, lin: { type: 'linear', members: ['c', 'd'] } },
+    exports: [{ device: 'lin' }],
+  })
+  nodes.push(top)
+  const lin = await open(top.url('lin'))
+  t.teardown(() => lin.close())
+  await c.kill()
+  const theirs = randomBytes(SIZE)
+  fs.writeFileSync(path.join(dir, 'imp.img'), theirs)
+  await leaf('imp', `127.0.0.1:${port}`)
+  await until('member c foreign', async () => (await top.status()).devices.c.state === 'foreign', 20000)
+  t.is((await top.status()).devices.lin.state, 'degraded')
+  const refused = await lin.read(0, 4096, Buffer.alloc(4096)).then(() => null, (err: Error) => err)
+  t.regex(refused?.message ?? '', /EIO/)
+  await lin.write(SIZE, Buffer.alloc(4096, 1))
+  t.true(fs.readFileSync(path.join(dir, 'imp.img')).equals(theirs), 'the other disk is untouched')
+  const replaced = await runDst(['array', 'replace', top.http, 'lin', 'c'])
+  t.is(replaced.code, 0, replaced.stderr)
+  t.regex(replaced.stdout.toString(), /nothing was copied/)
+  const got = Buffer.alloc(4096)
+  await lin.read(0, 4096, got)
+  t.true(got.equals(theirs.subarray(0, 4096)), 'the member now serves the disk taken on')
+})
