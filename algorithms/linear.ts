@@ -64,7 +64,7 @@ export class LinearDevice extends Device {
   }
 
   override status (): DeviceStatus {
-    const failed = this.members.filter(m => m.device.state === 'failed' || m.device.state === 'connecting')
+    const failed = this.members.filter(m => m.device.state === 'failed' || m.device.state === 'connecting' || m.device.state === 'foreign')
     return {
       ...super.status(),
       state: failed.length > 0 ? 'degraded' : this.state,

@@ -12,8 +12,15 @@ import { bitmapBytes, PAGE, type IntentState, type IntentStore, type LegRecord }
 import type { Member } from './linear'
 import { settleAll } from '../node/settle'
 import { DIGEST_SIZE, isHashChunk } from '../node/hasher'
+import { firstData } from './blank'
+import { formatSize } from '../node/size'
 
-export type LegState = 'in-sync' | 'stale' | 'resyncing' | 'failed'
+/**
+ * `failed`: the leg's device does not answer (or fails requests); `foreign`: another disk answers where the leg was
+ * (its identity is not the one the array knows), or a leg new to the array holds data: it is never written until the
+ * operator takes it on (`replaceLeg`). Both are left out of all I/O.
+ */
+export type LegState = 'in-sync' | 'stale' | 'resyncing' | 'failed' | 'foreign'
 
 export interface MirrorOptions {
   name: string
@@ -34,6 +41,14 @@ export interface MirrorOptions {
    * only the chunks that differ are copied. Off: every stale region is copied whole.
    */
   compare?: boolean
+  /**
+   * A new array's legs are not known to hold the same data. `syncFrom` names the leg the others are overwritten from;
+   * `assumeClean` says they already are the same (nothing is copied). Without either, only legs that read as all
+   * zeros are overwritten (from the first leg), and the array is refused if another leg holds data. Both apply only
+   * when the array is created (no superblock, or its region or size changed).
+   */
+  syncFrom?: string
+  assumeClean?: boolean
   log?: (message: string) => void
 }
 
@@ -47,6 +62,10 @@ interface Leg {
   staleCount: number
   /** A leg new to the array: its resync compares before it copies. */
   full: boolean
+  /** Its disk is new to the array and not yet found blank: it is never written before that check (or a replace). */
+  newDisk: boolean
+  /** Foreign by the array's own finding (a disk it does not know): stays so until `replaceLeg`. */
+  held: boolean
   resync: { doneBytes: number, totalBytes: number, copiedBytes: number, comparedBytes: number } | null
   /** Where the resync's workers look for the next stale region, and the regions they hold. */
   cursor: number
@@ -100,7 +119,8 @@ export interface VerifyMismatch {
 }
 
 export interface VerifyReport {
-  state: 'running' | 'done' | 'failed'
+  /** `incomplete`: finished, but part of the array could not be compared on every leg (see `notCompared`). */
+  state: 'running' | 'done' | 'incomplete' | 'failed'
   repair: boolean
   from: string | null
   startedAt: string
@@ -111,6 +131,10 @@ export interface VerifyReport {
   /** Bytes compared on at least two legs; the rest were skipped (only one leg held them). */
   comparedBytes: number
   skippedBytes: number
+  /** Per leg, the bytes it could not be compared on (it was down, foreign or stale there), and its state then. */
+  notCompared: Array<{ leg: string, state: LegState, bytes: number }>
+  /** Why the verify is incomplete, in words ("leg b down: 256 MiB not compared"), or null. */
+  incomplete: string | null
   mismatches: number
   repairedRegions: number
   /** The first regions that differ (up to 1000), in region order. */
@@ -179,11 +203,18 @@ export class MirrorDevice extends Device {
 
   static async open (options: MirrorOptions): Promise<MirrorDevice> {
     const { legs: members, region, store } = options
+    const log = options.log ?? (() => {})
     if (members.length < 1) throw new DstError('DST_ERR_CONFIG', `mirror '${options.name}': needs at least one leg`, Errno.EINVAL)
+    if (options.syncFrom !== undefined && !members.some(m => m.name === options.syncFrom)) {
+      throw new DstError('DST_ERR_CONFIG', `mirror '${options.name}': syncFrom '${options.syncFrom}' is not one of its legs (${members.map(m => m.name).join(', ')})`, Errno.EINVAL)
+    }
+    if (options.syncFrom !== undefined && options.assumeClean === true) {
+      throw new DstError('DST_ERR_CONFIG', `mirror '${options.name}': give syncFrom or assumeClean, not both`, Errno.EINVAL)
+    }
     const sizes = members.map(m => m.device.size)
     const size = Math.min(...sizes)
     if (new Set(sizes).size > 1) {
-      options.log?.(`legs differ in size (${members.map(m => `${m.name} ${m.device.size}`).join(', ')}); the mirror uses ${size} bytes`)
+      log(`legs differ in size (${members.map(m => `${m.name} ${m.device.size}`).join(', ')}); the mirror uses ${size} bytes`)
     }
     const regions = Math.ceil(size / region)
     const bytes = bitmapBytes(regions)
@@ -191,33 +222,45 @@ export class MirrorDevice extends Device {
     const legs: Leg[] = members.map(m => newLeg(m, regions, options))
     const records: LegRecord[] = members.map(m => ({ name: m.name, identity: m.device.identity, inSync: true }))
     const bits = members.map(() => new Uint8Array(bytes))
+    const reachable = members.map(m => usable(m.device))
+    // A leg whose device cannot be reached now starts failed (or foreign: another disk answers there); the probe takes
+    // it back when it answers, with its identity checked.
+    legs.forEach((l, i) => {
+      if (reachable[i]) return
+      l.state = l.device.state === 'foreign' ? 'foreign' : 'failed'
+      l.lastError = deviceError(l.device)
+    })
     let uuid: string = randomUUID()
     let events = 0
     let layoutChanged = true
-    if (loaded !== null && loaded.superblock.region === region && loaded.superblock.size === size) {
-      const old = loaded.superblock
+    const old = loaded?.superblock
+    const matched = members.map(m => old === undefined || m.device.identity === '' ? -1 : old.legs.findIndex(l => l.identity === m.device.identity))
+    if (loaded !== null && old !== undefined && old.region === region && old.size === size && matched.some(j => j >= 0)) {
       uuid = old.uuid
       events = old.events
-      const matched: number[] = []
       for (const [i, m] of members.entries()) {
-        const j = m.device.identity === '' ? -1 : old.legs.findIndex(l => l.identity === m.device.identity)
-        matched.push(j)
+        const j = matched[i]
         if (j >= 0) {
           bits[i].set(loaded.bits[j])
           records[i].inSync = old.legs[j].inSync
-        } else {
-          records[i].inSync = false
-          legs[i].full = true
-          fillBits(bits[i], regions)
-          options.log?.(`leg '${m.name}' is new to the array (identity ${m.device.identity || 'none'}): full sync`)
+          continue
         }
+        // A leg new to the array: written only if it holds nothing but zeros; otherwise the operator must say so.
+        records[i].inSync = false
+        legs[i].full = true
+        legs[i].newDisk = true
+        fillBits(bits[i], regions)
+        if (!reachable[i]) {
+          log(`leg '${m.name}' is new to the array and not reachable: it is checked for data when it answers`)
+          continue
+        }
+        await MirrorDevice.admitNew(legs[i], size, log)
       }
       layoutChanged = matched.some((j, i) => j !== i) || old.legs.length !== members.length
       // A region marked on every leg was being written at the crash: any leg's copy will do, as long as all agree.
       // Take the first leg that was in sync as the source.
       let source = records.findIndex((r, i) => r.inSync && matched[i] >= 0)
       if (source < 0) source = matched.findIndex(j => j >= 0)
-      if (source < 0) source = 0
       for (let r = 0; r < regions; r++) {
         let all = true
         for (let i = 0; i < legs.length; i++) {
@@ -225,26 +268,97 @@ export class MirrorDevice extends Device {
         }
         if (all) legs[source].stale[r] = 0
       }
-      if (legs.every(l => l.full)) { legs[0].full = false; legs[0].stale.fill(0) }
     } else {
-      if (loaded !== null) options.log?.(`region or size changed (was ${loaded.superblock.region}/${loaded.superblock.size}); starting over with a full sync`)
-      // A new array: the first leg is the truth; every other leg is compared and copied once.
-      for (let i = 1; i < legs.length; i++) {
-        fillBits(bits[i], regions)
-        legs[i].stale.fill(1)
-        legs[i].full = true
-        records[i].inSync = false
+      // Only the region changed, and the superblock knew every leg as in sync with nothing marked: they are identical.
+      const clean = loaded !== null && old !== undefined && old.size === size && old.legs.length === members.length &&
+        matched.every(j => j >= 0 && old.legs[j].inSync) && loaded.bits.every(b => b.every(x => x === 0))
+      if (clean) {
+        uuid = old.uuid
+        events = old.events
+        log(`region changed (was ${old.region}); every leg was in sync with nothing marked: kept in sync`)
+      } else {
+        if (loaded !== null) log(`region or size changed (was ${loaded.superblock.region}/${loaded.superblock.size}), or no leg is known to the array: it is set up again as a new array`)
+        await MirrorDevice.decideNew(options, legs, records, bits, size, regions, reachable)
       }
+    }
+    // Legs that were in sync but cannot be reached: while no reachable leg is in sync, they hold every acknowledged
+    // write, and the superblock must keep saying so (the array is failed until one is back).
+    if (!legs.some((l, i) => l.state === 'in-sync' && records[i].inSync)) {
+      legs.forEach((l, i) => { if (absent(l) && records[i].inSync) l.authority = true })
     }
     for (const l of legs) {
       l.staleCount = countOnes(l.stale)
-      if (l.staleCount > 0) l.state = 'stale'
+      if (l.staleCount > 0 && l.state === 'in-sync') l.state = 'stale'
     }
     const state: IntentState = { superblock: { uuid, size, region, events: events + 1, legs: records }, bits }
     if (layoutChanged) await store.create(state); else await store.update(state, new Map())
     const mirror = new MirrorDevice(options, size, state, legs)
     mirror.start()
     return mirror
+  }
+
+  /**
+   * A new array (no superblock that names its legs): which legs are overwritten, and from which. Never a guess: the
+   * operator's `syncFrom` or `assumeClean`, or else the first leg, and then only over legs that hold nothing but zeros.
+   */
+  private static async decideNew (options: MirrorOptions, legs: Leg[], records: LegRecord[], bits: Uint8Array[], size: number,
+    regions: number, reachable: boolean[]): Promise<void> {
+    const log = options.log ?? (() => {})
+    const names = legs.map(l => `'${l.name}'`).join(', ')
+    const how = `set "syncFrom": "LEG" on the mirror to overwrite the other legs from LEG, or "assumeClean": true if the legs already hold the same data`
+    if (options.assumeClean === true) {
+      log(`new array: assumeClean: legs ${names} are taken as identical; nothing is copied`)
+      return
+    }
+    const source = options.syncFrom === undefined ? 0 : legs.findIndex(l => l.name === options.syncFrom)
+    const src = legs[source]
+    if (!reachable[source]) {
+      throw new DstError('DST_ERR_SYNCSOURCE', `mirror '${options.name}': new array: leg '${src.name}', the sync source, cannot be reached (${src.lastError}); the array cannot be set up without it`, Errno.EIO)
+    }
+    const others = legs.filter((_, i) => i !== source)
+    if (options.syncFrom === undefined) {
+      const unknown = others.filter((_, k) => !reachable[legs.indexOf(others[k])])
+      if (unknown.length > 0) {
+        throw new DstError('DST_ERR_SYNCSOURCE', `mirror '${options.name}': new array: ${unknown.map(l => `'${l.name}' (${l.lastError})`).join(', ')} cannot be reached, so nobody can tell whether it holds data; start when it can be reached, or ${how}`, Errno.EIO)
+      }
+      const holding: string[] = []
+      for (const l of others) {
+        const at = await firstData(l.device, size)
+        if (at >= 0) holding.push(`'${l.name}' (data at byte ${at})`)
+      }
+      if (holding.length > 0) {
+        throw new DstError('DST_ERR_SYNCSOURCE', `mirror '${options.name}': new array of legs ${names}: ${holding.join(', ')} ${holding.length === 1 ? 'holds' : 'hold'} data and no superblock says ${holding.length === 1 ? 'it is' : 'they are'} in sync with '${src.name}'; refusing to overwrite. To choose, ${how}`, Errno.EINVAL)
+      }
+      if (await firstData(src.device, size) < 0) {
+        log(`new array: every leg (${names}) holds only zeros: in sync, nothing to copy`)
+        return
+      }
+      log(`new array: legs ${others.map(l => `'${l.name}'`).join(', ')} hold only zeros: filled from '${src.name}'`)
+    } else {
+      log(`new array: syncFrom '${src.name}': ${others.map(l => `'${l.name}'`).join(', ')} will be overwritten from it (full sync)`)
+    }
+    for (const l of others) {
+      const i = legs.indexOf(l)
+      fillBits(bits[i], regions)
+      l.stale.fill(1)
+      l.full = true
+      records[i].inSync = false
+    }
+  }
+
+  /** A leg new to an existing array: taken on (full sync) if it holds only zeros; otherwise left foreign. */
+  private static async admitNew (l: Leg, size: number, log: (message: string) => void): Promise<void> {
+    const at = await firstData(l.device, size)
+    l.stale.fill(1)
+    if (at < 0) {
+      l.newDisk = false
+      log(`leg '${l.name}' is new to the array (identity ${l.device.identity || 'none'}) and holds only zeros: full sync`)
+      return
+    }
+    l.state = 'foreign'
+    l.held = true
+    l.lastError = `a disk new to the array (identity ${l.device.identity || 'none'}) holds data (at byte ${at}): not overwritten; 'dst array replace' takes it on with a full sync`
+    log(`leg '${l.name}': ${l.lastError}`)
   }
 
   /** Legs as the status and tests see them. */
@@ -306,7 +420,7 @@ export class MirrorDevice extends Device {
       const r0 = this.regionOf(offset)
       const r1 = this.regionOf(offset + length - 1)
       for (;;) {
-        const eligible = this.legs.filter(l => l.state !== 'failed' && this.holds(l, r0, r1))
+        const eligible = this.legs.filter(l => !absent(l) && this.holds(l, r0, r1))
         if (eligible.length === 0) throw this.noLegError(`hash ${offset}+${length}`)
         eligible.sort((a, b) => a.outstanding - b.outstanding)
         const leg = eligible[0]
@@ -337,7 +451,7 @@ export class MirrorDevice extends Device {
   protected override async _flush (): Promise<void> {
     await this.enter()
     try {
-      const targets = this.legs.filter(l => l.state !== 'failed')
+      const targets = this.legs.filter(l => !absent(l))
       const ok = await Promise.all(targets.map(l => l.device.flush().then(() => true, err => { this.fail(l, err); return false })))
       if (!targets.some((l, i) => ok[i] && l.state === 'in-sync')) throw this.noLegError('flush')
     } finally {
@@ -367,7 +481,7 @@ export class MirrorDevice extends Device {
     let leg: Leg | null = null
     let legRank = 0
     for (const l of this.legs) {
-      if (l.state === 'failed' || !this.holds(l, r0, r1)) continue
+      if (absent(l) || !this.holds(l, r0, r1)) continue
       // Least busy first; a leg whose link is down (reconnecting) only when no other leg holds the range.
       const rank = (l.device.state === 'connecting' ? 1e9 : 0) + l.outstanding
       if (leg === null || rank < legRank) { leg = l; legRank = rank }
@@ -386,7 +500,7 @@ export class MirrorDevice extends Device {
     const r0 = this.regionOf(offset)
     const r1 = this.regionOf(offset + length - 1)
     for (;;) {
-      const eligible = this.legs.filter(l => l.state !== 'failed' && this.holds(l, r0, r1))
+      const eligible = this.legs.filter(l => !absent(l) && this.holds(l, r0, r1))
       if (eligible.length === 0) throw this.noLegError(`read ${offset}+${length}`)
       // Least busy first; a leg whose link is down (reconnecting) only when no other leg holds the range.
       eligible.sort((a, b) => (a.device.state === 'connecting' ? 1 : 0) - (b.device.state === 'connecting' ? 1 : 0) || a.outstanding - b.outstanding)
@@ -437,7 +551,7 @@ export class MirrorDevice extends Device {
       if (this.markIntent(r0, r1)) await this.save()
       const targets: Leg[] = []
       for (const l of this.legs) {
-        if (l.state === 'failed') this.markStale(l, r0, r1); else targets.push(l)
+        if (absent(l)) this.markStale(l, r0, r1); else targets.push(l)
       }
       // Regions a leg failing under this write held until now, per leg, in case the write ends up refused (made only
       // when a leg fails: nothing more is allocated per write on the hot path).
@@ -526,7 +640,7 @@ export class MirrorDevice extends Device {
     targets.forEach((l, i) => {
       const i0 = this.legs.indexOf(l)
       for (const r of held[i] ?? []) {
-        if (l.stale[r] === 0 || this.legs.some(o => o !== l && o.state !== 'failed' && o.stale[r] === 0)) continue
+        if (l.stale[r] === 0 || this.legs.some(o => o !== l && !absent(o) && o.stale[r] === 0)) continue
         l.stale[r] = 0
         l.staleCount--
         if (i0 >= 0 && getBit(this.state_.bits[i0], r)) { this.setBit(i0, r, false); changed = true }
@@ -560,7 +674,7 @@ export class MirrorDevice extends Device {
       for (let i = 0; i < this.legs.length; i++) {
         const l = this.legs[i]
         if (!getBit(this.state_.bits[i], r)) continue
-        if (l.stale[r] === 0 && l.state !== 'failed') { this.setBit(i, r, false); changed = true } else left = true
+        if (l.stale[r] === 0 && !absent(l)) { this.setBit(i, r, false); changed = true } else left = true
       }
       if (!left) this.marked.delete(r)
     }
@@ -606,14 +720,14 @@ export class MirrorDevice extends Device {
   // ---- failure, return and resync --------------------------------------------------------------------------------
 
   private fail (l: Leg, err: unknown): void {
-    if (l.state === 'failed') return
+    if (absent(l)) return
     const was = l.state
-    l.state = 'failed'
+    l.state = (err as DstError)?.code === 'DST_ERR_FOREIGN' || l.device.state === 'foreign' ? 'foreign' : 'failed'
     if (was === 'in-sync' && !this.legs.some(o => o.state === 'in-sync')) l.authority = true
     l.lastError = (err as Error)?.message ?? String(err)
     l.nextProbe = Date.now() + l.probeWait
     this.state_.superblock.events++
-    this.log(`leg '${l.name}' failed (was ${was}): ${l.lastError}`)
+    this.log(`leg '${l.name}' ${l.state} (was ${was}): ${l.lastError}`)
     // Writes that skip this leg are acknowledged only once this save (the leg is out of sync) is on disk.
     const saving: Promise<void> = this.save().catch(err => this.log((err as Error).message)).finally(() => {
       if (this.failSave === saving) this.failSave = null
@@ -646,39 +760,62 @@ export class MirrorDevice extends Device {
         this.startResync(l).catch(() => {})
         continue
       }
+      // Another disk answers where a working leg's disk was (noticed by its device, between requests): leave it out now.
+      if (!absent(l) && l.device.state === 'foreign') { this.fail(l, new DstError('DST_ERR_FOREIGN', deviceError(l.device), Errno.EIO)); continue }
       // A leg whose old resync is still winding down is probed once that has stopped.
-      if (l.state !== 'failed' || now < l.nextProbe || this.stopping || l.running !== null) continue
+      if (!absent(l) || now < l.nextProbe || this.stopping || l.running !== null) continue
       const ds = l.device.state
-      if (ds === 'connecting' || ds === 'closed' || ds === 'closing' || ds === 'failed') continue
+      if (ds === 'foreign' && l.state !== 'foreign') { this.toForeign(l, deviceError(l.device)); continue }
+      if (!usable(l.device)) continue
+      // A disk new to the array that holds data waits for the operator (replaceLeg).
+      if (l.state === 'foreign' && l.held) continue
       l.nextProbe = Number.POSITIVE_INFINITY
       const buf = Buffer.alloc(Math.min(this.blockSize, this.size))
-      l.device.read(0, buf.length, buf).then(() => {
+      l.device.read(0, buf.length, buf).then(async () => {
         l.probeWait = this.options.probeInterval ?? 1000
-        l.lastError = ''
         const i = this.legs.indexOf(l)
         const record = this.state_.superblock.legs[i]
+        if (i < 0 || this.stopping) return
         if (record !== undefined && record.identity !== l.device.identity) {
-          // Another disk answers where this leg was: nothing on it can be trusted; copy the whole array to it.
-          this.log(`leg '${l.name}' came back with a different disk (${l.device.identity}, was ${record.identity}): full sync`)
-          record.identity = l.device.identity
-          l.stale.fill(1)
-          l.staleCount = this.regions
-          l.full = true
-          for (let r = 0; r < this.regions; r++) { this.setBit(i, r, true); this.marked.add(r) }
+          // Another disk answers where this leg was: it is never written until the operator takes it on.
+          this.toForeign(l, `another disk answers (identity ${l.device.identity || 'none'}, expected ${record.identity}): not overwritten; 'dst array replace' takes it on with a full sync`, true)
+          return
         }
+        if (l.newDisk) {
+          // A leg new to the array, unreachable at start: written only if it holds nothing but zeros.
+          const at = await firstData(l.device, this.size)
+          if (at >= 0) {
+            this.toForeign(l, `a disk new to the array (identity ${l.device.identity || 'none'}) holds data (at byte ${at}): not overwritten; 'dst array replace' takes it on with a full sync`, true)
+            return
+          }
+          l.newDisk = false
+        }
+        l.lastError = ''
         l.state = 'stale'
         this.state_.superblock.events++
         this.log(`leg '${l.name}' is back: resyncing ${this.staleBytes(l)} bytes`)
-        // The map (with a new disk's identity and all its bits) is on disk before anything is copied.
-        this.save().then(() => {
-          if (this.options.autoResync !== false) this.startResync(l).catch(() => {})
-        }, (err: Error) => this.log(err.message))
-      }, (err: Error) => {
+        await this.save()
+        if (this.options.autoResync !== false) this.startResync(l).catch(() => {})
+      }).catch((err: Error) => {
+        if (l.state === 'stale') { this.log(err.message); return }
         l.lastError = err.message
         l.probeWait = Math.min(l.probeWait * 2, 5000)
         l.nextProbe = Date.now() + l.probeWait
       })
     }
+  }
+
+  /** Marks a leg foreign (left out of all I/O until it is back with its own disk, or replaced). */
+  private toForeign (l: Leg, why: string, held = false): void {
+    const was = l.state
+    l.state = 'foreign'
+    l.held = held
+    l.lastError = why
+    l.probeWait = this.options.probeInterval ?? 1000
+    l.nextProbe = Date.now() + l.probeWait
+    this.state_.superblock.events++
+    this.log(`leg '${l.name}' foreign (was ${was}): ${why}`)
+    this.save().catch(err => this.log((err as Error).message))
   }
 
   /** Starts (or returns the running) resync of a stale leg. */
@@ -754,7 +891,7 @@ export class MirrorDevice extends Device {
    */
   private async copyRegion (l: Leg, r: number, at: number, n: number, buf: Buffer): Promise<number | null> {
     for (;;) {
-      const sources = this.legs.filter(s => s !== l && s.state !== 'failed' && s.stale[r] === 0)
+      const sources = this.legs.filter(s => s !== l && !absent(s) && s.stale[r] === 0)
       if (sources.length === 0) {
         l.lastError = `no leg holds region ${r} to copy from`
         l.pausedAt = this.state_.superblock.events
@@ -834,15 +971,15 @@ export class MirrorDevice extends Device {
     const from = options.from ?? null
     if (from !== null) {
       const leg = this.legNamed(from)
-      if (leg.state === 'failed') throw new DstError('DST_ERR_NOTSYNC', `mirror '${this.name}': leg '${from}' is failed; it cannot be the reference`, Errno.EINVAL)
+      if (absent(leg)) throw new DstError('DST_ERR_NOTSYNC', `mirror '${this.name}': leg '${from}' is ${leg.state}; it cannot be the reference`, Errno.EINVAL)
     }
     if (this.legs.length < 2) throw new DstError('DST_ERR_ONELEG', `mirror '${this.name}' has one leg: nothing to compare`, Errno.EINVAL)
     const chunk = Math.min(COMPARE_CHUNK, this.region)
     if (!isHashChunk(chunk)) throw new DstError('DST_ERR_REGION', `mirror '${this.name}': region ${this.region} is too small to verify by digest`, Errno.EINVAL)
     const report: VerifyReport = {
       state: 'running', repair: options.repair === true, from, startedAt: new Date().toISOString(), finishedAt: null,
-      seconds: 0, totalBytes: this.size, doneBytes: 0, comparedBytes: 0, skippedBytes: 0, mismatches: 0, repairedRegions: 0,
-      mismatchedRegions: [], error: null,
+      seconds: 0, totalBytes: this.size, doneBytes: 0, comparedBytes: 0, skippedBytes: 0, notCompared: [], incomplete: null,
+      mismatches: 0, repairedRegions: 0, mismatchedRegions: [], error: null,
     }
     this.lastVerify = report
     this.verifyTotals.runs++
@@ -872,7 +1009,10 @@ export class MirrorDevice extends Device {
         const left = [...toResync].filter(l => l.state !== 'in-sync')
         if (left.length > 0) throw new DstError('DST_ERR_REPAIR', `repair incomplete: ${left.map(l => `${l.name} is ${l.state}${l.lastError !== '' ? ` (${l.lastError})` : ''}`).join('; ')}`, Errno.EIO)
       }
-      report.state = 'done'
+      if (report.notCompared.length > 0) {
+        report.state = 'incomplete'
+        report.incomplete = report.notCompared.map(x => `leg ${x.leg} ${x.state === 'failed' ? 'down' : x.state}: ${formatSize(x.bytes)} not compared`).join('; ')
+      } else report.state = 'done'
     } catch (err) {
       report.state = 'failed'
       report.error = (err as Error).message
@@ -882,7 +1022,8 @@ export class MirrorDevice extends Device {
       options.onProgress?.(report)
     }
     this.log(`verify ${report.state}: ${report.comparedBytes} bytes compared, ${report.mismatches} mismatched regions` +
-      `${report.repair ? `, ${report.repairedRegions} repaired` : ''}${report.error !== null ? ` (${report.error})` : ''}`)
+      `${report.repair ? `, ${report.repairedRegions} repaired` : ''}${report.error !== null ? ` (${report.error})` : ''}` +
+      `${report.incomplete !== null ? ` (${report.incomplete})` : ''}`)
     return report
   }
 
@@ -890,8 +1031,9 @@ export class MirrorDevice extends Device {
     const at = r * this.region
     const n = Math.min(this.region, this.size - at)
     for (let attempt = 0; ; attempt++) {
-      const legs = this.legs.filter(l => l.state !== 'failed' && l.stale[r] === 0)
-      if (legs.length < 2) { report.skippedBytes += n; break }
+      const legs = this.legs.filter(l => !absent(l) && l.stale[r] === 0)
+      const left = (): void => { if (legs.length < this.legs.length) this.notCompared(report, this.legs.filter(l => !legs.includes(l)), n) }
+      if (legs.length < 2) { left(); report.skippedBytes += n; break }
       await this.lockRegion(r)
       let results: Array<PromiseSettledResult<Buffer>>
       try {
@@ -911,6 +1053,7 @@ export class MirrorDevice extends Device {
       }
       if (results.some(x => x.status === 'rejected')) continue
       const digests = results.map(x => (x as PromiseFulfilledResult<Buffer>).value)
+      left()
       report.comparedBytes += n
       this.verifyTotals.bytes += n
       if (digests.every(d => d.equals(digests[0]))) break
@@ -918,6 +1061,14 @@ export class MirrorDevice extends Device {
       break
     }
     report.doneBytes += n
+  }
+
+  /** Counts bytes of a region that `legs` could not be compared on, per leg and the state it was in. */
+  private notCompared (report: VerifyReport, legs: Leg[], n: number): void {
+    for (const l of legs) {
+      const entry = report.notCompared.find(x => x.leg === l.name && x.state === l.state)
+      if (entry !== undefined) entry.bytes += n; else report.notCompared.push({ leg: l.name, state: l.state, bytes: n })
+    }
   }
 
   private mismatch (r: number, at: number, n: number, chunk: number, legs: Leg[], digests: Buffer[], from: string | null,
@@ -1021,8 +1172,48 @@ export class MirrorDevice extends Device {
       await this.store.create(this.state_)
       this.pages = new Map()
     })
-    this.log(`leg '${member.name}' added: full sync`)
+    this.log(`leg '${member.name}' added: it is overwritten by a full sync from the array`)
     if (this.options.autoResync !== false) this.startResync(leg).catch(() => {})
+  }
+
+  /**
+   * Takes on the disk now behind a foreign leg as a new leg: its identity is recorded and the whole array is copied
+   * to it (a full sync, compare-first). The caller has already made the device accept that disk (a remote device
+   * refuses another disk until told). Returns what was done, in words.
+   */
+  async replaceLeg (name: string): Promise<string> {
+    const leg = this.legNamed(name)
+    if (leg.state !== 'foreign') {
+      throw new DstError('DST_ERR_NOTFOREIGN', `mirror '${this.name}': leg '${name}' is ${leg.state}; replace takes on the other disk of a foreign leg (to swap a working leg: remove, then add)`, Errno.EINVAL)
+    }
+    const d = leg.device
+    if (!usable(d)) throw new DstError('DST_ERR_NOTREADY', `mirror '${this.name}': leg '${name}': its device is ${deviceError(d)}; nothing to take on`, Errno.EAGAIN)
+    if (d.size < this.size) throw new DstError('DST_ERR_SIZE', `mirror '${this.name}': '${name}' has ${d.size} bytes, the mirror needs ${this.size}`, Errno.EINVAL)
+    if (!d.writable) throw new DstError('DST_ERR_EROFS', `mirror '${this.name}': '${name}' is read-only`, Errno.EROFS)
+    const was = this.state_.superblock.legs[this.legs.indexOf(leg)]?.identity ?? ''
+    await this.withIoHeld(async () => {
+      const i = this.legs.indexOf(leg)
+      const record = this.state_.superblock.legs[i]
+      record.identity = d.identity
+      record.inSync = false
+      leg.stale.fill(1)
+      leg.staleCount = this.regions
+      leg.full = true
+      leg.newDisk = false
+      leg.held = false
+      leg.authority = false
+      leg.lastError = ''
+      leg.state = 'stale'
+      fillBits(this.state_.bits[i], this.regions)
+      for (let r = 0; r < this.regions; r++) this.marked.add(r)
+      this.state_.superblock.events++
+      await this.store.create(this.state_)
+      this.pages = new Map()
+    })
+    const detail = `leg '${name}': disk ${d.identity || '(no identity)'} taken on in place of ${was || '(none)'}; it is overwritten by a full sync`
+    this.log(detail)
+    if (this.options.autoResync !== false) this.startResync(leg).catch(() => {})
+    return detail
   }
 
   /** Removes a leg; the last in-sync leg cannot be removed. Returns its device. */
@@ -1102,10 +1293,26 @@ export class MirrorDevice extends Device {
   }
 }
 
+/** A device that can take I/O now (not reconnecting, not holding another disk, not closed). */
+function usable (d: Device): boolean {
+  return d.state === 'online' || d.state === 'degraded'
+}
+
+/** Why a device is not usable, in words. */
+function deviceError (d: Device): string {
+  const e = (d as { lastError?: unknown }).lastError
+  return typeof e === 'string' && e !== '' ? `${d.state}: ${e}` : d.state
+}
+
+/** A leg left out of all I/O: its device fails, or it holds a disk the array does not know. */
+function absent (l: Leg): boolean {
+  return l.state === 'failed' || l.state === 'foreign'
+}
+
 function newLeg (m: Member, regions: number, options: MirrorOptions): Leg {
   return {
     name: m.name, device: m.device, state: 'in-sync', outstanding: 0, stale: new Uint8Array(regions), staleCount: 0,
-    full: false, resync: null, cursor: 0, claimed: new Set(), running: null, lastError: '', nextProbe: 0,
+    full: false, newDisk: false, held: false, resync: null, cursor: 0, claimed: new Set(), running: null, lastError: '', nextProbe: 0,
     probeWait: options.probeInterval ?? 1000, pausedAt: -1, authority: false,
   }
 }

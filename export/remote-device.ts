@@ -5,24 +5,49 @@
 // left unanswered past `requestTimeout`), it reconnects by itself with capped exponential backoff, and every request
 // that had not been answered is sent again on the new connection (requests are positional, so sending one twice is
 // harmless). The caller sees no error if the peer is back within `reconnectTimeout`; after that, requests fail with a
-// clear error until the peer returns. A peer that comes back with another disk (identity or size) is never trusted
-// with the old requests: they fail, and the device either refuses the new disk or (for mirror legs, which then do a
-// full sync) takes it on.
+// clear error until the peer returns. A peer that comes back with another disk (another identity, or a smaller size)
+// is never trusted: the device turns `foreign`, every request fails with DST_ERR_FOREIGN, and it keeps looking (over
+// read-only sessions, which take no write lease) for its own disk to come back; only `acceptFoundDisk()` (the
+// operator's `dst array replace`) takes the other disk on.
+//
+// Opened with `expect` (what an earlier handshake found, remembered by the node), a device whose peer cannot be
+// reached starts `connecting` with those values instead of failing: requests wait for the peer as after a drop.
 
-import { Device, type DeviceStatus } from '../node/device'
+import { Device, type DeviceState, type DeviceStatus } from '../node/device'
 import { DstError, Errno } from '../node/errors'
-import { CLOSE_WRITER_DONE, Op } from './codec'
+import { CLOSE_WRITER_DONE, HandshakeFlag, Op, type Handshake } from './codec'
 import { settleAll } from '../node/settle'
 import { DIGEST_SIZE, digestCount } from '../node/hasher'
 import { Connection, formatDstUrl, type ConnectOptions, type DstUrl } from './client'
+
+/** What a handshake says about the disk behind an export: enough to open the device while the peer is away. */
+export interface RemoteDisk {
+  size: number
+  blockSize: number
+  maxRequest: number
+  identity: string
+  /** Handshake flags (read-only, flush, trim). */
+  flags: number
+}
+
+export function diskOf (h: Handshake): RemoteDisk {
+  return { size: h.size, blockSize: h.blockSize, maxRequest: h.maxRequest, identity: h.identity, flags: h.flags & (HandshakeFlag.READ_ONLY | HandshakeFlag.FLUSH | HandshakeFlag.TRIM) }
+}
+
+/** Another disk than `expected` (the same disk may have grown; it may not shrink). */
+function otherDisk (found: RemoteDisk, expected: RemoteDisk): boolean {
+  return found.identity !== expected.identity || found.size < expected.size
+}
 
 export interface RemoteDeviceOptions extends ConnectOptions {
   /** Keep trying the first connection this long (ms) before giving up; 0 means one try. */
   openTimeout?: number
   /** How long (ms) requests wait for a lost peer to come back before they fail. Default 30 s. */
   reconnectTimeout?: number
-  /** Take on a peer that comes back with another disk (mirror legs: the mirror resyncs it in full). */
-  acceptNewDisk?: boolean
+  /** The disk an earlier handshake found: the device insists on it, and opens `connecting` if the peer is away. */
+  expect?: RemoteDisk
+  /** Called when a handshake finds a disk that differs from what the device knew (first open, growth, accept). */
+  onDisk?: (disk: RemoteDisk) => void
   /** Log lines about connection changes. */
   log?: (message: string) => void
 }
@@ -36,7 +61,7 @@ export class RemoteDevice extends Device {
   readonly type = 'remote'
   readonly url: string
   private conn: Connection | null
-  private readonly maxRequest: number
+  private maxRequest: number
   private readonly target: DstUrl
   private readonly options: RemoteDeviceOptions
   private readonly reconnectTimeout: number
@@ -53,32 +78,46 @@ export class RemoteDevice extends Device {
   resent = 0
   /** Payloads that failed their wire digest, over every connection (each was sent or asked for again). */
   readonly counters: { digestErrors: number }
-  /** Called when the peer came back with another disk and `acceptNewDisk` took it on. */
-  onNewDisk: ((identity: string) => void) | null = null
+  /** The other disk found where this device's disk was (state `foreign`), or null. */
+  found: RemoteDisk | null = null
+  /** The disk this device serves: requests go only to a peer that presents it. */
+  private disk: RemoteDisk
 
-  private constructor (target: DstUrl, conn: Connection, options: RemoteDeviceOptions) {
-    const h = conn.handshake
-    super({ size: h.size, blockSize: h.blockSize, readOnly: conn.readOnly, canFlush: conn.canFlush, canTrim: conn.canTrim })
+  private constructor (target: DstUrl, conn: Connection | null, disk: RemoteDisk, options: RemoteDeviceOptions) {
+    super({
+      size: disk.size, blockSize: disk.blockSize, readOnly: (disk.flags & HandshakeFlag.READ_ONLY) !== 0,
+      canFlush: (disk.flags & HandshakeFlag.FLUSH) !== 0, canTrim: (disk.flags & HandshakeFlag.TRIM) !== 0,
+    })
     this.target = target
     this.url = formatDstUrl(target)
     this.conn = conn
-    this.maxRequest = h.maxRequest
-    this.identity = h.identity
-    this.generation = h.generation
+    this.disk = disk
+    this.maxRequest = disk.maxRequest
+    this.identity = disk.identity
+    this.generation = conn?.handshake.generation ?? 0
     this.counters = options.counters ?? { digestErrors: 0 }
     this.options = { ...options, counters: this.counters }
     this.reconnectTimeout = options.reconnectTimeout ?? 30000
-    this.watch(conn)
+    if (conn !== null) this.watch(conn)
   }
 
   static async open (target: DstUrl, given: RemoteDeviceOptions = {}): Promise<RemoteDevice> {
     const options = { ...given, counters: given.counters ?? { digestErrors: 0 } }
-    const deadline = Date.now() + (options.openTimeout ?? 0)
+    const expect = options.expect
+    // A device whose disk is remembered does not wait for its peer: it opens connecting and waits per request.
+    const deadline = Date.now() + (expect !== undefined ? 0 : options.openTimeout ?? 0)
     let wait = 100
     for (;;) {
       try {
         const conn = await Connection.connect(target, options)
-        return new RemoteDevice(target, conn, options)
+        const disk = diskOf(conn.handshake)
+        if (expect !== undefined && otherDisk(disk, expect)) {
+          const device = new RemoteDevice(target, null, expect, options)
+          device.foreign(conn)
+          return device
+        }
+        if (expect === undefined || JSON.stringify(disk) !== JSON.stringify(expect)) options.onDisk?.(disk)
+        return new RemoteDevice(target, conn, disk, options)
       } catch (err) {
         const e = err as DstError
         // A lease whose holder has left expires by itself: wait for it if it does so in time.
@@ -89,12 +128,44 @@ export class RemoteDevice extends Device {
         }
         // Other refusals (token, allow list, no such export, a lease held) will not change by waiting.
         if (e.code !== 'DST_ERR_CONNECT' && e.code !== 'DST_ERR_TIMEOUT') throw err
-        if (Date.now() + wait > deadline) throw err
+        if (expect !== undefined) {
+          const device = new RemoteDevice(target, null, expect, options)
+          device.options.log?.(`${e.message}; opened with the disk its last handshake found (${expect.size} bytes, identity ${expect.identity}), connecting`)
+          device.lost(e)
+          return device
+        }
+        if (Date.now() + wait > deadline) {
+          e.message = `${e.message}: never reached, so its size is unknown (no earlier handshake is remembered)`
+          throw e
+        }
         options.log?.(`${e.message}; retrying`)
         await new Promise(resolve => setTimeout(resolve, wait))
         wait = Math.min(wait * 2, 2000)
       }
     }
+  }
+
+  /**
+   * Takes on the other disk found where this device's disk was (the operator's `dst array replace`): from now on this
+   * device serves that disk. Resolves once it is connected to it.
+   */
+  async acceptFoundDisk (timeout = 10000): Promise<void> {
+    const found = this.found
+    if (this.state !== 'foreign' || found === null) throw new DstError('DST_ERR_NOTFOREIGN', `${this.url}: the device is ${this.state}, not foreign: there is no other disk to take on`, Errno.EINVAL)
+    if (found.size < this.size) throw new DstError('DST_ERR_SIZE', `${this.url}: the disk found has ${found.size} bytes, this device needs ${this.size}`, Errno.EINVAL)
+    this.options.log?.(`taking on the disk found (identity ${found.identity}, ${found.size} bytes) in place of ${this.disk.identity}`)
+    this.disk = { ...found, size: this.disk.size }
+    this.identity = found.identity
+    this.found = null
+    if (this.reconnectTimer !== null) { clearTimeout(this.reconnectTimer); this.reconnectTimer = null }
+    this.backoff = 0
+    this.lost(new DstError('DST_ERR_DISCONNECTED', 'connecting to the disk taken on', Errno.EIO))
+    const deadline = Date.now() + timeout
+    while ((this.state as DeviceState) !== 'online') {
+      if ((this.state as DeviceState) === 'foreign' || Date.now() > deadline) throw new DstError('DST_ERR_FOREIGN', `${this.url}: could not connect to the disk taken on (${this.state}${this.lastError !== '' ? `: ${this.lastError}` : ''})`, Errno.EIO)
+      await new Promise(resolve => setTimeout(resolve, 50))
+    }
+    this.options.onDisk?.(this.disk)
   }
 
   get connected (): boolean { return this.conn !== null && !this.conn.isClosed }
@@ -145,6 +216,7 @@ export class RemoteDevice extends Device {
       ...super.status(),
       url: this.url,
       identity: this.identity,
+      ...(this.found !== null ? { foundIdentity: this.found.identity, foundSize: this.found.size } : {}),
       generation: this.generation,
       connected: this.connected,
       resent: this.resent,
@@ -206,9 +278,13 @@ export class RemoteDevice extends Device {
   /** A live connection: now, after the reconnect under way, or an error once the peer has been away too long. */
   private nextConnection (): Promise<Connection> {
     if (this.closedByUs) return Promise.reject(new DstError('DST_ERR_CLOSED', `${this.url}: device closed`, Errno.ESHUTDOWN))
+    if (this.state === 'foreign') return Promise.reject(this.foreignError())
     if (this.unreachable !== null) return Promise.reject(this.unreachable)
-    if (this.state === 'failed') return Promise.reject(new DstError('DST_ERR_NEWDISK', `${this.url}: ${this.lastError}`, Errno.EIO))
     return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }))
+  }
+
+  private foreignError (): DstError {
+    return new DstError('DST_ERR_FOREIGN', `${this.url}: ${this.lastError}`, Errno.EIO)
   }
 
   private release (err: Error | null, conn?: Connection): void {
@@ -220,56 +296,79 @@ export class RemoteDevice extends Device {
   private watch (conn: Connection): void {
     conn.onClose = err => {
       if (this.closedByUs || this.conn !== conn) return
-      this.lastError = err.message
-      this.state = 'connecting'
-      this.options.log?.(`${err.message}; reconnecting`)
-      if (this.giveUpTimer === null && this.unreachable === null) {
-        const since = Date.now()
-        this.giveUpTimer = setTimeout(() => {
-          this.giveUpTimer = null
-          this.unreachable = new DstError('DST_ERR_UNREACHABLE', `${this.url}: unreachable for ${Date.now() - since} ms (${this.lastError})`, Errno.EIO)
-          this.options.log?.(`${this.unreachable.message}; failing requests until it is back`)
-          this.release(this.unreachable)
-        }, this.reconnectTimeout)
-        this.giveUpTimer.unref()
-      }
-      this.scheduleReconnect()
+      this.lost(err)
     }
+  }
+
+  /** The peer is away (the link dropped, or it could not be reached at open): reconnect; requests wait meanwhile. */
+  private lost (err: Error): void {
+    this.lastError = err.message
+    this.state = 'connecting'
+    this.options.log?.(`${err.message}; reconnecting`)
+    if (this.giveUpTimer === null && this.unreachable === null) {
+      const since = Date.now()
+      this.giveUpTimer = setTimeout(() => {
+        this.giveUpTimer = null
+        this.unreachable = new DstError('DST_ERR_UNREACHABLE', `${this.url}: unreachable for ${Date.now() - since} ms (${this.lastError})`, Errno.EIO)
+        this.options.log?.(`${this.unreachable.message}; failing requests until it is back`)
+        this.release(this.unreachable)
+      }, this.reconnectTimeout)
+      this.giveUpTimer.unref()
+    }
+    this.scheduleReconnect()
   }
 
   private scheduleReconnect (): void {
     if (this.closedByUs || this.reconnectTimer !== null) return
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null
-      Connection.connect(this.target, this.options).then(conn => this.reconnected(conn), (err: Error) => {
-        this.lastError = err.message
+      // While another disk answers, look for this one over read-only sessions: they take no write lease on it.
+      const options = this.state === 'foreign' ? { ...this.options, access: 'ro' as const } : this.options
+      Connection.connect(this.target, options).then(conn => this.reconnected(conn), (err: Error) => {
+        if (this.state !== 'foreign') this.lastError = err.message
         // Capped so that a peer back just before reconnectTimeout is still tried in time.
-        this.backoff = Math.min(this.backoff * 2, 2000, Math.max(100, this.reconnectTimeout / 4))
+        this.backoff = Math.min(Math.max(100, this.backoff * 2), 2000, Math.max(100, this.reconnectTimeout / 4))
         this.scheduleReconnect()
       })
     }, this.backoff)
     this.reconnectTimer.unref()
   }
 
+  /** Another disk answers where this device's disk was: nothing is sent to it; keep looking for our own. */
+  private foreign (conn: Connection): void {
+    conn.close(1000, 'different disk')
+    const disk = diskOf(conn.handshake)
+    const news = this.found === null || this.found.identity !== disk.identity || this.found.size !== disk.size
+    this.found = disk
+    this.state = 'foreign'
+    this.lastError = `peer serves a different disk (identity ${disk.identity}, size ${disk.size}; expected ${this.disk.identity}, ${this.disk.size}): not used; 'dst array replace' takes it on`
+    if (this.giveUpTimer !== null) { clearTimeout(this.giveUpTimer); this.giveUpTimer = null }
+    this.unreachable = null
+    // Requests meant for our disk must not run on another.
+    this.release(this.foreignError())
+    if (news) this.options.log?.(this.lastError)
+    this.backoff = 2000
+    this.scheduleReconnect()
+  }
+
   private reconnected (conn: Connection): void {
     if (this.closedByUs) { conn.close(1000, 'device closed'); return }
     const h = conn.handshake
-    if (h.identity !== this.identity || h.size !== this.size) {
-      const what = `peer came back with a different disk (identity ${h.identity}, size ${h.size}; was ${this.identity}, ${this.size})`
-      // Requests meant for the old disk must not run on the new one.
-      const err = new DstError('DST_ERR_NEWDISK', `${this.url}: ${what}`, Errno.EIO)
-      this.release(err)
-      if (this.options.acceptNewDisk !== true || h.size < this.size) {
-        conn.close(1000, 'different disk')
-        this.state = 'failed'
-        this.lastError = `${what}; not reconnecting`
-        if (this.giveUpTimer !== null) { clearTimeout(this.giveUpTimer); this.giveUpTimer = null }
-        this.options.log?.(this.lastError)
-        return
-      }
-      this.identity = h.identity
-      this.options.log?.(`${what}; taken on as a new disk`)
-      this.onNewDisk?.(h.identity)
+    const disk = diskOf(h)
+    if (otherDisk(disk, this.disk)) { this.foreign(conn); return }
+    if (this.state === 'foreign') {
+      // Our own disk is back. The session that found it is read-only: open a read-write one at once.
+      conn.close(1000, 'reopening read-write')
+      this.found = null
+      this.backoff = 0
+      this.lost(new DstError('DST_ERR_DISCONNECTED', 'the expected disk is back; reopening read-write', Errno.EIO))
+      return
+    }
+    // The device keeps its size (a disk may grow under it); what else the handshake says may change.
+    if (disk.maxRequest !== this.disk.maxRequest || disk.flags !== this.disk.flags) {
+      this.disk = { ...disk, size: this.disk.size }
+      this.maxRequest = disk.maxRequest
+      this.options.onDisk?.(this.disk)
     }
     if (h.generation !== this.generation) this.options.log?.(`peer restarted (generation ${this.generation} -> ${h.generation})`)
     this.generation = h.generation

@@ -17,7 +17,7 @@ export type DeviceConfig =
   | { type: 'file', name: string, path: string, size?: number, readOnly: boolean, blockSize?: number }
   | { type: 'memory', name: string, size: number, blockSize?: number }
   | { type: 'remote', name: string, url: string, host: string, port: number, export: string, token?: string, queueDepth: number, reconnectTimeout?: number, requestTimeout?: number }
-  | { type: 'mirror', name: string, members: string[], region: number, resyncRate: number, checksumResync: boolean }
+  | { type: 'mirror', name: string, members: string[], region: number, resyncRate: number, checksumResync: boolean, syncFrom?: string, assumeClean: boolean }
   | { type: 'linear', name: string, members: string[] }
 
 export interface ExportConfig {
@@ -238,7 +238,7 @@ function parseDevice (name: string, d: unknown, field: string, baseDir: string, 
     }
     case 'mirror':
     case 'linear': {
-      allowKeys(x, x.type === 'mirror' ? ['type', 'members', 'region', 'resyncRate', 'checksumResync'] : ['type', 'members'], `${field}.`, fail)
+      allowKeys(x, x.type === 'mirror' ? ['type', 'members', 'region', 'resyncRate', 'checksumResync', 'syncFrom', 'assumeClean'] : ['type', 'members'], `${field}.`, fail)
       if (!Array.isArray(x.members) || x.members.length === 0 || !x.members.every(m => typeof m === 'string')) {
         fail(`${field}.members`, 'expected a non-empty array of device names')
       }
@@ -251,7 +251,11 @@ function parseDevice (name: string, d: unknown, field: string, baseDir: string, 
       if (region < 4096 || region > 64 * 1024 * 1024 || (region & (region - 1)) !== 0) fail(`${field}.region`, 'expected a power of two from 4KiB to 64MiB')
       const resyncRate = x.resyncRate === undefined ? 0 : sizeOf(x.resyncRate, `${field}.resyncRate`, fail)
       if (x.checksumResync !== undefined && typeof x.checksumResync !== 'boolean') fail(`${field}.checksumResync`, 'expected true or false')
-      return { type: 'mirror', name, members, region, resyncRate, checksumResync: x.checksumResync !== false }
+      // How a new array's first sync goes (see MirrorOptions): the leg the others are overwritten from, or none.
+      if (x.syncFrom !== undefined && (typeof x.syncFrom !== 'string' || (!live && !members.includes(x.syncFrom)))) fail(`${field}.syncFrom`, `expected the name of one of its members (${members.join(', ')})`)
+      if (x.assumeClean !== undefined && typeof x.assumeClean !== 'boolean') fail(`${field}.assumeClean`, 'expected true or false')
+      if (x.syncFrom !== undefined && x.assumeClean === true) fail(`${field}.assumeClean`, 'give syncFrom or assumeClean, not both')
+      return { type: 'mirror', name, members, region, resyncRate, checksumResync: x.checksumResync !== false, syncFrom: x.syncFrom as string | undefined, assumeClean: x.assumeClean === true }
     }
     case undefined:
       return fail(`${field}.type`, 'missing (one of file, remote, memory, mirror, linear)')

@@ -5,7 +5,8 @@
 import { DstError, Errno, requestError } from './errors'
 import { digestByReading, isHashChunk, MAX_HASH_CHUNK, MIN_HASH_CHUNK } from './hasher'
 
-export type DeviceState = 'opening' | 'online' | 'degraded' | 'connecting' | 'failed' | 'closing' | 'closed'
+/** `foreign`: a remote device whose peer now serves another disk (identity or size not the one it knew). */
+export type DeviceState = 'opening' | 'online' | 'degraded' | 'connecting' | 'foreign' | 'failed' | 'closing' | 'closed'
 
 /** What `/status` shows for a device; arrays add `members`. */
 export interface DeviceStatus {

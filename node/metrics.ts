@@ -36,10 +36,17 @@ export interface ArrayCounters {
   verifyMismatches: number
   verifyRepaired: number
   verifyRunning: number
+  /** How many legs are in each state (in-sync, stale, resyncing, failed, foreign). */
+  legs: Record<string, number>
 }
 
+/** A device of the node and its state now (foreign: its peer serves another disk). */
+export interface DeviceGauge { name: string, type: string, state: string }
+
+const LEG_STATES = ['in-sync', 'stale', 'resyncing', 'failed', 'foreign']
+
 export function renderMetrics (node: string, exports: ReadonlyArray<{ name: string, metrics: ExportMetrics }>, pool: PoolGauges,
-  arrays: ArrayCounters[] = [], hash?: HasherStats): string {
+  arrays: ArrayCounters[] = [], hash?: HasherStats, devices: DeviceGauge[] = []): string {
   const lines: string[] = []
   const family = (name: string, type: string, help: string, rows: Array<[string, number]>): void => {
     lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`)
@@ -79,6 +86,10 @@ export function renderMetrics (node: string, exports: ReadonlyArray<{ name: stri
   family('dst_verify_mismatches_total', 'counter', 'Regions an online verify found different between legs.', arr(a => a.verifyMismatches))
   family('dst_verify_repaired_total', 'counter', 'Mismatched regions marked for resync by a verify repair.', arr(a => a.verifyRepaired))
   family('dst_verify_running', 'gauge', 'An online verify is running (1) or not (0).', arr(a => a.verifyRunning))
+  family('dst_mirror_legs', 'gauge', 'Legs of a mirror by state (foreign: another disk answers where the leg was; it is never written).',
+    arrays.flatMap(a => LEG_STATES.map((st): [string, number] => [`${n},array="${esc(a.name)}",state="${st}"`, a.legs[st] ?? 0])))
+  family('dst_device_state', 'gauge', 'Each device of the node, labelled with its state now (always 1).',
+    devices.map(d => [`${n},device="${esc(d.name)}",type="${esc(d.type)}",state="${esc(d.state)}"`, 1]))
   if (hash !== undefined) {
     family('dst_hash_tasks_total', 'counter', 'Digest tasks run, by where (worker thread, or inline on the loop for a few KiB).',
       [[`${n},where="worker"`, hash.tasks], [`${n},where="inline"`, hash.inline]])

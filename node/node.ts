@@ -5,13 +5,14 @@ import * as fs from 'node:fs'
 import { BufferPool } from './pool'
 import { DeviceRegistry } from './registry'
 import { Listener } from './listener'
-import { ExportMetrics, renderMetrics, type ArrayCounters } from './metrics'
+import { ExportMetrics, renderMetrics, type ArrayCounters, type DeviceGauge } from './metrics'
 import type { NodeConfig } from './config'
 import type { ServedExport } from '../export/server'
 import { REPLY_HEADER_SIZE } from '../export/codec'
 import { formatDstUrl } from '../export/client'
 import { RemoteDevice } from '../export/remote-device'
 import { MirrorDevice } from '../algorithms/mirror'
+import { LinearDevice } from '../algorithms/linear'
 import type { Device } from './device'
 import { ConfigError, DstError, Errno } from './errors'
 import { parseDstUrl, RESERVED_EXPORT_NAMES, sameHost } from './config'
@@ -24,6 +25,7 @@ import { LOOPBACK_ONLY, parseCidr, type Cidr } from './acl'
 import { WriteLease } from './lease'
 import { NbdServer } from '../export/nbd'
 import { watchGc } from './gc'
+import { RemoteMemory } from './remotes'
 import { configureHasher, hasher, HASH_ALGORITHM } from './hasher'
 import * as path from 'node:path'
 
@@ -47,6 +49,7 @@ const ARRAY_ACTION_FIELDS: Record<string, string[] | undefined> = {
   add: ['device', 'name', 'token'],
   remove: ['device'],
   split: ['device', 'export', 'readOnly'],
+  replace: ['device'],
   verify: ['repair', 'from', 'rate', 'wait'],
 }
 
@@ -92,6 +95,8 @@ export class DstNode {
   }
 
   private readonly remoteOpenTimeout: number
+  /** What remote devices found at their last handshake (dataDir/remotes.json). */
+  private remotes: RemoteMemory | null = null
   /** How many times this node (its dataDir) has started; in every handshake, so peers see restarts. */
   generation = 0
 
@@ -132,7 +137,8 @@ export class DstNode {
 
   private async openAndListen (): Promise<void> {
     const c = this.config
-    await this.registry.open(c, { log: this.log, remoteOpenTimeout: this.remoteOpenTimeout, pingInterval: c.pingInterval })
+    this.remotes = c.dataDir !== null ? RemoteMemory.load(c.dataDir) : null
+    await this.registry.open(c, { log: this.log, remoteOpenTimeout: this.remoteOpenTimeout, pingInterval: c.pingInterval, remotes: this.remotes })
     for (const e of c.exports) {
       const device = this.registry.get(e.device)
       if (device === undefined) throw new Error(`export '${e.name}': device '${e.device}' did not open`)
@@ -145,7 +151,7 @@ export class DstNode {
       limits: { maxRequest: c.pool.size, maxInFlight: c.maxInFlight, pingInterval: c.pingInterval, stallTimeout: STALL_TIMEOUT },
       exports: this.exports,
       status: () => this.status(),
-      metrics: () => renderMetrics(c.name, [...this.exports.values()], { count: this.pool.count, size: this.pool.size, available: this.pool.available, waits: this.pool.waits }, this.arrayCounters(), hasher().stats),
+      metrics: () => renderMetrics(c.name, [...this.exports.values()], { count: this.pool.count, size: this.pool.size, available: this.pool.available, waits: this.pool.waits }, this.arrayCounters(), hasher().stats, this.deviceGauges()),
       log: this.log,
       admin: c.admin,
       onAdmin: (array, action, body) => this.changeArray(array, action, body),
@@ -227,7 +233,7 @@ export class DstNode {
   }
 
   /**
-   * Live array changes (dst array add/remove/split): applied with I/O paused only for the switch, then recorded in
+   * Live array changes (dst array add/remove/split/replace): applied with I/O paused only for the switch, then recorded in
    * dataDir so a restart keeps them.
    */
   async changeArray (array: string, action: string, body: Record<string, unknown>): Promise<unknown> {
@@ -235,10 +241,15 @@ export class DstNode {
     // Checked as the config checks the same names (node/names.ts), before anything changes: what is recorded in
     // dataDir must load at the next start.
     const fields = ARRAY_ACTION_FIELDS[action]
-    if (fields === undefined) throw usage(`unknown array action '${action}' (add, remove, split, verify)`)
+    if (fields === undefined) throw usage(`unknown array action '${action}' (add, remove, split, replace, verify)`)
     for (const k of Object.keys(body)) if (!fields.includes(k)) throw usage(`"${k}": unknown field for ${action} (expected one of ${fields.join(', ')})`)
     const device = this.registry.get(array)
     if (device === undefined) throw new DstError('DST_ERR_NOTFOUND', `no device named '${array}' on node ${c.name}`, Errno.EINVAL)
+    if (action === 'replace' && device instanceof LinearDevice) {
+      if (typeof body.device !== 'string' || body.device === '') throw usage('give "device": the member to replace')
+      check('device', nameProblem(body.device))
+      return await this.replaceMember(array, device, body.device)
+    }
     if (!(device instanceof MirrorDevice)) {
       const what = action === 'verify' ? 'only mirror arrays have legs to compare' : 'only mirror arrays change members while running'
       throw new DstError('DST_ERR_NOTMIRROR', `'${array}' is a ${device.type} device; ${what}`, Errno.EINVAL)
@@ -269,7 +280,8 @@ export class DstNode {
           const token = typeof body.token === 'string' ? body.token : undefined
           member = await RemoteDevice.open(target, {
             token, pingInterval: c.pingInterval, reconnectTimeout: c.reconnectTimeout, requestTimeout: c.requestTimeout,
-            owner: writerId(c, name), node: { name: c.name, id: this.nodeId }, acceptNewDisk: true, log: m => this.log(`device '${name}': ${m}`),
+            owner: writerId(c, name), node: { name: c.name, id: this.nodeId }, log: m => this.log(`device '${name}': ${m}`),
+            onDisk: disk => { this.remotes?.set(name, leg, disk).catch(err => this.log(`device '${name}': cannot remember its disk: ${(err as Error).message}`)) },
           })
           this.registry.add(name, member)
           overlay.devices[name] = { type: 'remote', url: leg, ...(token !== undefined ? { token } : {}) }
@@ -284,7 +296,14 @@ export class DstNode {
           member = found
         }
         await device.addLeg({ name, device: member })
-        detail = `leg '${name}' added to '${array}'; full sync started`
+        detail = `leg '${name}' added to '${array}': everything on it is overwritten by a full sync (started)`
+        break
+      }
+      case 'replace': {
+        // The operator takes on the disk now behind a foreign leg: a remote device is told to accept it first.
+        const member = this.registry.get(leg)
+        if (member instanceof RemoteDevice && member.state === 'foreign' && device.legNames.includes(leg)) await member.acceptFoundDisk()
+        detail = await device.replaceLeg(leg)
         break
       }
       case 'remove': {
@@ -312,13 +331,30 @@ export class DstNode {
         break
       }
       default:
-        throw usage(`unknown array action '${action}' (add, remove, split, verify)`)
+        throw usage(`unknown array action '${action}' (add, remove, split, replace, verify)`)
     }
     overlay.arrays[array] = { members: device.legNames }
     await writeOverlay(c.dataDir, overlay)
     c.overlay = overlay
     this.log(detail)
     return { ok: true, message: detail, array: device.status() }
+  }
+
+  /**
+   * A linear member whose peer serves another disk takes that disk on: nothing is copied (a linear array keeps one
+   * copy); the operator says the disk found is the member now. Nothing about the array's layout changes.
+   */
+  private async replaceMember (array: string, linear: LinearDevice, leg: unknown): Promise<unknown> {
+    const member = linear.members.find(m => m.name === leg)
+    if (member === undefined) throw new DstError('DST_ERR_NOLEG', `linear '${array}': no member '${String(leg)}' (members: ${linear.members.map(m => m.name).join(', ')})`, Errno.EINVAL)
+    if (!(member.device instanceof RemoteDevice) || member.device.state !== 'foreign') {
+      throw new DstError('DST_ERR_NOTFOREIGN', `linear '${array}': member '${member.name}' is ${member.device.state}; replace takes on the other disk of a foreign remote member`, Errno.EINVAL)
+    }
+    const found = member.device.found?.identity ?? ''
+    await member.device.acceptFoundDisk()
+    const detail = `linear '${array}': member '${member.name}' now uses disk ${found}; its range holds whatever that disk holds (nothing was copied)`
+    this.log(detail)
+    return { ok: true, message: detail, array: linear.status() }
   }
 
   /**
@@ -357,7 +393,12 @@ export class DstNode {
       verifyMismatches: m.verifyTotals.mismatches,
       verifyRepaired: m.verifyTotals.repaired,
       verifyRunning: m.lastVerify?.state === 'running' ? 1 : 0,
+      legs: m.legStates().reduce<Record<string, number>>((acc, l) => { acc[l.state] = (acc[l.state] ?? 0) + 1; return acc }, {}),
     }))
+  }
+
+  private deviceGauges (): DeviceGauge[] {
+    return this.registry.all().map(([name, d]) => ({ name, type: d.type, state: String(d.status().state) }))
   }
 
   private deviceName (e: ServedExport): string {

@@ -5,18 +5,22 @@ import type { Device, DeviceStatus } from './device'
 import type { DeviceConfig, NodeConfig } from './config'
 import { FileDevice } from './file-device'
 import { MemoryDevice } from './memory-device'
-import { RemoteDevice } from '../export/remote-device'
+import { RemoteDevice, type RemoteDisk } from '../export/remote-device'
+import { HandshakeFlag } from '../export/codec'
 import { LinearDevice, type Member } from '../algorithms/linear'
 import { MirrorDevice } from '../algorithms/mirror'
 import { FileIntentStore } from '../algorithms/intent-store'
 import * as path from 'node:path'
 import { derivedIdentity, nodeIdentity } from './identity'
+import type { RemoteMemory } from './remotes'
 
 export interface RegistryOptions {
   log: (message: string) => void
   /** How long to keep trying to reach a remote device's node at start (ms). */
   remoteOpenTimeout: number
   pingInterval: number
+  /** What remote devices found at their last handshake (dataDir/remotes.json), or null without a dataDir. */
+  remotes: RemoteMemory | null
 }
 
 export class DeviceRegistry {
@@ -77,7 +81,9 @@ export class DeviceRegistry {
           return await FileDevice.open({ path: d.path, size: d.size, readOnly: d.readOnly, blockSize: d.blockSize, warn: log })
         case 'memory':
           return new MemoryDevice({ size: d.size, blockSize: d.blockSize })
-        case 'remote':
+        case 'remote': {
+          const remotes = options.remotes
+          const url = d.url
           return await RemoteDevice.open({ host: d.host, port: d.port, export: d.export }, {
             token: d.token,
             queueDepth: d.queueDepth,
@@ -87,9 +93,13 @@ export class DeviceRegistry {
             requestTimeout: d.requestTimeout ?? config.requestTimeout,
             owner: writerId(config, d.name),
             node: { name: config.name, id: config.nodeId ?? nodeIdentity(null) },
-            acceptNewDisk: isMirrorLeg(config, d.name),
+            // A peer that cannot be reached now opens connecting with what it served last time, or (a mirror leg
+            // this dataDir has no handshake of) with the size and identity its mirror's superblock records.
+            expect: remotes?.get(d.name, url) ?? await legOfSuperblock(config, d.name, log),
+            onDisk: disk => { remotes?.set(d.name, url, disk).catch(err => log(`cannot remember its disk: ${(err as Error).message}`)) },
             log,
           })
+        }
         default:
           throw new Error(`not a leaf: ${d.type}`)
       }
@@ -113,6 +123,9 @@ export class DeviceRegistry {
     try {
       return await MirrorDevice.open({
         name: d.name, legs: members, region: d.region, store, resyncRate: d.resyncRate, compare: d.checksumResync,
+        // Live changes may have removed the leg named at creation; it matters only when the array is created.
+        syncFrom: d.syncFrom !== undefined && d.members.includes(d.syncFrom) ? d.syncFrom : undefined,
+        assumeClean: d.assumeClean,
         log: m => options.log(`mirror '${d.name}': ${m}`),
       })
     } catch (err) {
@@ -169,9 +182,19 @@ export function writerId (config: NodeConfig, device: string): string {
   return derivedIdentity(`writer:${config.nodeId ?? nodeIdentity(null)}:${device}`)
 }
 
-/** Mirror legs take on a peer that came back with another disk: the mirror then copies the whole array to it. */
-function isMirrorLeg (config: NodeConfig, device: string): boolean {
-  return [...config.devices.values()].some(d => d.type === 'mirror' && d.members.includes(device))
+/**
+ * What a mirror's superblock says of leg `name` (the array's size, the leg's identity), as the disk to expect of a
+ * remote leg never reached from this dataDir. The block size is only advice on the wire; 4 KiB, as a file's. Trim
+ * is not assumed (a leg that cannot trim would fail the mirror's trims); the first handshake tells the rest.
+ */
+async function legOfSuperblock (config: NodeConfig, name: string, log: (m: string) => void): Promise<RemoteDisk | undefined> {
+  const mirror = [...config.devices.values()].find(d => d.type === 'mirror' && d.members.includes(name))
+  if (mirror === undefined || config.dataDir === null) return undefined
+  const loaded = await new FileIntentStore(path.join(config.dataDir, `mirror-${mirror.name}.intent`)).load().catch(() => null)
+  const record = loaded?.superblock.legs.find(l => l.name === name && l.identity !== '')
+  if (loaded == null || record === undefined) return undefined
+  log(`no handshake remembered; if unreachable, it opens with mirror '${mirror.name}''s superblock: ${loaded.superblock.size} bytes, identity ${record.identity}`)
+  return { size: loaded.superblock.size, blockSize: 4096, maxRequest: 64 * 1024, identity: record.identity, flags: HandshakeFlag.FLUSH }
 }
 
 function memberNames (d: Device): string[] {

@@ -18,7 +18,7 @@ verbs:
   export   export one file without a config
   copy     copy between files, stdin/stdout and dst:// URLs
   status   show a node's devices and exports
-  array    add, remove or split off a mirror leg on a running node
+  array    add, remove, split off or replace a mirror leg on a running node
   verify   compare a mirror's legs by digest while it runs, and repair them
 
 Run 'dst <verb> --help' for a verb's options.`
@@ -65,18 +65,24 @@ when stderr is a terminal.
   --in-flight N     requests in flight (default 16)
   --no-progress     never draw the progress bar
   --help            this text`,
-  array: `usage: dst array add    NODE_URL ARRAY DEVICE [--name NAME] [--token TOKEN]
-       dst array remove NODE_URL ARRAY LEG
-       dst array split  NODE_URL ARRAY LEG [--export NAME] [--read-only]
+  array: `usage: dst array add     NODE_URL ARRAY DEVICE [--name NAME] [--token TOKEN]
+       dst array remove  NODE_URL ARRAY LEG
+       dst array split   NODE_URL ARRAY LEG [--export NAME] [--read-only]
+       dst array replace NODE_URL ARRAY LEG
 
 Changes a mirror on a running node (NODE_URL is its http://HOST:PORT). I/O is held
 only for the switch; the change is kept in the node's dataDir, so a restart keeps it.
 
-  add     DEVICE is a device of that node not used elsewhere, or a dst:// URL (a
-          remote device is created, named NAME); the new leg gets a full sync
-  remove  drops a leg (never the last in-sync one)
-  split   detaches an in-sync leg as a consistent point-in-time copy, usable on
-          its own; --export serves it under that name
+  add      DEVICE is a device of that node not used elsewhere, or a dst:// URL (a
+           remote device is created, named NAME); everything on the new leg is
+           overwritten by a full sync
+  remove   drops a leg (never the last in-sync one)
+  split    detaches an in-sync leg as a consistent point-in-time copy, usable on
+           its own; --export serves it under that name
+  replace  takes on the disk now behind a foreign leg (another disk answers at its
+           address, or a leg new to the array holds data): that disk is
+           overwritten by a full sync. On a linear array, a foreign remote member
+           takes on the disk found, with nothing copied
 
   --name NAME         name for a remote device added by URL
   --token TOKEN       token of the dst:// export added
@@ -88,8 +94,10 @@ only for the switch; the change is kept in the node's dataDir, so a restart keep
 
 Compares every region of a mirror on all its legs, by digests computed on the
 nodes that hold the legs, while I/O goes on. Prints the regions that differ.
-Exit status: 0 when the legs agree (or every mismatch was repaired), 1 when
-mismatches are left, 2 on bad usage.
+Exit status: 0 when every leg was compared and they agree (or every mismatch
+was repaired), 1 when mismatches are left (or the verify failed), 2 on bad
+usage, 3 when part of the array could not be compared on every leg (a leg
+down, foreign or stale: "leg b down: 256 MiB not compared").
 
   --repair        mark mismatched regions stale on the legs that differ and
                   resync them from the reference leg; waits for that resync
@@ -265,7 +273,7 @@ async function arrayVerb (argv: string[]): Promise<void> {
     'admin-token': { type: 'string' },
   })
   const [action, node, array, device, extra] = positionals
-  if (action === undefined || !['add', 'remove', 'split'].includes(action)) throw new UsageError('give add, remove or split (try dst array --help)')
+  if (action === undefined || !['add', 'remove', 'split', 'replace'].includes(action)) throw new UsageError('give add, remove, split or replace (try dst array --help)')
   if (node === undefined || array === undefined || device === undefined) throw new UsageError(`usage: dst array ${action} NODE_URL ARRAY ${action === 'add' ? 'DEVICE' : 'LEG'}`)
   if (extra !== undefined) throw new UsageError(`unexpected argument '${extra}'`)
   if (!/^https?:\/\//.test(node)) throw new UsageError(`'${node}' is not an http://HOST:PORT address`)
@@ -296,7 +304,8 @@ async function postArrayAction (node: string, array: string, action: string, bod
 }
 
 interface VerifyAnswer {
-  state: 'running' | 'done' | 'failed'
+  state: 'running' | 'done' | 'incomplete' | 'failed'
+  incomplete: string | null
   startedAt: string
   totalBytes: number
   doneBytes: number
@@ -359,4 +368,8 @@ async function verifyVerb (argv: string[]): Promise<void> {
   }
   if (report.state === 'failed') throw new Error(`verify failed: ${report.error ?? 'unknown error'}`)
   if (report.mismatches > report.repairedRegions) process.exitCode = 1
+  else if (report.state === 'incomplete') {
+    process.stderr.write(`dst verify: incomplete: ${report.incomplete ?? 'part of the array was not compared'}\n`)
+    process.exitCode = 3
+  }
 }

@@ -46,6 +46,7 @@ export function renderStatus (s: StatusView): string {
     if (typeof d.url === 'string') detail.push(d.url)
     if (d.writable === false) detail.push('read-only')
     if (typeof d.dirtyBytes === 'number' && d.dirtyBytes > 0) detail.push(`dirty ${formatSize(d.dirtyBytes)}`)
+    if (typeof d.foundIdentity === 'string') detail.push(`found disk ${d.foundIdentity}`)
     if (typeof d.lastError === 'string') detail.push(`last error: ${d.lastError}`)
     lines.push(`${prefix}${last ? '└─ ' : '├─ '}${name}  ${detail.join('  ')}`)
     const resync = d.resync as { doneBytes: number, totalBytes: number } | undefined
@@ -54,12 +55,12 @@ export function renderStatus (s: StatusView): string {
       const fill = Math.round(frac * 24)
       lines.push(`${prefix}${last ? '   ' : '│  '}   resync [${'#'.repeat(fill)}${'.'.repeat(24 - fill)}] ${(frac * 100).toFixed(0)}% ${formatSize(resync.doneBytes)} / ${formatSize(resync.totalBytes)}`)
     }
-    const verify = d.verify as { state: string, doneBytes: number, totalBytes: number, mismatches: number, repairedRegions: number, finishedAt: string | null } | undefined
+    const verify = d.verify as { state: string, doneBytes: number, totalBytes: number, mismatches: number, repairedRegions: number, finishedAt: string | null, incomplete?: string | null } | undefined
     if (verify !== undefined) {
       const pct = verify.totalBytes > 0 ? Math.min(100, (100 * verify.doneBytes) / verify.totalBytes) : 100
       const when = verify.finishedAt !== null ? ` (${verify.finishedAt})` : ''
       lines.push(`${prefix}${last ? '   ' : '│  '}   verify ${verify.state} ${pct.toFixed(0)}%, ${verify.mismatches} mismatched region${verify.mismatches === 1 ? '' : 's'}` +
-        `${verify.repairedRegions > 0 ? `, ${verify.repairedRegions} repaired` : ''}${when}`)
+        `${verify.repairedRegions > 0 ? `, ${verify.repairedRegions} repaired` : ''}${typeof verify.incomplete === 'string' ? ` (${verify.incomplete})` : ''}${when}`)
     }
     const kids = d.members ?? []
     kids.forEach((m, i) => draw(m.name, m, prefix + (last ? '   ' : '│  '), i === kids.length - 1))

@@ -105,7 +105,8 @@ async function scenario (sc: Scenario, dir: string, size: number, fileA: string,
       devices: {
         ra: { type: 'remote', url: `dst://${sc.hosts[0]}:${leafA.port}/d` },
         rb: { type: 'remote', url: `dst://${sc.hosts[1]}:${leafB.port}/d` },
-        m: { type: 'mirror', members: ['ra', 'rb'], region: '1MiB', checksumResync },
+        // Both legs hold data: the new array is told which one is right (it never guesses).
+        m: { type: 'mirror', members: ['ra', 'rb'], region: '1MiB', checksumResync, syncFrom: 'ra' },
       },
       exports: [{ device: 'm' }],
     })

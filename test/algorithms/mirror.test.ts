@@ -196,7 +196,8 @@ test('a new array compares before it copies: identical regions are not written',
   mems[1].data.fill(0, 2 * REGION, 3 * REGION)
   mems[1].data[9 * REGION + REGION - 1] ^= 0xff
   mems[1].data.fill(0xee, 15 * REGION + 10, 15 * REGION + 20)
-  const m = await openSynced(t, members)
+  // Leg b holds data, so the operator names the source (issue 12: a new array never guesses).
+  const m = await openSynced(t, members, { syncFrom: 'a' })
   t.is(faults[1].counts.writeBytes, 3 * REGION)
   t.is(m.resyncedBytes, 3 * REGION)
   t.is(m.comparedBytes, 64 * KiB, 'every region was compared once')
@@ -1010,7 +1011,8 @@ test('a full sync interrupted by a restart resumes where it stopped', async t =>
   t.true(got.equals(pattern(size, 9)), 'leg b holds the array')
 })
 
-test('a leg that comes back with a different disk (new identity) is not trusted: it gets a full sync', async t => {
+// Issue 12: a leg that came back with another disk used to be overwritten by a full sync; now it is foreign.
+test('a leg that comes back with a different disk (new identity) is foreign: never written, until replaceLeg takes it with a full sync', async t => {
   const size = 64 * KiB
   const { faults, members } = rig([size, size])
   const m = await openSynced(t, members)
@@ -1018,18 +1020,139 @@ test('a leg that comes back with a different disk (new identity) is not trusted:
   faults[1].failing = true
   await m.write(8 * KiB, pattern(4 * KiB, 4)) // one region dirty while b is away
   t.is(legState(m, 'b'), 'failed')
-  // b's peer is replaced by another, empty disk with its own identity.
-  await (faults[1].inner as MemoryDevice).trim(0, size)
+  // b's place is taken by another disk, holding its own data, with its own identity.
+  const theirs = pattern(size, 99)
+  await (faults[1].inner as MemoryDevice).write(0, theirs)
   faults[1].identity = '11111111-2222-4333-8444-555555555555'
   const before = faults[1].counts.writeBytes
   faults[1].failing = false
+  t.true(await waitFor(() => legState(m, 'b') === 'foreign'), 'leg b is foreign')
+  t.is(m.status().state, 'degraded')
+  await m.write(0, pattern(4 * KiB, 5))
+  await sleep(50)
+  t.is(legState(m, 'b'), 'foreign', 'it stays foreign')
+  t.is(faults[1].counts.writeBytes, before, 'nothing was written to the other disk')
+  t.true((faults[1].inner as MemoryDevice).data.equals(theirs))
+  t.regex(String((m.status().members as Array<{ lastError?: string }>)[1].lastError), /another disk answers/)
+  await t.throwsAsync(m.replaceLeg('a'), { code: 'DST_ERR_NOTFOREIGN' })
+  t.regex(await m.replaceLeg('b'), /overwritten by a full sync/)
   t.true(await waitFor(() => allInSync(m)), 'resynced')
-  t.true(faults[1].counts.writeBytes - before >= size - REGION, `the whole array was copied (${faults[1].counts.writeBytes - before} bytes), not just the dirty region`)
-  const got = Buffer.alloc(size)
-  await (faults[1].inner as MemoryDevice).read(0, size, got)
   const want = pattern(size, 3)
   pattern(4 * KiB, 4).copy(want, 8 * KiB)
-  t.true(got.equals(want), 'the new disk holds the array')
+  pattern(4 * KiB, 5).copy(want, 0)
+  t.true((faults[1].inner as MemoryDevice).data.equals(want), 'the new disk holds the array')
+})
+
+// ---- issue 12: the open decision ------------------------------------------------------------------------------------
+
+test('a new array whose second leg holds data is refused, naming the leg, syncFrom and assumeClean; nothing is written', async t => {
+  const { mems, faults, members } = rig([64 * KiB, 64 * KiB])
+  mems[1].data.set(pattern(64 * KiB, 60))
+  const store = new MemoryIntentStore()
+  const err = await t.throwsAsync(MirrorDevice.open({ name: 'm', legs: members, region: REGION, store }), { code: 'DST_ERR_SYNCSOURCE' })
+  t.regex(err?.message ?? '', /'b' \(data at byte 0\) holds data/)
+  t.regex(err?.message ?? '', /syncFrom/)
+  t.regex(err?.message ?? '', /assumeClean/)
+  t.is(faults[0].counts.writeBytes + faults[1].counts.writeBytes, 0)
+  t.true(mems[1].data.equals(pattern(64 * KiB, 60)))
+  t.is(store.saved, null, 'no superblock was written')
+})
+
+test('a new array with syncFrom overwrites the other legs from the named one', async t => {
+  const { mems, faults, members } = rig([64 * KiB, 64 * KiB])
+  mems[0].data.set(pattern(64 * KiB, 61))
+  mems[1].data.set(pattern(64 * KiB, 62))
+  const m = await openSynced(t, members, { syncFrom: 'b' })
+  t.true(mems[0].data.equals(pattern(64 * KiB, 62)), 'a holds b\'s data')
+  t.is(faults[1].counts.writeBytes, 0, 'the source is not written')
+  t.is(m.status().state, 'online')
+})
+
+test('a new array with assumeClean copies and compares nothing; an array of blank legs needs neither', async t => {
+  const { mems, faults, members } = rig([64 * KiB, 64 * KiB])
+  mems[0].data.set(pattern(64 * KiB, 63))
+  mems[1].data.set(pattern(64 * KiB, 63))
+  const m = await openMirror(t, members, { assumeClean: true })
+  t.true(allInSync(m))
+  await sleep(30)
+  t.is(m.resyncedBytes + m.comparedBytes, 0)
+  t.is(faults[0].counts.writeBytes + faults[1].counts.writeBytes, 0)
+  const blank = await openMirror(t, rig([64 * KiB, 64 * KiB]).members)
+  t.true(allInSync(blank), 'blank legs are in sync at once')
+  t.is(blank.comparedBytes, 0)
+  await t.throwsAsync(MirrorDevice.open({ name: 'x', legs: rig([4096, 4096]).members, region: REGION, store: new MemoryIntentStore(), syncFrom: 'zz' }), { code: 'DST_ERR_CONFIG' })
+})
+
+test('a leg new to an existing array is overwritten only when blank; one that holds data is foreign until replaceLeg', async t => {
+  const size = 64 * KiB
+  const { mems, members } = rig([size, size])
+  const store = new MemoryIntentStore()
+  mems[0].data.set(pattern(size, 64))
+  const m1 = await openSynced(t, members, { store })
+  await m1.close()
+  const full = new FaultDevice(new MemoryDevice({ size }))
+  ;(full.inner as MemoryDevice).data.set(pattern(size, 65))
+  const m2 = await openMirror(t, [members[0], { name: 'b', device: full }], { store })
+  t.is(legState(m2, 'b'), 'foreign')
+  t.is(m2.status().state, 'degraded')
+  await m2.write(0, pattern(4096, 66))
+  await sleep(30)
+  t.is(full.counts.writeBytes, 0, 'the leg holding data was not written')
+  await m2.replaceLeg('b')
+  t.true(await waitFor(() => allInSync(m2)))
+  t.true((full.inner as MemoryDevice).data.equals(mems[0].data))
+})
+
+test('a leg unreachable at open: the array starts degraded, serves I/O, and resyncs only what it missed once the leg answers', async t => {
+  const size = 64 * KiB
+  const { mems, faults, members } = rig([size, size])
+  const store = new MemoryIntentStore()
+  const m1 = await openSynced(t, members, { store })
+  await m1.write(0, pattern(size, 67))
+  await m1.close()
+  faults[1].state = 'connecting'
+  const m2 = await openMirror(t, members, { store })
+  t.is(legState(m2, 'b'), 'failed')
+  t.is(m2.status().state, 'degraded')
+  await m2.write(REGION, pattern(100, 68))
+  const before = faults[1].counts.writeBytes
+  faults[1].state = 'online'
+  t.true(await waitFor(() => allInSync(m2)))
+  t.is(faults[1].counts.writeBytes - before, REGION, 'only the region of the missed write was copied')
+  t.true(mems[0].data.equals(mems[1].data))
+})
+
+test('no in-sync leg reachable at open: the array starts failed, refuses I/O, and comes back by itself', async t => {
+  const size = 64 * KiB
+  const { faults, members } = rig([size, size])
+  const store = new MemoryIntentStore()
+  const m1 = await openSynced(t, members, { store })
+  await m1.write(0, pattern(size, 69))
+  await m1.close()
+  faults[0].state = 'connecting'
+  faults[1].state = 'connecting'
+  const m2 = await openMirror(t, members, { store })
+  t.is(m2.status().state, 'failed')
+  await t.throwsAsync(m2.read(0, 512, Buffer.alloc(512)), { code: 'DST_ERR_NOLEG' })
+  t.true(store.saved!.superblock.legs.every(l => l.inSync), 'the superblock still calls both legs in sync')
+  faults[1].state = 'online'
+  t.true(await waitFor(() => legState(m2, 'b') === 'in-sync'), 'b is back in sync at once')
+  const got = Buffer.alloc(size)
+  await m2.read(0, size, got)
+  t.true(got.equals(pattern(size, 69)))
+})
+
+test('a new array whose other leg cannot be reached is refused without syncFrom; with it, that leg is filled when it answers', async t => {
+  const { mems, faults, members } = rig([64 * KiB, 64 * KiB])
+  mems[0].data.set(pattern(64 * KiB, 70))
+  faults[1].state = 'connecting'
+  await t.throwsAsync(MirrorDevice.open({ name: 'm', legs: members, region: REGION, store: new MemoryIntentStore() }), { code: 'DST_ERR_SYNCSOURCE', message: /cannot be reached/ })
+  await t.throwsAsync(MirrorDevice.open({ name: 'm', legs: members, region: REGION, store: new MemoryIntentStore(), syncFrom: 'b' }), { code: 'DST_ERR_SYNCSOURCE', message: /the sync source/ })
+  const m = await openMirror(t, members, { syncFrom: 'a' })
+  t.is(legState(m, 'b'), 'failed')
+  faults[1].state = 'online'
+  t.true(await waitFor(() => allInSync(m)))
+  t.true(mems[1].data.equals(mems[0].data))
 })
 
 // ---- integrity: hash, checksum resync, online verify ----------------------------------------------------------------
@@ -1286,6 +1409,8 @@ test('busy hash workers during a resync: the region is copied whole and the leg 
 test('compare: false copies stale regions whole and compares nothing', async t => {
   const size = MiB
   const { mems, faults, members } = rig([size, size])
+  // Leg a holds data and b only zeros: b is filled from a (an array of blank legs would copy nothing).
+  mems[0].data.fill(7)
   const m = await openSynced(t, members, { region: BIG_REGION, compare: false })
   t.is(m.resyncedBytes, size, 'the first sync of a new array copied everything')
   const data = pattern(size, 36)
@@ -1471,16 +1596,18 @@ test('verify skips regions that fewer than two legs hold (stale or failed legs)'
   faults[1].failing = true
   await m.write(REGION + 10, pattern(100, 47))
   await m.write(7 * REGION, pattern(2 * REGION, 48)) // regions 7 and 8
-  // While leg b is away nothing can be compared.
+  // While leg b is away nothing can be compared, and the verify says so (issue 12: it is incomplete, not done).
   const away = await m.verify()
-  t.like(away, { state: 'done', comparedBytes: 0, skippedBytes: 64 * KiB, doneBytes: 64 * KiB, mismatches: 0 })
+  t.like(away, { state: 'incomplete', comparedBytes: 0, skippedBytes: 64 * KiB, doneBytes: 64 * KiB, mismatches: 0 })
+  t.deepEqual(away.notCompared, [{ leg: 'b', state: 'failed', bytes: 64 * KiB }])
+  t.is(away.incomplete, 'leg b down: 64 KiB not compared')
   faults[1].failing = false
   t.true(await waitFor(() => legState(m, 'b') === 'stale'))
   // Back but stale in three regions: those are skipped (they do differ), the rest compared and equal.
   const stale = await m.verify()
-  t.like(stale, { state: 'done', comparedBytes: 13 * REGION, skippedBytes: 3 * REGION, doneBytes: 64 * KiB, mismatches: 0 })
+  t.like(stale, { state: 'incomplete', comparedBytes: 13 * REGION, skippedBytes: 3 * REGION, doneBytes: 64 * KiB, mismatches: 0, incomplete: 'leg b stale: 12 KiB not compared' })
   await m.startResync('b')
-  t.like(await m.verify(), { comparedBytes: 64 * KiB, skippedBytes: 0, mismatches: 0 })
+  t.like(await m.verify(), { state: 'done', comparedBytes: 64 * KiB, skippedBytes: 0, mismatches: 0, notCompared: [], incomplete: null })
 })
 
 test('a repair that cannot finish gives a failed report; the region stays marked for the leg', async t => {
@@ -1550,7 +1677,7 @@ test('verify refuses: one already running (BUSY), an unknown (NOLEG) or failed (
   t.is(legState(m, 'b'), 'failed')
   await t.throwsAsync(m.verify({ from: 'b' }), { code: 'DST_ERR_NOTSYNC' })
   t.is(m.verifyTotals.runs, 1, 'refused verifies are not counted as runs')
-  t.like(await m.verify({ from: 'a' }), { state: 'done', skippedBytes: 64 * KiB }, 'a verify after the refusals runs')
+  t.like(await m.verify({ from: 'a' }), { state: 'incomplete', skippedBytes: 64 * KiB }, 'a verify after the refusals runs (and cannot compare leg b)')
   const tiny = await openSynced(t, rig([16 * KiB, 16 * KiB]).members, { region: 256 })
   await t.throwsAsync(tiny.verify(), { code: 'DST_ERR_REGION' }, 'a region under 512 bytes cannot be compared by digest')
   const one = await openMirror(t, rig([16 * KiB]).members)
@@ -1631,4 +1758,46 @@ test('random writes while a verify runs never show up as mismatches, and the leg
     },
   ), { numRuns: 25 })
   t.pass('fast-check found no counterexample') // fc.assert throws on failure
+})
+
+test('a region change of an array whose legs were all in sync keeps them in sync; a size change is a new array (refused while a leg holds data)', async t => {
+  const size = 64 * KiB
+  const { mems, faults, members } = rig([size, size])
+  const store = new MemoryIntentStore()
+  const m1 = await openSynced(t, members, { store })
+  await m1.write(0, pattern(size, 71))
+  await m1.close()
+  const before = faults[1].counts.writeBytes
+  const m2 = await openMirror(t, members, { store, region: 2 * REGION })
+  t.true(allInSync(m2))
+  t.is(m2.identity, m1.identity, 'the array keeps its UUID')
+  await m2.close()
+  t.is(faults[1].counts.writeBytes, before)
+  // Both legs grew (same disks, same identities): the array's size changes, and a new array never guesses.
+  const sized = mems.map((mem, i) => {
+    const big = new MemoryDevice({ size: 2 * size })
+    big.data.set(mem.data)
+    big.identity = mem.identity
+    return { name: legName(i), device: big }
+  })
+  await t.throwsAsync(MirrorDevice.open({ name: 'm', legs: sized, region: REGION, store }), { code: 'DST_ERR_SYNCSOURCE' })
+})
+
+test('a leg new to the array that was unreachable at open is checked when it answers: holding data, it is foreign and untouched', async t => {
+  const size = 64 * KiB
+  const { members } = rig([size, size])
+  const store = new MemoryIntentStore()
+  const m1 = await openSynced(t, members, { store })
+  await m1.close()
+  const other = new FaultDevice(new MemoryDevice({ size }))
+  ;(other.inner as MemoryDevice).data.set(pattern(size, 72))
+  other.state = 'connecting'
+  const m2 = await openMirror(t, [members[0], { name: 'b', device: other }], { store })
+  t.is(legState(m2, 'b'), 'failed')
+  await m2.write(0, pattern(4096, 73))
+  other.state = 'online'
+  t.true(await waitFor(() => legState(m2, 'b') === 'foreign'))
+  await sleep(30)
+  t.is(other.counts.writeBytes, 0)
+  t.true((other.inner as MemoryDevice).data.equals(pattern(size, 72)))
 })

@@ -245,7 +245,9 @@ test('when the peer is SIGKILLed and stays away past reconnectTimeout, every req
   await within(dev.close(), 5000, 'close after the peer died')
 })
 
-test('a peer back on its port within reconnectTimeout: requests made during the outage complete; another disk there is refused', async t => {
+// Issue 12: another disk at the address used to leave the device 'failed' for good; it is now 'foreign' (requests fail
+// with DST_ERR_FOREIGN) and the device recovers by itself when its own disk is back.
+test('a peer back on its port within reconnectTimeout: requests made during the outage complete; another disk there is foreign, its own disk back is used again', async t => {
   const seed = newSeed()
   const rand = prng(seed)
   const port = await freePort()
@@ -279,12 +281,60 @@ test('a peer back on its port within reconnectTimeout: requests made during the 
   await again.kill()
   const impostor = await startNode(dir, { name: 'imp', listen: `127.0.0.1:${port}`, devices: { disk: { type: 'file', path: other } }, exports: [{ device: 'disk' }] })
   t.teardown(() => impostor.kill())
-  for (let i = 0; i < 100 && dev.status().state !== 'failed'; i++) await new Promise(resolve => setTimeout(resolve, 100))
-  t.is(dev.status().state, 'failed')
+  for (let i = 0; i < 100 && dev.status().state !== 'foreign'; i++) await new Promise(resolve => setTimeout(resolve, 100))
+  t.is(dev.status().state, 'foreign')
   t.regex(String(dev.status().lastError), /different disk/)
+  t.is(typeof dev.status().foundIdentity, 'string')
+  t.not(dev.status().foundIdentity, identity)
   const refused = await dev.read(0, 512, Buffer.alloc(512)).then(() => null, (err: DstError) => err)
-  t.is(refused?.code, 'DST_ERR_NEWDISK')
+  t.is(refused?.code, 'DST_ERR_FOREIGN')
   t.regex(refused?.message ?? '', /different disk/)
+  const otherBytes = fs.readFileSync(other)
+  await dev.write(0, Buffer.alloc(512, 7)).catch(() => {})
+  t.true(fs.readFileSync(other).equals(otherBytes), 'nothing was written to the other disk')
+  // Its own disk back at the address: used again, by itself.
+  await impostor.kill()
+  const back = await startNode(dir, { name: 'rd', listen: `127.0.0.1:${port}`, pool: { count: 16, size: '64KiB' }, devices: { disk: { type: 'file', path: file, blockSize: 512 } }, exports: [{ device: 'disk' }] })
+  t.teardown(() => back.kill())
+  for (let i = 0; i < 150 && dev.status().state !== 'online'; i++) await new Promise(resolve => setTimeout(resolve, 100))
+  t.is(dev.status().state, 'online')
+  const got = Buffer.alloc(data.length)
+  await dev.read(5000, data.length, got)
+  t.true(got.equals(data))
+})
+
+test('opened with the disk an earlier handshake found: connecting while the peer is away, foreign if another disk answers, and acceptFoundDisk takes that one on', async t => {
+  const rand = prng(newSeed())
+  const port = await freePort()
+  const { dir, node } = await fileNode(t, 256 * KiB, rand, { listen: `127.0.0.1:${port}` })
+  const remembered: unknown[] = []
+  const first = await RemoteDevice.open({ host: '127.0.0.1', port, export: 'disk' }, { onDisk: d => remembered.push(d) })
+  t.is(remembered.length, 1, 'the first handshake is reported to be remembered')
+  const disk = first.status()
+  await first.close()
+  await node.kill()
+  const expect = remembered[0] as NonNullable<RemoteDeviceOptions['expect']>
+  const dev = await within(RemoteDevice.open({ host: '127.0.0.1', port, export: 'disk' }, { expect, reconnectTimeout: 20000, openTimeout: 60000 }), 3000, 'open while the peer is away')
+  t.teardown(() => dev.close())
+  t.is(dev.status().state, 'connecting')
+  t.is(dev.size, disk.size)
+  t.is(dev.identity, disk.identity as string)
+  // Another disk comes up at the address: foreign, and a request waiting for the peer fails clearly.
+  const waiting = dev.read(0, 512, Buffer.alloc(512)).then(() => null, (err: DstError) => err)
+  const other = path.join(dir, 'other.img')
+  fs.writeFileSync(other, seededBytes(rand, 512 * KiB))
+  const imp = await startNode(dir, { name: 'imp', listen: `127.0.0.1:${port}`, devices: { disk: { type: 'file', path: other } }, exports: [{ device: 'disk' }] })
+  t.teardown(() => imp.kill())
+  t.is((await within(waiting, 10000, 'the waiting read'))?.code, 'DST_ERR_FOREIGN')
+  t.is(dev.status().state, 'foreign')
+  const accepted: unknown[] = []
+  ;(dev as unknown as { options: RemoteDeviceOptions }).options.onDisk = d => accepted.push(d)
+  await dev.acceptFoundDisk()
+  t.is(dev.status().state, 'online')
+  t.is(accepted.length, 1, 'the disk taken on is reported to be remembered')
+  const got = Buffer.alloc(512)
+  await dev.read(0, 512, got)
+  t.true(got.equals(fs.readFileSync(other).subarray(0, 512)))
 })
 
 // ---- HASH and wire digests (protocol version 2) ----------------------------------------------------------------------
