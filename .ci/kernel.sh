@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The kernel-client test (test/export/nbd-kernel.test.ts) boots a Debian kernel under qemu, because the machines' own
+# The kernel-client test (test/e2e/nbd-kernel.test.ts) boots a Debian kernel under qemu, because the machines' own
 # kernel has no nbd module. This installs qemu, nbd-client, busybox and e2fsprogs (the host checks the guest's
 # filesystem with e2fsck and debugfs), and unpacks from Debian's current kernel
 # package only what the guest needs (the kernel and seven modules) into node_modules/.cache/dst-kernel.

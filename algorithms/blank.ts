@@ -4,9 +4,9 @@
 // zeros, so it counts as blank.
 
 import { createHash } from 'node:crypto'
-import type { Device } from '../node/device'
-import { DIGEST_SIZE, HASH_ALGORITHM, MAX_HASH_CHUNK } from '../node/hasher'
-import { Errno, type DstError } from '../node/errors'
+import type { Device } from '../node/core/device'
+import { DIGEST_SIZE, HASH_ALGORITHM, MAX_HASH_CHUNK } from '../node/core/hasher'
+import { Errno, type DstError } from '../node/core/errors'
 
 /** Bytes digested per request: large enough to keep the workers busy, small enough to stop soon after data. */
 const STEP = 64 * 1024 * 1024

@@ -6,6 +6,7 @@
 
 import * as fs from 'node:fs'
 import * as path from 'node:path'
+import { writeFileAtomic } from '../node/core/atomic-file'
 
 export interface LegRecord {
   name: string
@@ -126,17 +127,7 @@ export class FileIntentStore implements IntentStore {
     const buf = Buffer.alloc(PAGE + stride * state.bits.length)
     encodeSuperblock(state.superblock).copy(buf, 0)
     state.bits.forEach((b, i) => buf.set(b, PAGE + i * stride))
-    const tmp = `${this.file}.tmp`
-    const fh = await fs.promises.open(tmp, 'w')
-    try {
-      await fh.writeFile(buf)
-      await fh.sync()
-    } finally {
-      await fh.close()
-    }
-    await fs.promises.rename(tmp, this.file)
-    const dir = await fs.promises.open(path.dirname(this.file), 'r')
-    try { await dir.sync() } finally { await dir.close() }
+    await writeFileAtomic(this.file, buf)
   }
 
   async update (state: IntentState, pages: Map<number, Set<number>>): Promise<void> {

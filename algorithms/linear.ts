@@ -2,11 +2,11 @@
 // boundary is split into one piece per member and completes as one request; a failed member fails only the requests
 // that touch it.
 
-import { Device, type DeviceStatus } from '../node/device'
-import { DstError, Errno } from '../node/errors'
-import { derivedIdentity } from '../node/identity'
-import { settleAll } from '../node/settle'
-import { DIGEST_SIZE, digestCount } from '../node/hasher'
+import { Device, type DeviceStatus } from '../node/core/device'
+import { DstError, Errno } from '../node/core/errors'
+import { derivedIdentity } from '../node/core/identity'
+import { settleAll } from '../node/core/settle'
+import { DIGEST_SIZE, digestCount } from '../node/core/hasher'
 
 export interface Member { name: string, device: Device }
 

@@ -6,14 +6,14 @@
 // older data can never overwrite newer.
 
 import { randomUUID } from 'node:crypto'
-import { Device, type DeviceStatus } from '../node/device'
-import { DstError, Errno } from '../node/errors'
+import { Device, type DeviceStatus } from '../node/core/device'
+import { DstError, Errno } from '../node/core/errors'
 import { bitmapBytes, PAGE, type IntentState, type IntentStore, type LegRecord } from './intent-store'
 import type { Member } from './linear'
-import { settleAll } from '../node/settle'
-import { DIGEST_SIZE, isHashChunk } from '../node/hasher'
+import { settleAll } from '../node/core/settle'
+import { DIGEST_SIZE, isHashChunk } from '../node/core/hasher'
 import { firstData } from './blank'
-import { formatSize } from '../node/size'
+import { formatSize } from '../node/core/size'
 
 /**
  * `failed`: the leg's device does not answer (or fails requests); `foreign`: another disk answers where the leg was

@@ -9,7 +9,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import { bitmapBytes, FileIntentStore, MemoryIntentStore, PAGE, type IntentState } from '../../algorithms/intent-store'
 import { MirrorDevice } from '../../algorithms/mirror'
-import { MemoryDevice } from '../../node/memory-device'
+import { MemoryDevice } from '../../node/devices/memory-device'
 
 function tempFile (t: { teardown: (fn: () => void) => void }, name = 'm.intent'): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dst-intent-'))

@@ -7,11 +7,11 @@
 import test from 'ava'
 import fc from 'fast-check'
 import { LinearDevice, type Member } from '../../algorithms/linear'
-import { Device } from '../../node/device'
-import { MemoryDevice } from '../../node/memory-device'
-import { FaultDevice } from '../../node/fault-device'
-import { DstError } from '../../node/errors'
-import { DIGEST_SIZE, hasher } from '../../node/hasher'
+import { Device } from '../../node/core/device'
+import { MemoryDevice } from '../../node/devices/memory-device'
+import { FaultDevice } from '../../node/devices/fault-device'
+import { DstError } from '../../node/core/errors'
+import { DIGEST_SIZE, hasher } from '../../node/core/hasher'
 import { digestsOf } from '../helpers/digests'
 
 function memories (sizes: number[]): { mems: MemoryDevice[], members: Member[] } {

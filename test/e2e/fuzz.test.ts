@@ -13,8 +13,8 @@ import { prng, between, seededBytes } from '../helpers/random'
 import { mutate, pieces } from '../helpers/mutate'
 import { NBD_CMD, NbdTestClient, nbdHandshake, nbdOption, nbdRequest } from '../helpers/raw-nbd'
 import { RawClient, frame } from '../helpers/raw-client'
-import { Op, REQUEST_HEADER_SIZE } from '../../export/codec'
-import { RemoteDevice } from '../../export/remote-device'
+import { Op, REQUEST_HEADER_SIZE } from '../../export/native/codec'
+import { RemoteDevice } from '../../export/native/remote-device'
 import { until } from '../helpers/wait'
 
 const KiB = 1024

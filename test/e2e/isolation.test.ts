@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto'
 import { startNode, tempDir, type RunningNode } from '../helpers/node-process'
 import { NBD_CMD, NbdTestClient, nbdOption, nbdRequest, neverReading, quantile } from '../helpers/raw-nbd'
 import { RawClient, frame } from '../helpers/raw-client'
-import { Op } from '../../export/codec'
+import { Op } from '../../export/native/codec'
 import { until } from '../helpers/wait'
 
 const KiB = 1024

@@ -2,12 +2,12 @@
 // by its own pid when the test ends. The port is read from the node's start-up lines.
 
 import { spawn, type ChildProcess } from 'node:child_process'
-import { spawnDst } from '../../tools/spawn-dst'
+import { spawnDst } from '../../tools/dev/spawn-dst'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 
-export const DST = path.join(__dirname, '..', '..', 'tools', 'dst.js')
+export const DST = path.join(__dirname, '..', '..', 'tools', 'cli', 'dst.js')
 
 export interface RunningNode {
   proc: ChildProcess

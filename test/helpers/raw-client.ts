@@ -6,7 +6,7 @@ import WebSocket from 'ws'
 import {
   HANDSHAKE_SIZE, HandshakeFlag, Op, REPLY_HEADER_SIZE, REQUEST_HEADER_SIZE, parseHandshake, parseReplyHeader, writeRequestHeader,
   type Handshake,
-} from '../../export/codec'
+} from '../../export/native/codec'
 
 export interface Reply {
   op: number

@@ -1,0 +1,769 @@
+// An NBD server (doc/proto.md of the NetworkBlockDevice project) for the node's exports, so standard clients
+// (the kernel's nbd-client, qemu, libnbd, fio) can use any device or array. Fixed newstyle negotiation with
+// NBD_OPT_GO, INFO (NBD_INFO_EXPORT, NBD_INFO_BLOCK_SIZE), LIST, EXPORT_NAME and ABORT; simple replies, sent out of
+// order as requests complete; READ, WRITE, FLUSH, TRIM, WRITE_ZEROES and DISC with FUA. The transmission phase uses
+// the node's buffer pool and the reply-in-headroom trick: no per-request payload allocation. Socket reads land in
+// memory of ours (net.Socket `onread`), and the bulk of a WRITE's payload lands straight in its pool buffer (see
+// `nextReadBuffer`); when the pool is empty the socket is paused until a buffer frees (backpressure).
+// Exports keep their allow list and read-only flag; an export with a token is not offered (NBD cannot present one).
+
+import * as net from 'node:net'
+import type { BufferPool, PoolBuffer } from '../../node/core/pool'
+import { PoolShare } from '../../node/core/pool-share'
+import { allowed } from '../../node/core/acl'
+import { Errno, toErrno } from '../../node/core/errors'
+import { ProtocolError } from '../../node/core/errors'
+import type { ServedExport } from '../served'
+
+const NBDMAGIC = Buffer.from('NBDMAGIC', 'latin1')
+const IHAVEOPT = Buffer.from('IHAVEOPT', 'latin1')
+const OPT_REPLY_MAGIC_HI = 0x0003e889
+const OPT_REPLY_MAGIC_LO = 0x045565a9
+const REQUEST_MAGIC = 0x25609513
+const SIMPLE_REPLY_MAGIC = 0x67446698
+export const NBD_REQUEST_SIZE = 28
+const SIMPLE_REPLY_SIZE = 16
+
+const FLAG_FIXED_NEWSTYLE = 1
+const FLAG_NO_ZEROES = 2
+
+export const Opt = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, INFO: 6, GO: 7 } as const
+const Rep = { ACK: 1, SERVER: 2, INFO: 3, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_UNKNOWN: 0x80000006, ERR_SHUTDOWN: 0x80000007 } as const
+const Info = { EXPORT: 0, NAME: 1, DESCRIPTION: 2, BLOCK_SIZE: 3 } as const
+export const TxFlag = { HAS_FLAGS: 1, READ_ONLY: 2, SEND_FLUSH: 4, SEND_FUA: 8, SEND_TRIM: 32, SEND_WRITE_ZEROES: 64, CAN_MULTI_CONN: 256 } as const
+export const Cmd = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, WRITE_ZEROES: 6 } as const
+const CMD_FLAG_FUA = 1
+const cmdNames: Record<number, string> = { 0: 'read', 1: 'write', 2: 'other', 3: 'flush', 4: 'trim', 6: 'write' }
+
+/** Longest option payload accepted during negotiation, and longest WRITE payload skipped rather than refused. */
+const MAX_OPTION = 64 * 1024
+const MAX_DISCARD = 64 * 1024 * 1024
+/** How long a stopping server waits for a client to take its last replies and close. */
+const SHUTDOWN_GRACE = 2000
+/** How long a client may leave replies unread (taking none at all) before its connection is closed. */
+const DEFAULT_STALL_TIMEOUT = 30000
+const EMPTY = Buffer.alloc(0)
+
+/** NBD's wire errors are Linux errno numbers for the few it names; anything else is EIO. */
+function nbdErrno (errno: number): number {
+  switch (errno) {
+    case 0: case Errno.EPERM: case Errno.EIO: case Errno.ENOMEM: case Errno.EINVAL: case Errno.ENOSPC: case Errno.EOVERFLOW:
+    case Errno.ENOTSUP: case Errno.ESHUTDOWN: return errno
+    case Errno.EROFS: case Errno.EACCES: return Errno.EPERM
+    default: return Errno.EIO
+  }
+}
+
+/** A request header. The 8-byte handle is kept as two numbers and echoed from them (no copy of the bytes). */
+interface NbdRequest { flags: number, type: number, handleHi: number, handleLo: number, offset: number, length: number }
+
+function parseRequest (buf: Buffer, at: number): NbdRequest {
+  const magic = buf.readUInt32BE(at)
+  if (magic !== REQUEST_MAGIC) throw new ProtocolError(`bad NBD request magic 0x${magic.toString(16)}`)
+  return {
+    flags: buf.readUInt16BE(at + 4),
+    type: buf.readUInt16BE(at + 6),
+    handleHi: buf.readUInt32BE(at + 8),
+    handleLo: buf.readUInt32BE(at + 12),
+    offset: buf.readUInt32BE(at + 16) * 0x100000000 + buf.readUInt32BE(at + 20),
+    length: buf.readUInt32BE(at + 24),
+  }
+}
+
+/**
+ * Reply bytes a connection may have queued in its socket (not yet taken by the kernel) before it stops reading
+ * requests; and, in the option phase, before it stops reading options. Its READ replies are sent from pool buffers,
+ * which its fair share bounds; this bounds the rest (header-only replies and option replies are our own memory).
+ */
+const MAX_QUEUED_BYTES = 4 * 1024 * 1024
+const MAX_QUEUED_OPTION_BYTES = 64 * 1024
+
+/** Bytes each connection reads into at once (headers, small payloads, the start of large ones). */
+const RECEIVE_BUFFER = 256 * 1024
+/** A WRITE payload with at least this much still to come is read straight into its pool buffer. */
+const DIRECT_MIN = 16 * 1024
+
+export interface NbdServerOptions {
+  host: string
+  port: number
+  pool: BufferPool
+  maxRequest: number
+  exports: Map<string, ServedExport>
+  log: (message: string) => void
+  /** Most requests a connection may have received and not yet seen answered (reply written); at the cap it stops reading. */
+  maxInFlight?: number
+  /** A connection whose replies stay unread this long (ms, no byte taken by its client meanwhile) is closed. */
+  stallTimeout?: number
+}
+
+export class NbdServer {
+  private readonly server: net.Server
+  private readonly sessions = new Set<NbdSession>()
+  private stopping = false
+  port = 0
+  /** Zeros for WRITE_ZEROES, allocated once. */
+  readonly zeros: Buffer
+
+  constructor (readonly options: NbdServerOptions) {
+    this.zeros = Buffer.alloc(Math.min(options.maxRequest, 1024 * 1024))
+    // Paused at accept so that the connection can be rewrapped with `onread` before any byte is read.
+    this.server = net.createServer({ pauseOnConnect: true }, accepted => {
+      if (this.stopping) { accepted.destroy(); return }
+      const session = new NbdSession(this, accepted)
+      this.sessions.add(session)
+      session.socket.on('close', () => this.sessions.delete(session))
+    })
+  }
+
+  listen (): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', err => reject(new Error(`cannot listen for NBD on ${this.options.host}:${this.options.port}: ${err.message}`)))
+      this.server.listen(this.options.port, this.options.host, () => {
+        this.port = (this.server.address() as net.AddressInfo).port
+        resolve()
+      })
+    })
+  }
+
+  /**
+   * Stops accepting, lets every session answer what it received (requests that come meanwhile get ESHUTDOWN), then
+   * ends each connection once its replies are sent.
+   */
+  async stop (): Promise<void> {
+    this.stopping = true
+    this.server.close()
+    await Promise.all([...this.sessions].map(s => s.drain()))
+    await Promise.all([...this.sessions].map(s => s.shutdown()))
+  }
+
+  get isStopping (): boolean { return this.stopping }
+}
+
+class NbdSession {
+  private phase: 'flags' | 'options' | 'transmission' | 'closed' = 'flags'
+  private pending: Buffer = Buffer.alloc(0)
+  private noZeroes = false
+  private exp: ServedExport | null = null
+  private readOnly = true
+  private inFlight = 0
+  private drained: (() => void) | null = null
+  private disconnecting = false
+  private corked = false
+  /** The connection is being ended: what arrives is read and dropped, nothing more is sent. */
+  private ending = false
+  private readonly address: string
+  readonly socket: net.Socket
+  // Receive state of the transmission phase: a request header being gathered, then its WRITE payload.
+  private readonly rx: Buffer
+  private readonly headerScratch = Buffer.alloc(NBD_REQUEST_SIZE)
+  private headerFill = 0
+  private request: NbdRequest | null = null
+  private requestErrno = 0
+  /** Where the current WRITE payload goes: its pool buffer, or null to skip it (refused request). */
+  private payloadSlot: PoolBuffer | null = null
+  private payloadFill = 0
+  /** The view of `payloadSlot` last offered for a direct socket read. */
+  private direct: Buffer | null = null
+  /**
+   * The first 4 KiB of `rx`, read into while a header is expected after a large WRITE: another large WRITE then has
+   * only its first few KiB copied out of `rx`, the rest lands in its pool buffer. Small requests keep the whole `rx`.
+   */
+  private readonly rxSmall: Buffer
+  private lastWasLarge = false
+  /**
+   * Received bytes not yet taken (the socket is paused meanwhile): while waiting for a pool buffer for a WRITE, or
+   * while the connection is at its bounds (requests in flight, queued reply bytes).
+   */
+  private held: { buf: Buffer, at: number, end: number } | null = null
+  private heldBusy = false
+  /** This connection's share of the pool: every buffer it takes and gives back goes through it. */
+  private readonly share: PoolShare
+  /** Replies handed to the socket whose write has not completed (the client has not taken them yet). */
+  private unwritten = 0
+  /** Replies whose write completed, ever: the stall check's measure of progress. */
+  private written = 0
+  private readonly maxInFlight: number
+  private stallTimer: NodeJS.Timeout | null = null
+  private stallMark = 0
+  private optionsPaused = false
+
+  constructor (private readonly server: NbdServer, accepted: net.Socket) {
+    this.address = accepted.remoteAddress ?? ''
+    this.share = new PoolShare(server.options.pool)
+    this.maxInFlight = server.options.maxInFlight ?? 128
+    this.rx = Buffer.allocUnsafeSlow(RECEIVE_BUFFER)
+    this.rxSmall = this.rx.subarray(0, 4096)
+    this.socket = adoptWithOnread(accepted, () => this.nextReadBuffer(), (n, buf) => this.onRead(n, buf))
+    const socket = this.socket
+    socket.setNoDelay(true)
+    if (socket !== accepted) socket.resume()
+    else socket.on('data', (chunk: Buffer) => this.onRead(chunk.length, chunk))
+    socket.on('error', () => this.close())
+    socket.on('close', () => this.close())
+    socket.on('drain', () => this.onDrain())
+    const hello = Buffer.alloc(18)
+    NBDMAGIC.copy(hello, 0)
+    IHAVEOPT.copy(hello, 8)
+    hello.writeUInt16BE(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, 16)
+    socket.write(hello)
+  }
+
+  drain (): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve()
+    return new Promise(resolve => { this.drained = resolve })
+  }
+
+  /**
+   * Ends the connection after the replies queued for it (a plain destroy would drop corked ones, and a reset can make
+   * the client discard what it received but had not yet read). Bounded: a client that does not read or close is cut.
+   */
+  shutdown (): Promise<void> {
+    if (this.phase === 'closed') return Promise.resolve()
+    return new Promise(resolve => {
+      const timer = setTimeout(() => this.close(), SHUTDOWN_GRACE)
+      this.socket.once('close', () => { clearTimeout(timer); resolve() })
+      this.ending = true
+      this.socket.end()
+    })
+  }
+
+  close (): void {
+    if (this.phase === 'closed') return
+    this.phase = 'closed'
+    if (this.payloadSlot !== null) { this.share.release(this.payloadSlot); this.payloadSlot = null }
+    this.direct = null
+    this.held = null
+    this.share.close()
+    this.stopStallTimer()
+    if (this.exp !== null) this.exp.metrics.connections--
+    this.socket.destroy()
+  }
+
+  /** Where the socket's next read lands: straight in the current WRITE's pool buffer when much is still to come. */
+  private nextReadBuffer (): Buffer {
+    const slot = this.payloadSlot
+    const req = this.request
+    if (slot !== null && req !== null && this.held === null && req.length - this.payloadFill >= DIRECT_MIN) {
+      this.direct = slot.data.subarray(this.payloadFill, req.length)
+      return this.direct
+    }
+    this.direct = null
+    return this.lastWasLarge && req === null && this.held === null ? this.rxSmall : this.rx
+  }
+
+  /** `n` bytes arrived in `buf` (our receive buffer, a direct payload view, or a chunk of the plain 'data' path). */
+  private onRead (n: number, buf: Buffer): void {
+    if (this.phase === 'closed' || this.ending) return
+    if (buf === this.direct) {
+      this.direct = null
+      this.payloadFill += n
+      if (this.payloadFill === (this.request as NbdRequest).length) this.finishRequest()
+      return
+    }
+    if (buf === this.rxSmall) buf = this.rx
+    if (this.phase !== 'transmission') {
+      // Negotiation: the receive buffer is reused by the next read, so what is kept is copied.
+      this.onData(buf === this.rx ? Buffer.from(buf.subarray(0, n)) : buf.subarray(0, n))
+      return
+    }
+    this.take(buf, 0, n)
+  }
+
+  /** Runs the request state machine over `buf[at..end)`; stops early (holding the rest) to wait for a pool buffer. */
+  private take (buf: Buffer, at: number, end: number): void {
+    try {
+      while (at < end && this.phase === 'transmission') {
+        const req = this.request
+        if (req === null) {
+          // At its bounds the connection stops reading until replies drain (client isolation): what came is kept.
+          if (this.inFlight + this.unwritten >= this.maxInFlight || this.socket.writableLength > MAX_QUEUED_BYTES) {
+            this.holdBusy(buf, at, end)
+            return
+          }
+          let h: NbdRequest
+          if (this.headerFill === 0 && end - at >= NBD_REQUEST_SIZE) {
+            h = parseRequest(buf, at)
+            at += NBD_REQUEST_SIZE
+          } else {
+            const n = Math.min(NBD_REQUEST_SIZE - this.headerFill, end - at)
+            buf.copy(this.headerScratch, this.headerFill, at, at + n)
+            this.headerFill += n
+            at += n
+            if (this.headerFill < NBD_REQUEST_SIZE) return
+            this.headerFill = 0
+            h = parseRequest(this.headerScratch, 0)
+          }
+          this.request = h
+          this.payloadFill = 0
+          if (h.type !== Cmd.WRITE || h.length === 0) { this.finishRequest(); continue }
+          this.requestErrno = this.check(h)
+          if (this.requestErrno !== 0) {
+            if (h.length > MAX_DISCARD) {
+              this.server.options.log(`nbd: ${this.address}: refused WRITE of ${h.length} bytes; closing`)
+              this.close()
+              return
+            }
+            continue // the payload is skipped
+          }
+          const slot = this.share.tryAcquire()
+          if (slot !== null) { this.payloadSlot = slot; continue }
+          // No buffer free: stop reading until one is (backpressure), keeping what was already received.
+          ;(this.exp as ServedExport).metrics.poolExhausted++
+          this.hold(buf, at, end)
+          return
+        }
+        const n = Math.min(req.length - this.payloadFill, end - at)
+        if (this.payloadSlot !== null) buf.copy(this.payloadSlot.data, this.payloadFill, at, at + n)
+        this.payloadFill += n
+        at += n
+        if (this.payloadFill === req.length) this.finishRequest()
+      }
+    } catch (err) {
+      // A bad request costs its connection; so does a bug here (it is logged with its stack), never the node.
+      if (err instanceof ProtocolError) {
+        this.server.options.log(`nbd: ${this.address}: ${err.message}; closing`)
+        if (this.exp !== null) this.exp.metrics.protocolErrors++
+      } else {
+        this.server.options.log(`nbd: ${this.address}: internal error: ${(err as Error).stack ?? String(err)}; closing`)
+      }
+      this.close()
+    }
+  }
+
+  /** Pauses the socket until a pool buffer is free for the WRITE whose header was just read, then carries on. */
+  private hold (buf: Buffer, at: number, end: number): void {
+    // The rest of `buf` must survive until then: the receive buffer is not read into while paused; any other buffer
+    // (the plain 'data' path's chunks) is ours already.
+    this.held = { buf, at, end }
+    this.socket.pause()
+    this.share.acquire().then(slot => {
+      if (this.phase === 'closed') { this.share.release(slot); return }
+      this.payloadSlot = slot
+      this.resumeHeld()
+    }, () => {
+      if (this.phase === 'closed') return
+      // Too many waiting for the pool: the payload is skipped and the WRITE answered ENOMEM.
+      this.requestErrno = Errno.ENOMEM
+      this.resumeHeld()
+    })
+  }
+
+  private resumeHeld (): void {
+    const held = this.held as { buf: Buffer, at: number, end: number }
+    this.held = null
+    this.take(held.buf, held.at, held.end)
+    if (this.held === null && this.phase === 'transmission') this.socket.resume()
+  }
+
+  /** Pauses the socket while the connection is at its bounds; `maybeResume` carries on once replies drained. */
+  private holdBusy (buf: Buffer, at: number, end: number): void {
+    this.held = { buf, at, end }
+    this.heldBusy = true
+    this.socket.pause()
+    this.startStallTimer()
+  }
+
+  /** A reply was written or a request finished: carry on reading if the connection is back under its bounds. */
+  private maybeResume (): void {
+    if (!this.heldBusy || this.phase !== 'transmission') return
+    if (this.inFlight + this.unwritten >= this.maxInFlight || this.socket.writableLength > MAX_QUEUED_BYTES) return
+    this.heldBusy = false
+    this.stopStallTimer()
+    this.resumeHeld()
+  }
+
+  private onDrain (): void {
+    if (this.optionsPaused) {
+      this.optionsPaused = false
+      this.stopStallTimer()
+      this.socket.resume()
+      this.onData(EMPTY)
+      return
+    }
+    this.maybeResume()
+  }
+
+  /**
+   * While replies wait for the client (or the connection is held), checks now and then that the client takes them;
+   * one that took none for a whole `stallTimeout` while some were waiting for it is closed, so that its pool buffers
+   * come back. One timer per connection, re-armed at most once per `stallTimeout`.
+   */
+  private startStallTimer (): void {
+    if (this.stallTimer !== null) return
+    this.stallMark = this.written
+    this.stallTimer = setTimeout(this.stallCheck, this.server.options.stallTimeout ?? DEFAULT_STALL_TIMEOUT)
+    this.stallTimer.unref()
+  }
+
+  private stopStallTimer (): void {
+    if (this.stallTimer !== null) { clearTimeout(this.stallTimer); this.stallTimer = null }
+  }
+
+  private readonly stallCheck = (): void => {
+    this.stallTimer = null
+    if (this.phase === 'closed') return
+    const waiting = this.unwritten > 0 || this.socket.writableLength > 0
+    if (waiting && this.written === this.stallMark) {
+      const timeout = this.server.options.stallTimeout ?? DEFAULT_STALL_TIMEOUT
+      this.server.options.log(`nbd: ${this.address}: client took no reply for ${timeout} ms (${this.unwritten} replies, ${this.socket.writableLength} bytes queued); closing`)
+      if (this.exp !== null) this.exp.metrics.stalled++
+      this.close()
+      return
+    }
+    if (this.unwritten > 0 || this.heldBusy || this.optionsPaused) this.startStallTimer()
+  }
+
+  /** A header-only reply's write completed (one bound function for all of them: no closure per reply). */
+  private readonly headerWritten = (): void => {
+    this.unwritten--
+    this.written++
+    if (this.heldBusy) this.maybeResume()
+  }
+
+  /** The current request is complete (header, and payload if any): dispatch it. */
+  private finishRequest (): void {
+    const h = this.request as NbdRequest
+    this.request = null
+    this.lastWasLarge = h.type === Cmd.WRITE && h.length >= DIRECT_MIN
+    const slot = this.payloadSlot
+    this.payloadSlot = null
+    this.onRequest(h, slot)
+  }
+
+  private onData (chunk: Buffer): void {
+    // Negotiation is not the hot path: gather bytes and take whole messages.
+    if (chunk.length > 0) this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk])
+    while (this.phase === 'flags' || this.phase === 'options') {
+      if (this.phase === 'flags') {
+        if (this.pending.length < 4) return
+        const flags = this.pending.readUInt32BE(0)
+        this.pending = this.pending.subarray(4)
+        if ((flags & FLAG_FIXED_NEWSTYLE) === 0 || (flags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)) !== 0) {
+          this.server.options.log(`nbd: ${this.address}: unsupported client flags 0x${flags.toString(16)}; closing`)
+          this.close()
+          return
+        }
+        this.noZeroes = (flags & FLAG_NO_ZEROES) !== 0
+        this.phase = 'options'
+        continue
+      }
+      if (this.pending.length < 16) return
+      if (this.socket.writableLength > MAX_QUEUED_OPTION_BYTES) {
+        // The client does not read our option replies: read no more options until it does.
+        if (!this.optionsPaused) { this.optionsPaused = true; this.socket.pause(); this.startStallTimer() }
+        return
+      }
+      if (!this.pending.subarray(0, 8).equals(IHAVEOPT)) {
+        this.server.options.log(`nbd: ${this.address}: bad option magic; closing`)
+        this.close()
+        return
+      }
+      const option = this.pending.readUInt32BE(8)
+      const length = this.pending.readUInt32BE(12)
+      if (length > MAX_OPTION) { this.server.options.log(`nbd: ${this.address}: option of ${length} bytes; closing`); this.close(); return }
+      if (this.pending.length < 16 + length) return
+      const data = Buffer.from(this.pending.subarray(16, 16 + length))
+      this.pending = this.pending.subarray(16 + length)
+      this.option(option, data)
+    }
+    // Bytes that came with the last option already belong to the transmission phase.
+    if ((this.phase as string) === 'transmission' && this.pending.length > 0) {
+      const rest = this.pending
+      this.pending = Buffer.alloc(0)
+      this.take(rest, 0, rest.length)
+    }
+  }
+
+  private reply (option: number, type: number, data: Buffer = Buffer.alloc(0)): void {
+    const head = Buffer.alloc(20)
+    head.writeUInt32BE(OPT_REPLY_MAGIC_HI, 0)
+    head.writeUInt32BE(OPT_REPLY_MAGIC_LO, 4)
+    head.writeUInt32BE(option, 8)
+    head.writeUInt32BE(type, 12)
+    head.writeUInt32BE(data.length, 16)
+    this.socket.write(data.length > 0 ? Buffer.concat([head, data]) : head)
+  }
+
+  private error (option: number, type: number, message: string): void {
+    this.reply(option, type, Buffer.from(message))
+  }
+
+  /** The export a client asked for, or why it cannot have it. */
+  private find (name: string): { exp: ServedExport } | { type: number, message: string } {
+    const exports = this.server.options.exports
+    const exp = name === '' ? exports.values().next().value as ServedExport | undefined : exports.get(name)
+    if (exp === undefined) return { type: Rep.ERR_UNKNOWN, message: `no export named '${name}'` }
+    if (!allowed(exp.allow, this.address)) { exp.metrics.refused++; return { type: Rep.ERR_POLICY, message: `address ${this.address} is not in the allow list of export '${exp.name}'` } }
+    if (exp.token !== undefined) { exp.metrics.refused++; return { type: Rep.ERR_POLICY, message: `export '${exp.name}' needs a token, which NBD cannot present; use dst://` } }
+    if (this.server.isStopping) return { type: Rep.ERR_SHUTDOWN, message: 'node is shutting down' }
+    return { exp }
+  }
+
+  private transmissionFlags (exp: ServedExport): number {
+    // Writes are refused while a dst node holds the export's write lease (NBD clients write anonymously).
+    const readOnly = exp.readOnly || !exp.device.writable || (exp.shared !== true && exp.lease.owner !== null)
+    let flags = TxFlag.HAS_FLAGS | TxFlag.SEND_FLUSH | TxFlag.SEND_FUA
+    // Every device here flushes for the whole device, not per connection, so a flush on one connection covers
+    // writes completed on all of them: the promise of CAN_MULTI_CONN holds.
+    flags |= TxFlag.CAN_MULTI_CONN
+    if (readOnly) flags |= TxFlag.READ_ONLY
+    else {
+      flags |= TxFlag.SEND_WRITE_ZEROES
+      if (exp.device.canTrim) flags |= TxFlag.SEND_TRIM
+    }
+    return flags
+  }
+
+  private option (option: number, data: Buffer): void {
+    switch (option) {
+      case Opt.ABORT:
+        this.reply(option, Rep.ACK)
+        this.socket.end()
+        this.phase = 'closed'
+        return
+      case Opt.LIST: {
+        if (data.length !== 0) { this.error(option, Rep.ERR_INVALID, 'NBD_OPT_LIST takes no data'); return }
+        for (const exp of this.server.options.exports.values()) {
+          if (!allowed(exp.allow, this.address) || exp.token !== undefined) continue
+          // NBD_REP_SERVER: u32 name length, then the name.
+          const head = Buffer.alloc(4)
+          head.writeUInt32BE(Buffer.byteLength(exp.name), 0)
+          this.reply(option, Rep.SERVER, withName(head, exp.name))
+        }
+        this.reply(option, Rep.ACK)
+        return
+      }
+      case Opt.EXPORT_NAME: {
+        const found = this.find(data.toString())
+        // The spec leaves no way to refuse NBD_OPT_EXPORT_NAME but to close the connection.
+        if (!('exp' in found)) { this.server.options.log(`nbd: ${this.address}: ${found.message}; closing`); this.close(); return }
+        const tail = Buffer.alloc(this.noZeroes ? 10 : 134)
+        writeU64(tail, 0, found.exp.device.size)
+        tail.writeUInt16BE(this.transmissionFlags(found.exp), 8)
+        this.socket.write(tail)
+        this.start(found.exp)
+        return
+      }
+      case Opt.INFO:
+      case Opt.GO: {
+        if (data.length < 6) { this.error(option, Rep.ERR_INVALID, 'malformed request'); return }
+        const nameLength = data.readUInt32BE(0)
+        if (4 + nameLength + 2 > data.length) { this.error(option, Rep.ERR_INVALID, 'malformed request'); return }
+        const name = data.toString('utf8', 4, 4 + nameLength)
+        const count = data.readUInt16BE(4 + nameLength)
+        if (data.length !== 4 + nameLength + 2 + 2 * count) { this.error(option, Rep.ERR_INVALID, 'malformed information request list'); return }
+        const found = this.find(name)
+        if (!('exp' in found)) { this.error(option, found.type, found.message); return }
+        const exp = found.exp
+        const info = Buffer.alloc(12)
+        info.writeUInt16BE(Info.EXPORT, 0)
+        writeU64(info, 2, exp.device.size)
+        info.writeUInt16BE(this.transmissionFlags(exp), 10)
+        this.reply(option, Rep.INFO, info)
+        const block = Buffer.alloc(14)
+        block.writeUInt16BE(Info.BLOCK_SIZE, 0)
+        block.writeUInt32BE(1, 2)
+        block.writeUInt32BE(Math.min(exp.device.blockSize, this.server.options.maxRequest), 6)
+        block.writeUInt32BE(this.server.options.maxRequest, 10)
+        this.reply(option, Rep.INFO, block)
+        // Each information type is answered once, however often it is asked (a request list of thousands of
+        // NBD_INFO_NAME would otherwise be amplified into as many replies).
+        for (let i = 0; i < count; i++) {
+          if (data.readUInt16BE(4 + nameLength + 2 + 2 * i) === Info.NAME) {
+            const head = Buffer.alloc(2)
+            head.writeUInt16BE(Info.NAME, 0)
+            this.reply(option, Rep.INFO, withName(head, exp.name))
+            break
+          }
+        }
+        this.reply(option, Rep.ACK)
+        if (option === Opt.GO) this.start(exp)
+        return
+      }
+      default:
+        this.error(option, Rep.ERR_UNSUP, `option ${option} is not supported`)
+    }
+  }
+
+  private start (exp: ServedExport): void {
+    this.exp = exp
+    this.readOnly = (this.transmissionFlags(exp) & TxFlag.READ_ONLY) !== 0
+    exp.metrics.connections++
+    this.phase = 'transmission'
+  }
+
+  private check (h: NbdRequest): number {
+    const exp = this.exp as ServedExport
+    const size = exp.device.size
+    switch (h.type) {
+      case Cmd.READ:
+      case Cmd.WRITE:
+      case Cmd.TRIM:
+      case Cmd.WRITE_ZEROES:
+        if (h.type !== Cmd.READ && this.readOnly) return Errno.EPERM
+        if (h.type !== Cmd.READ && exp.shared !== true && !exp.lease.mayWrite(null, 0)) return Errno.EPERM
+        if (h.type === Cmd.TRIM && !exp.device.canTrim) return Errno.EINVAL
+        if ((h.type === Cmd.READ || h.type === Cmd.WRITE) && h.length > this.server.options.maxRequest) return Errno.EOVERFLOW
+        if (!Number.isSafeInteger(h.offset) || h.offset + h.length > size) return Errno.EINVAL
+        return 0
+      case Cmd.FLUSH:
+        return 0
+      default:
+        return Errno.EINVAL
+    }
+  }
+
+  /** A whole request: `slot` holds a WRITE's payload (null when refused or when there is none). */
+  private onRequest (h: NbdRequest, slot: PoolBuffer | null): void {
+    const pool = this.server.options.pool
+    if (this.phase !== 'transmission') { if (slot !== null) this.share.release(slot); return }
+    const exp = this.exp as ServedExport
+    const op = cmdNames[h.type] ?? 'other'
+    if (h.type === Cmd.DISC) {
+      this.disconnecting = true
+      if (this.inFlight === 0) this.close()
+      return
+    }
+    exp.metrics.requests[op]++
+    // A WRITE with a payload was checked when its header came (to know where the payload goes). Once the node is
+    // shutting down, requests still in flight are answered, and new ones get ESHUTDOWN, as the spec asks.
+    const errno = this.server.isStopping ? Errno.ESHUTDOWN : h.type === Cmd.WRITE && h.length > 0 ? this.requestErrno : this.check(h)
+    if (errno !== 0) {
+      exp.metrics.errors[op]++
+      this.send(h, nbdErrno(errno), slot, 0)
+      return
+    }
+    this.inFlight++
+    exp.metrics.inFlight++
+    const fua = (h.flags & CMD_FLAG_FUA) !== 0
+    const device = exp.device
+    switch (h.type) {
+      case Cmd.READ: {
+        // A free buffer is taken at once (no promise turn); otherwise the READ waits for one in FIFO order.
+        const free = this.share.tryAcquire()
+        if (free !== null) this.read(h, op, free)
+        else this.share.acquire().then(slot => this.read(h, op, slot), err => this.finish(h, op, toErrno(err), null, 0))
+        return
+      }
+      case Cmd.WRITE: {
+        if (slot === null) { this.finish(h, op, 0, null, 0); return } // zero-length
+        // The slot is kept until the reply is sent: its headroom carries the reply header.
+        device.write(h.offset, slot.data.subarray(0, h.length)).then(() => {
+          exp.metrics.bytesWritten += h.length
+          if (fua) return device.flush()
+        }).then(() => this.finish(h, op, 0, slot, 0), err => this.finish(h, op, toErrno(err), slot, 0))
+        return
+      }
+      case Cmd.FLUSH:
+        this.settle(h, op, device.flush())
+        return
+      case Cmd.TRIM:
+        this.settle(h, op, device.trim(h.offset, h.length).then(() => { if (fua) return device.flush() }))
+        return
+      case Cmd.WRITE_ZEROES:
+        this.settle(h, op, this.writeZeroes(h.offset, h.length).then(() => { if (fua) return device.flush() }))
+    }
+  }
+
+  private read (h: NbdRequest, op: string, slot: PoolBuffer): void {
+    const exp = this.exp as ServedExport
+    exp.device.read(h.offset, h.length, slot.data).then(() => {
+      exp.metrics.bytesRead += h.length
+      this.finish(h, op, 0, slot, h.length)
+    }, err => this.finish(h, op, toErrno(err), slot, 0))
+  }
+
+  private async writeZeroes (offset: number, length: number): Promise<void> {
+    const device = (this.exp as ServedExport).device
+    const zeros = this.server.zeros
+    const parts: Array<Promise<void>> = []
+    for (let done = 0; done < length; done += zeros.length) {
+      const n = Math.min(zeros.length, length - done)
+      parts.push(device.write(offset + done, zeros.subarray(0, n)))
+    }
+    await Promise.all(parts)
+  }
+
+  private settle (h: NbdRequest, op: string, p: Promise<unknown>): void {
+    p.then(() => this.finish(h, op, 0, null, 0), err => this.finish(h, op, toErrno(err), null, 0))
+  }
+
+  private finish (h: NbdRequest, op: string, errno: number, slot: PoolBuffer | null, length: number): void {
+    const exp = this.exp as ServedExport
+    this.inFlight--
+    exp.metrics.inFlight--
+    if (errno !== 0) exp.metrics.errors[op]++
+    this.send(h, nbdErrno(errno), slot, length)
+    if (this.inFlight === 0) {
+      if (this.drained !== null) { const done = this.drained; this.drained = null; done() }
+      if (this.disconnecting) this.socket.end(() => this.close())
+    }
+    if (this.heldBusy) this.maybeResume()
+  }
+
+  /**
+   * A simple reply. With a slot (a READ's data, or the buffer a WRITE came in) the header goes in the slot's headroom
+   * and header and data leave as one write from the slot; only replies without one (errors, FLUSH, TRIM) allocate.
+   */
+  private send (h: NbdRequest, errno: number, slot: PoolBuffer | null, length: number): void {
+    const pool = this.server.options.pool
+    if (this.phase === 'closed') { if (slot !== null) this.share.release(slot); return }
+    let head: Buffer
+    let at: number
+    if (slot !== null) {
+      head = slot.frame
+      at = pool.headroom - SIMPLE_REPLY_SIZE
+    } else {
+      head = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE)
+      at = 0
+    }
+    head.writeUInt32BE(SIMPLE_REPLY_MAGIC, at)
+    head.writeUInt32BE(errno, at + 4)
+    head.writeUInt32BE(h.handleHi, at + 8)
+    head.writeUInt32BE(h.handleLo, at + 12)
+    this.cork()
+    this.unwritten++
+    if (this.stallTimer === null) this.startStallTimer()
+    if (slot === null) { this.socket.write(head, this.headerWritten); return }
+    // The socket sends from the slot itself, so the slot goes back to the pool only once the write is done.
+    this.socket.write(slot.frame.subarray(at, pool.headroom + length), () => {
+      this.share.release(slot)
+      this.headerWritten()
+    })
+  }
+
+  /** Replies finishing in the same tick leave in one write. */
+  private cork (): void {
+    if (this.corked) return
+    this.corked = true
+    this.socket.cork()
+    process.nextTick(() => { this.corked = false; this.socket.uncork() })
+  }
+}
+
+/**
+ * The accepted connection rewrapped as a socket whose reads land in buffers we choose (`onread`), so that receiving
+ * allocates nothing and large payloads can be read straight into pool buffers. Node offers `onread` only to sockets it
+ * creates for connect() or with a handle, not to those net.Server accepts; so the accepted socket (paused at accept,
+ * nothing read yet) gives its handle to a new Socket, as Node's own accept path does (`new Socket({ handle })`), and
+ * is destroyed without it (the server's connection count stays right). Where that private handle is not there, the
+ * accepted socket is kept and its 'data' chunks take the same path.
+ */
+function adoptWithOnread (accepted: net.Socket, buffer: () => Buffer, callback: (n: number, buf: Buffer) => void): net.Socket {
+  const withHandle = accepted as unknown as { _handle?: { readStart?: unknown } | null }
+  const handle = withHandle._handle
+  if (handle === undefined || handle === null || typeof handle.readStart !== 'function') return accepted
+  withHandle._handle = null
+  accepted.destroy()
+  const options = { handle, readable: true, writable: true, onread: { buffer, callback: (n: number, buf: Uint8Array) => { callback(n, buf as Buffer); return true } } }
+  return new net.Socket(options as unknown as net.SocketConstructorOpts)
+}
+
+function withName (head: Buffer, name: string): Buffer {
+  return Buffer.concat([head, Buffer.from(name)])
+}
+
+function writeU64 (buf: Buffer, at: number, value: number): void {
+  buf.writeUInt32BE(Math.floor(value / 0x100000000), at)
+  buf.writeUInt32BE(value >>> 0, at + 4)
+}

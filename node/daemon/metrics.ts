@@ -1,0 +1,85 @@
+// Counters for `/metrics` (Prometheus text format). Plain numbers bumped on the hot path; text is built on scrape.
+
+import { gcCounts } from '../core/gc'
+import type { HasherStats } from '../core/hasher'
+import type { ExportMetrics } from '../../export/served'
+
+function esc (value: string): string {
+  return value.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')
+}
+
+export interface PoolGauges { count: number, size: number, available: number, waits: number }
+
+/** What a mirror array counts: checksum resync and online verify. */
+export interface ArrayCounters {
+  name: string
+  resyncCopiedBytes: number
+  resyncComparedBytes: number
+  verifyRuns: number
+  verifyBytes: number
+  verifyMismatches: number
+  verifyRepaired: number
+  verifyRunning: number
+  /** How many legs are in each state (in-sync, stale, resyncing, failed, foreign). */
+  legs: Record<string, number>
+}
+
+/** A device of the node and its state now (foreign: its peer serves another disk). */
+export interface DeviceGauge { name: string, type: string, state: string }
+
+const LEG_STATES = ['in-sync', 'stale', 'resyncing', 'failed', 'foreign']
+
+export function renderMetrics (node: string, exports: ReadonlyArray<{ name: string, metrics: ExportMetrics }>, pool: PoolGauges,
+  arrays: ArrayCounters[] = [], hash?: HasherStats, devices: DeviceGauge[] = []): string {
+  const lines: string[] = []
+  const family = (name: string, type: string, help: string, rows: Array<[string, number]>): void => {
+    lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`)
+    for (const [labels, value] of rows) lines.push(`${name}{${labels}} ${value}`)
+  }
+  const per = (fn: (m: ExportMetrics) => Array<[string, number]>): Array<[string, number]> =>
+    exports.flatMap(e => fn(e.metrics).map(([l, v]): [string, number] => [`node="${esc(node)}",export="${esc(e.name)}"${l}`, v]))
+  family('dst_requests_total', 'counter', 'Requests received, by operation.',
+    per(m => Object.entries(m.requests).map(([op, v]): [string, number] => [`,op="${op}"`, v])))
+  family('dst_request_errors_total', 'counter', 'Requests answered with an error, by operation.',
+    per(m => Object.entries(m.errors).map(([op, v]): [string, number] => [`,op="${op}"`, v])))
+  family('dst_bytes_total', 'counter', 'Payload bytes moved, by direction.',
+    per(m => [[',direction="read"', m.bytesRead], [',direction="write"', m.bytesWritten]]))
+  family('dst_requests_in_flight', 'gauge', 'Requests received and not yet answered.', per(m => [['', m.inFlight]]))
+  family('dst_connections', 'gauge', 'Open client connections.', per(m => [['', m.connections]]))
+  family('dst_connections_refused_total', 'counter', 'Connections refused by the allow list, the token or the export state.', per(m => [['', m.refused]]))
+  family('dst_protocol_errors_total', 'counter', 'Connections closed for a malformed frame.', per(m => [['', m.protocolErrors]]))
+  family('dst_pool_exhausted_total', 'counter', 'Writes that found every pool buffer in use, or their connection at its share of the pool (native protocol: answered EAGAIN; NBD: the connection pauses until one frees).', per(m => [['', m.poolExhausted]]))
+  family('dst_connections_stalled_total', 'counter', 'Connections closed because their client did not read its replies (or kept sending past its bounds while it did not).', per(m => [['', m.stalled]]))
+  family('dst_hashed_bytes_total', 'counter', 'Bytes digested for HASH requests.', per(m => [['', m.bytesHashed]]))
+  family('dst_digest_errors_total', 'counter', 'WRITE payloads refused because they did not match their wire digest.', per(m => [['', m.digestErrors]]))
+  const n = `node="${esc(node)}"`
+  family('dst_pool_buffers', 'gauge', 'Buffers in the preallocated pool.', [[n, pool.count]])
+  family('dst_pool_buffer_bytes', 'gauge', 'Size of each pool buffer.', [[n, pool.size]])
+  family('dst_pool_buffers_free', 'gauge', 'Pool buffers free now.', [[n, pool.available]])
+  family('dst_pool_waits_total', 'counter', 'Times a request waited for a pool buffer (backpressure).', [[n, pool.waits]])
+  family('dst_gc_total', 'counter', 'Garbage collections of the node, by kind (minor = young generation).',
+    [[`${n},kind="minor"`, gcCounts.minor], [`${n},kind="major"`, gcCounts.major], [`${n},kind="other"`, gcCounts.other]])
+  const mem = process.memoryUsage()
+  family('dst_memory_bytes', 'gauge', 'Memory of the node process: resident set, JavaScript heap used and reserved (main thread), and memory outside it (buffers; array_buffers is the part in ArrayBuffers, the pool among them).',
+    [[`${n},kind="rss"`, mem.rss], [`${n},kind="heap_used"`, mem.heapUsed], [`${n},kind="heap_total"`, mem.heapTotal], [`${n},kind="external"`, mem.external], [`${n},kind="array_buffers"`, mem.arrayBuffers]])
+  const arr = (fn: (a: ArrayCounters) => number): Array<[string, number]> => arrays.map(a => [`${n},array="${esc(a.name)}"`, fn(a)])
+  family('dst_resync_copied_bytes_total', 'counter', 'Bytes resyncs copied to legs.', arr(a => a.resyncCopiedBytes))
+  family('dst_resync_compared_bytes_total', 'counter', 'Bytes resyncs compared by digest before copying.', arr(a => a.resyncComparedBytes))
+  family('dst_verify_runs_total', 'counter', 'Online verifies started.', arr(a => a.verifyRuns))
+  family('dst_verify_bytes_total', 'counter', 'Bytes an online verify compared on two legs or more.', arr(a => a.verifyBytes))
+  family('dst_verify_mismatches_total', 'counter', 'Regions an online verify found different between legs.', arr(a => a.verifyMismatches))
+  family('dst_verify_repaired_total', 'counter', 'Mismatched regions marked for resync by a verify repair.', arr(a => a.verifyRepaired))
+  family('dst_verify_running', 'gauge', 'An online verify is running (1) or not (0).', arr(a => a.verifyRunning))
+  family('dst_mirror_legs', 'gauge', 'Legs of a mirror by state (foreign: another disk answers where the leg was; it is never written).',
+    arrays.flatMap(a => LEG_STATES.map((st): [string, number] => [`${n},array="${esc(a.name)}",state="${st}"`, a.legs[st] ?? 0])))
+  family('dst_device_state', 'gauge', 'Each device of the node, labelled with its state now (always 1).',
+    devices.map(d => [`${n},device="${esc(d.name)}",type="${esc(d.type)}",state="${esc(d.state)}"`, 1]))
+  if (hash !== undefined) {
+    family('dst_hash_tasks_total', 'counter', 'Digest tasks run, by where (worker thread, or inline on the loop for a few KiB).',
+      [[`${n},where="worker"`, hash.tasks], [`${n},where="inline"`, hash.inline]])
+    family('dst_hash_bytes_total', 'counter', 'Bytes digested.', [[n, hash.bytes]])
+    family('dst_hash_errors_total', 'counter', 'Digest tasks that failed (busy: refused because the queue was full).',
+      [[`${n},kind="failed"`, hash.errors], [`${n},kind="busy"`, hash.busy]])
+  }
+  return lines.join('\n') + '\n'
+}

@@ -1,0 +1,411 @@
+// A running dst node: opens the devices of its config, serves its exports on one port, reports status and metrics,
+// and stops gracefully (stop accepting, answer what was received, flush, close).
+
+import * as fs from 'node:fs'
+import { BufferPool } from '../core/pool'
+import { DeviceRegistry } from './registry'
+import { Listener } from './listener'
+import { renderMetrics, type ArrayCounters, type DeviceGauge } from './metrics'
+import type { NodeConfig } from './config'
+import { ExportMetrics, type ServedExport } from '../../export/served'
+import { REPLY_HEADER_SIZE } from '../../export/native/codec'
+import { formatDstUrl } from '../core/url'
+import { RemoteDevice } from '../../export/native/remote-device'
+import { MirrorDevice } from '../../algorithms/mirror'
+import { LinearDevice } from '../../algorithms/linear'
+import type { Device } from '../core/device'
+import { ConfigError, DstError, Errno } from '../core/errors'
+import { RESERVED_EXPORT_NAMES, sameHost } from './config'
+import { parseDstUrl } from '../core/url'
+import { exportNameProblem, nameProblem } from '../core/names'
+import { emptyOverlay, writeOverlay, type NodeOverlay } from './state'
+import { writerId } from './registry'
+import { nodeIdentity } from '../core/identity'
+import { writeFileAtomicSync } from '../core/atomic-file'
+import { DataDirLock, makeDir, type LockHolder } from '../core/lock'
+import { LOOPBACK_ONLY, parseCidr, type Cidr } from '../core/acl'
+import { WriteLease } from '../core/lease'
+import { NbdServer } from '../../export/nbd/server'
+import { watchGc } from '../core/gc'
+import { RemoteMemory } from './remotes'
+import { configureHasher, hasher, HASH_ALGORITHM } from '../core/hasher'
+import * as path from 'node:path'
+
+/** Reads, increments and durably stores the start counter in dataDir/generation. */
+async function nextGeneration (dataDir: string): Promise<number> {
+  const file = path.join(dataDir, 'generation')
+  const last = Number((await fs.promises.readFile(file, 'utf8').catch(() => '0')).trim())
+  const next = (Number.isSafeInteger(last) && last >= 0 ? last : 0) + 1
+  writeFileAtomicSync(file, `${next}\n`)
+  return next
+}
+
+export interface NodeOptions {
+  log?: (message: string) => void
+  /** How long to keep trying to reach remote devices' nodes at start (ms). */
+  remoteOpenTimeout?: number
+}
+
+/** The body fields each admin action takes (POST /arrays/NAME/ACTION); anything else is refused (400). */
+const ARRAY_ACTION_FIELDS: Record<string, string[] | undefined> = {
+  add: ['device', 'name', 'token'],
+  remove: ['device'],
+  split: ['device', 'export', 'readOnly'],
+  replace: ['device'],
+  verify: ['repair', 'from', 'rate', 'wait'],
+}
+
+/** Bad admin input: answered 400 (node/daemon/listener.ts), nothing changed. */
+function usage (message: string): DstError {
+  return new DstError('DST_ERR_USAGE', message, Errno.EINVAL)
+}
+
+function check (field: string, problem: string | null): void {
+  if (problem !== null) throw usage(`"${field}": ${problem}`)
+}
+
+/**
+ * How long a client may leave its replies unread (taking none) before its connection is closed and its pool buffers
+ * come back (ms; `DST_STALL_TIMEOUT` for tests and drills).
+ */
+const STALL_TIMEOUT = Number(process.env.DST_STALL_TIMEOUT ?? '') > 0 ? Number(process.env.DST_STALL_TIMEOUT) : 30000
+
+/** Pool slots keep this much room in front of the payload for a reply header (rounded up for alignment). */
+const HEADROOM = 32
+
+export class DstNode {
+  readonly config: NodeConfig
+  readonly registry = new DeviceRegistry()
+  readonly pool: BufferPool
+  private listener: Listener | null = null
+  private nbd: NbdServer | null = null
+  private readonly exports = new Map<string, ServedExport>()
+  /** Device names of exports added while running (split-off legs). */
+  private readonly exportDevices = new Map<string, string>()
+  private readonly log: (message: string) => void
+  private readonly startedAt = Date.now()
+  private stopped: Promise<void> | null = null
+  /** Held from start to stop: one node per dataDir. */
+  private dataDirLock: DataDirLock | null = null
+
+  constructor (config: NodeConfig, options: NodeOptions = {}) {
+    if (HEADROOM < REPLY_HEADER_SIZE) throw new Error('pool headroom smaller than a reply header')
+    this.config = config
+    this.log = options.log ?? (m => process.stderr.write(`[${config.name}] ${m}\n`))
+    this.pool = new BufferPool({ count: config.pool.count, size: config.pool.size, headroom: HEADROOM, commit: true })
+    this.remoteOpenTimeout = options.remoteOpenTimeout ?? 30000
+  }
+
+  private readonly remoteOpenTimeout: number
+  /** What remote devices found at their last handshake (dataDir/remotes.json). */
+  private remotes: RemoteMemory | null = null
+  /** How many times this node (its dataDir) has started; in every handshake, so peers see restarts. */
+  generation = 0
+
+  async start (): Promise<void> {
+    watchGc()
+    const c = this.config
+    if (hasher().threads !== c.hash.threads) configureHasher({ threads: c.hash.threads })
+    let made: string[] = []
+    if (c.dataDir !== null) {
+      try {
+        made = makeDir(c.dataDir)
+      } catch (err) {
+        throw new ConfigError(`dataDir '${c.dataDir}': cannot create it: ${(err as Error).message}`)
+      }
+      // Before anything in it is read or written: a second node on this dataDir would share its write-intent maps.
+      this.dataDirLock = DataDirLock.acquire(c.dataDir, this.lockHolder(c.listen.port))
+    }
+    try {
+      c.nodeId = nodeIdentity(c.dataDir)
+      if (c.dataDir !== null) this.generation = await nextGeneration(c.dataDir)
+      await this.openAndListen()
+    } catch (err) {
+      this.dataDirLock?.release()
+      this.dataDirLock = null
+      // A bad config creates nothing: a dataDir this start made goes again.
+      if (err instanceof ConfigError && made.length > 0) fs.rmSync(made[0], { recursive: true, force: true })
+      throw err
+    }
+    this.dataDirLock?.update(this.lockHolder(this.port))
+  }
+
+  /** The node's identity (dataDir/node-id), known once it has started. */
+  get nodeId (): string { return this.config.nodeId ?? nodeIdentity(null) }
+
+  private lockHolder (port: number): LockHolder {
+    return { name: this.config.name, pid: process.pid, listen: `${this.config.listen.host}:${port}`, since: new Date(this.startedAt).toISOString() }
+  }
+
+  private async openAndListen (): Promise<void> {
+    const c = this.config
+    this.remotes = c.dataDir !== null ? RemoteMemory.load(c.dataDir) : null
+    await this.registry.open(c, { log: this.log, remoteOpenTimeout: this.remoteOpenTimeout, pingInterval: c.pingInterval, remotes: this.remotes })
+    for (const e of c.exports) {
+      const device = this.registry.get(e.device)
+      if (device === undefined) throw new Error(`export '${e.name}': device '${e.device}' did not open`)
+      this.exports.set(e.name, { ...e, device, metrics: new ExportMetrics(), lease: new WriteLease(c.leaseTimeout), generation: this.generation })
+    }
+    this.listener = new Listener({
+      host: c.listen.host,
+      port: c.listen.port,
+      pool: this.pool,
+      limits: { maxRequest: c.pool.size, maxInFlight: c.maxInFlight, pingInterval: c.pingInterval, stallTimeout: STALL_TIMEOUT },
+      exports: this.exports,
+      status: () => this.status(),
+      metrics: () => renderMetrics(c.name, [...this.exports.values()], { count: this.pool.count, size: this.pool.size, available: this.pool.available, waits: this.pool.waits }, this.arrayCounters(), hasher().stats, this.deviceGauges()),
+      log: this.log,
+      admin: c.admin,
+      onAdmin: (array, action, body) => this.changeArray(array, action, body),
+      nodeId: c.nodeId,
+    })
+    try {
+      await this.listener.listen()
+      if (c.nbd !== undefined) {
+        this.nbd = new NbdServer({
+          host: c.nbd.host, port: c.nbd.port, pool: this.pool, maxRequest: c.pool.size, exports: this.exports, log: this.log,
+          maxInFlight: c.maxInFlight, stallTimeout: STALL_TIMEOUT,
+        })
+        await this.nbd.listen()
+      }
+    } catch (err) {
+      await this.listener.stop().catch(() => {})
+      this.listener.closeAll()
+      await this.registry.close()
+      throw err
+    }
+  }
+
+  /** The port actually bound (useful when the config asked for port 0). */
+  get port (): number { return this.listener?.port ?? 0 }
+
+  /** The addresses this node serves, printed at start. */
+  addresses (): string[] {
+    const host = this.config.listen.host.includes(':') ? `[${this.config.listen.host}]` : this.config.listen.host
+    const lines = [`status  http://${host}:${this.port}/status`]
+    if (this.nbd !== null) {
+      const nbdHost = this.config.nbd?.host.includes(':') === true ? `[${this.config.nbd.host}]` : this.config.nbd?.host ?? ''
+      for (const e of this.exports.values()) lines.push(`nbd     nbd://${nbdHost}:${this.nbd.port}/${e.name}`)
+    }
+    for (const e of this.exports.values()) {
+      lines.push(`export  ${formatDstUrl({ host: this.config.listen.host, port: this.port, export: e.name })}  (${e.device.type} device '${this.deviceName(e)}', ${e.readOnly || !e.device.writable ? 'read-only' : 'read-write'})`)
+    }
+    return lines
+  }
+
+  status (): unknown {
+    return {
+      name: this.config.name,
+      id: this.nodeId,
+      uptime: Math.round((Date.now() - this.startedAt) / 1000),
+      listen: `${this.config.listen.host}:${this.port}`,
+      pool: { count: this.pool.count, size: this.pool.size, free: this.pool.available, waiting: this.pool.waiting },
+      hash: { algorithm: HASH_ALGORITHM, threads: hasher().threads, queued: hasher().queued, ...hasher().stats },
+      devices: this.registry.status(),
+      verify: Object.fromEntries(this.mirrors().filter(([, m]) => m.lastVerify !== null).map(([name, m]) => [name, m.status().verify])),
+      exports: [...this.exports.values()].map(e => ({
+        name: e.name,
+        device: this.deviceName(e),
+        readOnly: e.readOnly || !e.device.writable,
+        url: formatDstUrl({ host: this.config.listen.host, port: this.port, export: e.name }),
+        allow: e.allow.map(c => c.text),
+        token: e.token !== undefined,
+        shared: e.shared === true,
+        ...(e.shared === true ? {} : { lease: e.lease.describe() }),
+        connections: e.metrics.connections,
+        inFlight: e.metrics.inFlight,
+        digest: e.digest === true,
+      })),
+    }
+  }
+
+  /** Graceful stop: refuse new connections and requests, answer the ones received, flush, close. */
+  stop (): Promise<void> {
+    if (this.stopped === null) {
+      this.stopped = (async () => {
+        await Promise.all([this.listener?.stop(), this.nbd?.stop()])
+        await this.registry.flushAll()
+        this.listener?.closeAll()
+        await this.registry.close()
+        this.dataDirLock?.release()
+        this.dataDirLock = null
+      })()
+    }
+    return this.stopped
+  }
+
+  /**
+   * Live array changes (dst array add/remove/split/replace): applied with I/O paused only for the switch, then recorded in
+   * dataDir so a restart keeps them.
+   */
+  async changeArray (array: string, action: string, body: Record<string, unknown>): Promise<unknown> {
+    const c = this.config
+    // Checked as the config checks the same names (node/core/names.ts), before anything changes: what is recorded in
+    // dataDir must load at the next start.
+    const fields = ARRAY_ACTION_FIELDS[action]
+    if (fields === undefined) throw usage(`unknown array action '${action}' (add, remove, split, replace, verify)`)
+    for (const k of Object.keys(body)) if (!fields.includes(k)) throw usage(`"${k}": unknown field for ${action} (expected one of ${fields.join(', ')})`)
+    const device = this.registry.get(array)
+    if (device === undefined) throw new DstError('DST_ERR_NOTFOUND', `no device named '${array}' on node ${c.name}`, Errno.EINVAL)
+    if (action === 'replace' && device instanceof LinearDevice) {
+      if (typeof body.device !== 'string' || body.device === '') throw usage('give "device": the member to replace')
+      check('device', nameProblem(body.device))
+      return await this.replaceMember(array, device, body.device)
+    }
+    if (!(device instanceof MirrorDevice)) {
+      const what = action === 'verify' ? 'only mirror arrays have legs to compare' : 'only mirror arrays change members while running'
+      throw new DstError('DST_ERR_NOTMIRROR', `'${array}' is a ${device.type} device; ${what}`, Errno.EINVAL)
+    }
+    if (action === 'verify') return await this.startVerify(array, device, body)
+    if (c.dataDir === null) throw new DstError('DST_ERR_NOSTATE', 'this node has no dataDir to record array changes in', Errno.EINVAL)
+    const leg = body.device
+    if (typeof leg !== 'string' || leg === '') throw usage('give "device": a device name or a dst:// URL')
+    if (!(action === 'add' && leg.startsWith('dst://'))) check('device', nameProblem(leg))
+    if (body.name !== undefined) check('name', nameProblem(body.name))
+    if (body.token !== undefined && (typeof body.token !== 'string' || body.token === '')) throw usage('"token": expected a non-empty string')
+    if (body.export !== undefined) check('export', exportNameProblem(body.export))
+    if (body.readOnly !== undefined && typeof body.readOnly !== 'boolean') throw usage('"readOnly": expected true or false')
+    // A copy: a change that fails half-way leaves the recorded state as it was.
+    const overlay: NodeOverlay = JSON.parse(JSON.stringify(c.overlay ?? emptyOverlay()))
+    let detail: string
+    switch (action) {
+      case 'add': {
+        let name = leg
+        let member: Device
+        if (leg.startsWith('dst://')) {
+          const target = parseDstUrl(leg)
+          if (typeof target === 'string') throw usage(`"device": ${target}`)
+          if (target.port === this.port && sameHost(target.host, c.listen.host)) throw usage(`"device": ${leg} is this node's own address; a remote leg is another node's export`)
+          name = typeof body.name === 'string' ? body.name : `${target.export}@${target.host}_${target.port}`.replace(/[^A-Za-z0-9._-]/g, '_')
+          if (nameProblem(name) !== null) throw usage(`"name": the name made from the URL, '${name}', is not a device name; give one with "name"`)
+          if (this.registry.get(name) !== undefined) throw new DstError('DST_ERR_EXISTS', `a device named '${name}' already exists; pick another with "name"`, Errno.EINVAL)
+          const token = typeof body.token === 'string' ? body.token : undefined
+          member = await RemoteDevice.open(target, {
+            token, pingInterval: c.pingInterval, reconnectTimeout: c.reconnectTimeout, requestTimeout: c.requestTimeout,
+            owner: writerId(c, name), node: { name: c.name, id: this.nodeId }, log: m => this.log(`device '${name}': ${m}`),
+            onDisk: disk => { this.remotes?.set(name, leg, disk).catch(err => this.log(`device '${name}': cannot remember its disk: ${(err as Error).message}`)) },
+          })
+          this.registry.add(name, member)
+          overlay.devices[name] = { type: 'remote', url: leg, ...(token !== undefined ? { token } : {}) }
+        } else {
+          const found = this.registry.get(leg)
+          if (found === undefined) throw new DstError('DST_ERR_NOTFOUND', `no device named '${leg}' on node ${c.name}`, Errno.EINVAL)
+          const owner = this.registry.ownerOf(leg)
+          if (owner !== undefined) throw new DstError('DST_ERR_INUSE', `'${leg}' is already a member of '${owner}'`, Errno.EINVAL)
+          if (this.registry.contains(leg, array) || leg === array) throw new DstError('DST_ERR_CYCLE', `'${leg}' contains '${array}': adding it would make a cycle`, Errno.EINVAL)
+          const exported = [...this.exports.values()].find(e => e.device === found)
+          if (exported !== undefined) throw new DstError('DST_ERR_INUSE', `'${leg}' is exported as '${exported.name}'; a leg must have one writer, the mirror`, Errno.EINVAL)
+          member = found
+        }
+        await device.addLeg({ name, device: member })
+        detail = `leg '${name}' added to '${array}': everything on it is overwritten by a full sync (started)`
+        break
+      }
+      case 'replace': {
+        // The operator takes on the disk now behind a foreign leg: a remote device is told to accept it first.
+        const member = this.registry.get(leg)
+        if (member instanceof RemoteDevice && member.state === 'foreign' && device.legNames.includes(leg)) await member.acceptFoundDisk()
+        detail = await device.replaceLeg(leg)
+        break
+      }
+      case 'remove': {
+        await device.removeLeg(leg)
+        detail = `leg '${leg}' removed from '${array}'`
+        break
+      }
+      case 'split': {
+        const exportName = typeof body.export === 'string' ? body.export : undefined
+        if (exportName !== undefined && (this.exports.has(exportName) || RESERVED_EXPORT_NAMES.includes(exportName))) {
+          throw new DstError('DST_ERR_EXISTS', `export name '${exportName}' is taken`, Errno.EINVAL)
+        }
+        const detached = await device.splitLeg(leg)
+        detail = `leg '${leg}' split off '${array}' as a point-in-time copy`
+        if (exportName !== undefined) {
+          const readOnly = body.readOnly === true
+          this.exports.set(exportName, {
+            name: exportName, device: detached, readOnly, allow: LOOPBACK_ONLY.map(x => parseCidr(x) as Cidr),
+            metrics: new ExportMetrics(), lease: new WriteLease(c.leaseTimeout), generation: this.generation,
+          })
+          this.exportDevices.set(exportName, leg)
+          overlay.exports.push({ name: exportName, device: leg, readOnly })
+          detail += `, exported as ${formatDstUrl({ host: c.listen.host, port: this.port, export: exportName })}`
+        }
+        break
+      }
+      default:
+        throw usage(`unknown array action '${action}' (add, remove, split, replace, verify)`)
+    }
+    overlay.arrays[array] = { members: device.legNames }
+    await writeOverlay(c.dataDir, overlay)
+    c.overlay = overlay
+    this.log(detail)
+    return { ok: true, message: detail, array: device.status() }
+  }
+
+  /**
+   * A linear member whose peer serves another disk takes that disk on: nothing is copied (a linear array keeps one
+   * copy); the operator says the disk found is the member now. Nothing about the array's layout changes.
+   */
+  private async replaceMember (array: string, linear: LinearDevice, leg: unknown): Promise<unknown> {
+    const member = linear.members.find(m => m.name === leg)
+    if (member === undefined) throw new DstError('DST_ERR_NOLEG', `linear '${array}': no member '${String(leg)}' (members: ${linear.members.map(m => m.name).join(', ')})`, Errno.EINVAL)
+    if (!(member.device instanceof RemoteDevice) || member.device.state !== 'foreign') {
+      throw new DstError('DST_ERR_NOTFOREIGN', `linear '${array}': member '${member.name}' is ${member.device.state}; replace takes on the other disk of a foreign remote member`, Errno.EINVAL)
+    }
+    const found = member.device.found?.identity ?? ''
+    await member.device.acceptFoundDisk()
+    const detail = `linear '${array}': member '${member.name}' now uses disk ${found}; its range holds whatever that disk holds (nothing was copied)`
+    this.log(detail)
+    return { ok: true, message: detail, array: linear.status() }
+  }
+
+  /**
+   * Starts an online verify of a mirror (POST /arrays/NAME/verify). Answers at once with the report as it starts;
+   * progress and the result are in /status under `verify`. With "wait": true, answers when it is done.
+   */
+  private async startVerify (array: string, mirror: MirrorDevice, body: Record<string, unknown>): Promise<unknown> {
+    const from = body.from
+    if (from !== undefined && (typeof from !== 'string' || from === '')) throw new DstError('DST_ERR_USAGE', '"from" must name a leg', Errno.EINVAL)
+    if (body.repair !== undefined && typeof body.repair !== 'boolean') throw new DstError('DST_ERR_USAGE', '"repair" must be true or false', Errno.EINVAL)
+    if (from !== undefined && body.repair !== true) throw new DstError('DST_ERR_USAGE', '"from" names the leg to repair from; it needs "repair": true', Errno.EINVAL)
+    const rate = body.rate
+    if (rate !== undefined && (typeof rate !== 'number' || !Number.isFinite(rate) || rate < 0)) throw new DstError('DST_ERR_USAGE', '"rate" must be bytes per second (0: no limit)', Errno.EINVAL)
+    const before = mirror.lastVerify
+    const run = mirror.verify({ repair: body.repair === true, from: from as string | undefined, rate: rate as number | undefined })
+    const started = mirror.lastVerify
+    // A verify refused at the start (busy, unknown leg) rejects before it has a report of its own.
+    if (started === null || started === before) return await run
+    run.catch(() => {})
+    if (body.wait === true) return { ok: true, message: `verify of '${array}' done`, verify: await run }
+    this.log(`verify of '${array}' started${body.repair === true ? ` (repair${from !== undefined ? ` from '${String(from)}'` : ''})` : ''}`)
+    return { ok: true, message: `verify of '${array}' started`, verify: started }
+  }
+
+  private mirrors (): Array<[string, MirrorDevice]> {
+    return this.registry.all().filter((x): x is [string, MirrorDevice] => x[1] instanceof MirrorDevice)
+  }
+
+  private arrayCounters (): ArrayCounters[] {
+    return this.mirrors().map(([name, m]) => ({
+      name,
+      resyncCopiedBytes: m.resyncedBytes,
+      resyncComparedBytes: m.comparedBytes,
+      verifyRuns: m.verifyTotals.runs,
+      verifyBytes: m.verifyTotals.bytes,
+      verifyMismatches: m.verifyTotals.mismatches,
+      verifyRepaired: m.verifyTotals.repaired,
+      verifyRunning: m.lastVerify?.state === 'running' ? 1 : 0,
+      legs: m.legStates().reduce<Record<string, number>>((acc, l) => { acc[l.state] = (acc[l.state] ?? 0) + 1; return acc }, {}),
+    }))
+  }
+
+  private deviceGauges (): DeviceGauge[] {
+    return this.registry.all().map(([name, d]) => ({ name, type: d.type, state: String(d.status().state) }))
+  }
+
+  private deviceName (e: ServedExport): string {
+    const added = this.exportDevices.get(e.name)
+    if (added !== undefined) return added
+    return this.config.exports.find(x => x.name === e.name)?.device ?? '?'
+  }
+}

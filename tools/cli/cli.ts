@@ -1,0 +1,375 @@
+// The `dst` command line: `dst <verb> ...` with --help on every verb, errors on stderr, exit 2 on bad usage or config.
+
+import { parseArgs, type ParseArgsConfig } from 'node:util'
+import * as path from 'node:path'
+import { ConfigError } from '../../node/core/errors'
+import { DEFAULT_CONFIG, loadConfigFile, parseConfig, type NodeConfig } from '../../node/daemon/config'
+import { requireSize } from '../../node/core/size'
+import { DstNode } from '../../node/daemon/node'
+import { copy, ProgressBar } from './copy'
+import { fetchFailure, fetchStatus, renderStatus } from './status'
+
+const USAGE = `dst: a distributed storage tree
+
+usage: dst <verb> [options]
+
+verbs:
+  node     run a node from a config file
+  export   export one file without a config
+  copy     copy between files, stdin/stdout and dst:// URLs
+  status   show a node's devices and exports
+  array    add, remove, split off or replace a mirror leg on a running node
+  verify   compare a mirror's legs by digest while it runs, and repair them
+
+Run 'dst <verb> --help' for a verb's options.`
+
+const HELP: Record<string, string> = {
+  node: `usage: dst node --config FILE
+       dst node --default
+
+Runs a node in the foreground: opens the config's devices and serves its exports
+(native protocol over WebSocket, plus HTTP /status and /metrics on the same port).
+SIGINT or SIGTERM stops accepting, finishes requests in flight, flushes and exits 0.
+
+  --config FILE   the node's JSON config (see the README)
+  --default       the embedded default config: ./data/disk0.img (1 GiB sparse)
+                  exported as dst://127.0.0.1:7001/disk0 and
+                  nbd://127.0.0.1:10809/disk0
+  --help          this text`,
+  export: `usage: dst export FILE --listen HOST:PORT [--nbd HOST:PORT] [--name NAME] [--size SIZE]
+                  [--read-only] [--allow CIDR]... [--token TOKEN] [--shared] [--digest]
+
+Exports one file (or block device) without a config. A missing FILE is created
+sparse with --size.
+
+  --listen HOST:PORT  address to serve on (port 0 picks a free one)
+  --nbd HOST:PORT     also serve it to NBD clients (qemu, nbd-client, libnbd, fio)
+  --name NAME         export name (default: the file's base name)
+  --size SIZE         size in bytes or KiB/MiB/GiB/TiB (creates or grows FILE)
+  --read-only         refuse writes
+  --allow CIDR        client addresses allowed (repeatable; default loopback only)
+  --token TOKEN       shared secret clients must present
+  --shared            allow several writers at once (no write lease)
+  --digest            wire digests: every payload carries a digest checked on receipt
+  --help              this text`,
+  copy: `usage: dst copy SRC DST [--offset N] [--length N] [--token TOKEN]
+
+Copies bytes between a local file or block device, '-' (stdin or stdout) and
+dst://HOST:PORT/NAME URLs, with many requests in flight. Shows a progress bar
+when stderr is a terminal.
+
+  --offset N        byte offset on the dst:// side (both sides if both are dst://)
+  --length N        bytes to copy (default: all of the source)
+  --token TOKEN     token for the dst:// export(s)
+  --chunk SIZE      bytes per request (default 1MiB)
+  --in-flight N     requests in flight (default 16)
+  --no-progress     never draw the progress bar
+  --help            this text`,
+  array: `usage: dst array add     NODE_URL ARRAY DEVICE [--name NAME] [--token TOKEN]
+       dst array remove  NODE_URL ARRAY LEG
+       dst array split   NODE_URL ARRAY LEG [--export NAME] [--read-only]
+       dst array replace NODE_URL ARRAY LEG
+
+Changes a mirror on a running node (NODE_URL is its http://HOST:PORT). I/O is held
+only for the switch; the change is kept in the node's dataDir, so a restart keeps it.
+
+  add      DEVICE is a device of that node not used elsewhere, or a dst:// URL (a
+           remote device is created, named NAME); everything on the new leg is
+           overwritten by a full sync
+  remove   drops a leg (never the last in-sync one)
+  split    detaches an in-sync leg as a consistent point-in-time copy, usable on
+           its own; --export serves it under that name
+  replace  takes on the disk now behind a foreign leg (another disk answers at its
+           address, or a leg new to the array holds data): that disk is
+           overwritten by a full sync. On a linear array, a foreign remote member
+           takes on the disk found, with nothing copied
+
+  --name NAME         name for a remote device added by URL
+  --token TOKEN       token of the dst:// export added
+  --export NAME       export the split-off leg as NAME
+  --read-only         with --export: export it read-only
+  --admin-token T     the node's admin token, if it has one
+  --help              this text`,
+  verify: `usage: dst verify NODE_URL ARRAY [--repair [--from LEG]] [--rate SIZE] [--json]
+
+Compares every region of a mirror on all its legs, by digests computed on the
+nodes that hold the legs, while I/O goes on. Prints the regions that differ.
+Exit status: 0 when every leg was compared and they agree (or every mismatch
+was repaired), 1 when mismatches are left (or the verify failed), 2 on bad
+usage, 3 when part of the array could not be compared on every leg (a leg
+down, foreign or stale: "leg b down: 256 MiB not compared").
+
+  --repair        mark mismatched regions stale on the legs that differ and
+                  resync them from the reference leg; waits for that resync
+  --from LEG      the reference leg (the one that is right); without it a
+                  strict majority of 3+ legs decides, and 2 legs are only reported
+  --rate SIZE     most bytes per second to compare (default: no limit)
+  --json          print the final report as JSON
+  --no-progress   never draw the progress bar (drawn when stderr is a terminal)
+  --admin-token T the node's admin token, if it has one
+  --help          this text`,
+  status: `usage: dst status [http://HOST:PORT] [--json]
+
+Prints a node's devices as a tree with state and size, and its exports.
+
+  URL      the node's listen address (default http://127.0.0.1:7001)
+  --json   print the raw /status JSON
+  --help   this text`,
+}
+
+class UsageError extends Error {}
+/** `--help` was asked for: the verb stops and its help text is printed. */
+class HelpShown extends Error {}
+
+/**
+ * Writes the last words and exits once they are out: writes to a pipe are asynchronous, and process.exit() right
+ * after one can lose it. A write that never completes (a reader gone) does not hold the exit for long.
+ */
+function exitWith (code: number, stream: NodeJS.WriteStream, text: string): void {
+  setTimeout(() => process.exit(code), 2000)
+  stream.write(text, () => process.exit(code))
+}
+
+function parse (verb: string, argv: string[], options: ParseArgsConfig['options']): { values: Record<string, unknown>, positionals: string[] } {
+  try {
+    const { values, positionals } = parseArgs({ args: argv, options: { ...options, help: { type: 'boolean' } }, allowPositionals: true, strict: true })
+    if (values.help === true) throw new HelpShown(HELP[verb])
+    return { values: values as Record<string, unknown>, positionals }
+  } catch (err) {
+    if (err instanceof HelpShown) throw err
+    throw new UsageError((err as Error).message)
+  }
+}
+
+export async function main (argv: string[]): Promise<void> {
+  const [verb, ...rest] = argv
+  try {
+    switch (verb) {
+      case undefined:
+      case '-h':
+      case '--help':
+      case 'help':
+        if (rest[0] !== undefined && HELP[rest[0]] !== undefined) { process.stdout.write(HELP[rest[0]] + '\n'); return }
+        process.stdout.write(USAGE + '\n')
+        if (verb === undefined) process.exitCode = 2
+        return
+      case 'node': return await nodeVerb(rest)
+      case 'export': return await exportVerb(rest)
+      case 'copy': return await copyVerb(rest)
+      case 'status': return await statusVerb(rest)
+      case 'array': return await arrayVerb(rest)
+      case 'verify': return await verifyVerb(rest)
+      default:
+        throw new UsageError(`unknown verb '${verb}' (try 'dst --help')`)
+    }
+  } catch (err) {
+    if (err instanceof HelpShown) { exitWith(0, process.stdout, `${err.message}\n`); return }
+    if (err instanceof UsageError) { exitWith(2, process.stderr, `dst ${verb ?? ''}: ${err.message}\n`); return }
+    if (err instanceof ConfigError) { exitWith(2, process.stderr, `dst ${verb}: ${err.message}\n`); return }
+    exitWith(1, process.stderr, `dst ${verb}: ${(err as Error).message}\n`)
+  }
+}
+
+async function nodeVerb (argv: string[]): Promise<void> {
+  const { values, positionals } = parse('node', argv, { config: { type: 'string' }, default: { type: 'boolean' } })
+  if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`)
+  let config: NodeConfig
+  if (typeof values.config === 'string') {
+    config = loadConfigFile(values.config)
+  } else if (values.default === true) {
+    const base = process.cwd()
+    const fs = await import('node:fs')
+    fs.mkdirSync(path.join(base, 'data'), { recursive: true })
+    config = parseConfig(DEFAULT_CONFIG, base, 'default config')
+  } else {
+    throw new UsageError('give --config FILE (or --default for the embedded default config)')
+  }
+  await runNode(config)
+}
+
+async function exportVerb (argv: string[]): Promise<void> {
+  const { values, positionals } = parse('export', argv, {
+    listen: { type: 'string' }, name: { type: 'string' }, size: { type: 'string' }, 'read-only': { type: 'boolean' },
+    allow: { type: 'string', multiple: true }, token: { type: 'string' }, shared: { type: 'boolean' },
+    nbd: { type: 'string' }, digest: { type: 'boolean' },
+  })
+  if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? 'give the FILE to export' : `unexpected argument '${positionals[1]}'`)
+  if (typeof values.listen !== 'string') throw new UsageError('give --listen HOST:PORT')
+  const file = path.resolve(positionals[0])
+  const name = typeof values.name === 'string' ? values.name : path.basename(file).replace(/[^A-Za-z0-9._-]/g, '_')
+  let size: number | undefined
+  if (typeof values.size === 'string') {
+    try { size = requireSize(values.size, '--size') } catch (err) { throw new UsageError((err as Error).message) }
+  }
+  const raw = {
+    name: 'export',
+    listen: values.listen,
+    ...(typeof values.nbd === 'string' ? { nbd: values.nbd } : {}),
+    devices: { [name]: { type: 'file', path: file, ...(size !== undefined ? { size } : {}), ...(values['read-only'] === true ? { readOnly: true } : {}) } },
+    exports: [{ device: name, name, readOnly: values['read-only'] === true, shared: values.shared === true, digest: values.digest === true, ...(values.allow !== undefined ? { allow: values.allow } : {}), ...(values.token !== undefined ? { token: values.token } : {}) }],
+  }
+  const config = parseConfig(raw, process.cwd(), 'dst export')
+  config.dataDir = null
+  await runNode(config)
+}
+
+async function runNode (config: NodeConfig): Promise<void> {
+  const node = new DstNode(config)
+  await node.start()
+  for (const line of node.addresses()) process.stdout.write(`${line}\n`)
+  process.stdout.write(`node ${config.name} ready\n`)
+  let stopping = false
+  const stop = (signal: string): void => {
+    if (stopping) { exitWith(1, process.stderr, `[${config.name}] second ${signal}: exiting now\n`); return }
+    stopping = true
+    process.stderr.write(`[${config.name}] ${signal}: finishing requests in flight, flushing\n`)
+    node.stop().then(
+      () => exitWith(0, process.stderr, `[${config.name}] stopped\n`),
+      err => exitWith(1, process.stderr, `[${config.name}] stop failed: ${(err as Error).message}\n`))
+  }
+  process.on('SIGINT', () => stop('SIGINT'))
+  process.on('SIGTERM', () => stop('SIGTERM'))
+}
+
+async function copyVerb (argv: string[]): Promise<void> {
+  const { values, positionals } = parse('copy', argv, {
+    offset: { type: 'string' }, length: { type: 'string' }, token: { type: 'string' },
+    chunk: { type: 'string' }, 'in-flight': { type: 'string' }, 'no-progress': { type: 'boolean' },
+  })
+  if (positionals.length !== 2) throw new UsageError('give SRC and DST')
+  const [src, dst] = positionals
+  if (!src.startsWith('dst://') && !dst.startsWith('dst://')) throw new UsageError('one of SRC and DST must be a dst:// URL')
+  let offset = 0
+  let length: number | undefined
+  let chunk = 1024 * 1024
+  let inFlight = 16
+  try {
+    if (typeof values.offset === 'string') offset = requireSize(values.offset, '--offset')
+    if (typeof values.length === 'string') length = requireSize(values.length, '--length')
+    if (typeof values.chunk === 'string') chunk = requireSize(values.chunk, '--chunk')
+    if (typeof values['in-flight'] === 'string') inFlight = requireSize(values['in-flight'], '--in-flight')
+  } catch (err) { throw new UsageError((err as Error).message) }
+  if (chunk < 512 || chunk > 64 * 1024 * 1024) throw new UsageError('--chunk must be between 512 and 64MiB')
+  if (inFlight < 1 || inFlight > 1024) throw new UsageError('--in-flight must be between 1 and 1024')
+  const total = await copy(src, dst, {
+    offset, length, chunk, inFlight, token: values.token as string | undefined,
+    progress: process.stderr.isTTY && values['no-progress'] !== true,
+  })
+  if (dst !== '-' || !process.stdout.isTTY) process.stderr.write(process.stderr.isTTY ? `copied ${total} bytes\n` : '')
+}
+
+async function statusVerb (argv: string[]): Promise<void> {
+  const { values, positionals } = parse('status', argv, { json: { type: 'boolean' } })
+  if (positionals.length > 1) throw new UsageError(`unexpected argument '${positionals[1]}'`)
+  const base = positionals[0] ?? `http://${DEFAULT_CONFIG.listen}`
+  if (!/^https?:\/\//.test(base)) throw new UsageError(`'${base}' is not an http://HOST:PORT address`)
+  const status = await fetchStatus(base)
+  process.stdout.write(values.json === true ? JSON.stringify(status, null, 2) + '\n' : renderStatus(status) + '\n')
+}
+
+async function arrayVerb (argv: string[]): Promise<void> {
+  const { values, positionals } = parse('array', argv, {
+    name: { type: 'string' }, token: { type: 'string' }, export: { type: 'string' }, 'read-only': { type: 'boolean' },
+    'admin-token': { type: 'string' },
+  })
+  const [action, node, array, device, extra] = positionals
+  if (action === undefined || !['add', 'remove', 'split', 'replace'].includes(action)) throw new UsageError('give add, remove, split or replace (try dst array --help)')
+  if (node === undefined || array === undefined || device === undefined) throw new UsageError(`usage: dst array ${action} NODE_URL ARRAY ${action === 'add' ? 'DEVICE' : 'LEG'}`)
+  if (extra !== undefined) throw new UsageError(`unexpected argument '${extra}'`)
+  if (!/^https?:\/\//.test(node)) throw new UsageError(`'${node}' is not an http://HOST:PORT address`)
+  const body: Record<string, unknown> = { device }
+  if (typeof values.name === 'string') body.name = values.name
+  if (typeof values.token === 'string') body.token = values.token
+  if (typeof values.export === 'string') body.export = values.export
+  if (values['read-only'] === true) body.readOnly = true
+  const answer = await postArrayAction(node, array, action, body, values['admin-token'], 120000) as { message?: string }
+  process.stdout.write(`${answer.message ?? 'done'}\n`)
+}
+
+/** POST /arrays/ARRAY/ACTION on a node (the admin endpoints); the node's error message becomes the thrown error. */
+async function postArrayAction (node: string, array: string, action: string, body: Record<string, unknown>,
+  adminToken: unknown, timeout: number): Promise<Record<string, unknown>> {
+  const url = new URL(`/arrays/${encodeURIComponent(array)}/${action}`, node).toString()
+  const headers: Record<string, string> = { 'content-type': 'application/json' }
+  if (typeof adminToken === 'string') headers.authorization = `Bearer ${adminToken}`
+  let res: Response
+  try {
+    res = await fetch(url, { method: 'POST', headers, body: JSON.stringify(body), signal: AbortSignal.timeout(timeout) })
+  } catch (err) {
+    throw new Error(`${url}: ${fetchFailure(err)}`)
+  }
+  const answer = await res.json().catch(() => ({})) as Record<string, unknown>
+  if (!res.ok) throw new Error(typeof answer.error === 'string' ? answer.error : `HTTP ${res.status}`)
+  return answer
+}
+
+interface VerifyAnswer {
+  state: 'running' | 'done' | 'incomplete' | 'failed'
+  incomplete: string | null
+  startedAt: string
+  totalBytes: number
+  doneBytes: number
+  comparedBytes: number
+  skippedBytes: number
+  seconds: number
+  mismatches: number
+  repairedRegions: number
+  mismatchedRegions: Array<{ offset: number, length: number, chunks: number, legs: string[], reference: string | null, repaired: boolean }>
+  error: string | null
+}
+
+async function verifyVerb (argv: string[]): Promise<void> {
+  const { values, positionals } = parse('verify', argv, {
+    repair: { type: 'boolean' }, from: { type: 'string' }, rate: { type: 'string' }, json: { type: 'boolean' },
+    'no-progress': { type: 'boolean' }, 'admin-token': { type: 'string' },
+  })
+  const [node, array, extra] = positionals
+  if (node === undefined || array === undefined) throw new UsageError('usage: dst verify NODE_URL ARRAY [--repair [--from LEG]]')
+  if (extra !== undefined) throw new UsageError(`unexpected argument '${extra}'`)
+  if (!/^https?:\/\//.test(node)) throw new UsageError(`'${node}' is not an http://HOST:PORT address`)
+  if (values.from !== undefined && values.repair !== true) throw new UsageError('--from names the leg to repair from: give --repair too')
+  const body: Record<string, unknown> = { repair: values.repair === true }
+  if (typeof values.from === 'string') body.from = values.from
+  if (typeof values.rate === 'string') {
+    try { body.rate = requireSize(values.rate, '--rate') } catch (err) { throw new UsageError((err as Error).message) }
+  }
+  const answer = await postArrayAction(node, array, 'verify', body, values['admin-token'], 30000) as { verify?: VerifyAnswer }
+  if (answer.verify === undefined) throw new Error(`${node}: the node's answer has no verify report`)
+  let report = answer.verify
+  const bar = process.stderr.isTTY && values['no-progress'] !== true ? new ProgressBar(report.totalBytes) : null
+  // Progress and the result are in the node's /status; a node that goes away mid-verify is an error, not a hang.
+  let failures = 0
+  while (report.state === 'running') {
+    await new Promise(resolve => setTimeout(resolve, 250))
+    try {
+      const status = await fetchStatus(node) as { verify?: Record<string, VerifyAnswer> }
+      const now = status.verify?.[array]
+      if (now === undefined || now.startedAt !== report.startedAt) throw new Error(`the node no longer reports this verify of '${array}' (restarted?)`)
+      report = now
+      failures = 0
+    } catch (err) {
+      if (++failures >= 20) throw new Error(`lost the node while verifying: ${(err as Error).message}`)
+    }
+    bar?.update(report.doneBytes, `  ${report.mismatches} mismatched`)
+  }
+  bar?.done(report.doneBytes, `  ${report.mismatches} mismatched`)
+  if (values.json === true) {
+    process.stdout.write(JSON.stringify(report, null, 2) + '\n')
+  } else {
+    const mib = report.comparedBytes / 1048576
+    process.stdout.write(`verify of '${array}' ${report.state}: ${mib.toFixed(1)} MiB compared in ${report.seconds.toFixed(1)} s` +
+      ` (${(mib / Math.max(0.001, report.seconds)).toFixed(1)} MiB/s), ${report.skippedBytes} bytes skipped (held by one leg only)\n`)
+    for (const m of report.mismatchedRegions) {
+      process.stdout.write(`  mismatch at ${m.offset}+${m.length}: ${m.chunks} chunk(s) differ on ${m.legs.join(', ')}` +
+        `${m.reference === null ? ' (no reference: repair with --from LEG)' : m.repaired ? `, repaired from ${m.reference}` : ''}\n`)
+    }
+    if (report.mismatches > report.mismatchedRegions.length) process.stdout.write(`  ... ${report.mismatches - report.mismatchedRegions.length} more\n`)
+    process.stdout.write(`${report.mismatches} mismatched region(s)${report.repairedRegions > 0 ? `, ${report.repairedRegions} repaired` : ''}\n`)
+  }
+  if (report.state === 'failed') throw new Error(`verify failed: ${report.error ?? 'unknown error'}`)
+  if (report.mismatches > report.repairedRegions) process.exitCode = 1
+  else if (report.state === 'incomplete') {
+    process.stderr.write(`dst verify: incomplete: ${report.incomplete ?? 'part of the array was not compared'}\n`)
+    process.exitCode = 3
+  }
+}

@@ -1,0 +1,77 @@
+// `dst status`: fetches a node's /status and draws its devices as a tree with state and size.
+
+import { formatSize } from '../../node/core/size'
+
+interface DeviceView {
+  type: string
+  size: number
+  state: string
+  members?: Array<DeviceView & { name: string }>
+  [key: string]: unknown
+}
+
+interface StatusView {
+  name: string
+  listen?: string
+  devices: Record<string, DeviceView>
+  exports: Array<{ name: string, device: string, url: string, readOnly: boolean, connections: number }>
+}
+
+export async function fetchStatus (base: string): Promise<StatusView> {
+  const url = new URL('/status', base).toString()
+  let res: Response
+  try {
+    res = await fetch(url, { signal: AbortSignal.timeout(10000) })
+  } catch (err) {
+    throw new Error(`${url}: ${fetchFailure(err)}`)
+  }
+  if (!res.ok) throw new Error(`${url}: HTTP ${res.status}`)
+  return await res.json() as StatusView
+}
+
+/** Why a fetch() failed, in words: undici's own message is only "fetch failed"; the cause says what happened. */
+export function fetchFailure (err: unknown): string {
+  const cause = (err as { cause?: { code?: string, message?: string } }).cause
+  return cause?.code ?? cause?.message ?? (err as Error).message
+}
+
+export function renderStatus (s: StatusView): string {
+  const lines = [`node ${s.name}${s.listen !== undefined ? ` (${s.listen})` : ''}`]
+  const memberNames = new Set<string>()
+  for (const d of Object.values(s.devices)) for (const m of d.members ?? []) memberNames.add(m.name)
+  const roots = Object.entries(s.devices).filter(([name]) => !memberNames.has(name))
+  const draw = (name: string, d: DeviceView, prefix: string, last: boolean): void => {
+    const detail = [d.type, formatSize(d.size), d.state]
+    if (typeof d.path === 'string') detail.push(d.path)
+    if (typeof d.url === 'string') detail.push(d.url)
+    if (d.writable === false) detail.push('read-only')
+    if (typeof d.dirtyBytes === 'number' && d.dirtyBytes > 0) detail.push(`dirty ${formatSize(d.dirtyBytes)}`)
+    if (typeof d.foundIdentity === 'string') detail.push(`found disk ${d.foundIdentity}`)
+    if (typeof d.lastError === 'string') detail.push(`last error: ${d.lastError}`)
+    lines.push(`${prefix}${last ? '└─ ' : '├─ '}${name}  ${detail.join('  ')}`)
+    const resync = d.resync as { doneBytes: number, totalBytes: number } | undefined
+    if (resync !== undefined) {
+      const frac = resync.totalBytes > 0 ? Math.min(1, resync.doneBytes / resync.totalBytes) : 1
+      const fill = Math.round(frac * 24)
+      lines.push(`${prefix}${last ? '   ' : '│  '}   resync [${'#'.repeat(fill)}${'.'.repeat(24 - fill)}] ${(frac * 100).toFixed(0)}% ${formatSize(resync.doneBytes)} / ${formatSize(resync.totalBytes)}`)
+    }
+    const verify = d.verify as { state: string, doneBytes: number, totalBytes: number, mismatches: number, repairedRegions: number, finishedAt: string | null, incomplete?: string | null } | undefined
+    if (verify !== undefined) {
+      const pct = verify.totalBytes > 0 ? Math.min(100, (100 * verify.doneBytes) / verify.totalBytes) : 100
+      const when = verify.finishedAt !== null ? ` (${verify.finishedAt})` : ''
+      lines.push(`${prefix}${last ? '   ' : '│  '}   verify ${verify.state} ${pct.toFixed(0)}%, ${verify.mismatches} mismatched region${verify.mismatches === 1 ? '' : 's'}` +
+        `${verify.repairedRegions > 0 ? `, ${verify.repairedRegions} repaired` : ''}${typeof verify.incomplete === 'string' ? ` (${verify.incomplete})` : ''}${when}`)
+    }
+    const kids = d.members ?? []
+    kids.forEach((m, i) => draw(m.name, m, prefix + (last ? '   ' : '│  '), i === kids.length - 1))
+  }
+  lines.push('devices')
+  roots.forEach(([name, d], i) => draw(name, d, '', i === roots.length - 1))
+  lines.push('exports')
+  s.exports.forEach((e, i) => {
+    const last = i === s.exports.length - 1
+    lines.push(`${last ? '└─ ' : '├─ '}${e.url}  device ${e.device}  ${e.readOnly ? 'read-only' : 'read-write'}  ${e.connections} connection${e.connections === 1 ? '' : 's'}`)
+  })
+  if (s.exports.length === 0) lines.push('└─ (none)')
+  return lines.join('\n')
+}
