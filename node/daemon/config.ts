@@ -2,6 +2,7 @@
 // one message naming the field and the problem (the CLI prints it and exits 2) and leaves no file behind.
 
 import { parseDstUrl } from '../core/url'
+import { DEFAULT_CHUNK, stripeChunkProblem } from '../../algorithms/stripe'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import { availableParallelism, networkInterfaces } from 'node:os'
@@ -20,6 +21,14 @@ export type DeviceConfig =
   | { type: 'remote', name: string, url: string, host: string, port: number, export: string, token?: string, queueDepth: number, reconnectTimeout?: number, requestTimeout?: number }
   | { type: 'mirror', name: string, members: string[], region: number, resyncRate: number, checksumResync: boolean, syncFrom?: string, assumeClean: boolean }
   | { type: 'linear', name: string, members: string[] }
+  | { type: 'stripe', name: string, members: string[], chunk: number }
+
+/** The arrays among the device kinds: those made of other devices of the config. */
+export type ArrayConfig = Extract<DeviceConfig, { members: string[] }>
+
+export function isArrayConfig (d: DeviceConfig): d is ArrayConfig {
+  return d.type === 'mirror' || d.type === 'linear' || d.type === 'stripe'
+}
 
 export interface ExportConfig {
   name: string
@@ -258,10 +267,22 @@ function parseDevice (name: string, d: unknown, field: string, baseDir: string, 
       if (x.syncFrom !== undefined && x.assumeClean === true) fail(`${field}.assumeClean`, 'give syncFrom or assumeClean, not both')
       return { type: 'mirror', name, members, region, resyncRate, checksumResync: x.checksumResync !== false, syncFrom: x.syncFrom as string | undefined, assumeClean: x.assumeClean === true }
     }
+    case 'stripe': {
+      allowKeys(x, ['type', 'members', 'chunk'], `${field}.`, fail)
+      if (!Array.isArray(x.members) || !x.members.every(m => typeof m === 'string')) fail(`${field}.members`, 'expected an array of device names')
+      const members = x.members as string[]
+      if (members.length < 2) fail(`${field}.members`, `a stripe needs at least two members, got ${members.length}`)
+      if (new Set(members).size !== members.length) fail(`${field}.members`, 'a device is listed twice')
+      const chunk = x.chunk === undefined ? DEFAULT_CHUNK : sizeOf(x.chunk, `${field}.chunk`, fail)
+      // The members' block sizes are known only once they are open (a remote's comes with its handshake).
+      const problem = stripeChunkProblem(chunk, [])
+      if (problem !== null) fail(`${field}.chunk`, problem)
+      return { type: 'stripe', name, members, chunk }
+    }
     case undefined:
-      return fail(`${field}.type`, 'missing (one of file, remote, memory, mirror, linear)')
+      return fail(`${field}.type`, 'missing (one of file, remote, memory, mirror, linear, stripe)')
     default:
-      return fail(`${field}.type`, `unknown type ${JSON.stringify(x.type)} (one of file, remote, memory, mirror, linear)`)
+      return fail(`${field}.type`, `unknown type ${JSON.stringify(x.type)} (one of file, remote, memory, mirror, linear, stripe)`)
   }
 }
 
@@ -269,7 +290,7 @@ function parseDevice (name: string, d: unknown, field: string, baseDir: string, 
 function checkMembers (devices: Map<string, DeviceConfig>, fail: Fail): void {
   const owner = new Map<string, string>()
   for (const d of devices.values()) {
-    if (d.type !== 'mirror' && d.type !== 'linear') continue
+    if (!isArrayConfig(d)) continue
     for (const [i, m] of d.members.entries()) {
       if (!devices.has(m)) fail(`devices.${d.name}.members[${i}]`, `no device named '${m}'`)
       if (m === d.name) fail(`devices.${d.name}.members[${i}]`, 'an array cannot contain itself')
@@ -285,7 +306,7 @@ function checkMembers (devices: Map<string, DeviceConfig>, fail: Fail): void {
     if (s === 'visiting') fail(`devices.${name}.members`, `cycle: ${[...trail, name].join(' -> ')}`)
     state.set(name, 'visiting')
     const d = devices.get(name) as DeviceConfig
-    if (d.type === 'mirror' || d.type === 'linear') for (const m of d.members) visit(m, [...trail, name])
+    if (isArrayConfig(d)) for (const m of d.members) visit(m, [...trail, name])
     state.set(name, 'done')
   }
   for (const name of devices.keys()) visit(name, [])
@@ -340,7 +361,7 @@ function checkLegsNotExported (devices: Map<string, DeviceConfig>, exportList: E
   const mark = (name: string, mirror: string): void => {
     mirrorOf.set(name, mirror)
     const d = devices.get(name)
-    if (d !== undefined && (d.type === 'mirror' || d.type === 'linear')) for (const m of d.members) mark(m, mirror)
+    if (d !== undefined && isArrayConfig(d)) for (const m of d.members) mark(m, mirror)
   }
   for (const d of devices.values()) if (d.type === 'mirror') for (const m of d.members) mark(m, d.name)
   for (const [i, e] of exportList.entries()) {

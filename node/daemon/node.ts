@@ -13,6 +13,7 @@ import { formatDstUrl } from '../core/url'
 import { RemoteDevice } from '../../export/native/remote-device'
 import { MirrorDevice } from '../../algorithms/mirror'
 import { LinearDevice } from '../../algorithms/linear'
+import { StripeDevice } from '../../algorithms/stripe'
 import type { Device } from '../core/device'
 import { ConfigError, DstError, Errno } from '../core/errors'
 import { RESERVED_EXPORT_NAMES, sameHost } from './config'
@@ -247,7 +248,7 @@ export class DstNode {
     for (const k of Object.keys(body)) if (!fields.includes(k)) throw usage(`"${k}": unknown field for ${action} (expected one of ${fields.join(', ')})`)
     const device = this.registry.get(array)
     if (device === undefined) throw new DstError('DST_ERR_NOTFOUND', `no device named '${array}' on node ${c.name}`, Errno.EINVAL)
-    if (action === 'replace' && device instanceof LinearDevice) {
+    if (action === 'replace' && (device instanceof LinearDevice || device instanceof StripeDevice)) {
       if (typeof body.device !== 'string' || body.device === '') throw usage('give "device": the member to replace')
       check('device', nameProblem(body.device))
       return await this.replaceMember(array, device, body.device)
@@ -346,15 +347,17 @@ export class DstNode {
    * A linear member whose peer serves another disk takes that disk on: nothing is copied (a linear array keeps one
    * copy); the operator says the disk found is the member now. Nothing about the array's layout changes.
    */
-  private async replaceMember (array: string, linear: LinearDevice, leg: unknown): Promise<unknown> {
+  private async replaceMember (array: string, linear: LinearDevice | StripeDevice, leg: unknown): Promise<unknown> {
+    const kind = linear.type
     const member = linear.members.find(m => m.name === leg)
-    if (member === undefined) throw new DstError('DST_ERR_NOLEG', `linear '${array}': no member '${String(leg)}' (members: ${linear.members.map(m => m.name).join(', ')})`, Errno.EINVAL)
+    if (member === undefined) throw new DstError('DST_ERR_NOLEG', `${kind} '${array}': no member '${String(leg)}' (members: ${linear.members.map(m => m.name).join(', ')})`, Errno.EINVAL)
     if (!(member.device instanceof RemoteDevice) || member.device.state !== 'foreign') {
-      throw new DstError('DST_ERR_NOTFOREIGN', `linear '${array}': member '${member.name}' is ${member.device.state}; replace takes on the other disk of a foreign remote member`, Errno.EINVAL)
+      throw new DstError('DST_ERR_NOTFOREIGN', `${kind} '${array}': member '${member.name}' is ${member.device.state}; replace takes on the other disk of a foreign remote member`, Errno.EINVAL)
     }
     const found = member.device.found?.identity ?? ''
     await member.device.acceptFoundDisk()
-    const detail = `linear '${array}': member '${member.name}' now uses disk ${found}; its range holds whatever that disk holds (nothing was copied)`
+    const held = kind === 'linear' ? 'its range holds' : 'its chunks hold'
+    const detail = `${kind} '${array}': member '${member.name}' now uses disk ${found}; ${held} whatever that disk holds (nothing was copied)`
     this.log(detail)
     return { ok: true, message: detail, array: linear.status() }
   }

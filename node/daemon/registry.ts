@@ -2,12 +2,13 @@
 
 import { ConfigError } from '../core/errors'
 import type { Device, DeviceStatus } from '../core/device'
-import type { DeviceConfig, NodeConfig } from './config'
+import { isArrayConfig, type DeviceConfig, type NodeConfig } from './config'
 import { FileDevice } from '../devices/file-device'
 import { MemoryDevice } from '../devices/memory-device'
 import { RemoteDevice, type RemoteDisk } from '../../export/native/remote-device'
 import { HandshakeFlag } from '../../export/native/codec'
 import { LinearDevice, type Member } from '../../algorithms/linear'
+import { StripeDevice, stripeChunkProblem } from '../../algorithms/stripe'
 import { MirrorDevice } from '../../algorithms/mirror'
 import { FileIntentStore } from '../../algorithms/intent-store'
 import * as path from 'node:path'
@@ -56,7 +57,7 @@ export class DeviceRegistry {
   async open (config: NodeConfig, options: RegistryOptions): Promise<void> {
     try {
       // Leaves first (in parallel, so one slow peer does not serialise the rest), then arrays.
-      const leaves = [...config.devices.values()].filter(d => d.type !== 'mirror' && d.type !== 'linear')
+      const leaves = [...config.devices.values()].filter(d => !isArrayConfig(d))
       const opened = await Promise.allSettled(leaves.map(d => this.openLeaf(d, config, options)))
       for (const [i, r] of opened.entries()) {
         if (r.status === 'fulfilled') { this.devices.set(leaves[i].name, r.value); this.order.push(leaves[i].name) }
@@ -112,12 +113,17 @@ export class DeviceRegistry {
   }
 
   private async openArray (d: DeviceConfig, config: NodeConfig, options: RegistryOptions): Promise<Device> {
-    if (d.type !== 'mirror' && d.type !== 'linear') throw new Error(`not an array: ${d.type}`)
+    if (!isArrayConfig(d)) throw new Error(`not an array: ${d.type}`)
     const members: Member[] = d.members.map(name => ({ name, device: this.devices.get(name) as Device }))
     for (const m of members) {
       if (m.device.size === 0) throw new ConfigError(`devices.${d.name}.members: '${m.name}' has size 0`)
     }
     if (d.type === 'linear') return new LinearDevice(members)
+    if (d.type === 'stripe') {
+      const problem = stripeChunkProblem(d.chunk, members.map(m => m.device.blockSize))
+      if (problem !== null) throw new ConfigError(`devices.${d.name}.chunk: ${problem} (of member '${members.find(m => d.chunk % m.device.blockSize !== 0)?.name ?? '?'}')`)
+      return new StripeDevice({ members, chunk: d.chunk })
+    }
     if (config.dataDir === null) throw new ConfigError(`devices.${d.name}: a mirror needs the node's dataDir for its write-intent map`)
     const store = new FileIntentStore(path.join(config.dataDir, `mirror-${d.name}.intent`))
     try {
@@ -166,7 +172,7 @@ function arrayOrder (config: NodeConfig): DeviceConfig[] {
     if (done.has(name)) return
     done.add(name)
     const d = config.devices.get(name) as DeviceConfig
-    if (d.type !== 'mirror' && d.type !== 'linear') return
+    if (!isArrayConfig(d)) return
     for (const m of d.members) visit(m)
     out.push(d)
   }
@@ -199,6 +205,6 @@ async function legOfSuperblock (config: NodeConfig, name: string, log: (m: strin
 
 function memberNames (d: Device): string[] {
   if (d instanceof MirrorDevice) return d.legNames
-  if (d instanceof LinearDevice) return d.members.map(m => m.name)
+  if (d instanceof LinearDevice || d instanceof StripeDevice) return d.members.map(m => m.name)
   return []
 }

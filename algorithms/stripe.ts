@@ -1,0 +1,113 @@
+// stripe (raid 0): the array's chunks dealt round-robin over the members, chunk c on member c mod n at member offset
+// floor(c / n) × chunk. A request is split at chunk boundaries and every piece is issued at once, so a large request
+// keeps every member busy. No redundancy: a failed member fails the requests that touch it, like linear.
+
+import { Device, type DeviceStatus } from '../node/core/device'
+import { DstError, Errno } from '../node/core/errors'
+import { derivedIdentity } from '../node/core/identity'
+import { settleAll } from '../node/core/settle'
+import { DIGEST_SIZE, digestCount } from '../node/core/hasher'
+import type { Member } from './linear'
+
+export const MIN_CHUNK = 4096
+export const MAX_CHUNK = 16 * 1024 * 1024
+export const DEFAULT_CHUNK = 64 * 1024
+
+export interface StripeOptions {
+  members: Member[]
+  /** Bytes of one chunk: a power of two from 4 KiB to 16 MiB, a multiple of every member's block size. */
+  chunk?: number
+}
+
+/** Why a chunk size cannot stripe these members, or null. Shared by the config check and the constructor. */
+export function stripeChunkProblem (chunk: number, blockSizes: number[]): string | null {
+  if (!Number.isInteger(chunk) || chunk < MIN_CHUNK || chunk > MAX_CHUNK || (chunk & (chunk - 1)) !== 0) {
+    return `chunk ${chunk} is not a power of two from 4KiB to 16MiB`
+  }
+  const big = blockSizes.find(b => chunk % b !== 0)
+  if (big !== undefined) return `chunk ${chunk} is not a multiple of a member's block size ${big}`
+  return null
+}
+
+export class StripeDevice extends Device {
+  readonly type = 'stripe'
+  readonly members: Member[]
+  readonly chunk: number
+
+  constructor (options: StripeOptions) {
+    const { members } = options
+    const chunk = options.chunk ?? DEFAULT_CHUNK
+    if (members.length < 2) throw new DstError('DST_ERR_CONFIG', `a stripe array needs at least two members, got ${members.length}`, Errno.EINVAL)
+    const problem = stripeChunkProblem(chunk, members.map(m => m.device.blockSize))
+    if (problem !== null) throw new DstError('DST_ERR_CONFIG', `stripe: ${problem}`, Errno.EINVAL)
+    const rows = Math.floor(Math.min(...members.map(m => m.device.size)) / chunk)
+    super({
+      size: rows * chunk * members.length,
+      blockSize: Math.max(...members.map(m => m.device.blockSize)),
+      readOnly: !members.every(m => m.device.writable),
+      canFlush: members.some(m => m.device.canFlush),
+      canTrim: members.every(m => m.device.canTrim),
+    })
+    this.members = members
+    this.chunk = chunk
+    // The same data exactly when the same members hold it in the same order with the same chunk.
+    this.identity = derivedIdentity(`stripe:${chunk}:${members.map(m => `${m.device.identity}/${m.device.size}`).join(',')}`)
+  }
+
+  protected override _read (offset: number, length: number, into: Uint8Array): Promise<void> {
+    return this.each(offset, length, (m, at, n, done) => m.device.read(at, n, into.subarray(done, done + n)))
+  }
+
+  protected override _write (offset: number, data: Uint8Array): Promise<void> {
+    return this.each(offset, data.byteLength, (m, at, n, done) => m.device.write(at, data.subarray(done, done + n)))
+  }
+
+  protected override _flush (): Promise<void> {
+    return settleAll(this.members.map(m => m.device.flush()))
+  }
+
+  protected override _trim (offset: number, length: number): Promise<void> {
+    return this.each(offset, length, (m, at, n) => m.device.trim(at, n))
+  }
+
+  /**
+   * When every digest chunk lies inside one stripe chunk (the digest chunk divides the stripe chunk and the range
+   * starts on a digest chunk), each member digests its own pieces; otherwise the range is read and digested here.
+   */
+  protected override async _hash (offset: number, length: number, chunk: number): Promise<Buffer> {
+    if (this.chunk % chunk !== 0 || offset % chunk !== 0) return await super._hash(offset, length, chunk)
+    const out = Buffer.alloc(digestCount(length, chunk) * DIGEST_SIZE)
+    await this.each(offset, length, (m, at, n, done) => m.device.hash(at, n, chunk).then(d => { d.copy(out, (done / chunk) * DIGEST_SIZE) }))
+    return out
+  }
+
+  override status (): DeviceStatus {
+    const members = this.members.map(m => ({ name: m.name, ...m.device.status() }))
+    const down = members.some(m => m.state === 'failed' || m.state === 'connecting' || m.state === 'foreign')
+    return { ...super.status(), state: down && this.state === 'online' ? 'degraded' : this.state, chunk: this.chunk, members }
+  }
+
+  /** Where array offset `offset` lives: the member index and the offset on that member. */
+  locate (offset: number): { member: number, at: number } {
+    const c = Math.floor(offset / this.chunk)
+    const n = this.members.length
+    return { member: c % n, at: Math.floor(c / n) * this.chunk + (offset - c * this.chunk) }
+  }
+
+  /** Calls `fn` once per chunk piece of the range, with the member, its offset there and the offset into the buffer. */
+  private each (offset: number, length: number, fn: (m: Member, at: number, n: number, done: number) => Promise<void>): Promise<void> {
+    const n = this.members.length
+    const chunk = this.chunk
+    const end = offset + length
+    let c = Math.floor(offset / chunk)
+    let inside = offset - c * chunk
+    if (inside + length <= chunk) return fn(this.members[c % n], Math.floor(c / n) * chunk + inside, length, 0)
+    const parts: Array<Promise<void>> = []
+    for (let pos = offset; pos < end; c++, inside = 0) {
+      const piece = Math.min(chunk - inside, end - pos)
+      parts.push(fn(this.members[c % n], Math.floor(c / n) * chunk + inside, piece, pos - offset))
+      pos += piece
+    }
+    return settleAll(parts)
+  }
+}
