@@ -5,9 +5,11 @@ import * as path from 'node:path'
 import { ConfigError } from '../../node/core/errors'
 import { DEFAULT_CONFIG, loadConfigFile, parseConfig, type NodeConfig } from '../../node/daemon/config'
 import { requireSize } from '../../node/core/size'
+import { parseDuration } from '../../node/core/duration'
 import { DstNode } from '../../node/daemon/node'
 import { copy, ProgressBar } from './copy'
 import { fetchFailure, fetchStatus, renderStatus } from './status'
+import { renderTree, TreeCrawler, treeJson } from './tree'
 
 const USAGE = `dst: a distributed storage tree
 
@@ -108,13 +110,18 @@ down, foreign or stale: "leg b down: 256 MiB not compared").
   --no-progress   never draw the progress bar (drawn when stderr is a terminal)
   --admin-token T the node's admin token, if it has one
   --help          this text`,
-  status: `usage: dst status [http://HOST:PORT] [--json]
+  status: `usage: dst status [http://HOST:PORT] [--json] [--tree [--timeout DURATION]]
 
 Prints a node's devices as a tree with state and size, and its exports.
 
-  URL      the node's listen address (default http://127.0.0.1:7001)
-  --json   print the raw /status JSON
-  --help   this text`,
+  URL        the node's listen address (default http://127.0.0.1:7001)
+  --json     print the raw /status JSON (with --tree: the whole tree as one
+             nested document, children under "children")
+  --tree     follow every remote device to the node that serves it and draw
+             the whole tree across nodes; a node that cannot be reached is
+             drawn as unreachable, the rest is still drawn
+  --timeout  with --tree: how long to wait for each node (default 3s)
+  --help     this text`,
 }
 
 class UsageError extends Error {}
@@ -259,10 +266,18 @@ async function copyVerb (argv: string[]): Promise<void> {
 }
 
 async function statusVerb (argv: string[]): Promise<void> {
-  const { values, positionals } = parse('status', argv, { json: { type: 'boolean' } })
+  const { values, positionals } = parse('status', argv, { json: { type: 'boolean' }, tree: { type: 'boolean' }, timeout: { type: 'string' } })
   if (positionals.length > 1) throw new UsageError(`unexpected argument '${positionals[1]}'`)
   const base = positionals[0] ?? `http://${DEFAULT_CONFIG.listen}`
   if (!/^https?:\/\//.test(base)) throw new UsageError(`'${base}' is not an http://HOST:PORT address`)
+  if (values.tree === true) {
+    const timeout = values.timeout === undefined ? 3000 : parseDuration(values.timeout)
+    if (typeof timeout === 'string' || timeout < 1 || timeout > 600000) throw new UsageError(`--timeout ${String(values.timeout)}: expected a duration like 3s or 500ms`)
+    const tree = await new TreeCrawler({ timeout }).crawl(base.replace(/\/+$/, ''))
+    process.stdout.write(values.json === true ? JSON.stringify(treeJson(tree), null, 2) + '\n' : renderTree(tree) + '\n')
+    return
+  }
+  if (values.timeout !== undefined) throw new UsageError('--timeout is for --tree (how long to wait for each node)')
   const status = await fetchStatus(base)
   process.stdout.write(values.json === true ? JSON.stringify(status, null, 2) + '\n' : renderStatus(status) + '\n')
 }
