@@ -1,12 +1,17 @@
 // Sizes in config files and on the command line: a byte count, or a string such as "256MiB", "1.5GiB", "4096".
+// Units are binary: KiB, MiB, GiB, TiB (and K, M, G, T for them, as in dd and qemu). Decimal units (KB, MB, GB, TB)
+// are refused with the binary unit suggested: "12MB" taken as MiB would be wrong by 5%, taken as 12,000,000 bytes it
+// would not be a whole number of blocks; a storage size should say which it means.
 
 const units: Record<string, number> = {
   '': 1, B: 1,
-  K: 1024, KB: 1024, KIB: 1024,
-  M: 1024 ** 2, MB: 1024 ** 2, MIB: 1024 ** 2,
-  G: 1024 ** 3, GB: 1024 ** 3, GIB: 1024 ** 3,
-  T: 1024 ** 4, TB: 1024 ** 4, TIB: 1024 ** 4,
+  K: 1024, KIB: 1024,
+  M: 1024 ** 2, MIB: 1024 ** 2,
+  G: 1024 ** 3, GIB: 1024 ** 3,
+  T: 1024 ** 4, TIB: 1024 ** 4,
 }
+
+const decimal: Record<string, string> = { KB: 'KiB', MB: 'MiB', GB: 'GiB', TB: 'TiB' }
 
 /** Returns the size in bytes, or a string saying what is wrong with it. */
 export function parseSize (value: unknown): number | string {
@@ -17,6 +22,8 @@ export function parseSize (value: unknown): number | string {
   if (typeof value !== 'string') return `expected a byte count or a string like "256MiB", got ${JSON.stringify(value)}`
   const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value)
   if (m === null) return `"${value}" is not a size (use bytes or KiB/MiB/GiB/TiB)`
+  const binary = decimal[m[2].toUpperCase()]
+  if (binary !== undefined) return `"${value}": decimal units are not taken (did you mean ${m[1]}${binary}?)`
   const unit = units[m[2].toUpperCase()]
   if (unit === undefined) return `"${value}" has an unknown unit "${m[2]}" (use KiB, MiB, GiB or TiB)`
   const bytes = Number(m[1]) * unit

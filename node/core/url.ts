@@ -22,3 +22,19 @@ export function parseDstUrl (value: unknown): DstUrl | string {
 export function formatDstUrl (u: DstUrl): string {
   return `dst://${u.host.includes(':') ? `[${u.host}]` : u.host}:${u.port}/${encodeURIComponent(u.export)}`
 }
+
+/** HOST:PORT as the config takes it back: an IPv6 host in brackets ([::1]:7008). */
+export function formatAddress (host: string, port: number): string {
+  return `${host.includes(':') ? `[${host}]` : host}:${port}`
+}
+
+/**
+ * A node's HTTP base from what a person types: http(s)://HOST:PORT as is, or HOST:PORT / [V6]:PORT. A string is
+ * the reason it is neither.
+ */
+export function nodeBase (value: string): string | { base: string } {
+  if (/^https?:\/\//.test(value)) return { base: value.replace(/\/+$/, '') }
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^/:[\]\s]+):(\d{1,5})$/.exec(value)
+  if (m === null || Number(m[2]) < 1 || Number(m[2]) > 65535) return `'${value}' is not a node address (HOST:PORT, [IPv6]:PORT or http://HOST:PORT)`
+  return { base: `http://${m[1]}:${m[2]}` }
+}

@@ -9,7 +9,8 @@ import { renderMetrics, type ArrayCounters, type DeviceGauge } from './metrics'
 import type { NodeConfig } from './config'
 import { ExportMetrics, type ServedExport } from '../../export/served'
 import { REPLY_HEADER_SIZE } from '../../export/native/codec'
-import { formatDstUrl } from '../core/url'
+import { formatAddress, formatDstUrl } from '../core/url'
+import { dstVersion } from '../core/version'
 import { RemoteDevice } from '../../export/native/remote-device'
 import { MirrorDevice } from '../../algorithms/mirror'
 import { LinearDevice } from '../../algorithms/linear'
@@ -135,7 +136,7 @@ export class DstNode {
   get nodeId (): string { return this.config.nodeId ?? nodeIdentity(null) }
 
   private lockHolder (port: number): LockHolder {
-    return { name: this.config.name, pid: process.pid, listen: `${this.config.listen.host}:${port}`, since: new Date(this.startedAt).toISOString() }
+    return { name: this.config.name, pid: process.pid, listen: formatAddress(this.config.listen.host, port), since: new Date(this.startedAt).toISOString() }
   }
 
   private async openAndListen (): Promise<void> {
@@ -186,7 +187,11 @@ export class DstNode {
     const lines = [`status  http://${host}:${this.port}/status`]
     if (this.nbd !== null) {
       const nbdHost = this.config.nbd?.host.includes(':') === true ? `[${this.config.nbd.host}]` : this.config.nbd?.host ?? ''
-      for (const e of this.exports.values()) lines.push(`nbd     nbd://${nbdHost}:${this.nbd.port}/${e.name}`)
+      for (const e of this.exports.values()) {
+        // NBD has no way to present a token: such an export is offered on the native protocol only.
+        if (e.token !== undefined) lines.push(`nbd     (export '${e.name}' has a token: native protocol only, NBD cannot present one)`)
+        else lines.push(`nbd     nbd://${nbdHost}:${this.nbd.port}/${e.name}`)
+      }
     }
     for (const e of this.exports.values()) {
       lines.push(`export  ${formatDstUrl({ host: this.config.listen.host, port: this.port, export: e.name })}  (${e.device.type} device '${this.deviceName(e)}', ${e.readOnly || !e.device.writable ? 'read-only' : 'read-write'})`)
@@ -199,7 +204,9 @@ export class DstNode {
       name: this.config.name,
       id: this.nodeId,
       uptime: Math.round((Date.now() - this.startedAt) / 1000),
-      listen: `${this.config.listen.host}:${this.port}`,
+      version: dstVersion(),
+      listen: formatAddress(this.config.listen.host, this.port),
+      ...(this.nbd !== null && this.config.nbd !== undefined ? { nbd: formatAddress(this.config.nbd.host, this.nbd.port) } : {}),
       pool: { count: this.pool.count, size: this.pool.size, free: this.pool.available, waiting: this.pool.waiting },
       hash: { algorithm: HASH_ALGORITHM, threads: hasher().threads, queued: hasher().queued, ...hasher().stats },
       devices: this.registry.status(),
@@ -269,6 +276,7 @@ export class DstNode {
     // A copy: a change that fails half-way leaves the recorded state as it was.
     const overlay: NodeOverlay = JSON.parse(JSON.stringify(c.overlay ?? emptyOverlay()))
     let detail: string
+    if (action !== 'add' && !device.legNames.includes(leg)) throw usage(`mirror '${array}': no leg '${leg}' (legs: ${device.legNames.join(', ')})`)
     switch (action) {
       case 'add': {
         let name = leg
@@ -371,6 +379,8 @@ export class DstNode {
     if (from !== undefined && (typeof from !== 'string' || from === '')) throw new DstError('DST_ERR_USAGE', '"from" must name a leg', Errno.EINVAL)
     if (body.repair !== undefined && typeof body.repair !== 'boolean') throw new DstError('DST_ERR_USAGE', '"repair" must be true or false', Errno.EINVAL)
     if (from !== undefined && body.repair !== true) throw new DstError('DST_ERR_USAGE', '"from" names the leg to repair from; it needs "repair": true', Errno.EINVAL)
+    // A leg that is not there is a mistake in the request (400), not a state of the array.
+    if (typeof from === 'string' && !mirror.legNames.includes(from)) throw new DstError('DST_ERR_USAGE', `mirror '${array}': no leg '${from}' (legs: ${mirror.legNames.join(', ')})`, Errno.EINVAL)
     const rate = body.rate
     if (rate !== undefined && (typeof rate !== 'number' || !Number.isFinite(rate) || rate < 0)) throw new DstError('DST_ERR_USAGE', '"rate" must be bytes per second (0: no limit)', Errno.EINVAL)
     const before = mirror.lastVerify

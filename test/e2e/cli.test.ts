@@ -103,11 +103,11 @@ test('bad options exit 2 with a message naming the problem', async t => {
   const cases: Array<[string[], RegExp]> = [
     [['copy', '--bogus', src, node.url('small')], /bogus/],
     [['copy', src], /SRC and DST/],
-    [['copy', src, path.join(dir, 'x.bin')], /dst:\/\//],
+    [['copy', src, path.join(dir, 'x.bin'), '--offset', '1'], /--offset is the byte offset on a dst:\/\/ side/],
     [['copy', src, node.url('small'), '--chunk', '1'], /--chunk/],
     [['copy', src, node.url('small'), '--offset', 'lots'], /--offset/],
     [['copy', src, node.url('small'), '--in-flight', '0'], /--in-flight/],
-    [['status', 'not-a-url'], /not an http/],
+    [['status', 'not-a-url'], /not a node address/],
     [['status', '--json', 'http://127.0.0.1:1', 'extra'], /unexpected argument/],
     [['node'], /--config/],
     [['node', '--config', path.join(dir, 'missing.json')], /cannot read/],
@@ -372,10 +372,10 @@ test('admin: bad names and fields are refused with 400 and change nothing; durat
     return { status: res.status, error: ((await res.json()) as { error: string }).error }
   }
   const badExport = await runDst(['array', 'split', n.http, 'm', 'b', '--export', 'bad name!'])
-  t.is(badExport.code, 1)
+  t.is(badExport.code, 2, 'the node answered 400: bad usage')
   t.regex(badExport.stderr, /"export": expected a name of letters/)
   const badName = await runDst(['array', 'add', n.http, 'm', 'dst://127.0.0.1:1/x', '--name', '../x'])
-  t.is(badName.code, 1)
+  t.is(badName.code, 2, 'the node answered 400: bad usage')
   t.regex(badName.stderr, /"name": expected a name/)
   t.like(await post('split', { device: 'b', export: 'status' }), { status: 400, error: '"export": \'status\' is reserved for the node\'s HTTP pages' })
   t.like(await post('add', { device: 'spare', color: 'red' }), { status: 400 })

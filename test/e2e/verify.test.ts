@@ -260,7 +260,7 @@ test.serial('a verify of something that is not a mirror, or of no device, is ref
   t.is(none.code, 1)
   t.regex(none.stderr, /no device named 'nosuch'/)
   const noLeg = await runDst(['verify', mn.http, 'm', '--repair', '--from', 'zz', '--no-progress'])
-  t.is(noLeg.code, 1)
+  t.is(noLeg.code, 2, 'a leg that does not exist is bad usage')
   t.regex(noLeg.stderr, /no leg 'zz'/)
 
   const http = await postVerify(mn, 'a', {})

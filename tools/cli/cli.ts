@@ -4,8 +4,10 @@ import { parseArgs, type ParseArgsConfig } from 'node:util'
 import * as path from 'node:path'
 import { ConfigError } from '../../node/core/errors'
 import { DEFAULT_CONFIG, loadConfigFile, parseConfig, type NodeConfig } from '../../node/daemon/config'
-import { requireSize } from '../../node/core/size'
+import { formatSize, requireSize } from '../../node/core/size'
+import * as fs from 'node:fs'
 import { parseDuration } from '../../node/core/duration'
+import { nodeBase } from '../../node/core/url'
 import { DstNode } from '../../node/daemon/node'
 import { copy, ProgressBar } from './copy'
 import { fetchFailure, fetchStatus, renderStatus } from './status'
@@ -28,6 +30,7 @@ Run 'dst <verb> --help' for a verb's options.`
 const HELP: Record<string, string> = {
   node: `usage: dst node --config FILE
        dst node --default
+       dst node --check --config FILE
 
 Runs a node in the foreground: opens the config's devices and serves its exports
 (native protocol over WebSocket, plus HTTP /status and /metrics on the same port).
@@ -37,6 +40,8 @@ SIGINT or SIGTERM stops accepting, finishes requests in flight, flushes and exit
   --default       the embedded default config: ./data/disk0.img (1 GiB sparse)
                   exported as dst://127.0.0.1:7001/disk0 and
                   nbd://127.0.0.1:10809/disk0
+  --check         check the config and the files it names, start nothing:
+                  the same messages and exit codes as a start (2: bad config)
   --help          this text`,
   export: `usage: dst export FILE --listen HOST:PORT [--nbd HOST:PORT] [--name NAME] [--size SIZE]
                   [--read-only] [--allow CIDR]... [--token TOKEN] [--shared] [--digest]
@@ -56,9 +61,10 @@ sparse with --size.
   --help              this text`,
   copy: `usage: dst copy SRC DST [--offset N] [--length N] [--token TOKEN]
 
-Copies bytes between a local file or block device, '-' (stdin or stdout) and
+Copies bytes between local files or block devices, '-' (stdin or stdout) and
 dst://HOST:PORT/NAME URLs, with many requests in flight. Shows a progress bar
-when stderr is a terminal.
+when stderr is a terminal, and ends with one summary line on stderr (bytes,
+seconds, MiB/s) unless --quiet.
 
   --offset N        byte offset on the dst:// side (both sides if both are dst://)
   --length N        bytes to copy (default: all of the source)
@@ -66,6 +72,7 @@ when stderr is a terminal.
   --chunk SIZE      bytes per request (default 1MiB)
   --in-flight N     requests in flight (default 16)
   --no-progress     never draw the progress bar
+  --quiet           no progress bar and no summary line
   --help            this text`,
   array: `usage: dst array add     NODE_URL ARRAY DEVICE [--name NAME] [--token TOKEN]
        dst array remove  NODE_URL ARRAY LEG
@@ -144,8 +151,58 @@ function parse (verb: string, argv: string[], options: ParseArgsConfig['options'
     return { values: values as Record<string, unknown>, positionals }
   } catch (err) {
     if (err instanceof HelpShown) throw err
-    throw new UsageError((err as Error).message)
+    throw new UsageError(parseFailure(verb, err as NodeJS.ErrnoException, Object.keys(options ?? {})))
   }
+}
+
+/** A node's HTTP base from an argument (HOST:PORT, [V6]:PORT or http://HOST:PORT), or a usage error. */
+function httpBase (value: string): string {
+  const r = nodeBase(value)
+  if (typeof r === 'string') throw new UsageError(r)
+  return r.base
+}
+
+/** A node's http(s):// URL for the admin verbs (array, verify), which take only that form. */
+function httpUrl (value: string): string {
+  if (!/^https?:\/\//.test(value)) throw new UsageError(`'${value}' is not an http://HOST:PORT address`)
+  return value
+}
+
+/** Node's parseArgs errors, said the way the rest of the CLI speaks: the option as typed, the nearest known one. */
+function parseFailure (verb: string, err: NodeJS.ErrnoException, known: string[]): string {
+  const help = `see 'dst ${verb} --help'`
+  const typed = /'(-{1,2}[^' ]+)/.exec(err.message)?.[1]
+  if (err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && typed !== undefined) {
+    const near = nearest(typed.replace(/^-+/, ''), [...known, 'help'])
+    return `unknown option '${typed}'${near !== null ? ` (did you mean --${near}?)` : ''}; ${help}`
+  }
+  if (err.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && typed !== undefined) {
+    return /argument missing/.test(err.message) ? `${typed} needs a value; ${help}` : `${typed} takes no value; ${help}`
+  }
+  return `${err.message}; ${help}`
+}
+
+/** The known name closest to `typed` by edit distance, if it is close enough to be a typo (at most 2 edits, or 1 for short names). */
+export function nearest (typed: string, known: string[]): string | null {
+  let best: string | null = null
+  let bestDistance = Infinity
+  for (const k of known) {
+    const d = editDistance(typed, k)
+    if (d < bestDistance) { best = k; bestDistance = d }
+  }
+  return best !== null && bestDistance <= (best.length <= 4 ? 1 : 2) ? best : null
+}
+
+function editDistance (a: string, b: string): number {
+  // Optimal string alignment: insertions, deletions, substitutions and swaps of two neighbours cost one each.
+  const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => i === 0 ? j : j === 0 ? i : 0))
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1))
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1)
+    }
+  }
+  return d[a.length][b.length]
 }
 
 export async function main (argv: string[]): Promise<void> {
@@ -167,7 +224,10 @@ export async function main (argv: string[]): Promise<void> {
       case 'array': return await arrayVerb(rest)
       case 'verify': return await verifyVerb(rest)
       default:
-        throw new UsageError(`unknown verb '${verb}' (try 'dst --help')`)
+      {
+        const near = nearest(verb, ['node', 'export', 'copy', 'status', 'array', 'verify'])
+        throw new UsageError(`unknown verb '${verb}'${near !== null ? ` (did you mean '${near}'?)` : ''}; see 'dst --help'`)
+      }
     }
   } catch (err) {
     if (err instanceof HelpShown) { exitWith(0, process.stdout, `${err.message}\n`); return }
@@ -178,8 +238,16 @@ export async function main (argv: string[]): Promise<void> {
 }
 
 async function nodeVerb (argv: string[]): Promise<void> {
-  const { values, positionals } = parse('node', argv, { config: { type: 'string' }, default: { type: 'boolean' } })
+  const { values, positionals } = parse('node', argv, { config: { type: 'string' }, default: { type: 'boolean' }, check: { type: 'boolean' } })
   if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`)
+  if (values.check === true) {
+    // The checks of a start that need nothing started: the config, the files it names, the dataDir's place.
+    if (typeof values.config !== 'string') throw new UsageError('--check needs --config FILE')
+    const config = loadConfigFile(values.config)
+    const arrays = [...config.devices.values()].filter(d => 'members' in d).length
+    process.stdout.write(`${values.config}: a valid config for node ${config.name}: ${config.devices.size} devices (${arrays} arrays), ${config.exports.length} exports; remote peers are not contacted\n`)
+    return
+  }
   let config: NodeConfig
   if (typeof values.config === 'string') {
     config = loadConfigFile(values.config)
@@ -215,9 +283,37 @@ async function exportVerb (argv: string[]): Promise<void> {
     devices: { [name]: { type: 'file', path: file, ...(size !== undefined ? { size } : {}), ...(values['read-only'] === true ? { readOnly: true } : {}) } },
     exports: [{ device: name, name, readOnly: values['read-only'] === true, shared: values.shared === true, digest: values.digest === true, ...(values.allow !== undefined ? { allow: values.allow } : {}), ...(values.token !== undefined ? { token: values.token } : {}) }],
   }
-  const config = parseConfig(raw, process.cwd(), 'dst export')
+  let config: NodeConfig
+  try {
+    config = parseConfig(raw, process.cwd(), 'dst export')
+  } catch (err) {
+    if (err instanceof ConfigError) throw new UsageError(exportOption(err.message, name))
+    throw err
+  }
   config.dataDir = null
   await runNode(config)
+}
+
+/**
+ * A config error of the config `dst export` builds, said in terms of what the user typed: `--size` rather than
+ * devices.NAME.size (the config exists only inside the command).
+ */
+function exportOption (message: string, name: string): string {
+  const m = /^dst export: ([^:]+): (.*)$/s.exec(message)
+  if (m === null) return message
+  const [, field, problem] = m
+  const options: Array<[RegExp, string]> = [
+    [new RegExp(`^devices\\.${name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\.size$`), '--size'],
+    [/^devices\..*\.path$/, 'FILE'],
+    [/^devices/, '--name'],
+    [/^exports\[0\]\.allow(\[\d+\])?$/, '--allow'],
+    [/^exports\[0\]\.token$/, '--token'],
+    [/^exports\[0\]\.name$/, '--name'],
+    [/^listen$/, '--listen'],
+    [/^nbd$/, '--nbd'],
+  ]
+  const option = options.find(([re]) => re.test(field))?.[1] ?? field
+  return `${option}: ${problem.replace('give a size to create it', 'give --size to create it')}`
 }
 
 async function runNode (config: NodeConfig): Promise<void> {
@@ -241,11 +337,14 @@ async function runNode (config: NodeConfig): Promise<void> {
 async function copyVerb (argv: string[]): Promise<void> {
   const { values, positionals } = parse('copy', argv, {
     offset: { type: 'string' }, length: { type: 'string' }, token: { type: 'string' },
-    chunk: { type: 'string' }, 'in-flight': { type: 'string' }, 'no-progress': { type: 'boolean' },
+    chunk: { type: 'string' }, 'in-flight': { type: 'string' }, 'no-progress': { type: 'boolean' }, quiet: { type: 'boolean' },
   })
   if (positionals.length !== 2) throw new UsageError('give SRC and DST')
   const [src, dst] = positionals
-  if (!src.startsWith('dst://') && !dst.startsWith('dst://')) throw new UsageError('one of SRC and DST must be a dst:// URL')
+  if (!src.startsWith('dst://') && !dst.startsWith('dst://')) {
+    if (values.offset !== undefined) throw new UsageError('--offset is the byte offset on a dst:// side, and neither SRC nor DST is one')
+    if (src !== '-' && dst !== '-' && sameFile(src, dst)) throw new UsageError(`SRC and DST are the same file (${src})`)
+  }
   let offset = 0
   let length: number | undefined
   let chunk = 1024 * 1024
@@ -258,18 +357,31 @@ async function copyVerb (argv: string[]): Promise<void> {
   } catch (err) { throw new UsageError((err as Error).message) }
   if (chunk < 512 || chunk > 64 * 1024 * 1024) throw new UsageError('--chunk must be between 512 and 64MiB')
   if (inFlight < 1 || inFlight > 1024) throw new UsageError('--in-flight must be between 1 and 1024')
+  const began = performance.now()
   const total = await copy(src, dst, {
     offset, length, chunk, inFlight, token: values.token as string | undefined,
-    progress: process.stderr.isTTY && values['no-progress'] !== true,
+    progress: process.stderr.isTTY && values['no-progress'] !== true && values.quiet !== true,
   })
-  if (dst !== '-' || !process.stdout.isTTY) process.stderr.write(process.stderr.isTTY ? `copied ${total} bytes\n` : '')
+  const seconds = (performance.now() - began) / 1000
+  // One summary line on stderr, terminal or not (scripts and logs see it too), unless --quiet.
+  if (values.quiet !== true) process.stderr.write(`copied ${total} bytes (${formatSize(total)}) in ${seconds.toFixed(2)} s, ${(total / 1048576 / Math.max(seconds, 1e-6)).toFixed(1)} MiB/s\n`)
+}
+
+/** Whether two paths name one file (same device and inode); a path that does not exist yet is no file. */
+function sameFile (a: string, b: string): boolean {
+  try {
+    const x = fs.statSync(a)
+    const y = fs.statSync(b)
+    return x.dev === y.dev && x.ino === y.ino
+  } catch {
+    return false
+  }
 }
 
 async function statusVerb (argv: string[]): Promise<void> {
   const { values, positionals } = parse('status', argv, { json: { type: 'boolean' }, tree: { type: 'boolean' }, timeout: { type: 'string' } })
   if (positionals.length > 1) throw new UsageError(`unexpected argument '${positionals[1]}'`)
-  const base = positionals[0] ?? `http://${DEFAULT_CONFIG.listen}`
-  if (!/^https?:\/\//.test(base)) throw new UsageError(`'${base}' is not an http://HOST:PORT address`)
+  const base = httpBase(positionals[0] ?? DEFAULT_CONFIG.listen)
   if (values.tree === true) {
     const timeout = values.timeout === undefined ? 3000 : parseDuration(values.timeout)
     if (typeof timeout === 'string' || timeout < 1 || timeout > 600000) throw new UsageError(`--timeout ${String(values.timeout)}: expected a duration like 3s or 500ms`)
@@ -291,13 +403,13 @@ async function arrayVerb (argv: string[]): Promise<void> {
   if (action === undefined || !['add', 'remove', 'split', 'replace'].includes(action)) throw new UsageError('give add, remove, split or replace (try dst array --help)')
   if (node === undefined || array === undefined || device === undefined) throw new UsageError(`usage: dst array ${action} NODE_URL ARRAY ${action === 'add' ? 'DEVICE' : 'LEG'}`)
   if (extra !== undefined) throw new UsageError(`unexpected argument '${extra}'`)
-  if (!/^https?:\/\//.test(node)) throw new UsageError(`'${node}' is not an http://HOST:PORT address`)
+  const base = httpUrl(node)
   const body: Record<string, unknown> = { device }
   if (typeof values.name === 'string') body.name = values.name
   if (typeof values.token === 'string') body.token = values.token
   if (typeof values.export === 'string') body.export = values.export
   if (values['read-only'] === true) body.readOnly = true
-  const answer = await postArrayAction(node, array, action, body, values['admin-token'], 120000) as { message?: string }
+  const answer = await postArrayAction(base, array, action, body, values['admin-token'], 120000) as { message?: string }
   process.stdout.write(`${answer.message ?? 'done'}\n`)
 }
 
@@ -314,7 +426,14 @@ async function postArrayAction (node: string, array: string, action: string, bod
     throw new Error(`${url}: ${fetchFailure(err)}`)
   }
   const answer = await res.json().catch(() => ({})) as Record<string, unknown>
-  if (!res.ok) throw new Error(typeof answer.error === 'string' ? answer.error : `HTTP ${res.status}`)
+  if (res.status === 401) {
+    const what = action === 'verify' ? 'a verify' : `dst array ${action}`
+    throw new Error(typeof adminToken === 'string' ? `the node refused the admin token given with --admin-token (${what})` : `the node has an admin token: give it with --admin-token T (${what})`)
+  }
+  const reason = typeof answer.error === 'string' ? answer.error : `HTTP ${res.status}`
+  // 400: the request itself is wrong (a leg that does not exist, a bad field): bad usage, exit 2.
+  if (res.status === 400) throw new UsageError(reason)
+  if (!res.ok) throw new Error(reason)
   return answer
 }
 
@@ -341,15 +460,15 @@ async function verifyVerb (argv: string[]): Promise<void> {
   const [node, array, extra] = positionals
   if (node === undefined || array === undefined) throw new UsageError('usage: dst verify NODE_URL ARRAY [--repair [--from LEG]]')
   if (extra !== undefined) throw new UsageError(`unexpected argument '${extra}'`)
-  if (!/^https?:\/\//.test(node)) throw new UsageError(`'${node}' is not an http://HOST:PORT address`)
+  const base = httpUrl(node)
   if (values.from !== undefined && values.repair !== true) throw new UsageError('--from names the leg to repair from: give --repair too')
   const body: Record<string, unknown> = { repair: values.repair === true }
   if (typeof values.from === 'string') body.from = values.from
   if (typeof values.rate === 'string') {
     try { body.rate = requireSize(values.rate, '--rate') } catch (err) { throw new UsageError((err as Error).message) }
   }
-  const answer = await postArrayAction(node, array, 'verify', body, values['admin-token'], 30000) as { verify?: VerifyAnswer }
-  if (answer.verify === undefined) throw new Error(`${node}: the node's answer has no verify report`)
+  const answer = await postArrayAction(base, array, 'verify', body, values['admin-token'], 30000) as { verify?: VerifyAnswer }
+  if (answer.verify === undefined) throw new Error(`${base}: the node's answer has no verify report`)
   let report = answer.verify
   const bar = process.stderr.isTTY && values['no-progress'] !== true ? new ProgressBar(report.totalBytes) : null
   // Progress and the result are in the node's /status; a node that goes away mid-verify is an error, not a hang.
@@ -357,7 +476,7 @@ async function verifyVerb (argv: string[]): Promise<void> {
   while (report.state === 'running') {
     await new Promise(resolve => setTimeout(resolve, 250))
     try {
-      const status = await fetchStatus(node) as { verify?: Record<string, VerifyAnswer> }
+      const status = await fetchStatus(base) as { verify?: Record<string, VerifyAnswer> }
       const now = status.verify?.[array]
       if (now === undefined || now.startedAt !== report.startedAt) throw new Error(`the node no longer reports this verify of '${array}' (restarted?)`)
       report = now
