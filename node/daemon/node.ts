@@ -52,7 +52,7 @@ export interface NodeOptions {
 const ARRAY_ACTION_FIELDS: Record<string, string[] | undefined> = {
   add: ['device', 'name', 'token'],
   remove: ['device'],
-  split: ['device', 'export', 'readOnly'],
+  split: ['device', 'export', 'readOnly', 'writable'],
   replace: ['device'],
   verify: ['repair', 'from', 'rate', 'wait'],
 }
@@ -273,6 +273,8 @@ export class DstNode {
     if (body.token !== undefined && (typeof body.token !== 'string' || body.token === '')) throw usage('"token": expected a non-empty string')
     if (body.export !== undefined) check('export', exportNameProblem(body.export))
     if (body.readOnly !== undefined && typeof body.readOnly !== 'boolean') throw usage('"readOnly": expected true or false')
+    if (body.writable !== undefined && typeof body.writable !== 'boolean') throw usage('"writable": expected true or false')
+    if (body.writable === true && body.readOnly === true) throw usage('give "writable" or "readOnly", not both')
     // A copy: a change that fails half-way leaves the recorded state as it was.
     const overlay: NodeOverlay = JSON.parse(JSON.stringify(c.overlay ?? emptyOverlay()))
     let detail: string
@@ -330,14 +332,15 @@ export class DstNode {
         const detached = await device.splitLeg(leg)
         detail = `leg '${leg}' split off '${array}' as a point-in-time copy`
         if (exportName !== undefined) {
-          const readOnly = body.readOnly === true
+          // A split leg is a point-in-time copy (DST's snapshot): exported read-only unless asked for writable.
+          const readOnly = body.writable !== true
           this.exports.set(exportName, {
             name: exportName, device: detached, readOnly, allow: LOOPBACK_ONLY.map(x => parseCidr(x) as Cidr),
             metrics: new ExportMetrics(), lease: new WriteLease(c.leaseTimeout), generation: this.generation,
           })
           this.exportDevices.set(exportName, leg)
           overlay.exports.push({ name: exportName, device: leg, readOnly })
-          detail += `, exported as ${formatDstUrl({ host: c.listen.host, port: this.port, export: exportName })}`
+          detail += `, exported ${readOnly ? 'read-only' : 'read-write'} as ${formatDstUrl({ host: c.listen.host, port: this.port, export: exportName })}`
         }
         break
       }

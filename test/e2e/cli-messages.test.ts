@@ -144,3 +144,25 @@ test('dst export on an existing file without --size still starts (the message is
   const st = await n.status()
   t.is(st.devices['e.img'].size, 65536)
 })
+
+test('a split leg is exported read-only (a snapshot) unless --writable; both flags at once are bad usage', async t => {
+  const dir = dirFor(t)
+  const n = await startNode(dir, {
+    name: 'snap', listen: '127.0.0.1:0', dataDir: './state',
+    devices: { x: { type: 'memory', size: '1MiB' }, y: { type: 'memory', size: '1MiB' }, z: { type: 'memory', size: '1MiB' }, w: { type: 'memory', size: '1MiB' }, m: { type: 'mirror', members: ['x', 'y', 'z', 'w'] } },
+    exports: [{ device: 'm' }],
+  })
+  t.teardown(() => n.kill())
+  const ro = await runDst(['array', 'split', n.http, 'm', 'y', '--export', 'snap1'])
+  t.is(ro.code, 0, ro.stderr)
+  t.regex(ro.stdout.toString(), /exported read-only as dst:\/\/127\.0\.0\.1:\d+\/snap1/)
+  const rw = await runDst(['array', 'split', n.http, 'm', 'z', '--export', 'snap2', '--writable'])
+  t.is(rw.code, 0, rw.stderr)
+  t.regex(rw.stdout.toString(), /exported read-write as/)
+  const exports = (await n.status()).exports as Array<{ name: string, readOnly: boolean }>
+  t.like(exports.find(e => e.name === 'snap1'), { readOnly: true })
+  t.like(exports.find(e => e.name === 'snap2'), { readOnly: false })
+  const both = await runDst(['array', 'split', n.http, 'm', 'w', '--export', 'snap3', '--writable', '--read-only'])
+  t.is(both.code, 2)
+  t.regex(both.stderr, /give --writable or --read-only, not both/)
+})

@@ -76,7 +76,7 @@ seconds, MiB/s) unless --quiet.
   --help            this text`,
   array: `usage: dst array add     NODE_URL ARRAY DEVICE [--name NAME] [--token TOKEN]
        dst array remove  NODE_URL ARRAY LEG
-       dst array split   NODE_URL ARRAY LEG [--export NAME] [--read-only]
+       dst array split   NODE_URL ARRAY LEG [--export NAME [--writable]]
        dst array replace NODE_URL ARRAY LEG
 
 Changes a mirror on a running node (NODE_URL is its http://HOST:PORT). I/O is held
@@ -95,8 +95,8 @@ only for the switch; the change is kept in the node's dataDir, so a restart keep
 
   --name NAME         name for a remote device added by URL
   --token TOKEN       token of the dst:// export added
-  --export NAME       export the split-off leg as NAME
-  --read-only         with --export: export it read-only
+  --export NAME       export the split-off leg as NAME (read-only: a snapshot)
+  --writable          with --export: export it read-write instead
   --admin-token T     the node's admin token, if it has one
   --help              this text`,
   verify: `usage: dst verify NODE_URL ARRAY [--repair [--from LEG]] [--rate SIZE] [--json]
@@ -396,7 +396,7 @@ async function statusVerb (argv: string[]): Promise<void> {
 
 async function arrayVerb (argv: string[]): Promise<void> {
   const { values, positionals } = parse('array', argv, {
-    name: { type: 'string' }, token: { type: 'string' }, export: { type: 'string' }, 'read-only': { type: 'boolean' },
+    name: { type: 'string' }, token: { type: 'string' }, export: { type: 'string' }, 'read-only': { type: 'boolean' }, writable: { type: 'boolean' },
     'admin-token': { type: 'string' },
   })
   const [action, node, array, device, extra] = positionals
@@ -408,7 +408,9 @@ async function arrayVerb (argv: string[]): Promise<void> {
   if (typeof values.name === 'string') body.name = values.name
   if (typeof values.token === 'string') body.token = values.token
   if (typeof values.export === 'string') body.export = values.export
+  if (values['read-only'] === true && values.writable === true) throw new UsageError('give --writable or --read-only, not both')
   if (values['read-only'] === true) body.readOnly = true
+  if (values.writable === true) body.writable = true
   const answer = await postArrayAction(base, array, action, body, values['admin-token'], 120000) as { message?: string }
   process.stdout.write(`${answer.message ?? 'done'}\n`)
 }
