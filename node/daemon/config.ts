@@ -11,14 +11,14 @@ import { parseSize } from '../core/size'
 import { parseDuration } from '../core/duration'
 import { NAME, RESERVED_EXPORT_NAMES } from '../core/names'
 import { LOOPBACK_ONLY, parseCidr, type Cidr } from '../core/acl'
-import { applyOverlay, overlayFile, readOverlay, type NodeOverlay } from './state'
+import { applyOverlay, describeOverlay, overlayFile, readOverlay, type NodeOverlay } from './state'
 
 export interface Address { host: string, port: number }
 
 export type DeviceConfig =
   | { type: 'file', name: string, path: string, size?: number, readOnly: boolean, blockSize?: number }
   | { type: 'memory', name: string, size: number, blockSize?: number }
-  | { type: 'remote', name: string, url: string, host: string, port: number, export: string, token?: string, queueDepth: number, reconnectTimeout?: number, requestTimeout?: number }
+  | { type: 'remote', name: string, url: string, host: string, port: number, export: string, token?: string, queueDepth: number, reconnectTimeout?: number, requestTimeout?: number, readOnly: boolean }
   | { type: 'mirror', name: string, members: string[], region: number, resyncRate: number, checksumResync: boolean, syncFrom?: string, assumeClean: boolean }
   | { type: 'linear', name: string, members: string[] }
   | { type: 'stripe', name: string, members: string[], chunk: number }
@@ -67,6 +67,8 @@ export interface NodeConfig {
   admin: { allow: Cidr[], token?: string }
   /** Live changes read from dataDir (see node/daemon/state.ts). */
   overlay?: NodeOverlay
+  /** What the overlay changed over the config file, one line each (logged at start). */
+  overlayChanges?: string[]
   /** This node's identity (node/core/identity.ts), set at start: writer ids derive from it. */
   nodeId?: string
 }
@@ -110,6 +112,7 @@ export function loadConfigFile (file: string): NodeConfig {
   if (overlay === null) return config
   const merged = parseConfig(applyOverlay(raw as Record<string, unknown>, overlay), baseDir, `${file} with ${overlayFile(config.dataDir)}`, { live: true })
   merged.overlay = overlay
+  merged.overlayChanges = describeOverlay(raw as Record<string, unknown>, overlay)
   return merged
 }
 
@@ -236,7 +239,8 @@ function parseDevice (name: string, d: unknown, field: string, baseDir: string, 
       return { type: 'memory', name, size, blockSize: blockSizeOf(x.blockSize, field, fail) }
     }
     case 'remote': {
-      allowKeys(x, ['type', 'url', 'token', 'queueDepth', 'reconnectTimeout', 'requestTimeout'], `${field}.`, fail)
+      allowKeys(x, ['type', 'url', 'token', 'queueDepth', 'reconnectTimeout', 'requestTimeout', 'readOnly'], `${field}.`, fail)
+      if (x.readOnly !== undefined && typeof x.readOnly !== 'boolean') fail(`${field}.readOnly`, 'expected true or false')
       if (x.url === undefined) fail(`${field}.url`, 'missing: a remote device needs a dst://HOST:PORT/NAME url')
       const url = parseDstUrl(x.url)
       if (typeof url === 'string') return fail(`${field}.url`, url)
@@ -244,7 +248,7 @@ function parseDevice (name: string, d: unknown, field: string, baseDir: string, 
       const queueDepth = x.queueDepth === undefined ? 32 : positiveInt(x.queueDepth, `${field}.queueDepth`, 1, 4096, fail)
       const reconnectTimeout = x.reconnectTimeout === undefined ? undefined : durationOf(x.reconnectTimeout, `${field}.reconnectTimeout`, 100, 86400000, fail)
       const requestTimeout = x.requestTimeout === undefined ? undefined : durationOf(x.requestTimeout, `${field}.requestTimeout`, 100, 3600000, fail)
-      return { type: 'remote', name, url: x.url as string, ...url, token: x.token as string | undefined, queueDepth, reconnectTimeout, requestTimeout }
+      return { type: 'remote', name, url: x.url as string, ...url, token: x.token as string | undefined, queueDepth, reconnectTimeout, requestTimeout, readOnly: x.readOnly === true }
     }
     case 'mirror':
     case 'linear': {

@@ -20,7 +20,7 @@ import { ConfigError, DstError, Errno } from '../core/errors'
 import { RESERVED_EXPORT_NAMES, sameHost } from './config'
 import { parseDstUrl } from '../core/url'
 import { exportNameProblem, nameProblem } from '../core/names'
-import { emptyOverlay, writeOverlay, type NodeOverlay } from './state'
+import { emptyOverlay, overlayFile, writeOverlay, type NodeOverlay } from './state'
 import { writerId } from './registry'
 import { nodeIdentity } from '../core/identity'
 import { writeFileAtomicSync } from '../core/atomic-file'
@@ -117,6 +117,8 @@ export class DstNode {
       }
       // Before anything in it is read or written: a second node on this dataDir would share its write-intent maps.
       this.dataDirLock = DataDirLock.acquire(c.dataDir, this.lockHolder(c.listen.port))
+      // Live changes (dst array) kept in dataDir/arrays.json are laid over the config file: say which.
+      for (const line of c.overlayChanges ?? []) this.log(`${overlayFile(c.dataDir)}: ${line}`)
     }
     try {
       c.nodeId = nodeIdentity(c.dataDir)
@@ -278,6 +280,7 @@ export class DstNode {
     // A copy: a change that fails half-way leaves the recorded state as it was.
     const overlay: NodeOverlay = JSON.parse(JSON.stringify(c.overlay ?? emptyOverlay()))
     let detail: string
+    let added: string | undefined
     if (action !== 'add' && !device.legNames.includes(leg)) throw usage(`mirror '${array}': no leg '${leg}' (legs: ${device.legNames.join(', ')})`)
     switch (action) {
       case 'add': {
@@ -309,6 +312,7 @@ export class DstNode {
           member = found
         }
         await device.addLeg({ name, device: member })
+        added = name
         detail = `leg '${name}' added to '${array}': everything on it is overwritten by a full sync (started)`
         break
       }
@@ -351,7 +355,7 @@ export class DstNode {
     await writeOverlay(c.dataDir, overlay)
     c.overlay = overlay
     this.log(detail)
-    return { ok: true, message: detail, array: device.status() }
+    return { ok: true, message: detail, ...(added !== undefined ? { leg: added } : {}), array: device.status() }
   }
 
   /**

@@ -90,6 +90,22 @@ export async function writeOverlay (dataDir: string, overlay: NodeOverlay): Prom
   writeFileAtomicSync(overlayFile(dataDir), JSON.stringify(overlay, null, 2) + '\n')
 }
 
+/** What the overlay changes in a raw config, one line each, for the node to log at start. */
+export function describeOverlay (raw: Record<string, unknown>, overlay: NodeOverlay): string[] {
+  const lines: string[] = []
+  const devices = (raw.devices ?? {}) as Record<string, Record<string, unknown>>
+  for (const [name, d] of Object.entries(overlay.devices)) {
+    lines.push(`device '${name}' (${String(d.type)}${typeof d.url === 'string' ? ` ${d.url}` : ''}) added${devices[name] !== undefined ? ', replacing the config\'s' : ''}`)
+  }
+  for (const [name, a] of Object.entries(overlay.arrays)) {
+    const before = devices[name]?.members
+    const was = Array.isArray(before) ? before.join(', ') : '(not in the config)'
+    if (JSON.stringify(before) !== JSON.stringify(a.members)) lines.push(`array '${name}' has members ${a.members.join(', ')} (the config says ${was})`)
+  }
+  for (const e of overlay.exports) lines.push(`export '${e.name}' of device '${e.device}' (${e.readOnly ? 'read-only' : 'read-write'}) added`)
+  return lines
+}
+
 /** Lays the overlay over a raw config object (before validation, so the result is checked like any config). */
 export function applyOverlay (raw: Record<string, unknown>, overlay: NodeOverlay): Record<string, unknown> {
   const devices = { ...(raw.devices as Record<string, Record<string, unknown>>) }

@@ -9,6 +9,7 @@ import * as path from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { runDst, startExport, startNode, tempDir } from '../helpers/node-process'
 import { freePort } from '../helpers/ports'
+import { RemoteDevice } from '../../export/native/remote-device'
 
 function dirFor (t: { teardown: (fn: () => unknown) => void }): string {
   const dir = tempDir()
@@ -165,4 +166,70 @@ test('a split leg is exported read-only (a snapshot) unless --writable; both fla
   const both = await runDst(['array', 'split', n.http, 'm', 'w', '--export', 'snap3', '--writable', '--read-only'])
   t.is(both.code, 2)
   t.regex(both.stderr, /give --writable or --read-only, not both/)
+})
+
+test('dst array add --wait returns once the new leg is in sync; --wait elsewhere is bad usage', async t => {
+  const dir = dirFor(t)
+  const n = await startNode(dir, {
+    name: 'wait', listen: '127.0.0.1:0', dataDir: './state',
+    devices: { x: { type: 'memory', size: '32MiB' }, y: { type: 'memory', size: '32MiB' }, z: { type: 'memory', size: '32MiB' }, m: { type: 'mirror', members: ['x', 'y'], resyncRate: '64MiB' } },
+    exports: [{ device: 'm' }],
+  })
+  t.teardown(() => n.kill())
+  const r = await runDst(['array', 'add', n.http, 'm', 'z', '--wait'])
+  t.is(r.code, 0, r.stderr)
+  t.regex(r.stdout.toString(), /leg 'z' added to 'm'.*\nleg 'z' of 'm' is in sync\n$/)
+  const legs = (await n.status()).devices.m.members as Array<{ name: string, state: string }>
+  t.like(legs.find(l => l.name === 'z'), { state: 'in-sync' })
+  const bad = await runDst(['array', 'remove', n.http, 'm', 'z', '--wait'])
+  t.is(bad.code, 2)
+  t.regex(bad.stderr, /--wait is for add/)
+})
+
+test('at start the node logs each live change from dataDir/arrays.json it lays over the config', async t => {
+  const dir = dirFor(t)
+  const config = {
+    name: 'ovl', listen: '127.0.0.1:0', dataDir: './state',
+    devices: { x: { type: 'memory', size: '1MiB' }, y: { type: 'memory', size: '1MiB' }, z: { type: 'memory', size: '1MiB' }, m: { type: 'mirror', members: ['x', 'y', 'z'] } },
+    exports: [{ device: 'm' }],
+  }
+  let n = await startNode(dir, config)
+  t.teardown(() => n.kill())
+  t.notRegex(n.output(), /arrays\.json:/, 'nothing to lay over yet')
+  t.is((await runDst(['array', 'split', n.http, 'm', 'z', '--export', 'snap'])).code, 0)
+  t.is(await n.stop(), 0)
+  n = await startNode(dir, config)
+  const log = n.output()
+  t.regex(log, /state\/arrays\.json: array 'm' has members x, y \(the config says x, y, z\)/)
+  t.regex(log, /state\/arrays\.json: export 'snap' of device 'z' \(read-only\) added/)
+})
+
+test('a remote device with readOnly: true connects as a reader: no write lease taken, writes refused', async t => {
+  const dir = dirFor(t)
+  const leaf = await startNode(dir, { name: 'leaf', listen: '127.0.0.1:0', dataDir: './s-leaf', devices: { d: { type: 'file', path: './d.img', size: '1MiB' } }, exports: [{ device: 'd' }] })
+  t.teardown(() => leaf.kill())
+  const reader = await startNode(dir, { name: 'reader', listen: '127.0.0.1:0', dataDir: './s-reader', devices: { far: { type: 'remote', url: leaf.url('d'), readOnly: true } }, exports: [{ device: 'far' }] })
+  t.teardown(() => reader.kill())
+  const st = await reader.status()
+  t.is(st.devices.far.writable, false)
+  t.is(st.exports[0].readOnly, true)
+  const lease = (await leaf.status()).exports[0].lease
+  t.is(lease.holder, null, 'the leaf\'s write lease is free')
+  t.is(lease.connections, 0)
+  // A writer still gets the lease at the leaf, and what it writes is read through the reader.
+  const w = await RemoteDevice.open({ host: '127.0.0.1', port: leaf.port, export: 'd' }, { openTimeout: 10000 })
+  t.teardown(() => w.close())
+  await w.write(0, Buffer.from('writer'))
+  await w.flush()
+  const r = await RemoteDevice.open({ host: '127.0.0.1', port: reader.port, export: 'far' }, { openTimeout: 10000 })
+  t.teardown(() => r.close())
+  const into = Buffer.alloc(6)
+  await r.read(0, 6, into)
+  t.is(into.toString(), 'writer')
+  await t.throwsAsync(r.write(0, Buffer.from('nope')), { code: 'DST_ERR_EROFS' })
+  const file = path.join(dir, 'bad.json')
+  fs.writeFileSync(file, JSON.stringify({ listen: '127.0.0.1:0', devices: { r: { type: 'remote', url: leaf.url('d'), readOnly: 'yes' } }, exports: [] }))
+  const bad = await runDst(['node', '--check', '--config', file])
+  t.is(bad.code, 2)
+  t.regex(bad.stderr, /devices\.r\.readOnly: expected true or false/)
 })

@@ -93,6 +93,9 @@ only for the switch; the change is kept in the node's dataDir, so a restart keep
            overwritten by a full sync. On a linear array, a foreign remote member
            takes on the disk found, with nothing copied
 
+  --wait              add: wait until the new leg is in sync (a progress bar of its
+                      resync on a terminal; exit 1 if the leg fails meanwhile)
+  --no-progress       with --wait: no progress bar
   --name NAME         name for a remote device added by URL
   --token TOKEN       token of the dst:// export added
   --export NAME       export the split-off leg as NAME (read-only: a snapshot)
@@ -397,6 +400,7 @@ async function statusVerb (argv: string[]): Promise<void> {
 async function arrayVerb (argv: string[]): Promise<void> {
   const { values, positionals } = parse('array', argv, {
     name: { type: 'string' }, token: { type: 'string' }, export: { type: 'string' }, 'read-only': { type: 'boolean' }, writable: { type: 'boolean' },
+    wait: { type: 'boolean' }, 'no-progress': { type: 'boolean' },
     'admin-token': { type: 'string' },
   })
   const [action, node, array, device, extra] = positionals
@@ -411,8 +415,43 @@ async function arrayVerb (argv: string[]): Promise<void> {
   if (values['read-only'] === true && values.writable === true) throw new UsageError('give --writable or --read-only, not both')
   if (values['read-only'] === true) body.readOnly = true
   if (values.writable === true) body.writable = true
-  const answer = await postArrayAction(base, array, action, body, values['admin-token'], 120000) as { message?: string }
+  if (values.wait === true && action !== 'add') throw new UsageError('--wait is for add (a new leg comes in sync)')
+  const answer = await postArrayAction(base, array, action, body, values['admin-token'], 120000) as { message?: string, leg?: string }
   process.stdout.write(`${answer.message ?? 'done'}\n`)
+  if (values.wait === true) await waitInSync(base, array, answer.leg ?? device, values['no-progress'] !== true && process.stderr.isTTY)
+}
+
+/**
+ * `dst array add --wait`: follows the node's /status until the new leg is in sync, with a progress bar of its resync
+ * on a terminal. A leg that fails, an array that goes away or a node that stops answering ends the wait with exit 1.
+ */
+async function waitInSync (base: string, array: string, leg: string, progress: boolean): Promise<void> {
+  let bar: ProgressBar | null = null
+  let failures = 0
+  for (;;) {
+    let st: { devices: Record<string, { members?: Array<{ name: string, state: string, resync?: { doneBytes: number, totalBytes: number } }> }> }
+    try {
+      st = await fetchStatus(base) as typeof st
+      failures = 0
+    } catch (err) {
+      if (++failures >= 20) throw new Error(`lost the node while waiting for leg '${leg}': ${(err as Error).message}`)
+      await new Promise(resolve => setTimeout(resolve, 250))
+      continue
+    }
+    const l = st.devices[array]?.members?.find(m => m.name === leg)
+    if (l === undefined) throw new Error(`the node no longer reports leg '${leg}' of '${array}'`)
+    if (l.state === 'in-sync') {
+      bar?.done(l.resync?.totalBytes ?? 0)
+      process.stdout.write(`leg '${leg}' of '${array}' is in sync\n`)
+      return
+    }
+    if (l.state === 'failed' || l.state === 'foreign') throw new Error(`leg '${leg}' of '${array}' is ${l.state}; it will not come in sync by itself`)
+    if (progress && l.resync !== undefined) {
+      bar ??= new ProgressBar(l.resync.totalBytes)
+      bar.update(l.resync.doneBytes)
+    }
+    await new Promise(resolve => setTimeout(resolve, 250))
+  }
 }
 
 /** POST /arrays/ARRAY/ACTION on a node (the admin endpoints); the node's error message becomes the thrown error. */
