@@ -1,6 +1,7 @@
 // Counters for `/metrics` (Prometheus text format). Plain numbers bumped on the hot path; text is built on scrape.
 
 import { gcCounts } from '../core/gc'
+import { dstVersion } from '../core/version'
 import type { HasherStats } from '../core/hasher'
 import type { ExportMetrics } from '../../export/served'
 
@@ -53,6 +54,7 @@ export function renderMetrics (node: string, exports: ReadonlyArray<{ name: stri
   family('dst_hashed_bytes_total', 'counter', 'Bytes digested for HASH requests.', per(m => [['', m.bytesHashed]]))
   family('dst_digest_errors_total', 'counter', 'WRITE payloads refused because they did not match their wire digest.', per(m => [['', m.digestErrors]]))
   const n = `node="${esc(node)}"`
+  family('dst_build_info', 'gauge', 'The version of dst this node runs (always 1).', [[`${n},version="${esc(dstVersion())}"`, 1]])
   family('dst_pool_buffers', 'gauge', 'Buffers in the preallocated pool.', [[n, pool.count]])
   family('dst_pool_buffer_bytes', 'gauge', 'Size of each pool buffer.', [[n, pool.size]])
   family('dst_pool_buffers_free', 'gauge', 'Pool buffers free now.', [[n, pool.available]])
