@@ -3,7 +3,7 @@
 // that touch it.
 
 import { Device, type DeviceStatus } from '../node/core/device'
-import { DstError, Errno } from '../node/core/errors'
+import { DstError, ErrorCode } from '../node/core/errors'
 import { derivedIdentity } from '../node/core/identity'
 import { settleAll } from '../node/core/settle'
 import { DIGEST_SIZE, digestCount } from '../node/core/hasher'
@@ -17,7 +17,7 @@ export class LinearDevice extends Device {
   private readonly starts: number[]
 
   constructor (members: Member[]) {
-    if (members.length === 0) throw new DstError('DST_ERR_CONFIG', 'a linear array needs at least one member', Errno.EINVAL)
+    if (members.length === 0) throw new DstError(ErrorCode.CONFIG, 'a linear array needs at least one member')
     const starts = [0]
     for (const m of members) starts.push(starts[starts.length - 1] + m.device.size)
     super({

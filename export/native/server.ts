@@ -402,7 +402,7 @@ export class ExportSession {
   /** Only while the client does not read (rare): room for the header-only replies held for it, up to the outbox's bound. */
   private growHeaderBatch (): void {
     const bigger = Buffer.alloc(Math.max(this.headerBatch.length, Math.min(2 * this.headerBatch.length, REPLY_HEADER_SIZE * (2 * this.limits.maxInFlight + HEADER_BATCH))))
-    if (bigger.length === this.headerBatch.length) throw new Error(`reply batch full (${this.headerFill / REPLY_HEADER_SIZE} replies)`)
+    if (bigger.length === this.headerBatch.length) throw new Error(`reply batch full (${this.headerFill / REPLY_HEADER_SIZE} replies)`) // an assertion: overrun() bounds the outbox
     this.headerBatch.copy(bigger, 0, 0, this.headerFill)
     this.headerBatch = bigger
   }

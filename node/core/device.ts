@@ -2,7 +2,7 @@
 // the base class owns the lifecycle and the safety checks, a backend overrides only `_read/_write/_flush/_trim/_close`,
 // and its capabilities follow from which of them it overrides. Callers always pass the buffers.
 
-import { DstError, Errno, requestError } from './errors'
+import { DstError, ErrorCode } from './errors'
 import { digestByReading, isHashChunk, MAX_HASH_CHUNK, MIN_HASH_CHUNK } from './hasher'
 
 /** `foreign`: a remote device whose peer now serves another disk (identity or size not the one it knew). */
@@ -67,7 +67,7 @@ export abstract class Device {
 
   /** Writes all of `data` at `offset`. */
   write (offset: number, data: Uint8Array): Promise<void> {
-    if (!this.writable) return Promise.reject(requestError(Errno.EROFS, `${this.type} device is read-only`))
+    if (!this.writable) return Promise.reject(new DstError(ErrorCode.EROFS, `${this.type} device is read-only`))
     try {
       this.check(offset, data.byteLength)
       if (data.byteLength === 0) return Promise.resolve()
@@ -90,7 +90,7 @@ export abstract class Device {
 
   /** Tells the device a range is no longer needed (it may read back as anything until written again). */
   trim (offset: number, length: number): Promise<void> {
-    if (!this.canTrim) return Promise.reject(requestError(Errno.ENOTSUP, `${this.type} device cannot trim`))
+    if (!this.canTrim) return Promise.reject(new DstError(ErrorCode.ENOTSUP, `${this.type} device cannot trim`))
     try {
       this.check(offset, length)
       if (length === 0) return Promise.resolve()
@@ -108,7 +108,7 @@ export abstract class Device {
   hash (offset: number, length: number, chunk: number): Promise<Buffer> {
     try {
       this.check(offset, length)
-      if (!isHashChunk(chunk)) throw requestError(Errno.EINVAL, `hash chunk ${chunk} is not a power of two between ${MIN_HASH_CHUNK} and ${MAX_HASH_CHUNK}`)
+      if (!isHashChunk(chunk)) throw new DstError(ErrorCode.EINVAL, `hash chunk ${chunk} is not a power of two between ${MIN_HASH_CHUNK} and ${MAX_HASH_CHUNK}`)
       if (length === 0) return Promise.resolve(Buffer.alloc(0))
       return this.track(this._hash(offset, length, chunk))
     } catch (err) {
@@ -132,11 +132,11 @@ export abstract class Device {
   }
 
   protected _read (_offset: number, _length: number, _into: Uint8Array): Promise<void> {
-    return Promise.reject(requestError(Errno.ENOTSUP, `${this.type} device cannot read`))
+    return Promise.reject(new DstError(ErrorCode.ENOTSUP, `${this.type} device cannot read`))
   }
 
   protected _write (_offset: number, _data: Uint8Array): Promise<void> {
-    return Promise.reject(requestError(Errno.EROFS, `${this.type} device is read-only`))
+    return Promise.reject(new DstError(ErrorCode.EROFS, `${this.type} device is read-only`))
   }
 
   protected _hash (offset: number, length: number, chunk: number): Promise<Buffer> {
@@ -151,7 +151,7 @@ export abstract class Device {
     if (this.closing !== null) throw closedError(this)
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 ||
         offset + length > this.size) {
-      throw requestError(Errno.EINVAL, `range ${offset}+${length} is outside the ${this.type} device (size ${this.size})`)
+      throw new DstError(ErrorCode.EINVAL, `range ${offset}+${length} is outside the ${this.type} device (size ${this.size})`)
     }
   }
 
@@ -182,5 +182,5 @@ export abstract class Device {
 }
 
 function closedError (device: Device): DstError {
-  return new DstError('DST_ERR_CLOSED', `${device.type} device is closed`, Errno.ESHUTDOWN)
+  return new DstError(ErrorCode.CLOSED, `${device.type} device is closed`)
 }

@@ -8,7 +8,7 @@ import { availableParallelism } from 'node:os'
 import { createHash } from 'node:crypto'
 import { Piscina } from 'piscina'
 import { BufferPool } from './pool'
-import { DstError, Errno } from './errors'
+import { DstError, ErrorCode } from './errors'
 import { settleAll } from './settle'
 
 /** The digest every dst node uses, named in the native handshake. BLAKE2b-512: the fastest strong hash in Node here. */
@@ -65,7 +65,7 @@ export class Hasher {
 
   /** Digests of each `chunk`-byte piece of `data` (the last may be shorter), concatenated. */
   digest (data: Uint8Array, chunk: number): Promise<Buffer> {
-    if (this.closed) return Promise.reject(new DstError('DST_ERR_CLOSED', 'hasher is closed', Errno.ESHUTDOWN))
+    if (this.closed) return Promise.reject(new DstError(ErrorCode.CLOSED, 'hasher is closed'))
     this.stats.bytes += data.byteLength
     if (data.byteLength <= INLINE_LIMIT) {
       this.stats.inline++
@@ -73,7 +73,7 @@ export class Hasher {
         return Promise.resolve(digestHere(data, chunk, this.algorithm))
       } catch (err) {
         this.stats.errors++
-        return Promise.reject(new DstError('DST_ERR_HASH', `digest failed: ${(err as Error).message}`, Errno.EIO))
+        return Promise.reject(new DstError(ErrorCode.HASH, `digest failed: ${(err as Error).message}`))
       }
     }
     this.stats.tasks++
@@ -115,10 +115,10 @@ export class Hasher {
     const message = (err as Error)?.message ?? String(err)
     if (/queue is at limit/i.test(message)) {
       this.stats.busy++
-      return new DstError('DST_ERR_HASH_BUSY', `hash workers busy: ${this.pool.queueSize} tasks already queued`, Errno.EAGAIN)
+      return new DstError(ErrorCode.HASH_BUSY, `hash workers busy: ${this.pool.queueSize} tasks already queued`)
     }
     this.stats.errors++
-    return new DstError('DST_ERR_HASH', `hash worker failed: ${message}`, Errno.EIO)
+    return new DstError(ErrorCode.HASH, `hash worker failed: ${message}`)
   }
 }
 
@@ -128,6 +128,7 @@ function digestHere (data: Uint8Array, chunk: number, algorithm: string): Buffer
   for (let i = 0; i < count; i++) {
     const piece = data.subarray(i * chunk, Math.min(data.byteLength, (i + 1) * chunk))
     const d = createHash(algorithm).update(piece).digest()
+    // An assertion (only a test's unknown algorithm trips it); the caller turns it into DST_ERR_HASH.
     if (d.length !== DIGEST_SIZE) throw new Error(`${algorithm} gives ${d.length}-byte digests, expected ${DIGEST_SIZE}`)
     d.copy(out, i * DIGEST_SIZE)
   }

@@ -14,7 +14,7 @@ import { RemoteDevice } from '../../export/native/remote-device'
 import { MirrorDevice } from '../../algorithms/mirror'
 import { LinearDevice } from '../../algorithms/linear'
 import type { Device } from '../core/device'
-import { ConfigError, DstError, Errno } from '../core/errors'
+import { ConfigError, DstError, ErrorCode } from '../core/errors'
 import { RESERVED_EXPORT_NAMES, sameHost } from './config'
 import { parseDstUrl } from '../core/url'
 import { exportNameProblem, nameProblem } from '../core/names'
@@ -57,7 +57,7 @@ const ARRAY_ACTION_FIELDS: Record<string, string[] | undefined> = {
 
 /** Bad admin input: answered 400 (node/daemon/listener.ts), nothing changed. */
 function usage (message: string): DstError {
-  return new DstError('DST_ERR_USAGE', message, Errno.EINVAL)
+  return new DstError(ErrorCode.USAGE, message)
 }
 
 function check (field: string, problem: string | null): void {
@@ -89,7 +89,7 @@ export class DstNode {
   private dataDirLock: DataDirLock | null = null
 
   constructor (config: NodeConfig, options: NodeOptions = {}) {
-    if (HEADROOM < REPLY_HEADER_SIZE) throw new Error('pool headroom smaller than a reply header')
+    if (HEADROOM < REPLY_HEADER_SIZE) throw new Error('pool headroom smaller than a reply header') // an assertion on two constants
     this.config = config
     this.log = options.log ?? (m => process.stderr.write(`[${config.name}] ${m}\n`))
     this.pool = new BufferPool({ count: config.pool.count, size: config.pool.size, headroom: HEADROOM, commit: true })
@@ -143,6 +143,7 @@ export class DstNode {
     await this.registry.open(c, { log: this.log, remoteOpenTimeout: this.remoteOpenTimeout, pingInterval: c.pingInterval, remotes: this.remotes })
     for (const e of c.exports) {
       const device = this.registry.get(e.device)
+      // An assertion: the config checks that every export names a device, and the registry opens all or throws.
       if (device === undefined) throw new Error(`export '${e.name}': device '${e.device}' did not open`)
       this.exports.set(e.name, { ...e, device, metrics: new ExportMetrics(), lease: new WriteLease(c.leaseTimeout), generation: this.generation })
     }
@@ -246,7 +247,7 @@ export class DstNode {
     if (fields === undefined) throw usage(`unknown array action '${action}' (add, remove, split, replace, verify)`)
     for (const k of Object.keys(body)) if (!fields.includes(k)) throw usage(`"${k}": unknown field for ${action} (expected one of ${fields.join(', ')})`)
     const device = this.registry.get(array)
-    if (device === undefined) throw new DstError('DST_ERR_NOTFOUND', `no device named '${array}' on node ${c.name}`, Errno.EINVAL)
+    if (device === undefined) throw new DstError(ErrorCode.NOTFOUND, `no device named '${array}' on node ${c.name}`)
     if (action === 'replace' && device instanceof LinearDevice) {
       if (typeof body.device !== 'string' || body.device === '') throw usage('give "device": the member to replace')
       check('device', nameProblem(body.device))
@@ -254,10 +255,10 @@ export class DstNode {
     }
     if (!(device instanceof MirrorDevice)) {
       const what = action === 'verify' ? 'only mirror arrays have legs to compare' : 'only mirror arrays change members while running'
-      throw new DstError('DST_ERR_NOTMIRROR', `'${array}' is a ${device.type} device; ${what}`, Errno.EINVAL)
+      throw new DstError(ErrorCode.NOTMIRROR, `'${array}' is a ${device.type} device; ${what}`)
     }
     if (action === 'verify') return await this.startVerify(array, device, body)
-    if (c.dataDir === null) throw new DstError('DST_ERR_NOSTATE', 'this node has no dataDir to record array changes in', Errno.EINVAL)
+    if (c.dataDir === null) throw new DstError(ErrorCode.NOSTATE, 'this node has no dataDir to record array changes in')
     const leg = body.device
     if (typeof leg !== 'string' || leg === '') throw usage('give "device": a device name or a dst:// URL')
     if (!(action === 'add' && leg.startsWith('dst://'))) check('device', nameProblem(leg))
@@ -278,7 +279,7 @@ export class DstNode {
           if (target.port === this.port && sameHost(target.host, c.listen.host)) throw usage(`"device": ${leg} is this node's own address; a remote leg is another node's export`)
           name = typeof body.name === 'string' ? body.name : `${target.export}@${target.host}_${target.port}`.replace(/[^A-Za-z0-9._-]/g, '_')
           if (nameProblem(name) !== null) throw usage(`"name": the name made from the URL, '${name}', is not a device name; give one with "name"`)
-          if (this.registry.get(name) !== undefined) throw new DstError('DST_ERR_EXISTS', `a device named '${name}' already exists; pick another with "name"`, Errno.EINVAL)
+          if (this.registry.get(name) !== undefined) throw new DstError(ErrorCode.EXISTS, `a device named '${name}' already exists; pick another with "name"`)
           const token = typeof body.token === 'string' ? body.token : undefined
           member = await RemoteDevice.open(target, {
             token, pingInterval: c.pingInterval, reconnectTimeout: c.reconnectTimeout, requestTimeout: c.requestTimeout,
@@ -289,12 +290,12 @@ export class DstNode {
           overlay.devices[name] = { type: 'remote', url: leg, ...(token !== undefined ? { token } : {}) }
         } else {
           const found = this.registry.get(leg)
-          if (found === undefined) throw new DstError('DST_ERR_NOTFOUND', `no device named '${leg}' on node ${c.name}`, Errno.EINVAL)
+          if (found === undefined) throw new DstError(ErrorCode.NOTFOUND, `no device named '${leg}' on node ${c.name}`)
           const owner = this.registry.ownerOf(leg)
-          if (owner !== undefined) throw new DstError('DST_ERR_INUSE', `'${leg}' is already a member of '${owner}'`, Errno.EINVAL)
-          if (this.registry.contains(leg, array) || leg === array) throw new DstError('DST_ERR_CYCLE', `'${leg}' contains '${array}': adding it would make a cycle`, Errno.EINVAL)
+          if (owner !== undefined) throw new DstError(ErrorCode.INUSE, `'${leg}' is already a member of '${owner}'`)
+          if (this.registry.contains(leg, array) || leg === array) throw new DstError(ErrorCode.CYCLE, `'${leg}' contains '${array}': adding it would make a cycle`)
           const exported = [...this.exports.values()].find(e => e.device === found)
-          if (exported !== undefined) throw new DstError('DST_ERR_INUSE', `'${leg}' is exported as '${exported.name}'; a leg must have one writer, the mirror`, Errno.EINVAL)
+          if (exported !== undefined) throw new DstError(ErrorCode.INUSE, `'${leg}' is exported as '${exported.name}'; a leg must have one writer, the mirror`)
           member = found
         }
         await device.addLeg({ name, device: member })
@@ -316,7 +317,7 @@ export class DstNode {
       case 'split': {
         const exportName = typeof body.export === 'string' ? body.export : undefined
         if (exportName !== undefined && (this.exports.has(exportName) || RESERVED_EXPORT_NAMES.includes(exportName))) {
-          throw new DstError('DST_ERR_EXISTS', `export name '${exportName}' is taken`, Errno.EINVAL)
+          throw new DstError(ErrorCode.EXISTS, `export name '${exportName}' is taken`)
         }
         const detached = await device.splitLeg(leg)
         detail = `leg '${leg}' split off '${array}' as a point-in-time copy`
@@ -348,9 +349,9 @@ export class DstNode {
    */
   private async replaceMember (array: string, linear: LinearDevice, leg: unknown): Promise<unknown> {
     const member = linear.members.find(m => m.name === leg)
-    if (member === undefined) throw new DstError('DST_ERR_NOLEG', `linear '${array}': no member '${String(leg)}' (members: ${linear.members.map(m => m.name).join(', ')})`, Errno.EINVAL)
+    if (member === undefined) throw new DstError(ErrorCode.NOLEG, `linear '${array}': no member '${String(leg)}' (members: ${linear.members.map(m => m.name).join(', ')})`)
     if (!(member.device instanceof RemoteDevice) || member.device.state !== 'foreign') {
-      throw new DstError('DST_ERR_NOTFOREIGN', `linear '${array}': member '${member.name}' is ${member.device.state}; replace takes on the other disk of a foreign remote member`, Errno.EINVAL)
+      throw new DstError(ErrorCode.NOTFOREIGN, `linear '${array}': member '${member.name}' is ${member.device.state}; replace takes on the other disk of a foreign remote member`)
     }
     const found = member.device.found?.identity ?? ''
     await member.device.acceptFoundDisk()
@@ -365,11 +366,11 @@ export class DstNode {
    */
   private async startVerify (array: string, mirror: MirrorDevice, body: Record<string, unknown>): Promise<unknown> {
     const from = body.from
-    if (from !== undefined && (typeof from !== 'string' || from === '')) throw new DstError('DST_ERR_USAGE', '"from" must name a leg', Errno.EINVAL)
-    if (body.repair !== undefined && typeof body.repair !== 'boolean') throw new DstError('DST_ERR_USAGE', '"repair" must be true or false', Errno.EINVAL)
-    if (from !== undefined && body.repair !== true) throw new DstError('DST_ERR_USAGE', '"from" names the leg to repair from; it needs "repair": true', Errno.EINVAL)
+    if (from !== undefined && (typeof from !== 'string' || from === '')) throw new DstError(ErrorCode.USAGE, '"from" must name a leg')
+    if (body.repair !== undefined && typeof body.repair !== 'boolean') throw new DstError(ErrorCode.USAGE, '"repair" must be true or false')
+    if (from !== undefined && body.repair !== true) throw new DstError(ErrorCode.USAGE, '"from" names the leg to repair from; it needs "repair": true')
     const rate = body.rate
-    if (rate !== undefined && (typeof rate !== 'number' || !Number.isFinite(rate) || rate < 0)) throw new DstError('DST_ERR_USAGE', '"rate" must be bytes per second (0: no limit)', Errno.EINVAL)
+    if (rate !== undefined && (typeof rate !== 'number' || !Number.isFinite(rate) || rate < 0)) throw new DstError(ErrorCode.USAGE, '"rate" must be bytes per second (0: no limit)')
     const before = mirror.lastVerify
     const run = mirror.verify({ repair: body.repair === true, from: from as string | undefined, rate: rate as number | undefined })
     const started = mirror.lastVerify

@@ -1,6 +1,6 @@
 // The node's devices by name, opened from the config in dependency order and closed in reverse.
 
-import { ConfigError } from '../core/errors'
+import { ConfigError, DstError, ErrorCode } from '../core/errors'
 import type { Device, DeviceStatus } from '../core/device'
 import type { DeviceConfig, NodeConfig } from './config'
 import { FileDevice } from '../devices/file-device'
@@ -31,7 +31,7 @@ export class DeviceRegistry {
 
   /** Registers a device opened while running (a remote leg added by URL). */
   add (name: string, device: Device): void {
-    if (this.devices.has(name)) throw new Error(`device '${name}' already exists`)
+    if (this.devices.has(name)) throw new DstError(ErrorCode.EXISTS, `device '${name}' already exists`)
     this.devices.set(name, device)
     this.order.push(name)
   }
@@ -101,7 +101,7 @@ export class DeviceRegistry {
           })
         }
         default:
-          throw new Error(`not a leaf: ${d.type}`)
+          throw new Error(`not a leaf: ${d.type}`) // an assertion: the config's parser knows every type
       }
     } catch (err) {
       const e = err as Error & { code?: string }
@@ -112,7 +112,7 @@ export class DeviceRegistry {
   }
 
   private async openArray (d: DeviceConfig, config: NodeConfig, options: RegistryOptions): Promise<Device> {
-    if (d.type !== 'mirror' && d.type !== 'linear') throw new Error(`not an array: ${d.type}`)
+    if (d.type !== 'mirror' && d.type !== 'linear') throw new Error(`not an array: ${d.type}`) // an assertion, as above
     const members: Member[] = d.members.map(name => ({ name, device: this.devices.get(name) as Device }))
     for (const m of members) {
       if (m.device.size === 0) throw new ConfigError(`devices.${d.name}.members: '${m.name}' has size 0`)
