@@ -8,7 +8,7 @@ import * as net from 'node:net'
 import WebSocket from 'ws'
 import { DstError, Errno, errnoName, ErrorCode, RemoteError } from '../../node/core/errors'
 import { Ring } from '../../node/core/ring'
-import { DIGEST_SIZE, HASH_ALGORITHM, hasher } from '../../node/core/hasher'
+import { defaultHasher, DIGEST_SIZE, HASH_ALGORITHM, type Hasher } from '../../node/core/hasher'
 import { FrameDecoder, HANDSHAKE_SIZE, HandshakeFlag, Op, opNames, PROTOCOL_VERSION, REQUEST_HEADER_SIZE, digestFrames, parseHandshake, replyCarriesDigest, replyFrames, writeRequestHeader, type Handshake, type ReplyHeader } from './codec'
 import { ProtocolError } from '../../node/core/errors'
 import { WsTap, writeClientFrameHeader } from './ws-tap'
@@ -36,6 +36,8 @@ export interface ConnectOptions {
   access?: 'rw' | 'ro'
   /** Counted across reconnects by the owner (a remote device): payloads that failed their wire digest. */
   counters?: { digestErrors: number }
+  /** Where wire digests are computed (default: defaultHasher()). */
+  hasher?: Hasher
 }
 
 /** Times a payload that failed its wire digest is sent or asked for again before the request fails. */
@@ -122,6 +124,7 @@ export class Connection {
   /** Wire digests on this connection (the export asks for them in the handshake). */
   private readonly digest: boolean
   private readonly counters: { digestErrors: number }
+  private readonly hasher: Hasher
 
   /** Reads the socket into buffers of our choosing once the tap is on (export/native/socket-reader.ts). */
   private readonly reader: SocketReader | null
@@ -152,6 +155,7 @@ export class Connection {
     this.queue = new Ring(options.maxQueued ?? 65536)
     this.digest = (handshake.flags & HandshakeFlag.DIGEST) !== 0
     this.counters = options.counters ?? { digestErrors: 0 }
+    this.hasher = options.hasher ?? defaultHasher()
     const frames = this.digest ? digestFrames(replyFrames, handshake.digestSize, replyCarriesDigest) : replyFrames
     this.decoder = new FrameDecoder(frames, h => this.replyTarget(h), (h, payload, trailer) => this.onReply(h, payload, trailer), Math.max(64, handshake.digestSize))
     if (!this.tapSocket(ws)) ws.on('message', (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary))
@@ -319,7 +323,7 @@ export class Connection {
     if (this.digest && slot.op === Op.WRITE && slot.data !== null && slot.data.byteLength > 0 && slot.digest === null) {
       // The payload's digest goes out right behind it; compute it (on a worker, for a large payload) first.
       const seq = slot.seq
-      hasher().digestOne(slot.data).then(digest => {
+      this.hasher.digestOne(slot.data).then(digest => {
         if (!slot.busy || slot.seq !== seq || this.closed !== null) return
         slot.digest = digest
         this.send(slot)
@@ -518,7 +522,7 @@ export class Connection {
   /** A READ reply with a wire digest: the caller gets the data only if it matches; otherwise it is asked for again. */
   private checkReadDigest (slot: Slot, expected: Buffer): void {
     const seq = slot.seq
-    hasher().digestOne((slot.into as Uint8Array).subarray(0, slot.length)).then(actual => {
+    this.hasher.digestOne((slot.into as Uint8Array).subarray(0, slot.length)).then(actual => {
       if (!slot.busy || slot.seq !== seq) return
       if (actual.equals(expected)) { this.release(slot, null); return }
       this.counters.digestErrors++

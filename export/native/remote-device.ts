@@ -89,6 +89,7 @@ export class RemoteDevice extends Device {
     super({
       size: disk.size, blockSize: disk.blockSize, readOnly: (disk.flags & HandshakeFlag.READ_ONLY) !== 0,
       canFlush: (disk.flags & HandshakeFlag.FLUSH) !== 0, canTrim: (disk.flags & HandshakeFlag.TRIM) !== 0,
+      hasher: options.hasher,
     })
     this.target = target
     this.url = formatDstUrl(target)

@@ -3,7 +3,7 @@
 // and its capabilities follow from which of them it overrides. Callers always pass the buffers.
 
 import { DstError, ErrorCode } from './errors'
-import { digestByReading, isHashChunk, MAX_HASH_CHUNK, MIN_HASH_CHUNK } from './hasher'
+import { defaultHasher, digestByReading, isHashChunk, MAX_HASH_CHUNK, MIN_HASH_CHUNK, type Hasher } from './hasher'
 
 /** `foreign`: a remote device whose peer now serves another disk (identity or size not the one it knew). */
 export type DeviceState = 'opening' | 'online' | 'degraded' | 'connecting' | 'foreign' | 'failed' | 'closing' | 'closed'
@@ -26,6 +26,8 @@ export interface DeviceOptions {
   /** Narrow what the overridden methods imply: arrays and remote devices can only do what their members/peer can. */
   canFlush?: boolean
   canTrim?: boolean
+  /** The hash workers a range is digested on when the device has no cheaper way (default: defaultHasher()). */
+  hasher?: Hasher
 }
 
 export abstract class Device {
@@ -38,6 +40,8 @@ export abstract class Device {
   state: DeviceState = 'online'
   /** A stable identity (UUID) of the data behind this device, or '' when it has none. */
   identity = ''
+  /** What `hash` digests on when it reads the range itself; undefined: the default hasher. */
+  protected readonly hashService: Hasher | undefined
 
   private inflight = 0
   private idle: (() => void) | null = null
@@ -46,6 +50,7 @@ export abstract class Device {
   constructor (options: DeviceOptions) {
     this.size = options.size
     this.blockSize = options.blockSize ?? 512
+    this.hashService = options.hasher
     const proto = Device.prototype as unknown as Record<string, unknown>
     const self = this as unknown as Record<string, unknown>
     this.writable = options.readOnly !== true && self._write !== proto._write
@@ -140,7 +145,7 @@ export abstract class Device {
   }
 
   protected _hash (offset: number, length: number, chunk: number): Promise<Buffer> {
-    return digestByReading((at, n, into) => this._read(at, n, into), offset, length, chunk)
+    return digestByReading((at, n, into) => this._read(at, n, into), offset, length, chunk, this.hashService ?? defaultHasher())
   }
 
   protected _flush (): Promise<void> { return Promise.resolve() }

@@ -4,6 +4,7 @@
 import * as uws from 'uWebSockets.js'
 import { timingSafeEqual, createHash } from 'node:crypto'
 import type { BufferPool } from '../core/pool'
+import type { Hasher } from '../core/hasher'
 import { allowed, type Cidr } from '../core/acl'
 import { DstError, ErrorCode } from '../core/errors'
 import { CloseCode, DEFAULT_MAX_QUEUED_BYTES, ExportSession, type SessionAccess, type SessionLimits } from '../../export/native/server'
@@ -29,6 +30,8 @@ export interface ListenerOptions {
   onAdmin: (array: string, action: string, body: Record<string, unknown>) => Promise<unknown>
   /** This node's identity: a client that presents it (x-dst-node) is this node itself, and is refused (508). */
   nodeId?: string
+  /** The node's hash workers: sessions compute and check wire digests on them. */
+  hasher: Hasher
 }
 
 export class Listener {
@@ -65,7 +68,7 @@ export class Listener {
             end: (code, reason) => { ws.end(code, reason) },
             bufferedAmount: () => ws.getBufferedAmount(),
             onDrain: fn => { data.drain = fn },
-          }, data.access)
+          }, data.access, this.options.hasher)
         } catch (err) {
           this.options.log(`internal error opening a connection to '${data.exp.name}': ${(err as Error)?.stack ?? String(err)}`)
           ws.end(CloseCode.INTERNAL, 'internal error')

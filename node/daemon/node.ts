@@ -28,7 +28,7 @@ import { WriteLease } from '../core/lease'
 import { NbdServer } from '../../export/nbd/server'
 import { watchGc } from '../core/gc'
 import { RemoteMemory } from './remotes'
-import { configureHasher, hasher, HASH_ALGORITHM } from '../core/hasher'
+import { Hasher, HASH_ALGORITHM } from '../core/hasher'
 import * as path from 'node:path'
 
 /** Reads, increments and durably stores the start counter in dataDir/generation. */
@@ -77,6 +77,8 @@ export class DstNode {
   readonly config: NodeConfig
   readonly registry = new DeviceRegistry()
   readonly pool: BufferPool
+  /** The node's hash workers (`hash.threads`): its devices, connections and servers digest on them; closed at stop. */
+  readonly hasher: Hasher
   private listener: Listener | null = null
   private nbd: NbdServer | null = null
   private readonly exports = new Map<string, ServedExport>()
@@ -93,6 +95,7 @@ export class DstNode {
     this.config = config
     this.log = options.log ?? (m => process.stderr.write(`[${config.name}] ${m}\n`))
     this.pool = new BufferPool({ count: config.pool.count, size: config.pool.size, headroom: HEADROOM, commit: true })
+    this.hasher = new Hasher({ threads: config.hash.threads })
     this.remoteOpenTimeout = options.remoteOpenTimeout ?? 30000
   }
 
@@ -105,7 +108,6 @@ export class DstNode {
   async start (): Promise<void> {
     watchGc()
     const c = this.config
-    if (hasher().threads !== c.hash.threads) configureHasher({ threads: c.hash.threads })
     let made: string[] = []
     if (c.dataDir !== null) {
       try {
@@ -123,6 +125,7 @@ export class DstNode {
     } catch (err) {
       this.dataDirLock?.release()
       this.dataDirLock = null
+      await this.hasher.close()
       // A bad config creates nothing: a dataDir this start made goes again.
       if (err instanceof ConfigError && made.length > 0) fs.rmSync(made[0], { recursive: true, force: true })
       throw err
@@ -140,7 +143,7 @@ export class DstNode {
   private async openAndListen (): Promise<void> {
     const c = this.config
     this.remotes = c.dataDir !== null ? RemoteMemory.load(c.dataDir) : null
-    await this.registry.open(c, { log: this.log, remoteOpenTimeout: this.remoteOpenTimeout, pingInterval: c.pingInterval, remotes: this.remotes })
+    await this.registry.open(c, { log: this.log, remoteOpenTimeout: this.remoteOpenTimeout, pingInterval: c.pingInterval, remotes: this.remotes, hasher: this.hasher })
     for (const e of c.exports) {
       const device = this.registry.get(e.device)
       // An assertion: the config checks that every export names a device, and the registry opens all or throws.
@@ -154,11 +157,12 @@ export class DstNode {
       limits: { maxRequest: c.pool.size, maxInFlight: c.maxInFlight, pingInterval: c.pingInterval, stallTimeout: STALL_TIMEOUT },
       exports: this.exports,
       status: () => this.status(),
-      metrics: () => renderMetrics(c.name, [...this.exports.values()], { count: this.pool.count, size: this.pool.size, available: this.pool.available, waits: this.pool.waits }, this.arrayCounters(), hasher().stats, this.deviceGauges()),
+      metrics: () => renderMetrics(c.name, [...this.exports.values()], { count: this.pool.count, size: this.pool.size, available: this.pool.available, waits: this.pool.waits }, this.arrayCounters(), this.hasher.stats, this.deviceGauges()),
       log: this.log,
       admin: c.admin,
       onAdmin: (array, action, body) => this.changeArray(array, action, body),
       nodeId: c.nodeId,
+      hasher: this.hasher,
     })
     try {
       await this.listener.listen()
@@ -201,7 +205,7 @@ export class DstNode {
       uptime: Math.round((Date.now() - this.startedAt) / 1000),
       listen: `${this.config.listen.host}:${this.port}`,
       pool: { count: this.pool.count, size: this.pool.size, free: this.pool.available, waiting: this.pool.waiting },
-      hash: { algorithm: HASH_ALGORITHM, threads: hasher().threads, queued: hasher().queued, ...hasher().stats },
+      hash: { algorithm: HASH_ALGORITHM, threads: this.hasher.threads, queued: this.hasher.queued, ...this.hasher.stats },
       devices: this.registry.status(),
       verify: Object.fromEntries(this.mirrors().filter(([, m]) => m.lastVerify !== null).map(([name, m]) => [name, m.status().verify])),
       exports: [...this.exports.values()].map(e => ({
@@ -228,6 +232,7 @@ export class DstNode {
         await this.registry.flushAll()
         this.listener?.closeAll()
         await this.registry.close()
+        await this.hasher.close()
         this.dataDirLock?.release()
         this.dataDirLock = null
       })()
@@ -284,6 +289,7 @@ export class DstNode {
           member = await RemoteDevice.open(target, {
             token, pingInterval: c.pingInterval, reconnectTimeout: c.reconnectTimeout, requestTimeout: c.requestTimeout,
             owner: writerId(c, name), node: { name: c.name, id: this.nodeId }, log: m => this.log(`device '${name}': ${m}`),
+            hasher: this.hasher,
             onDisk: disk => { this.remotes?.set(name, leg, disk).catch(err => this.log(`device '${name}': cannot remember its disk: ${(err as Error).message}`)) },
           })
           this.registry.add(name, member)

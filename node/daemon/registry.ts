@@ -13,6 +13,7 @@ import { FileIntentStore } from '../../algorithms/intent-store'
 import * as path from 'node:path'
 import { derivedIdentity, nodeIdentity } from '../core/identity'
 import type { RemoteMemory } from './remotes'
+import type { Hasher } from '../core/hasher'
 
 export interface RegistryOptions {
   log: (message: string) => void
@@ -21,6 +22,8 @@ export interface RegistryOptions {
   pingInterval: number
   /** What remote devices found at their last handshake (dataDir/remotes.json), or null without a dataDir. */
   remotes: RemoteMemory | null
+  /** The node's hash workers, given to every device it opens. */
+  hasher: Hasher
 }
 
 export class DeviceRegistry {
@@ -78,9 +81,9 @@ export class DeviceRegistry {
     try {
       switch (d.type) {
         case 'file':
-          return await FileDevice.open({ path: d.path, size: d.size, readOnly: d.readOnly, blockSize: d.blockSize, warn: log })
+          return await FileDevice.open({ path: d.path, size: d.size, readOnly: d.readOnly, blockSize: d.blockSize, warn: log, hasher: options.hasher })
         case 'memory':
-          return new MemoryDevice({ size: d.size, blockSize: d.blockSize })
+          return new MemoryDevice({ size: d.size, blockSize: d.blockSize, hasher: options.hasher })
         case 'remote': {
           const remotes = options.remotes
           const url = d.url
@@ -98,6 +101,7 @@ export class DeviceRegistry {
             expect: remotes?.get(d.name, url) ?? await legOfSuperblock(config, d.name, log),
             onDisk: disk => { remotes?.set(d.name, url, disk).catch(err => log(`cannot remember its disk: ${(err as Error).message}`)) },
             log,
+            hasher: options.hasher,
           })
         }
         default:
@@ -117,7 +121,7 @@ export class DeviceRegistry {
     for (const m of members) {
       if (m.device.size === 0) throw new ConfigError(`devices.${d.name}.members: '${m.name}' has size 0`)
     }
-    if (d.type === 'linear') return new LinearDevice(members)
+    if (d.type === 'linear') return new LinearDevice(members, { hasher: options.hasher })
     if (config.dataDir === null) throw new ConfigError(`devices.${d.name}: a mirror needs the node's dataDir for its write-intent map`)
     const store = new FileIntentStore(path.join(config.dataDir, `mirror-${d.name}.intent`))
     try {

@@ -6,6 +6,7 @@
 import * as fs from 'node:fs'
 import { derivedIdentity } from '../core/identity'
 import { Device } from '../core/device'
+import type { Hasher } from '../core/hasher'
 import { ConfigError, DstError, Errno, ErrorCode, systemErrorCode } from '../core/errors'
 import { lockBackingFile } from '../core/lock'
 import { IoRing } from './io-ring'
@@ -24,6 +25,8 @@ export interface FileDeviceOptions {
    * single disk miss would hold up every request queued behind it.
    */
   ioThreads?: number
+  /** The hash workers HASH requests are digested on (default: defaultHasher()). */
+  hasher?: Hasher
 }
 
 function defaultIoThreads (): number {
@@ -41,7 +44,7 @@ export class FileDevice extends Device {
   private io: IoRing | null = null
 
   private constructor (path: string, fd: number, size: number, options: FileDeviceOptions, identity: string) {
-    super({ size, blockSize: options.blockSize ?? 4096, readOnly: options.readOnly })
+    super({ size, blockSize: options.blockSize ?? 4096, readOnly: options.readOnly, hasher: options.hasher })
     this.path = path
     this.fd = fd
     this.identity = identity

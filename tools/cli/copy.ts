@@ -7,6 +7,7 @@ import { DstError, ErrorCode } from '../../node/core/errors'
 import { formatSize } from '../../node/core/size'
 import { RemoteDevice } from '../../export/native/remote-device'
 import { blockDeviceSize } from '../../node/devices/file-device'
+import { Hasher } from '../../node/core/hasher'
 
 export interface CopyOptions {
   offset: number
@@ -15,6 +16,8 @@ export interface CopyOptions {
   chunk: number
   inFlight: number
   progress: boolean
+  /** Where wire digests are computed; by default copy() makes one for itself and closes it when done. */
+  hasher?: Hasher
 }
 
 interface Source {
@@ -36,7 +39,17 @@ interface Sink {
   close: () => Promise<void>
 }
 
-export async function copy (src: string, dst: string, options: CopyOptions): Promise<number> {
+export async function copy (src: string, dst: string, given: CopyOptions): Promise<number> {
+  // Workers start only if an export asks for wire digests.
+  const own = given.hasher === undefined ? new Hasher() : null
+  try {
+    return await copyWith(src, dst, { ...given, hasher: given.hasher ?? own as Hasher })
+  } finally {
+    await own?.close()
+  }
+}
+
+async function copyWith (src: string, dst: string, options: CopyOptions): Promise<number> {
   const source = await openSource(src, options)
   let sink: Sink
   try {
@@ -224,7 +237,7 @@ async function openSink (spec: string, options: CopyOptions): Promise<Sink> {
 async function openRemote (url: string, options: CopyOptions, access: 'ro' | 'rw'): Promise<RemoteDevice> {
   const target = parseDstUrl(url)
   if (typeof target === 'string') throw new DstError(ErrorCode.URL, target)
-  return RemoteDevice.open(target, { token: options.token, access, queueDepth: options.inFlight * Math.ceil(options.chunk / (256 * 1024)) })
+  return RemoteDevice.open(target, { token: options.token, access, queueDepth: options.inFlight * Math.ceil(options.chunk / (256 * 1024)), hasher: options.hasher })
 }
 
 async function blockSize (fd: fs.promises.FileHandle): Promise<number> {
