@@ -2,9 +2,11 @@
 // it travels as, and the errno's numbers on each wire, the native protocol's (export/PROTOCOL.md) and NBD's. Callers
 // compare `err.code` with `ErrorCode.X`; no code is built at run time.
 //
-// Left plain on purpose: assertions of the program's own invariants (a buffer released twice, a reply batch over its
-// bound; each says so where it is thrown), and the developer tools in tools/dev (benches, soak), whose errors end a
-// developer's run and are matched by nobody.
+// Left outside on purpose: assertions of the program's own invariants (a buffer released twice, a reply batch over its
+// bound; each says so where it is thrown); RangeErrors for arguments outside a function's contract (a ring or pool
+// size, a read buffer too small, a size string, a handshake field: JavaScript's convention, which the tests match;
+// the buffer pool's "too many waiting" and "connection closed" are among them and reach the wire as EIO); and the
+// developer tools in tools/dev (benches, soak), whose errors end a developer's run and are matched by nobody.
 
 /** The errnos dst sends. Their values are Linux's numbers, which is what the native protocol carries. */
 export const Errno = {
