@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto'
 import type { Device } from '../node/core/device'
 import { DIGEST_SIZE, HASH_ALGORITHM, MAX_HASH_CHUNK } from '../node/core/hasher'
-import { Errno, type DstError } from '../node/core/errors'
+import { Errno, ErrorCode, type DstError } from '../node/core/errors'
 
 /** Bytes digested per request: large enough to keep the workers busy, small enough to stop soon after data. */
 const STEP = 64 * 1024 * 1024
@@ -44,7 +44,7 @@ async function hashPatiently (device: Device, at: number, n: number, chunk: numb
       return await device.hash(at, n, chunk)
     } catch (err) {
       const e = err as DstError
-      const busy = e?.code === 'DST_ERR_HASH_BUSY' || e?.errno === Errno.EAGAIN
+      const busy = e?.code === ErrorCode.HASH_BUSY || e?.errno === Errno.EAGAIN
       if (!busy || attempt >= BUSY_RETRIES) throw err
       await new Promise(resolve => setTimeout(resolve, Math.min(1000, 10 * 2 ** attempt)))
     }

@@ -7,6 +7,7 @@
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import { writeFileAtomic } from '../node/core/atomic-file'
+import { DstError, ErrorCode } from '../node/core/errors'
 
 export interface LegRecord {
   name: string
@@ -94,22 +95,22 @@ export class FileIntentStore implements IntentStore {
       throw err
     }
     const head = buf.subarray(0, PAGE).toString('utf8')
-    if (!head.startsWith(FileIntentStore.MAGIC)) throw new Error(`${this.file}: not a dst mirror intent file`)
+    if (!head.startsWith(FileIntentStore.MAGIC)) throw new DstError(ErrorCode.INTENT, `${this.file}: not a dst mirror intent file`)
     let superblock: Superblock
     try {
       superblock = JSON.parse(head.slice(FileIntentStore.MAGIC.length).trim()) as Superblock
       if (!Number.isSafeInteger(superblock.size) || !Number.isSafeInteger(superblock.region) || superblock.region <= 0 || !Array.isArray(superblock.legs)) {
-        throw new Error('missing size, region or legs')
+        throw new DstError(ErrorCode.INTENT, 'missing size, region or legs')
       }
     } catch (err) {
-      throw new Error(`${this.file}: damaged mirror superblock: ${(err as Error).message}`)
+      throw new DstError(ErrorCode.INTENT, `${this.file}: damaged mirror superblock: ${(err as Error).message}`)
     }
     const bytes = bitmapBytes(Math.ceil(superblock.size / superblock.region))
     const stride = roundUp(bytes, PAGE)
     // Missing bitmap bytes would read as "clean" and hide regions that may differ: refuse instead.
     const needed = PAGE + stride * (superblock.legs.length - 1) + bytes
     if (superblock.legs.length > 0 && buf.length < needed) {
-      throw new Error(`${this.file}: truncated (${buf.length} bytes, the layout needs ${needed})`)
+      throw new DstError(ErrorCode.INTENT, `${this.file}: truncated (${buf.length} bytes, the layout needs ${needed})`)
     }
     const bits = superblock.legs.map((_, i) => {
       const b = new Uint8Array(bytes)
@@ -165,7 +166,7 @@ export class FileIntentStore implements IntentStore {
 
 function encodeSuperblock (sb: Superblock): Buffer {
   const text = FileIntentStore.MAGIC + JSON.stringify(sb)
-  if (Buffer.byteLength(text) > PAGE - 1) throw new Error('mirror superblock does not fit in 4 KiB (too many legs or long names)')
+  if (Buffer.byteLength(text) > PAGE - 1) throw new DstError(ErrorCode.INTENT, 'mirror superblock does not fit in 4 KiB (too many legs or long names)')
   const page = Buffer.alloc(PAGE, 0x20)
   page.write(text, 0)
   page[PAGE - 1] = 0x0a
@@ -179,7 +180,7 @@ function roundUp (n: number, to: number): number {
 function write (fd: number, data: Uint8Array, position: number): Promise<void> {
   return new Promise((resolve, reject) => {
     fs.write(fd, data, 0, data.byteLength, position, (err, n) => {
-      if (err !== null) reject(err); else if (n !== data.byteLength) reject(new Error('short write to the intent file')); else resolve()
+      if (err !== null) reject(err); else if (n !== data.byteLength) reject(new DstError(ErrorCode.INTENT, 'short write to the intent file')); else resolve()
     })
   })
 }

@@ -3,10 +3,10 @@
 // that touch it.
 
 import { Device, type DeviceStatus } from '../node/core/device'
-import { DstError, Errno } from '../node/core/errors'
+import { DstError, ErrorCode } from '../node/core/errors'
 import { derivedIdentity } from '../node/core/identity'
 import { settleAll } from '../node/core/settle'
-import { DIGEST_SIZE, digestCount } from '../node/core/hasher'
+import { DIGEST_SIZE, digestCount, type Hasher } from '../node/core/hasher'
 
 export interface Member { name: string, device: Device }
 
@@ -16,8 +16,9 @@ export class LinearDevice extends Device {
   /** starts[i] is the array offset where member i begins; starts[n] is the size. */
   private readonly starts: number[]
 
-  constructor (members: Member[]) {
-    if (members.length === 0) throw new DstError('DST_ERR_CONFIG', 'a linear array needs at least one member', Errno.EINVAL)
+  /** `hasher`: where a range whose chunks straddle members is digested (default: defaultHasher()). */
+  constructor (members: Member[], options: { hasher?: Hasher } = {}) {
+    if (members.length === 0) throw new DstError(ErrorCode.CONFIG, 'a linear array needs at least one member')
     const starts = [0]
     for (const m of members) starts.push(starts[starts.length - 1] + m.device.size)
     super({
@@ -26,6 +27,7 @@ export class LinearDevice extends Device {
       readOnly: !members.every(m => m.device.writable),
       canFlush: members.some(m => m.device.canFlush),
       canTrim: members.every(m => m.device.canTrim),
+      hasher: options.hasher,
     })
     this.members = members
     this.starts = starts

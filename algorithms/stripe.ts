@@ -3,10 +3,10 @@
 // keeps every member busy. No redundancy: a failed member fails the requests that touch it, like linear.
 
 import { Device, type DeviceStatus } from '../node/core/device'
-import { DstError, Errno } from '../node/core/errors'
+import { DstError, ErrorCode } from '../node/core/errors'
 import { derivedIdentity } from '../node/core/identity'
 import { settleAll } from '../node/core/settle'
-import { DIGEST_SIZE, digestCount } from '../node/core/hasher'
+import { DIGEST_SIZE, digestCount, type Hasher } from '../node/core/hasher'
 import type { Member } from './linear'
 
 export const MIN_CHUNK = 4096
@@ -17,6 +17,8 @@ export interface StripeOptions {
   members: Member[]
   /** Bytes of one chunk: a power of two from 4 KiB to 16 MiB, a multiple of every member's block size. */
   chunk?: number
+  /** Where a range whose digest chunks straddle stripe chunks is digested (default: defaultHasher()). */
+  hasher?: Hasher
 }
 
 /** Why a chunk size cannot stripe these members, or null. Shared by the config check and the constructor. */
@@ -37,9 +39,9 @@ export class StripeDevice extends Device {
   constructor (options: StripeOptions) {
     const { members } = options
     const chunk = options.chunk ?? DEFAULT_CHUNK
-    if (members.length < 2) throw new DstError('DST_ERR_CONFIG', `a stripe array needs at least two members, got ${members.length}`, Errno.EINVAL)
+    if (members.length < 2) throw new DstError(ErrorCode.CONFIG, `a stripe array needs at least two members, got ${members.length}`)
     const problem = stripeChunkProblem(chunk, members.map(m => m.device.blockSize))
-    if (problem !== null) throw new DstError('DST_ERR_CONFIG', `stripe: ${problem}`, Errno.EINVAL)
+    if (problem !== null) throw new DstError(ErrorCode.CONFIG, `stripe: ${problem}`)
     const rows = Math.floor(Math.min(...members.map(m => m.device.size)) / chunk)
     super({
       size: rows * chunk * members.length,
@@ -47,6 +49,7 @@ export class StripeDevice extends Device {
       readOnly: !members.every(m => m.device.writable),
       canFlush: members.some(m => m.device.canFlush),
       canTrim: members.every(m => m.device.canTrim),
+      hasher: options.hasher,
     })
     this.members = members
     this.chunk = chunk

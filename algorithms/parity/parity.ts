@@ -12,7 +12,7 @@
 //   through `rebuild()`, which reconstructs its every byte from the others. With two members down the array fails.
 
 import { Device, type DeviceStatus } from '../../node/core/device'
-import { DstError, Errno } from '../../node/core/errors'
+import { DstError, Errno, ErrorCode } from '../../node/core/errors'
 import { derivedIdentity } from '../../node/core/identity'
 import { settleAll } from '../../node/core/settle'
 import { xorInto } from '../../node/core/xor'
@@ -56,7 +56,7 @@ class KeyedLock {
 /** A member failed a read before write: the write is planned again without it. */
 class MemberLost extends DstError {
   constructor (member: string, cause: unknown) {
-    super('DST_ERR_EIO', `member '${member}' failed a read before write: ${(cause as Error)?.message ?? String(cause)}`, Errno.EIO)
+    super(ErrorCode.EIO, `member '${member}' failed a read before write: ${(cause as Error)?.message ?? String(cause)}`)
   }
 }
 
@@ -88,14 +88,14 @@ export class ParityDevice extends Device {
     if (layout === 'raid35') {
       const block = options.blockSize ?? 4096
       const problem = raid35Problem(members.length, block, blockSizes)
-      if (problem !== null) throw new DstError('DST_ERR_CONFIG', `parity '${options.name}': ${problem}`, Errno.EINVAL)
+      if (problem !== null) throw new DstError(ErrorCode.CONFIG, `parity '${options.name}': ${problem}`)
       r35 = new Raid35Layout(members.length, block, smallest)
       size = r35.size
       blockSize = block
     } else {
       const chunk = options.chunk ?? 64 * 1024
       const problem = raid5Problem(members.length, chunk, blockSizes)
-      if (problem !== null) throw new DstError('DST_ERR_CONFIG', `parity '${options.name}': ${problem}`, Errno.EINVAL)
+      if (problem !== null) throw new DstError(ErrorCode.CONFIG, `parity '${options.name}': ${problem}`)
       r5 = new Raid5Layout(members.length, chunk, smallest)
       size = r5.size
       blockSize = Math.max(...blockSizes)
@@ -138,7 +138,7 @@ export class ParityDevice extends Device {
 
   private tooFew (what: string): DstError {
     const down = this.members.filter((_, i) => !this.usable(i)).map(m => m.name)
-    return new DstError('DST_ERR_NOLEG', `parity '${this.name}': ${what}: members ${down.join(', ')} are down; single parity survives one`, Errno.EIO)
+    return new DstError(ErrorCode.NOLEG, `parity '${this.name}': ${what}: members ${down.join(', ')} are down; single parity survives one`, Errno.EIO)
   }
 
   // ---- reads
@@ -393,7 +393,7 @@ export class ParityDevice extends Device {
    */
   async rebuild (name: string, step = 1024 * 1024): Promise<void> {
     const i = this.members.findIndex(m => m.name === name)
-    if (i < 0) throw new DstError('DST_ERR_NOLEG', `parity '${this.name}': no member '${name}'`, Errno.EINVAL)
+    if (i < 0) throw new DstError(ErrorCode.NOLEG, `parity '${this.name}': no member '${name}'`)
     if (this.down().some(d => d !== i)) throw this.tooFew('rebuild')
     this.states[i] = 'rebuilding'
     this.log(`member '${name}': rebuild from the others`)

@@ -6,9 +6,9 @@
 
 import * as net from 'node:net'
 import WebSocket from 'ws'
-import { DstError, Errno, RemoteError, errnoName } from '../../node/core/errors'
+import { DstError, Errno, errnoName, ErrorCode, RemoteError } from '../../node/core/errors'
 import { Ring } from '../../node/core/ring'
-import { DIGEST_SIZE, HASH_ALGORITHM, hasher } from '../../node/core/hasher'
+import { defaultHasher, DIGEST_SIZE, HASH_ALGORITHM, type Hasher } from '../../node/core/hasher'
 import { FrameDecoder, HANDSHAKE_SIZE, HandshakeFlag, Op, opNames, PROTOCOL_VERSION, REQUEST_HEADER_SIZE, digestFrames, parseHandshake, replyCarriesDigest, replyFrames, writeRequestHeader, type Handshake, type ReplyHeader } from './codec'
 import { ProtocolError } from '../../node/core/errors'
 import { WsTap, writeClientFrameHeader } from './ws-tap'
@@ -36,6 +36,8 @@ export interface ConnectOptions {
   access?: 'rw' | 'ro'
   /** Counted across reconnects by the owner (a remote device): payloads that failed their wire digest. */
   counters?: { digestErrors: number }
+  /** Where wire digests are computed (default: defaultHasher()). */
+  hasher?: Hasher
 }
 
 /** Times a payload that failed its wire digest is sent or asked for again before the request fails. */
@@ -122,6 +124,7 @@ export class Connection {
   /** Wire digests on this connection (the export asks for them in the handshake). */
   private readonly digest: boolean
   private readonly counters: { digestErrors: number }
+  private readonly hasher: Hasher
 
   /** Reads the socket into buffers of our choosing once the tap is on (export/native/socket-reader.ts). */
   private readonly reader: SocketReader | null
@@ -152,14 +155,15 @@ export class Connection {
     this.queue = new Ring(options.maxQueued ?? 65536)
     this.digest = (handshake.flags & HandshakeFlag.DIGEST) !== 0
     this.counters = options.counters ?? { digestErrors: 0 }
+    this.hasher = options.hasher ?? defaultHasher()
     const frames = this.digest ? digestFrames(replyFrames, handshake.digestSize, replyCarriesDigest) : replyFrames
     this.decoder = new FrameDecoder(frames, h => this.replyTarget(h), (h, payload, trailer) => this.onReply(h, payload, trailer), Math.max(64, handshake.digestSize))
     if (!this.tapSocket(ws)) ws.on('message', (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary))
     ws.on('close', (code: number, reason: Buffer) => {
       const why = reason.length > 0 ? `: ${reason.toString()}` : ''
-      this.fail(new DstError('DST_ERR_DISCONNECTED', `${this.url}: connection closed (code ${code}${why})`, Errno.EIO))
+      this.fail(new DstError(ErrorCode.DISCONNECTED, `${this.url}: connection closed (code ${code}${why})`))
     })
-    ws.on('error', err => this.fail(new DstError('DST_ERR_DISCONNECTED', `${this.url}: ${err.message}`, Errno.EIO)))
+    ws.on('error', err => this.fail(new DstError(ErrorCode.DISCONNECTED, `${this.url}: ${err.message}`)))
     const interval = options.pingInterval ?? 10000
     const requestTimeout = options.requestTimeout ?? 30000
     if (interval > 0 || requestTimeout > 0) {
@@ -210,22 +214,22 @@ export class Connection {
         clearTimeout(timer)
         if (err !== null) { ws.removeAllListeners(); ws.on('error', noop); ws.terminate(); reject(err) } else resolve(conn as Connection)
       }
-      const timer = setTimeout(() => done(new DstError('DST_ERR_TIMEOUT', `${url}: no handshake within ${options.connectTimeout ?? 10000} ms`, Errno.ETIMEDOUT)), options.connectTimeout ?? 10000)
+      const timer = setTimeout(() => done(new DstError(ErrorCode.TIMEOUT, `${url}: no handshake within ${options.connectTimeout ?? 10000} ms`)), options.connectTimeout ?? 10000)
       ws.on('unexpected-response', (_req, res) => {
         const chunks: Buffer[] = []
         res.on('data', (c: Buffer) => chunks.push(c))
         res.on('end', () => {
           const body = Buffer.concat(chunks).toString().trim()
-          const code = res.statusCode === 401 ? 'DST_ERR_TOKEN' : res.statusCode === 403 ? 'DST_ERR_ACCESS' : res.statusCode === 404 ? 'DST_ERR_NOEXPORT' : res.statusCode === 409 ? 'DST_ERR_LEASED' : res.statusCode === 508 ? 'DST_ERR_SELF' : 'DST_ERR_REFUSED'
+          const code = res.statusCode === 401 ? ErrorCode.TOKEN : res.statusCode === 403 ? ErrorCode.ACCESS : res.statusCode === 404 ? ErrorCode.NOEXPORT : res.statusCode === 409 ? ErrorCode.LEASED : res.statusCode === 508 ? ErrorCode.SELF : ErrorCode.REFUSED
           const err = new DstError(code, `${url}: refused (${res.statusCode ?? '?'}): ${body || res.statusMessage || 'no reason given'}`, Errno.EACCES)
           const expiresIn = Number(res.headers['x-dst-lease-expires-in'])
-          if (code === 'DST_ERR_LEASED' && res.headers['x-dst-lease-expires-in'] !== undefined && Number.isSafeInteger(expiresIn) && expiresIn >= 0) err.retryAfter = expiresIn
+          if (code === ErrorCode.LEASED && res.headers['x-dst-lease-expires-in'] !== undefined && Number.isSafeInteger(expiresIn) && expiresIn >= 0) err.retryAfter = expiresIn
           done(err)
         })
-        res.on('error', () => done(new DstError('DST_ERR_REFUSED', `${url}: refused (${res.statusCode ?? '?'})`, Errno.EACCES)))
+        res.on('error', () => done(new DstError(ErrorCode.REFUSED, `${url}: refused (${res.statusCode ?? '?'})`)))
       })
-      ws.on('error', err => done(new DstError('DST_ERR_CONNECT', `${url}: ${(err as NodeJS.ErrnoException).code ?? err.message}`, Errno.EIO)))
-      ws.on('close', (code, reason) => done(new DstError('DST_ERR_CONNECT', `${url}: closed before the handshake (code ${code}${reason.length > 0 ? `: ${reason.toString()}` : ''})`, Errno.EIO)))
+      ws.on('error', err => done(new DstError(ErrorCode.CONNECT, `${url}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)))
+      ws.on('close', (code, reason) => done(new DstError(ErrorCode.CONNECT, `${url}: closed before the handshake (code ${code}${reason.length > 0 ? `: ${reason.toString()}` : ''})`)))
       ws.once('message', (data: Buffer, isBinary: boolean) => {
         try {
           if (!isBinary || data.length !== HANDSHAKE_SIZE) throw new ProtocolError(`expected a ${HANDSHAKE_SIZE}-byte handshake, got ${data.length} bytes`)
@@ -238,7 +242,7 @@ export class Connection {
           ws.removeAllListeners()
           done(null, new Connection(url, ws, h, options, reader))
         } catch (err) {
-          done(new DstError('DST_ERR_PROTOCOL', `${url}: ${(err as Error).message}`, Errno.EIO))
+          done(new DstError(ErrorCode.PROTOCOL, `${url}: ${(err as Error).message}`, Errno.EIO))
         }
       })
     })
@@ -268,7 +272,7 @@ export class Connection {
     return new Promise((resolve, reject) => {
       const slotIndex = this.freeSlots.pop()
       if (slotIndex === undefined) {
-        if (this.queue.full) { reject(new DstError('DST_ERR_QUEUE_FULL', `${this.url}: ${this.queue.capacity} requests already queued`, Errno.EAGAIN)); return }
+        if (this.queue.full) { reject(new DstError(ErrorCode.QUEUE_FULL, `${this.url}: ${this.queue.capacity} requests already queued`)); return }
         this.queue.push({ op, offset, length, aux, into, data, resolve, reject })
         return
       }
@@ -282,12 +286,12 @@ export class Connection {
 
   close (code = 1000, reason = 'client closing'): void {
     if (this.closed === null) this.ws.close(code, reason)
-    this.fail(new DstError('DST_ERR_CLOSED', `${this.url}: connection closed by this side`, Errno.ESHUTDOWN))
+    this.fail(new DstError(ErrorCode.CLOSED, `${this.url}: connection closed by this side`))
   }
 
   /** Drops the TCP connection at once, like a crash (tests, and a peer that stopped answering). */
   terminate (): void {
-    this.drop(new DstError('DST_ERR_DISCONNECTED', `${this.url}: connection dropped`, Errno.EIO))
+    this.drop(new DstError(ErrorCode.DISCONNECTED, `${this.url}: connection dropped`))
   }
 
   private drop (reason: DstError): void {
@@ -319,7 +323,7 @@ export class Connection {
     if (this.digest && slot.op === Op.WRITE && slot.data !== null && slot.data.byteLength > 0 && slot.digest === null) {
       // The payload's digest goes out right behind it; compute it (on a worker, for a large payload) first.
       const seq = slot.seq
-      hasher().digestOne(slot.data).then(digest => {
+      this.hasher.digestOne(slot.data).then(digest => {
         if (!slot.busy || slot.seq !== seq || this.closed !== null) return
         slot.digest = digest
         this.send(slot)
@@ -499,7 +503,7 @@ export class Connection {
       // The server got other bytes than we sent: the link corrupted them. Send them again.
       this.counters.digestErrors++
       if (slot.digestTries++ < DIGEST_RETRIES) { this.send(slot); return }
-      this.release(slot, new DstError('DST_ERR_DIGEST', `${this.url}: write ${slot.offset}+${slot.length}: the node received other bytes than were sent ${DIGEST_RETRIES + 1} times (wire digest mismatch); nothing was written`, Errno.EBADMSG))
+      this.release(slot, new DstError(ErrorCode.DIGEST, `${this.url}: write ${slot.offset}+${slot.length}: the node received other bytes than were sent ${DIGEST_RETRIES + 1} times (wire digest mismatch); nothing was written`))
       return
     }
     let err: Error | null = null
@@ -518,12 +522,12 @@ export class Connection {
   /** A READ reply with a wire digest: the caller gets the data only if it matches; otherwise it is asked for again. */
   private checkReadDigest (slot: Slot, expected: Buffer): void {
     const seq = slot.seq
-    hasher().digestOne((slot.into as Uint8Array).subarray(0, slot.length)).then(actual => {
+    this.hasher.digestOne((slot.into as Uint8Array).subarray(0, slot.length)).then(actual => {
       if (!slot.busy || slot.seq !== seq) return
       if (actual.equals(expected)) { this.release(slot, null); return }
       this.counters.digestErrors++
       if (slot.digestTries++ < DIGEST_RETRIES && this.closed === null) { this.send(slot); return }
-      this.release(slot, new DstError('DST_ERR_DIGEST', `${this.url}: read ${slot.offset}+${slot.length}: the data did not match its wire digest ${DIGEST_RETRIES + 1} times`, Errno.EBADMSG))
+      this.release(slot, new DstError(ErrorCode.DIGEST, `${this.url}: read ${slot.offset}+${slot.length}: the data did not match its wire digest ${DIGEST_RETRIES + 1} times`))
     }, (err: Error) => { if (slot.busy && slot.seq === seq) this.release(slot, err) })
   }
 
@@ -553,7 +557,7 @@ export class Connection {
     if (requestTimeout > 0) {
       for (const slot of this.slots) {
         if (slot.busy && now - slot.sentAt > requestTimeout) {
-          this.drop(new DstError('DST_ERR_TIMEOUT', `${this.url}: no answer to a ${opNames[slot.op] ?? 'request'} within ${requestTimeout} ms`, Errno.ETIMEDOUT))
+          this.drop(new DstError(ErrorCode.TIMEOUT, `${this.url}: no answer to a ${opNames[slot.op] ?? 'request'} within ${requestTimeout} ms`))
           return
         }
       }
@@ -561,7 +565,7 @@ export class Connection {
     if (interval <= 0) return
     const quiet = now - this.lastHeard
     if (quiet > 3 * interval) {
-      this.drop(new DstError('DST_ERR_SILENT', `${this.url}: peer silent for ${quiet} ms`, Errno.ETIMEDOUT))
+      this.drop(new DstError(ErrorCode.SILENT, `${this.url}: peer silent for ${quiet} ms`))
       return
     }
     if (quiet >= interval && !this.pingOut) {
@@ -572,7 +576,7 @@ export class Connection {
 
   private protocolFailure (reason: string): void {
     this.ws.close(1002, reason.slice(0, 120))
-    this.fail(new DstError('DST_ERR_PROTOCOL', `${this.url}: ${reason}`, Errno.EIO))
+    this.fail(new DstError(ErrorCode.PROTOCOL, `${this.url}: ${reason}`, Errno.EIO))
   }
 
   private fail (err: Error): void {

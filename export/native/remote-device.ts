@@ -14,7 +14,7 @@
 // reached starts `connecting` with those values instead of failing: requests wait for the peer as after a drop.
 
 import { Device, type DeviceState, type DeviceStatus } from '../../node/core/device'
-import { DstError, Errno } from '../../node/core/errors'
+import { DstError, ErrorCode } from '../../node/core/errors'
 import { CLOSE_WRITER_DONE, HandshakeFlag, Op, type Handshake } from './codec'
 import { settleAll } from '../../node/core/settle'
 import { DIGEST_SIZE, digestCount } from '../../node/core/hasher'
@@ -55,7 +55,7 @@ export interface RemoteDeviceOptions extends ConnectOptions {
 }
 
 /** Errors of the link, not of the request: the request is sent again on a fresh connection. */
-const TRANSPORT = new Set(['DST_ERR_DISCONNECTED', 'DST_ERR_PROTOCOL', 'DST_ERR_TIMEOUT', 'DST_ERR_SILENT'])
+const TRANSPORT = new Set<ErrorCode>([ErrorCode.DISCONNECTED, ErrorCode.PROTOCOL, ErrorCode.TIMEOUT, ErrorCode.SILENT])
 
 interface Waiter { resolve: (conn: Connection) => void, reject: (err: Error) => void }
 
@@ -89,6 +89,7 @@ export class RemoteDevice extends Device {
     super({
       size: disk.size, blockSize: disk.blockSize, readOnly: (disk.flags & HandshakeFlag.READ_ONLY) !== 0,
       canFlush: (disk.flags & HandshakeFlag.FLUSH) !== 0, canTrim: (disk.flags & HandshakeFlag.TRIM) !== 0,
+      hasher: options.hasher,
     })
     this.target = target
     this.url = formatDstUrl(target)
@@ -123,13 +124,13 @@ export class RemoteDevice extends Device {
       } catch (err) {
         const e = err as DstError
         // A lease whose holder has left expires by itself: wait for it if it does so in time.
-        if (e.code === 'DST_ERR_LEASED' && e.retryAfter !== undefined && Date.now() + e.retryAfter + 100 <= deadline) {
+        if (e.code === ErrorCode.LEASED && e.retryAfter !== undefined && Date.now() + e.retryAfter + 100 <= deadline) {
           options.log?.(`${e.message}; waiting ${e.retryAfter} ms for it to expire`)
           await new Promise(resolve => setTimeout(resolve, e.retryAfter as number + 100))
           continue
         }
         // Other refusals (token, allow list, no such export, a lease held) will not change by waiting.
-        if (e.code !== 'DST_ERR_CONNECT' && e.code !== 'DST_ERR_TIMEOUT') throw err
+        if (e.code !== ErrorCode.CONNECT && e.code !== ErrorCode.TIMEOUT) throw err
         if (expect !== undefined) {
           const device = new RemoteDevice(target, null, expect, options)
           device.options.log?.(`${e.message}; opened with the disk its last handshake found (${expect.size} bytes, identity ${expect.identity}), connecting`)
@@ -153,18 +154,18 @@ export class RemoteDevice extends Device {
    */
   async acceptFoundDisk (timeout = 10000): Promise<void> {
     const found = this.found
-    if (this.state !== 'foreign' || found === null) throw new DstError('DST_ERR_NOTFOREIGN', `${this.url}: the device is ${this.state}, not foreign: there is no other disk to take on`, Errno.EINVAL)
-    if (found.size < this.size) throw new DstError('DST_ERR_SIZE', `${this.url}: the disk found has ${found.size} bytes, this device needs ${this.size}`, Errno.EINVAL)
+    if (this.state !== 'foreign' || found === null) throw new DstError(ErrorCode.NOTFOREIGN, `${this.url}: the device is ${this.state}, not foreign: there is no other disk to take on`)
+    if (found.size < this.size) throw new DstError(ErrorCode.SIZE, `${this.url}: the disk found has ${found.size} bytes, this device needs ${this.size}`)
     this.options.log?.(`taking on the disk found (identity ${found.identity}, ${found.size} bytes) in place of ${this.disk.identity}`)
     this.disk = { ...found, size: this.disk.size }
     this.identity = found.identity
     this.found = null
     if (this.reconnectTimer !== null) { clearTimeout(this.reconnectTimer); this.reconnectTimer = null }
     this.backoff = 0
-    this.lost(new DstError('DST_ERR_DISCONNECTED', 'connecting to the disk taken on', Errno.EIO))
+    this.lost(new DstError(ErrorCode.DISCONNECTED, 'connecting to the disk taken on'))
     const deadline = Date.now() + timeout
     while ((this.state as DeviceState) !== 'online') {
-      if ((this.state as DeviceState) === 'foreign' || Date.now() > deadline) throw new DstError('DST_ERR_FOREIGN', `${this.url}: could not connect to the disk taken on (${this.state}${this.lastError !== '' ? `: ${this.lastError}` : ''})`, Errno.EIO)
+      if ((this.state as DeviceState) === 'foreign' || Date.now() > deadline) throw new DstError(ErrorCode.FOREIGN, `${this.url}: could not connect to the disk taken on (${this.state}${this.lastError !== '' ? `: ${this.lastError}` : ''})`)
       await new Promise(resolve => setTimeout(resolve, 50))
     }
     this.options.onDisk?.(this.disk)
@@ -207,7 +208,7 @@ export class RemoteDevice extends Device {
     this.closedByUs = true
     if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer)
     if (this.giveUpTimer !== null) clearTimeout(this.giveUpTimer)
-    this.release(new DstError('DST_ERR_CLOSED', `${this.url}: device closed`, Errno.ESHUTDOWN))
+    this.release(new DstError(ErrorCode.CLOSED, `${this.url}: device closed`))
     // Closed for good: the export may give our write lease to the next writer at once.
     this.conn?.close(CLOSE_WRITER_DONE, 'writer done')
     return Promise.resolve()
@@ -279,14 +280,14 @@ export class RemoteDevice extends Device {
 
   /** A live connection: now, after the reconnect under way, or an error once the peer has been away too long. */
   private nextConnection (): Promise<Connection> {
-    if (this.closedByUs) return Promise.reject(new DstError('DST_ERR_CLOSED', `${this.url}: device closed`, Errno.ESHUTDOWN))
+    if (this.closedByUs) return Promise.reject(new DstError(ErrorCode.CLOSED, `${this.url}: device closed`))
     if (this.state === 'foreign') return Promise.reject(this.foreignError())
     if (this.unreachable !== null) return Promise.reject(this.unreachable)
     return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }))
   }
 
   private foreignError (): DstError {
-    return new DstError('DST_ERR_FOREIGN', `${this.url}: ${this.lastError}`, Errno.EIO)
+    return new DstError(ErrorCode.FOREIGN, `${this.url}: ${this.lastError}`)
   }
 
   private release (err: Error | null, conn?: Connection): void {
@@ -311,7 +312,7 @@ export class RemoteDevice extends Device {
       const since = Date.now()
       this.giveUpTimer = setTimeout(() => {
         this.giveUpTimer = null
-        this.unreachable = new DstError('DST_ERR_UNREACHABLE', `${this.url}: unreachable for ${Date.now() - since} ms (${this.lastError})`, Errno.EIO)
+        this.unreachable = new DstError(ErrorCode.UNREACHABLE, `${this.url}: unreachable for ${Date.now() - since} ms (${this.lastError})`)
         this.options.log?.(`${this.unreachable.message}; failing requests until it is back`)
         this.release(this.unreachable)
       }, this.reconnectTimeout)
@@ -363,7 +364,7 @@ export class RemoteDevice extends Device {
       conn.close(1000, 'reopening read-write')
       this.found = null
       this.backoff = 0
-      this.lost(new DstError('DST_ERR_DISCONNECTED', 'the expected disk is back; reopening read-write', Errno.EIO))
+      this.lost(new DstError(ErrorCode.DISCONNECTED, 'the expected disk is back; reopening read-write'))
       return
     }
     // The device keeps its size (a disk may grow under it); what else the handshake says may change.

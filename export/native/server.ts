@@ -7,7 +7,7 @@ import { Errno, toErrno } from '../../node/core/errors'
 import type { BufferPool, PoolBuffer } from '../../node/core/pool'
 import { PoolShare } from '../../node/core/pool-share'
 import type { ServedExport } from '../served'
-import { DIGEST_SIZE, HASH_ALGORITHM, hasher, isHashChunk } from '../../node/core/hasher'
+import { defaultHasher, DIGEST_SIZE, HASH_ALGORITHM, isHashChunk, type Hasher } from '../../node/core/hasher'
 import { FrameDecoder, HandshakeFlag, Op, opNames, PROTOCOL_VERSION, REPLY_HEADER_SIZE, digestFrames, encodeHandshake, requestFrames, writeCarriesDigest, writeReplyHeader, type RequestHeader } from './codec'
 import { ProtocolError } from '../../node/core/errors'
 
@@ -95,6 +95,8 @@ export class ExportSession {
     private readonly limits: SessionLimits,
     private readonly transport: SessionTransport,
     private readonly access: SessionAccess = { readOnly: false, owner: null, token: 0 },
+    /** Where wire digests are computed and checked. */
+    private readonly hasher: Hasher = defaultHasher(),
   ) {
     const frames = exp.digest === true ? digestFrames(requestFrames, DIGEST_SIZE, writeCarriesDigest) : requestFrames
     this.decoder = new FrameDecoder(frames, h => this.payloadTarget(h), (h, payload, trailer) => this.onRequest(h, payload, trailer))
@@ -254,7 +256,7 @@ export class ExportSession {
     this.exp.device.read(h.offset, h.length, slot.data).then(() => {
       this.exp.metrics.bytesRead += h.length
       if (this.exp.digest !== true) { this.finish(h, 'read', 0, slot, h.length); return }
-      hasher().digestOne(slot.data.subarray(0, h.length)).then(digest => this.finish(h, 'read', 0, slot, h.length, digest), err => {
+      this.hasher.digestOne(slot.data.subarray(0, h.length)).then(digest => this.finish(h, 'read', 0, slot, h.length, digest), err => {
         this.share.release(slot)
         this.finish(h, 'read', toErrno(err), null, 0)
       })
@@ -266,7 +268,7 @@ export class ExportSession {
 
   /** A WRITE with a wire digest: written only if the payload matches it; a mismatch is EBADMSG and a counter. */
   private checkedWrite (h: RequestHeader, slot: PoolBuffer, expected: Buffer): void {
-    hasher().digestOne(slot.data.subarray(0, h.length)).then(actual => {
+    this.hasher.digestOne(slot.data.subarray(0, h.length)).then(actual => {
       if (actual.equals(expected)) { this.write(h, slot); return }
       this.exp.metrics.digestErrors++
       this.share.release(slot)
@@ -402,7 +404,7 @@ export class ExportSession {
   /** Only while the client does not read (rare): room for the header-only replies held for it, up to the outbox's bound. */
   private growHeaderBatch (): void {
     const bigger = Buffer.alloc(Math.max(this.headerBatch.length, Math.min(2 * this.headerBatch.length, REPLY_HEADER_SIZE * (2 * this.limits.maxInFlight + HEADER_BATCH))))
-    if (bigger.length === this.headerBatch.length) throw new Error(`reply batch full (${this.headerFill / REPLY_HEADER_SIZE} replies)`)
+    if (bigger.length === this.headerBatch.length) throw new Error(`reply batch full (${this.headerFill / REPLY_HEADER_SIZE} replies)`) // an assertion: overrun() bounds the outbox
     this.headerBatch.copy(bigger, 0, 0, this.headerFill)
     this.headerBatch = bigger
   }

@@ -11,8 +11,8 @@ import * as net from 'node:net'
 import type { BufferPool, PoolBuffer } from '../../node/core/pool'
 import { PoolShare } from '../../node/core/pool-share'
 import { allowed } from '../../node/core/acl'
-import { Errno, toErrno } from '../../node/core/errors'
-import { ProtocolError } from '../../node/core/errors'
+import { Errno, nbdErrno, toErrno } from '../../node/core/errors'
+import { DstError, ErrorCode, ProtocolError } from '../../node/core/errors'
 import type { ServedExport } from '../served'
 
 const NBDMAGIC = Buffer.from('NBDMAGIC', 'latin1')
@@ -43,16 +43,6 @@ const SHUTDOWN_GRACE = 2000
 /** How long a client may leave replies unread (taking none at all) before its connection is closed. */
 const DEFAULT_STALL_TIMEOUT = 30000
 const EMPTY = Buffer.alloc(0)
-
-/** NBD's wire errors are Linux errno numbers for the few it names; anything else is EIO. */
-function nbdErrno (errno: number): number {
-  switch (errno) {
-    case 0: case Errno.EPERM: case Errno.EIO: case Errno.ENOMEM: case Errno.EINVAL: case Errno.ENOSPC: case Errno.EOVERFLOW:
-    case Errno.ENOTSUP: case Errno.ESHUTDOWN: return errno
-    case Errno.EROFS: case Errno.EACCES: return Errno.EPERM
-    default: return Errno.EIO
-  }
-}
 
 /** A request header. The 8-byte handle is kept as two numbers and echoed from them (no copy of the bytes). */
 interface NbdRequest { flags: number, type: number, handleHi: number, handleLo: number, offset: number, length: number }
@@ -117,7 +107,7 @@ export class NbdServer {
 
   listen (): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.server.once('error', err => reject(new Error(`cannot listen for NBD on ${this.options.host}:${this.options.port}: ${err.message}`)))
+      this.server.once('error', err => reject(new DstError(ErrorCode.LISTEN, `cannot listen for NBD on ${this.options.host}:${this.options.port}: ${err.message}`)))
       this.server.listen(this.options.port, this.options.host, () => {
         this.port = (this.server.address() as net.AddressInfo).port
         resolve()

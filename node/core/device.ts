@@ -2,8 +2,8 @@
 // the base class owns the lifecycle and the safety checks, a backend overrides only `_read/_write/_flush/_trim/_close`,
 // and its capabilities follow from which of them it overrides. Callers always pass the buffers.
 
-import { DstError, Errno, requestError } from './errors'
-import { digestByReading, isHashChunk, MAX_HASH_CHUNK, MIN_HASH_CHUNK } from './hasher'
+import { DstError, ErrorCode } from './errors'
+import { defaultHasher, digestByReading, isHashChunk, MAX_HASH_CHUNK, MIN_HASH_CHUNK, type Hasher } from './hasher'
 
 /** `foreign`: a remote device whose peer now serves another disk (identity or size not the one it knew). */
 export type DeviceState = 'opening' | 'online' | 'degraded' | 'connecting' | 'foreign' | 'failed' | 'closing' | 'closed'
@@ -26,6 +26,8 @@ export interface DeviceOptions {
   /** Narrow what the overridden methods imply: arrays and remote devices can only do what their members/peer can. */
   canFlush?: boolean
   canTrim?: boolean
+  /** The hash workers a range is digested on when the device has no cheaper way (default: defaultHasher()). */
+  hasher?: Hasher
 }
 
 export abstract class Device {
@@ -38,6 +40,8 @@ export abstract class Device {
   state: DeviceState = 'online'
   /** A stable identity (UUID) of the data behind this device, or '' when it has none. */
   identity = ''
+  /** What `hash` digests on when it reads the range itself; undefined: the default hasher. */
+  protected readonly hashService: Hasher | undefined
 
   private inflight = 0
   private idle: (() => void) | null = null
@@ -46,6 +50,7 @@ export abstract class Device {
   constructor (options: DeviceOptions) {
     this.size = options.size
     this.blockSize = options.blockSize ?? 512
+    this.hashService = options.hasher
     const proto = Device.prototype as unknown as Record<string, unknown>
     const self = this as unknown as Record<string, unknown>
     this.writable = options.readOnly !== true && self._write !== proto._write
@@ -67,7 +72,7 @@ export abstract class Device {
 
   /** Writes all of `data` at `offset`. */
   write (offset: number, data: Uint8Array): Promise<void> {
-    if (!this.writable) return Promise.reject(requestError(Errno.EROFS, `${this.type} device is read-only`))
+    if (!this.writable) return Promise.reject(new DstError(ErrorCode.EROFS, `${this.type} device is read-only`))
     try {
       this.check(offset, data.byteLength)
       if (data.byteLength === 0) return Promise.resolve()
@@ -90,7 +95,7 @@ export abstract class Device {
 
   /** Tells the device a range is no longer needed (it may read back as anything until written again). */
   trim (offset: number, length: number): Promise<void> {
-    if (!this.canTrim) return Promise.reject(requestError(Errno.ENOTSUP, `${this.type} device cannot trim`))
+    if (!this.canTrim) return Promise.reject(new DstError(ErrorCode.ENOTSUP, `${this.type} device cannot trim`))
     try {
       this.check(offset, length)
       if (length === 0) return Promise.resolve()
@@ -108,7 +113,7 @@ export abstract class Device {
   hash (offset: number, length: number, chunk: number): Promise<Buffer> {
     try {
       this.check(offset, length)
-      if (!isHashChunk(chunk)) throw requestError(Errno.EINVAL, `hash chunk ${chunk} is not a power of two between ${MIN_HASH_CHUNK} and ${MAX_HASH_CHUNK}`)
+      if (!isHashChunk(chunk)) throw new DstError(ErrorCode.EINVAL, `hash chunk ${chunk} is not a power of two between ${MIN_HASH_CHUNK} and ${MAX_HASH_CHUNK}`)
       if (length === 0) return Promise.resolve(Buffer.alloc(0))
       return this.track(this._hash(offset, length, chunk))
     } catch (err) {
@@ -132,15 +137,15 @@ export abstract class Device {
   }
 
   protected _read (_offset: number, _length: number, _into: Uint8Array): Promise<void> {
-    return Promise.reject(requestError(Errno.ENOTSUP, `${this.type} device cannot read`))
+    return Promise.reject(new DstError(ErrorCode.ENOTSUP, `${this.type} device cannot read`))
   }
 
   protected _write (_offset: number, _data: Uint8Array): Promise<void> {
-    return Promise.reject(requestError(Errno.EROFS, `${this.type} device is read-only`))
+    return Promise.reject(new DstError(ErrorCode.EROFS, `${this.type} device is read-only`))
   }
 
   protected _hash (offset: number, length: number, chunk: number): Promise<Buffer> {
-    return digestByReading((at, n, into) => this._read(at, n, into), offset, length, chunk)
+    return digestByReading((at, n, into) => this._read(at, n, into), offset, length, chunk, this.hashService ?? defaultHasher())
   }
 
   protected _flush (): Promise<void> { return Promise.resolve() }
@@ -151,7 +156,7 @@ export abstract class Device {
     if (this.closing !== null) throw closedError(this)
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 ||
         offset + length > this.size) {
-      throw requestError(Errno.EINVAL, `range ${offset}+${length} is outside the ${this.type} device (size ${this.size})`)
+      throw new DstError(ErrorCode.EINVAL, `range ${offset}+${length} is outside the ${this.type} device (size ${this.size})`)
     }
   }
 
@@ -182,5 +187,5 @@ export abstract class Device {
 }
 
 function closedError (device: Device): DstError {
-  return new DstError('DST_ERR_CLOSED', `${device.type} device is closed`, Errno.ESHUTDOWN)
+  return new DstError(ErrorCode.CLOSED, `${device.type} device is closed`)
 }

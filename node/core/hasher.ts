@@ -2,13 +2,15 @@
 // of a byte range, for HASH requests, checksum resync, online verify and wire digests. Bytes in shared memory (the
 // node's buffer pool, or this hasher's own buffers) reach a worker without a copy; the digests come back transferred.
 // A digest of a few KiB is computed on the loop instead, because that costs less than the trip to a worker.
+// A Hasher is an object its owner creates and closes: the node makes one from its config (`hash.threads`) and hands
+// it to its devices, connections and servers; tests and tools make their own.
 
 import * as path from 'node:path'
 import { availableParallelism } from 'node:os'
 import { createHash } from 'node:crypto'
 import { Piscina } from 'piscina'
 import { BufferPool } from './pool'
-import { DstError, Errno } from './errors'
+import { DstError, ErrorCode } from './errors'
 import { settleAll } from './settle'
 
 /** The digest every dst node uses, named in the native handshake. BLAKE2b-512: the fastest strong hash in Node here. */
@@ -65,7 +67,7 @@ export class Hasher {
 
   /** Digests of each `chunk`-byte piece of `data` (the last may be shorter), concatenated. */
   digest (data: Uint8Array, chunk: number): Promise<Buffer> {
-    if (this.closed) return Promise.reject(new DstError('DST_ERR_CLOSED', 'hasher is closed', Errno.ESHUTDOWN))
+    if (this.closed) return Promise.reject(new DstError(ErrorCode.CLOSED, 'hasher is closed'))
     this.stats.bytes += data.byteLength
     if (data.byteLength <= INLINE_LIMIT) {
       this.stats.inline++
@@ -73,7 +75,7 @@ export class Hasher {
         return Promise.resolve(digestHere(data, chunk, this.algorithm))
       } catch (err) {
         this.stats.errors++
-        return Promise.reject(new DstError('DST_ERR_HASH', `digest failed: ${(err as Error).message}`, Errno.EIO))
+        return Promise.reject(new DstError(ErrorCode.HASH, `digest failed: ${(err as Error).message}`))
       }
     }
     this.stats.tasks++
@@ -115,10 +117,10 @@ export class Hasher {
     const message = (err as Error)?.message ?? String(err)
     if (/queue is at limit/i.test(message)) {
       this.stats.busy++
-      return new DstError('DST_ERR_HASH_BUSY', `hash workers busy: ${this.pool.queueSize} tasks already queued`, Errno.EAGAIN)
+      return new DstError(ErrorCode.HASH_BUSY, `hash workers busy: ${this.pool.queueSize} tasks already queued`)
     }
     this.stats.errors++
-    return new DstError('DST_ERR_HASH', `hash worker failed: ${message}`, Errno.EIO)
+    return new DstError(ErrorCode.HASH, `hash worker failed: ${message}`)
   }
 }
 
@@ -128,26 +130,31 @@ function digestHere (data: Uint8Array, chunk: number, algorithm: string): Buffer
   for (let i = 0; i < count; i++) {
     const piece = data.subarray(i * chunk, Math.min(data.byteLength, (i + 1) * chunk))
     const d = createHash(algorithm).update(piece).digest()
+    // An assertion (only a test's unknown algorithm trips it); the caller turns it into DST_ERR_HASH.
     if (d.length !== DIGEST_SIZE) throw new Error(`${algorithm} gives ${d.length}-byte digests, expected ${DIGEST_SIZE}`)
     d.copy(out, i * DIGEST_SIZE)
   }
   return out
 }
 
-let processHasher: Hasher | null = null
+let fallback: Hasher | null = null
 
-/** The process's hasher, created on first use (a node sizes it from its config with `configureHasher`). */
-export function hasher (): Hasher {
-  if (processHasher === null) processHasher = new Hasher()
-  return processHasher
+/**
+ * The hasher of code that was given none: a device or a connection built by hand (tests, tools, a library user), which
+ * must still be able to digest without knowing about worker pools, and shares one pool instead of starting its own.
+ * Created on first use; whoever made such devices closes it (`closeDefaultHasher`). A node never uses it: it creates
+ * its own Hasher and gives it to every device, connection and server it makes.
+ */
+export function defaultHasher (): Hasher {
+  if (fallback === null) fallback = new Hasher()
+  return fallback
 }
 
-/** Replaces the process's hasher (the node does this once at start, from `hash.threads`). */
-export function configureHasher (options: HasherOptions): Hasher {
-  const old = processHasher
-  processHasher = new Hasher(options)
-  old?.close().catch(() => {})
-  return processHasher
+/** Closes the default hasher if it was created (the next defaultHasher() makes a new one). */
+export async function closeDefaultHasher (): Promise<void> {
+  const h = fallback
+  fallback = null
+  await h?.close()
 }
 
 /**
@@ -155,7 +162,7 @@ export function configureHasher (options: HasherOptions): Hasher {
  * device without a cheaper way (a file, memory, a linear array whose members do not line up with the chunks) does.
  */
 export async function digestByReading (read: (offset: number, length: number, into: Uint8Array) => Promise<void>,
-  offset: number, length: number, chunk: number, h: Hasher = hasher()): Promise<Buffer> {
+  offset: number, length: number, chunk: number, h: Hasher): Promise<Buffer> {
   const out = Buffer.alloc(digestCount(length, chunk) * DIGEST_SIZE)
   const step = Math.floor(h.buffers.size / chunk) * chunk
   const pieces: Array<Promise<void>> = []

@@ -9,7 +9,7 @@
 
 import * as fs from 'node:fs'
 import * as path from 'node:path'
-import { DstError, Errno } from './errors'
+import { DstError, ErrorCode } from './errors'
 
 // The package ships no type definitions; these are the two calls used here.
 const { tryLock } = require('fs-native-extensions') as { tryLock: (fd: number, options?: { shared?: boolean }) => boolean }
@@ -42,7 +42,7 @@ export class DataDirLock {
         const h = JSON.parse(fs.readFileSync(file, 'utf8')) as Partial<LockHolder>
         if (typeof h.name === 'string') who = `node '${h.name}' (pid ${String(h.pid)}, listening on ${String(h.listen)}, since ${String(h.since)})`
       } catch {}
-      throw new DstError('DST_ERR_LOCKED', `dataDir '${dataDir}' is in use by ${who}; each node needs a dataDir of its own`, Errno.EPERM)
+      throw new DstError(ErrorCode.LOCKED, `dataDir '${dataDir}' is in use by ${who}; each node needs a dataDir of its own`)
     }
     const lock = new DataDirLock(file, fd)
     lock.update(holder)
@@ -73,7 +73,7 @@ export function lockBackingFile (fd: number, file: string, shared: boolean): voi
   const st = fs.fstatSync(fd)
   const holder = processesWithOpen(st.dev, st.ino, fd)
   const who = holder.length > 0 ? holder.join('; ') : 'another process (not one this user may look at)'
-  throw new DstError('DST_ERR_LOCKED', `file device '${file}' is in use: ${who} holds its lock; a file backs one device of one node`, Errno.EPERM)
+  throw new DstError(ErrorCode.LOCKED, `file device '${file}' is in use: ${who} holds its lock; a file backs one device of one node`)
 }
 
 /** The processes (pid and command line) that have the file dev:ino open, besides our own fd; bounded and cheap. */
@@ -114,7 +114,7 @@ export function makeDir (dir: string): string[] {
   let at = path.resolve(dir)
   for (let depth = 0; depth < 4096; depth++) {
     try {
-      if (!fs.statSync(at).isDirectory()) throw new Error(`'${at}' is not a folder`)
+      if (!fs.statSync(at).isDirectory()) throw new DstError(ErrorCode.ENOTDIR, `'${at}' is not a folder`)
       break
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err

@@ -96,6 +96,7 @@ export class BufferPool {
   }
 
   release (buf: PoolBuffer): void {
+    // Assertions: a caller that breaks the pool's contract is a bug, not an error to handle.
     if (this.slots[buf.index] !== buf) throw new Error('buffer pool: released a buffer that is not from this pool')
     if (this.inUse[buf.index] === 0) throw new Error(`buffer pool: slot ${buf.index} was released twice`)
     const next = this.waiters.shift()

@@ -7,7 +7,7 @@
 import * as path from 'node:path'
 import { availableParallelism } from 'node:os'
 import { Piscina } from 'piscina'
-import { DstError, Errno } from './errors'
+import { DstError, ErrorCode } from './errors'
 
 /** At or below this many bytes per buffer the XOR runs on the loop (measured by tools/dev/xor-bench.ts). */
 export const XOR_INLINE_LIMIT = 64 * 1024
@@ -72,7 +72,7 @@ export class XorEngine {
 
   /** dest = XOR of sources (see xorInto), on the loop or on the workers; resolves when dest holds the result. */
   xor (dest: Uint8Array, sources: readonly Uint8Array[]): Promise<void> {
-    if (this.closed) return Promise.reject(new DstError('DST_ERR_CLOSED', 'xor engine is closed', Errno.ESHUTDOWN))
+    if (this.closed) return Promise.reject(new DstError(ErrorCode.CLOSED, 'xor engine is closed'))
     const n = dest.byteLength
     this.stats.bytes += n * sources.length
     const shared = dest.buffer instanceof SharedArrayBuffer && sources.every(s => s.buffer instanceof SharedArrayBuffer)
@@ -103,7 +103,7 @@ export class XorEngine {
       }))
     }
     return Promise.all(runs).then(() => undefined, (err: unknown) => {
-      throw new DstError('DST_ERR_EIO', `xor worker failed: ${(err as Error)?.message ?? String(err)}`, Errno.EIO)
+      throw new DstError(ErrorCode.EIO, `xor worker failed: ${(err as Error)?.message ?? String(err)}`)
     })
   }
 

@@ -4,7 +4,9 @@
 import * as uws from 'uWebSockets.js'
 import { timingSafeEqual, createHash } from 'node:crypto'
 import type { BufferPool } from '../core/pool'
+import type { Hasher } from '../core/hasher'
 import { allowed, type Cidr } from '../core/acl'
+import { DstError, ErrorCode } from '../core/errors'
 import { CloseCode, DEFAULT_MAX_QUEUED_BYTES, ExportSession, type SessionAccess, type SessionLimits } from '../../export/native/server'
 import { type ServedExport } from '../../export/served'
 import { CLOSE_WRITER_DONE, REPLY_HEADER_SIZE, REQUEST_HEADER_SIZE } from '../../export/native/codec'
@@ -28,6 +30,8 @@ export interface ListenerOptions {
   onAdmin: (array: string, action: string, body: Record<string, unknown>) => Promise<unknown>
   /** This node's identity: a client that presents it (x-dst-node) is this node itself, and is refused (508). */
   nodeId?: string
+  /** The node's hash workers: sessions compute and check wire digests on them. */
+  hasher: Hasher
 }
 
 export class Listener {
@@ -64,7 +68,7 @@ export class Listener {
             end: (code, reason) => { ws.end(code, reason) },
             bufferedAmount: () => ws.getBufferedAmount(),
             onDrain: fn => { data.drain = fn },
-          }, data.access)
+          }, data.access, this.options.hasher)
         } catch (err) {
           this.options.log(`internal error opening a connection to '${data.exp.name}': ${(err as Error)?.stack ?? String(err)}`)
           ws.end(CloseCode.INTERNAL, 'internal error')
@@ -139,7 +143,7 @@ export class Listener {
     const listen = this.app.listen.bind(this.app) as unknown as (host: string, port: number, options: number, cb: (token: uws.us_listen_socket | false) => void) => void
     return new Promise((resolve, reject) => {
       listen(host, port, LIBUS_LISTEN_EXCLUSIVE_PORT, token => {
-        if (token === false) { reject(new Error(`cannot listen on ${host}:${port} (address in use or not available)`)); return }
+        if (token === false) { reject(new DstError(ErrorCode.LISTEN, `cannot listen on ${host}:${port} (address in use or not available)`)); return }
         this.socket = token
         this.port = uws.us_socket_local_port(token)
         resolve()
@@ -260,7 +264,7 @@ export class Listener {
         try {
           const text = Buffer.concat(chunks).toString()
           body = text.trim() === '' ? {} : JSON.parse(text) as Record<string, unknown>
-          if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new Error('expected a JSON object')
+          if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new DstError(ErrorCode.USAGE, 'expected a JSON object')
         } catch (err) {
           answer('400 Bad Request', { error: `bad request body: ${(err as Error).message}` })
           return
@@ -268,7 +272,7 @@ export class Listener {
         // Started in a promise turn, so that a handler that throws at once is caught like one that rejects.
         Promise.resolve().then(() => this.options.onAdmin(array, action, body)).then(result => { answer('200 OK', result) }, (err: Error & { code?: string }) => {
           this.options.log(`array ${action} on '${array}' refused: ${err?.message ?? String(err)}`)
-          answer(err?.code === 'DST_ERR_NOTFOUND' ? '404 Not Found' : err?.code === 'DST_ERR_USAGE' ? '400 Bad Request' : '409 Conflict', { error: err?.message ?? String(err), code: err?.code })
+          answer(err?.code === ErrorCode.NOTFOUND ? '404 Not Found' : err?.code === ErrorCode.USAGE ? '400 Bad Request' : '409 Conflict', { error: err?.message ?? String(err), code: err?.code })
         }).catch(err => {
           if (!done) { this.failed(res, 'POST /arrays', err); done = true }
         })

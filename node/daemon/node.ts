@@ -16,7 +16,7 @@ import { MirrorDevice } from '../../algorithms/mirror'
 import { LinearDevice } from '../../algorithms/linear'
 import { StripeDevice } from '../../algorithms/stripe'
 import type { Device } from '../core/device'
-import { ConfigError, DstError, Errno } from '../core/errors'
+import { ConfigError, DstError, ErrorCode } from '../core/errors'
 import { RESERVED_EXPORT_NAMES, sameHost } from './config'
 import { parseDstUrl } from '../core/url'
 import { exportNameProblem, nameProblem } from '../core/names'
@@ -30,7 +30,7 @@ import { WriteLease } from '../core/lease'
 import { NbdServer } from '../../export/nbd/server'
 import { watchGc } from '../core/gc'
 import { RemoteMemory } from './remotes'
-import { configureHasher, hasher, HASH_ALGORITHM } from '../core/hasher'
+import { Hasher, HASH_ALGORITHM } from '../core/hasher'
 import * as path from 'node:path'
 
 /** Reads, increments and durably stores the start counter in dataDir/generation. */
@@ -59,7 +59,7 @@ const ARRAY_ACTION_FIELDS: Record<string, string[] | undefined> = {
 
 /** Bad admin input: answered 400 (node/daemon/listener.ts), nothing changed. */
 function usage (message: string): DstError {
-  return new DstError('DST_ERR_USAGE', message, Errno.EINVAL)
+  return new DstError(ErrorCode.USAGE, message)
 }
 
 function check (field: string, problem: string | null): void {
@@ -79,6 +79,8 @@ export class DstNode {
   readonly config: NodeConfig
   readonly registry = new DeviceRegistry()
   readonly pool: BufferPool
+  /** The node's hash workers (`hash.threads`): its devices, connections and servers digest on them; closed at stop. */
+  readonly hasher: Hasher
   private listener: Listener | null = null
   private nbd: NbdServer | null = null
   private readonly exports = new Map<string, ServedExport>()
@@ -91,10 +93,11 @@ export class DstNode {
   private dataDirLock: DataDirLock | null = null
 
   constructor (config: NodeConfig, options: NodeOptions = {}) {
-    if (HEADROOM < REPLY_HEADER_SIZE) throw new Error('pool headroom smaller than a reply header')
+    if (HEADROOM < REPLY_HEADER_SIZE) throw new Error('pool headroom smaller than a reply header') // an assertion on two constants
     this.config = config
     this.log = options.log ?? (m => process.stderr.write(`[${config.name}] ${m}\n`))
     this.pool = new BufferPool({ count: config.pool.count, size: config.pool.size, headroom: HEADROOM, commit: true })
+    this.hasher = new Hasher({ threads: config.hash.threads })
     this.remoteOpenTimeout = options.remoteOpenTimeout ?? 30000
   }
 
@@ -107,7 +110,6 @@ export class DstNode {
   async start (): Promise<void> {
     watchGc()
     const c = this.config
-    if (hasher().threads !== c.hash.threads) configureHasher({ threads: c.hash.threads })
     let made: string[] = []
     if (c.dataDir !== null) {
       try {
@@ -127,6 +129,7 @@ export class DstNode {
     } catch (err) {
       this.dataDirLock?.release()
       this.dataDirLock = null
+      await this.hasher.close()
       // A bad config creates nothing: a dataDir this start made goes again.
       if (err instanceof ConfigError && made.length > 0) fs.rmSync(made[0], { recursive: true, force: true })
       throw err
@@ -144,9 +147,10 @@ export class DstNode {
   private async openAndListen (): Promise<void> {
     const c = this.config
     this.remotes = c.dataDir !== null ? RemoteMemory.load(c.dataDir) : null
-    await this.registry.open(c, { log: this.log, remoteOpenTimeout: this.remoteOpenTimeout, pingInterval: c.pingInterval, remotes: this.remotes })
+    await this.registry.open(c, { log: this.log, remoteOpenTimeout: this.remoteOpenTimeout, pingInterval: c.pingInterval, remotes: this.remotes, hasher: this.hasher })
     for (const e of c.exports) {
       const device = this.registry.get(e.device)
+      // An assertion: the config checks that every export names a device, and the registry opens all or throws.
       if (device === undefined) throw new Error(`export '${e.name}': device '${e.device}' did not open`)
       this.exports.set(e.name, { ...e, device, metrics: new ExportMetrics(), lease: new WriteLease(c.leaseTimeout), generation: this.generation })
     }
@@ -157,11 +161,12 @@ export class DstNode {
       limits: { maxRequest: c.pool.size, maxInFlight: c.maxInFlight, pingInterval: c.pingInterval, stallTimeout: STALL_TIMEOUT },
       exports: this.exports,
       status: () => this.status(),
-      metrics: () => renderMetrics(c.name, [...this.exports.values()], { count: this.pool.count, size: this.pool.size, available: this.pool.available, waits: this.pool.waits }, this.arrayCounters(), hasher().stats, this.deviceGauges()),
+      metrics: () => renderMetrics(c.name, [...this.exports.values()], { count: this.pool.count, size: this.pool.size, available: this.pool.available, waits: this.pool.waits }, this.arrayCounters(), this.hasher.stats, this.deviceGauges()),
       log: this.log,
       admin: c.admin,
       onAdmin: (array, action, body) => this.changeArray(array, action, body),
       nodeId: c.nodeId,
+      hasher: this.hasher,
     })
     try {
       await this.listener.listen()
@@ -210,7 +215,7 @@ export class DstNode {
       listen: formatAddress(this.config.listen.host, this.port),
       ...(this.nbd !== null && this.config.nbd !== undefined ? { nbd: formatAddress(this.config.nbd.host, this.nbd.port) } : {}),
       pool: { count: this.pool.count, size: this.pool.size, free: this.pool.available, waiting: this.pool.waiting },
-      hash: { algorithm: HASH_ALGORITHM, threads: hasher().threads, queued: hasher().queued, ...hasher().stats },
+      hash: { algorithm: HASH_ALGORITHM, threads: this.hasher.threads, queued: this.hasher.queued, ...this.hasher.stats },
       devices: this.registry.status(),
       verify: Object.fromEntries(this.mirrors().filter(([, m]) => m.lastVerify !== null).map(([name, m]) => [name, m.status().verify])),
       exports: [...this.exports.values()].map(e => ({
@@ -237,6 +242,7 @@ export class DstNode {
         await this.registry.flushAll()
         this.listener?.closeAll()
         await this.registry.close()
+        await this.hasher.close()
         this.dataDirLock?.release()
         this.dataDirLock = null
       })()
@@ -256,7 +262,7 @@ export class DstNode {
     if (fields === undefined) throw usage(`unknown array action '${action}' (add, remove, split, replace, verify)`)
     for (const k of Object.keys(body)) if (!fields.includes(k)) throw usage(`"${k}": unknown field for ${action} (expected one of ${fields.join(', ')})`)
     const device = this.registry.get(array)
-    if (device === undefined) throw new DstError('DST_ERR_NOTFOUND', `no device named '${array}' on node ${c.name}`, Errno.EINVAL)
+    if (device === undefined) throw new DstError(ErrorCode.NOTFOUND, `no device named '${array}' on node ${c.name}`)
     if (action === 'replace' && (device instanceof LinearDevice || device instanceof StripeDevice)) {
       if (typeof body.device !== 'string' || body.device === '') throw usage('give "device": the member to replace')
       check('device', nameProblem(body.device))
@@ -264,10 +270,10 @@ export class DstNode {
     }
     if (!(device instanceof MirrorDevice)) {
       const what = action === 'verify' ? 'only mirror arrays have legs to compare' : 'only mirror arrays change members while running'
-      throw new DstError('DST_ERR_NOTMIRROR', `'${array}' is a ${device.type} device; ${what}`, Errno.EINVAL)
+      throw new DstError(ErrorCode.NOTMIRROR, `'${array}' is a ${device.type} device; ${what}`)
     }
     if (action === 'verify') return await this.startVerify(array, device, body)
-    if (c.dataDir === null) throw new DstError('DST_ERR_NOSTATE', 'this node has no dataDir to record array changes in', Errno.EINVAL)
+    if (c.dataDir === null) throw new DstError(ErrorCode.NOSTATE, 'this node has no dataDir to record array changes in')
     const leg = body.device
     if (typeof leg !== 'string' || leg === '') throw usage('give "device": a device name or a dst:// URL')
     if (!(action === 'add' && leg.startsWith('dst://'))) check('device', nameProblem(leg))
@@ -292,23 +298,24 @@ export class DstNode {
           if (target.port === this.port && sameHost(target.host, c.listen.host)) throw usage(`"device": ${leg} is this node's own address; a remote leg is another node's export`)
           name = typeof body.name === 'string' ? body.name : `${target.export}@${target.host}_${target.port}`.replace(/[^A-Za-z0-9._-]/g, '_')
           if (nameProblem(name) !== null) throw usage(`"name": the name made from the URL, '${name}', is not a device name; give one with "name"`)
-          if (this.registry.get(name) !== undefined) throw new DstError('DST_ERR_EXISTS', `a device named '${name}' already exists; pick another with "name"`, Errno.EINVAL)
+          if (this.registry.get(name) !== undefined) throw new DstError(ErrorCode.EXISTS, `a device named '${name}' already exists; pick another with "name"`)
           const token = typeof body.token === 'string' ? body.token : undefined
           member = await RemoteDevice.open(target, {
             token, pingInterval: c.pingInterval, reconnectTimeout: c.reconnectTimeout, requestTimeout: c.requestTimeout,
             owner: writerId(c, name), node: { name: c.name, id: this.nodeId }, log: m => this.log(`device '${name}': ${m}`),
+            hasher: this.hasher,
             onDisk: disk => { this.remotes?.set(name, leg, disk).catch(err => this.log(`device '${name}': cannot remember its disk: ${(err as Error).message}`)) },
           })
           this.registry.add(name, member)
           overlay.devices[name] = { type: 'remote', url: leg, ...(token !== undefined ? { token } : {}) }
         } else {
           const found = this.registry.get(leg)
-          if (found === undefined) throw new DstError('DST_ERR_NOTFOUND', `no device named '${leg}' on node ${c.name}`, Errno.EINVAL)
+          if (found === undefined) throw new DstError(ErrorCode.NOTFOUND, `no device named '${leg}' on node ${c.name}`)
           const owner = this.registry.ownerOf(leg)
-          if (owner !== undefined) throw new DstError('DST_ERR_INUSE', `'${leg}' is already a member of '${owner}'`, Errno.EINVAL)
-          if (this.registry.contains(leg, array) || leg === array) throw new DstError('DST_ERR_CYCLE', `'${leg}' contains '${array}': adding it would make a cycle`, Errno.EINVAL)
+          if (owner !== undefined) throw new DstError(ErrorCode.INUSE, `'${leg}' is already a member of '${owner}'`)
+          if (this.registry.contains(leg, array) || leg === array) throw new DstError(ErrorCode.CYCLE, `'${leg}' contains '${array}': adding it would make a cycle`)
           const exported = [...this.exports.values()].find(e => e.device === found)
-          if (exported !== undefined) throw new DstError('DST_ERR_INUSE', `'${leg}' is exported as '${exported.name}'; a leg must have one writer, the mirror`, Errno.EINVAL)
+          if (exported !== undefined) throw new DstError(ErrorCode.INUSE, `'${leg}' is exported as '${exported.name}'; a leg must have one writer, the mirror`)
           member = found
         }
         await device.addLeg({ name, device: member })
@@ -331,7 +338,7 @@ export class DstNode {
       case 'split': {
         const exportName = typeof body.export === 'string' ? body.export : undefined
         if (exportName !== undefined && (this.exports.has(exportName) || RESERVED_EXPORT_NAMES.includes(exportName))) {
-          throw new DstError('DST_ERR_EXISTS', `export name '${exportName}' is taken`, Errno.EINVAL)
+          throw new DstError(ErrorCode.EXISTS, `export name '${exportName}' is taken`)
         }
         const detached = await device.splitLeg(leg)
         detail = `leg '${leg}' split off '${array}' as a point-in-time copy`
@@ -365,9 +372,9 @@ export class DstNode {
   private async replaceMember (array: string, linear: LinearDevice | StripeDevice, leg: unknown): Promise<unknown> {
     const kind = linear.type
     const member = linear.members.find(m => m.name === leg)
-    if (member === undefined) throw new DstError('DST_ERR_NOLEG', `${kind} '${array}': no member '${String(leg)}' (members: ${linear.members.map(m => m.name).join(', ')})`, Errno.EINVAL)
+    if (member === undefined) throw new DstError(ErrorCode.NOLEG, `${kind} '${array}': no member '${String(leg)}' (members: ${linear.members.map(m => m.name).join(', ')})`)
     if (!(member.device instanceof RemoteDevice) || member.device.state !== 'foreign') {
-      throw new DstError('DST_ERR_NOTFOREIGN', `${kind} '${array}': member '${member.name}' is ${member.device.state}; replace takes on the other disk of a foreign remote member`, Errno.EINVAL)
+      throw new DstError(ErrorCode.NOTFOREIGN, `${kind} '${array}': member '${member.name}' is ${member.device.state}; replace takes on the other disk of a foreign remote member`)
     }
     const found = member.device.found?.identity ?? ''
     await member.device.acceptFoundDisk()
@@ -383,13 +390,13 @@ export class DstNode {
    */
   private async startVerify (array: string, mirror: MirrorDevice, body: Record<string, unknown>): Promise<unknown> {
     const from = body.from
-    if (from !== undefined && (typeof from !== 'string' || from === '')) throw new DstError('DST_ERR_USAGE', '"from" must name a leg', Errno.EINVAL)
-    if (body.repair !== undefined && typeof body.repair !== 'boolean') throw new DstError('DST_ERR_USAGE', '"repair" must be true or false', Errno.EINVAL)
-    if (from !== undefined && body.repair !== true) throw new DstError('DST_ERR_USAGE', '"from" names the leg to repair from; it needs "repair": true', Errno.EINVAL)
+    if (from !== undefined && (typeof from !== 'string' || from === '')) throw new DstError(ErrorCode.USAGE, '"from" must name a leg')
+    if (body.repair !== undefined && typeof body.repair !== 'boolean') throw new DstError(ErrorCode.USAGE, '"repair" must be true or false')
+    if (from !== undefined && body.repair !== true) throw new DstError(ErrorCode.USAGE, '"from" names the leg to repair from; it needs "repair": true')
     // A leg that is not there is a mistake in the request (400), not a state of the array.
-    if (typeof from === 'string' && !mirror.legNames.includes(from)) throw new DstError('DST_ERR_USAGE', `mirror '${array}': no leg '${from}' (legs: ${mirror.legNames.join(', ')})`, Errno.EINVAL)
+    if (typeof from === 'string' && !mirror.legNames.includes(from)) throw new DstError(ErrorCode.USAGE, `mirror '${array}': no leg '${from}' (legs: ${mirror.legNames.join(', ')})`)
     const rate = body.rate
-    if (rate !== undefined && (typeof rate !== 'number' || !Number.isFinite(rate) || rate < 0)) throw new DstError('DST_ERR_USAGE', '"rate" must be bytes per second (0: no limit)', Errno.EINVAL)
+    if (rate !== undefined && (typeof rate !== 'number' || !Number.isFinite(rate) || rate < 0)) throw new DstError(ErrorCode.USAGE, '"rate" must be bytes per second (0: no limit)')
     const before = mirror.lastVerify
     const run = mirror.verify({ repair: body.repair === true, from: from as string | undefined, rate: rate as number | undefined })
     const started = mirror.lastVerify

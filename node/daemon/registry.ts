@@ -1,6 +1,6 @@
 // The node's devices by name, opened from the config in dependency order and closed in reverse.
 
-import { ConfigError } from '../core/errors'
+import { ConfigError, DstError, ErrorCode } from '../core/errors'
 import type { Device, DeviceStatus } from '../core/device'
 import { isArrayConfig, type DeviceConfig, type NodeConfig } from './config'
 import { FileDevice } from '../devices/file-device'
@@ -14,6 +14,7 @@ import { FileIntentStore } from '../../algorithms/intent-store'
 import * as path from 'node:path'
 import { derivedIdentity, nodeIdentity } from '../core/identity'
 import type { RemoteMemory } from './remotes'
+import type { Hasher } from '../core/hasher'
 
 export interface RegistryOptions {
   log: (message: string) => void
@@ -22,6 +23,8 @@ export interface RegistryOptions {
   pingInterval: number
   /** What remote devices found at their last handshake (dataDir/remotes.json), or null without a dataDir. */
   remotes: RemoteMemory | null
+  /** The node's hash workers, given to every device it opens. */
+  hasher: Hasher
 }
 
 export class DeviceRegistry {
@@ -32,7 +35,7 @@ export class DeviceRegistry {
 
   /** Registers a device opened while running (a remote leg added by URL). */
   add (name: string, device: Device): void {
-    if (this.devices.has(name)) throw new Error(`device '${name}' already exists`)
+    if (this.devices.has(name)) throw new DstError(ErrorCode.EXISTS, `device '${name}' already exists`)
     this.devices.set(name, device)
     this.order.push(name)
   }
@@ -79,9 +82,9 @@ export class DeviceRegistry {
     try {
       switch (d.type) {
         case 'file':
-          return await FileDevice.open({ path: d.path, size: d.size, readOnly: d.readOnly, blockSize: d.blockSize, warn: log })
+          return await FileDevice.open({ path: d.path, size: d.size, readOnly: d.readOnly, blockSize: d.blockSize, warn: log, hasher: options.hasher })
         case 'memory':
-          return new MemoryDevice({ size: d.size, blockSize: d.blockSize })
+          return new MemoryDevice({ size: d.size, blockSize: d.blockSize, hasher: options.hasher })
         case 'remote': {
           const remotes = options.remotes
           const url = d.url
@@ -101,10 +104,11 @@ export class DeviceRegistry {
             expect: remotes?.get(d.name, url) ?? await legOfSuperblock(config, d.name, log),
             onDisk: disk => { remotes?.set(d.name, url, disk).catch(err => log(`cannot remember its disk: ${(err as Error).message}`)) },
             log,
+            hasher: options.hasher,
           })
         }
         default:
-          throw new Error(`not a leaf: ${d.type}`)
+          throw new Error(`not a leaf: ${d.type}`) // an assertion: the config's parser knows every type
       }
     } catch (err) {
       const e = err as Error & { code?: string }
@@ -115,16 +119,16 @@ export class DeviceRegistry {
   }
 
   private async openArray (d: DeviceConfig, config: NodeConfig, options: RegistryOptions): Promise<Device> {
-    if (!isArrayConfig(d)) throw new Error(`not an array: ${d.type}`)
+    if (!isArrayConfig(d)) throw new Error(`not an array: ${d.type}`) // an assertion, as above
     const members: Member[] = d.members.map(name => ({ name, device: this.devices.get(name) as Device }))
     for (const m of members) {
       if (m.device.size === 0) throw new ConfigError(`devices.${d.name}.members: '${m.name}' has size 0`)
     }
-    if (d.type === 'linear') return new LinearDevice(members)
+    if (d.type === 'linear') return new LinearDevice(members, { hasher: options.hasher })
     if (d.type === 'stripe') {
       const problem = stripeChunkProblem(d.chunk, members.map(m => m.device.blockSize))
       if (problem !== null) throw new ConfigError(`devices.${d.name}.chunk: ${problem} (of member '${members.find(m => d.chunk % m.device.blockSize !== 0)?.name ?? '?'}')`)
-      return new StripeDevice({ members, chunk: d.chunk })
+      return new StripeDevice({ members, chunk: d.chunk, hasher: options.hasher })
     }
     if (config.dataDir === null) throw new ConfigError(`devices.${d.name}: a mirror needs the node's dataDir for its write-intent map`)
     const store = new FileIntentStore(path.join(config.dataDir, `mirror-${d.name}.intent`))

@@ -7,6 +7,7 @@ import * as fs from 'node:fs'
 import * as path from 'node:path'
 import type { RemoteDisk } from '../../export/native/remote-device'
 import { writeFileAtomic } from '../core/atomic-file'
+import { DstError, ErrorCode } from '../core/errors'
 
 interface Entry extends RemoteDisk { url: string }
 
@@ -26,13 +27,13 @@ export class RemoteMemory {
       text = fs.readFileSync(file, 'utf8')
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return new RemoteMemory(file, {})
-      throw new Error(`${file}: cannot read it: ${(err as Error).message}`)
+      throw new DstError(ErrorCode.STATE, `${file}: cannot read it: ${(err as Error).message}`)
     }
     let raw: unknown
     try {
       raw = JSON.parse(text)
     } catch (err) {
-      throw new Error(`${file}: not valid JSON (${(err as Error).message}); remove it to forget what the remote devices' peers served`)
+      throw new DstError(ErrorCode.STATE, `${file}: not valid JSON (${(err as Error).message}); remove it to forget what the remote devices' peers served`)
     }
     const entries: Record<string, Entry> = {}
     for (const [name, e] of Object.entries((raw as { devices?: Record<string, Entry> }).devices ?? {})) {

@@ -2,7 +2,7 @@
 // While `failing` is set every request fails with EIO (a dead disk or peer); `delay` holds each request that many ms.
 
 import { Device, type DeviceStatus } from '../core/device'
-import { DstError, Errno } from '../core/errors'
+import { DstError, ErrorCode } from '../core/errors'
 
 export class FaultDevice extends Device {
   readonly type = 'fault'
@@ -47,6 +47,6 @@ export class FaultDevice extends Device {
 
   private async gate (): Promise<void> {
     if (this.delay > 0) await new Promise(resolve => setTimeout(resolve, this.delay))
-    if (this.failing) throw new DstError('DST_ERR_EIO', 'injected fault', Errno.EIO)
+    if (this.failing) throw new DstError(ErrorCode.EIO, 'injected fault')
   }
 }

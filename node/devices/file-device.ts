@@ -6,7 +6,8 @@
 import * as fs from 'node:fs'
 import { derivedIdentity } from '../core/identity'
 import { Device } from '../core/device'
-import { ConfigError, DstError, Errno } from '../core/errors'
+import type { Hasher } from '../core/hasher'
+import { ConfigError, DstError, Errno, ErrorCode, systemErrorCode } from '../core/errors'
 import { lockBackingFile } from '../core/lock'
 import { IoRing } from './io-ring'
 
@@ -24,6 +25,8 @@ export interface FileDeviceOptions {
    * single disk miss would hold up every request queued behind it.
    */
   ioThreads?: number
+  /** The hash workers HASH requests are digested on (default: defaultHasher()). */
+  hasher?: Hasher
 }
 
 function defaultIoThreads (): number {
@@ -41,7 +44,7 @@ export class FileDevice extends Device {
   private io: IoRing | null = null
 
   private constructor (path: string, fd: number, size: number, options: FileDeviceOptions, identity: string) {
-    super({ size, blockSize: options.blockSize ?? 4096, readOnly: options.readOnly })
+    super({ size, blockSize: options.blockSize ?? 4096, readOnly: options.readOnly, hasher: options.hasher })
     this.path = path
     this.fd = fd
     this.identity = identity
@@ -66,8 +69,8 @@ export class FileDevice extends Device {
       fd = await fsOpen(path, options.readOnly === true ? 'r' : 'r+')
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw fileError(path, err)
-      if (options.size === undefined) throw new DstError('DST_ERR_NOENT', `file device '${path}' does not exist and no size was given to create it`, Errno.EINVAL)
-      if (options.readOnly === true) throw new DstError('DST_ERR_NOENT', `file device '${path}' does not exist (read-only devices are never created)`, Errno.EINVAL)
+      if (options.size === undefined) throw new DstError(ErrorCode.NOENT, `file device '${path}' does not exist and no size was given to create it`)
+      if (options.readOnly === true) throw new DstError(ErrorCode.NOENT, `file device '${path}' does not exist (read-only devices are never created)`)
       try {
         fd = await fsOpen(path, 'wx+')
         created = true
@@ -85,7 +88,7 @@ export class FileDevice extends Device {
         size = st.size
         if (options.size !== undefined && options.size !== size) {
           if (size < options.size) {
-            if (options.readOnly === true) throw new DstError('DST_ERR_SIZE', `file device '${path}' is ${size} bytes, smaller than the configured ${options.size}, and read-only`, Errno.EINVAL)
+            if (options.readOnly === true) throw new DstError(ErrorCode.SIZE, `file device '${path}' is ${size} bytes, smaller than the configured ${options.size}, and read-only`)
             await fsFtruncate(fd, options.size).catch((err: NodeJS.ErrnoException) => {
               // A size the filesystem cannot hold (EFBIG, EINVAL) is a config problem, not an I/O failure.
               if (err.code === 'EFBIG' || err.code === 'EINVAL') throw new ConfigError(`file device '${path}': size ${options.size as number} is more than this filesystem takes for one file (${err.code})`)
@@ -98,9 +101,9 @@ export class FileDevice extends Device {
           size = options.size
         }
       } else {
-        throw new DstError('DST_ERR_NOTFILE', `'${path}' is neither a regular file nor a block device`, Errno.EINVAL)
+        throw new DstError(ErrorCode.NOTFILE, `'${path}' is neither a regular file nor a block device`)
       }
-      if (size === 0) throw new DstError('DST_ERR_SIZE', `file device '${path}' has size 0`, Errno.EINVAL)
+      if (size === 0) throw new DstError(ErrorCode.SIZE, `file device '${path}' has size 0`)
       return new FileDevice(path, fd, size, options, identityOf(st))
     } catch (err) {
       await fsClose(fd).catch(() => {})
@@ -169,7 +172,8 @@ export async function blockDeviceSize (rdev: number): Promise<number> {
 
 function fileError (path: string, err: unknown): DstError {
   const e = err as NodeJS.ErrnoException
-  return new DstError(`DST_ERR_${e.code ?? 'IO'}`, `file device '${path}': ${e.message}`, Errno.EIO)
+  // A file that cannot be opened is EIO whatever the system said (it fails the node's start, not a request).
+  return new DstError(systemErrorCode(e.code), `file device '${path}': ${e.message}`, Errno.EIO)
 }
 
 function fsOpen (path: string, flags: string): Promise<number> {

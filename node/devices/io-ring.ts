@@ -9,7 +9,7 @@
 import * as path from 'node:path'
 import { getSystemErrorName } from 'node:util'
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads'
-import { DstError, Errno, toErrno } from '../core/errors'
+import { DstError, ErrorCode, systemErrorCode } from '../core/errors'
 import { Ring } from '../core/ring'
 
 // Layout shared with node/devices/io-worker.js.
@@ -102,8 +102,8 @@ export class IoRing {
         transferList: [channel.port2],
       })
       worker.unref()
-      worker.on('error', err => { void this.fail(new DstError('DST_ERR_IO_WORKER', `I/O worker of '${this.name}' failed: ${err.message}`, Errno.EIO)) })
-      worker.on('exit', code => { this.running--; void this.fail(new DstError('DST_ERR_IO_WORKER', `I/O worker of '${this.name}' exited (code ${code})`, Errno.EIO)) })
+      worker.on('error', err => { void this.fail(new DstError(ErrorCode.IO_WORKER, `I/O worker of '${this.name}' failed: ${err.message}`)) })
+      worker.on('exit', code => { this.running--; void this.fail(new DstError(ErrorCode.IO_WORKER, `I/O worker of '${this.name}' exited (code ${code})`)) })
       this.workers.push(worker)
       this.running++
     }
@@ -137,14 +137,14 @@ export class IoRing {
 
   /** Stops the workers. Requests not completed by then, and any made later, fail with DST_ERR_CLOSED. */
   close (): Promise<void> {
-    return this.fail(new DstError('DST_ERR_CLOSED', `I/O ring of '${this.name}' is closed`, Errno.ESHUTDOWN))
+    return this.fail(new DstError(ErrorCode.CLOSED, `I/O ring of '${this.name}' is closed`))
   }
 
   private submit (op: number, fd: number, buf: Uint8Array, length: number, position: number, resolve: () => void, reject: (err: Error) => void): void {
     if (this.failure !== null) { reject(this.failure); return }
     if (this.freeCount === 0) {
       if (this.waiters.full) {
-        reject(new DstError('DST_ERR_IO_BUSY', `I/O ring of '${this.name}': all ${this.capacity} entries in use and ${this.waiters.capacity} requests waiting`, Errno.EAGAIN))
+        reject(new DstError(ErrorCode.IO_BUSY, `I/O ring of '${this.name}': all ${this.capacity} entries in use and ${this.waiters.capacity} requests waiting`))
         return
       }
       this.waits++
@@ -154,7 +154,7 @@ export class IoRing {
     const memory = buf.buffer as SharedArrayBuffer
     let mem = this.memories.get(memory)
     if (mem === undefined) {
-      if (this.memories.size >= MAX_MEMORIES) { reject(new DstError('DST_ERR_IO_MEMORY', `I/O ring of '${this.name}': more than ${MAX_MEMORIES} shared memories`, Errno.EINVAL)); return }
+      if (this.memories.size >= MAX_MEMORIES) { reject(new DstError(ErrorCode.IO_MEMORY, `I/O ring of '${this.name}': more than ${MAX_MEMORIES} shared memories`)); return }
       mem = this.memories.size
       this.memories.set(memory, mem)
       // Announced before the first request that uses it is published, so the worker finds it on its port.
@@ -253,7 +253,7 @@ export class IoRing {
     const e = index * STRIDE
     const code = getSystemErrorName(errno)
     const op = this.entries[e + F_OP] === OP_READ ? 'read' : 'write'
-    return new DstError(`DST_ERR_${code}`, `'${this.name}': ${op} of ${this.entries[e + F_LENGTH]} bytes at ${this.entries[e + F_POSITION]} failed: ${code}`, toErrno({ code }))
+    return new DstError(systemErrorCode(code), `'${this.name}': ${op} of ${this.entries[e + F_LENGTH]} bytes at ${this.entries[e + F_POSITION]} failed: ${code}`)
   }
 
   /**

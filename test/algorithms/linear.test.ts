@@ -11,7 +11,7 @@ import { Device } from '../../node/core/device'
 import { MemoryDevice } from '../../node/devices/memory-device'
 import { FaultDevice } from '../../node/devices/fault-device'
 import { DstError } from '../../node/core/errors'
-import { DIGEST_SIZE, hasher } from '../../node/core/hasher'
+import { DIGEST_SIZE, closeDefaultHasher } from '../../node/core/hasher'
 import { digestsOf } from '../helpers/digests'
 
 function memories (sizes: number[]): { mems: MemoryDevice[], members: Member[] } {
@@ -224,7 +224,7 @@ test('a split read that fails settles only after all its pieces (the caller\'s b
 const KiB = 1024
 
 // Members without a hash of their own digest on the process's hasher: let its worker threads go at the end.
-test.after.always(async () => { await hasher().close() })
+test.after.always(async () => { await closeDefaultHasher() })
 
 
 /** Wraps a device's hash() to record each call (member-local offset, length, chunk). */

@@ -20,7 +20,7 @@ import { Device } from '../../node/core/device'
 import { MemoryDevice } from '../../node/devices/memory-device'
 import { FaultDevice } from '../../node/devices/fault-device'
 import { DstError, Errno } from '../../node/core/errors'
-import { hasher } from '../../node/core/hasher'
+import { closeDefaultHasher } from '../../node/core/hasher'
 import { digestsOf } from '../helpers/digests'
 
 const KiB = 1024
@@ -1163,7 +1163,7 @@ const BIG_REGION = 256 * KiB
 const CHUNK = 64 * KiB
 
 // Legs hash by reading, on the process's hasher; big regions put that on worker threads. Let them go at the end.
-test.after.always(async () => { await hasher().close() })
+test.after.always(async () => { await closeDefaultHasher() })
 
 
 function bitSet (state: IntentState, leg: number, r: number): boolean {

@@ -11,9 +11,12 @@ import { MemoryDevice } from '../../node/devices/memory-device'
 import { FaultDevice } from '../../node/devices/fault-device'
 import { DstError } from '../../node/core/errors'
 import { Device } from '../../node/core/device'
+import { closeDefaultHasher } from '../../node/core/hasher'
 import { digestsOf } from '../helpers/digests'
 
 const K = 4096
+
+test.after.always(() => closeDefaultHasher())
 
 function memories (sizes: number[]): { mems: MemoryDevice[], members: Member[] } {
   const mems = sizes.map(size => new MemoryDevice({ size }))

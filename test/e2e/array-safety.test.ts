@@ -14,6 +14,7 @@ import { RemoteDevice } from '../../export/native/remote-device'
 import { parseConfig } from '../../node/daemon/config'
 import { parseDstUrl } from '../../node/core/url'
 import { DeviceRegistry } from '../../node/daemon/registry'
+import { Hasher } from '../../node/core/hasher'
 import { until, within } from '../helpers/wait'
 
 const MiB = 1024 * 1024
@@ -216,7 +217,9 @@ test('a mirror leg with no remembered handshake opens with its superblock\'s siz
   await until('leg b in sync', async () => (await top.status()).devices.mir.state === 'online')
 
   const lonely = parseConfig({ name: 'x', listen: '127.0.0.1:0', dataDir: path.join(dir, 'state', 'x'), devices: { far: { type: 'remote', url: `dst://127.0.0.1:${await freePort()}/disk` } } }, dir)
-  const err = await t.throwsAsync(new DeviceRegistry().open(lonely, { log: () => {}, remoteOpenTimeout: 300, pingInterval: 1000, remotes: null }))
+  const hasher = new Hasher({ threads: 1 })
+  t.teardown(() => hasher.close())
+  const err = await t.throwsAsync(new DeviceRegistry().open(lonely, { log: () => {}, remoteOpenTimeout: 300, pingInterval: 1000, remotes: null, hasher }))
   t.regex(err?.message ?? '', /device 'far': .*never reached, so its size is unknown/)
 })
 

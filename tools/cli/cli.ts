@@ -2,7 +2,7 @@
 
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import * as path from 'node:path'
-import { ConfigError } from '../../node/core/errors'
+import { ConfigError, DstError, ErrorCode } from '../../node/core/errors'
 import { DEFAULT_CONFIG, loadConfigFile, parseConfig, type NodeConfig } from '../../node/daemon/config'
 import { formatSize, requireSize } from '../../node/core/size'
 import * as fs from 'node:fs'
@@ -134,8 +134,11 @@ Prints a node's devices as a tree with state and size, and its exports.
   --help     this text`,
 }
 
-class UsageError extends Error {}
-/** `--help` was asked for: the verb stops and its help text is printed. */
+/** Bad command-line usage: the CLI prints the message and exits 2. */
+class UsageError extends DstError {
+  constructor (message: string) { super(ErrorCode.USAGE, message) }
+}
+/** `--help` was asked for: the verb stops and its help text is printed. Control flow, not an error (never leaves the CLI). */
 class HelpShown extends Error {}
 
 /**
@@ -464,17 +467,17 @@ async function postArrayAction (node: string, array: string, action: string, bod
   try {
     res = await fetch(url, { method: 'POST', headers, body: JSON.stringify(body), signal: AbortSignal.timeout(timeout) })
   } catch (err) {
-    throw new Error(`${url}: ${fetchFailure(err)}`)
+    throw new DstError(ErrorCode.HTTP, `${url}: ${fetchFailure(err)}`)
   }
   const answer = await res.json().catch(() => ({})) as Record<string, unknown>
   if (res.status === 401) {
     const what = action === 'verify' ? 'a verify' : `dst array ${action}`
-    throw new Error(typeof adminToken === 'string' ? `the node refused the admin token given with --admin-token (${what})` : `the node has an admin token: give it with --admin-token T (${what})`)
+    throw new DstError(ErrorCode.HTTP, typeof adminToken === 'string' ? `the node refused the admin token given with --admin-token (${what})` : `the node has an admin token: give it with --admin-token T (${what})`)
   }
   const reason = typeof answer.error === 'string' ? answer.error : `HTTP ${res.status}`
   // 400: the request itself is wrong (a leg that does not exist, a bad field): bad usage, exit 2.
   if (res.status === 400) throw new UsageError(reason)
-  if (!res.ok) throw new Error(reason)
+  if (!res.ok) throw new DstError(ErrorCode.HTTP, reason)
   return answer
 }
 
@@ -509,7 +512,7 @@ async function verifyVerb (argv: string[]): Promise<void> {
     try { body.rate = requireSize(values.rate, '--rate') } catch (err) { throw new UsageError((err as Error).message) }
   }
   const answer = await postArrayAction(base, array, 'verify', body, values['admin-token'], 30000) as { verify?: VerifyAnswer }
-  if (answer.verify === undefined) throw new Error(`${base}: the node's answer has no verify report`)
+  if (answer.verify === undefined) throw new DstError(ErrorCode.VERIFY, `${base}: the node's answer has no verify report`)
   let report = answer.verify
   const bar = process.stderr.isTTY && values['no-progress'] !== true ? new ProgressBar(report.totalBytes) : null
   // Progress and the result are in the node's /status; a node that goes away mid-verify is an error, not a hang.
@@ -519,11 +522,11 @@ async function verifyVerb (argv: string[]): Promise<void> {
     try {
       const status = await fetchStatus(base) as { verify?: Record<string, VerifyAnswer> }
       const now = status.verify?.[array]
-      if (now === undefined || now.startedAt !== report.startedAt) throw new Error(`the node no longer reports this verify of '${array}' (restarted?)`)
+      if (now === undefined || now.startedAt !== report.startedAt) throw new DstError(ErrorCode.VERIFY, `the node no longer reports this verify of '${array}' (restarted?)`)
       report = now
       failures = 0
     } catch (err) {
-      if (++failures >= 20) throw new Error(`lost the node while verifying: ${(err as Error).message}`)
+      if (++failures >= 20) throw new DstError(ErrorCode.VERIFY, `lost the node while verifying: ${(err as Error).message}`)
     }
     bar?.update(report.doneBytes, `  ${report.mismatches} mismatched`)
   }
@@ -541,7 +544,7 @@ async function verifyVerb (argv: string[]): Promise<void> {
     if (report.mismatches > report.mismatchedRegions.length) process.stdout.write(`  ... ${report.mismatches - report.mismatchedRegions.length} more\n`)
     process.stdout.write(`${report.mismatches} mismatched region(s)${report.repairedRegions > 0 ? `, ${report.repairedRegions} repaired` : ''}\n`)
   }
-  if (report.state === 'failed') throw new Error(`verify failed: ${report.error ?? 'unknown error'}`)
+  if (report.state === 'failed') throw new DstError(ErrorCode.VERIFY, `verify failed: ${report.error ?? 'unknown error'}`)
   if (report.mismatches > report.repairedRegions) process.exitCode = 1
   else if (report.state === 'incomplete') {
     process.stderr.write(`dst verify: incomplete: ${report.incomplete ?? 'part of the array was not compared'}\n`)

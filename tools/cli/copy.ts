@@ -3,10 +3,11 @@
 
 import * as fs from 'node:fs'
 import { parseDstUrl } from '../../node/core/url'
-import { DstError, Errno } from '../../node/core/errors'
+import { DstError, ErrorCode } from '../../node/core/errors'
 import { formatSize } from '../../node/core/size'
 import { RemoteDevice } from '../../export/native/remote-device'
 import { blockDeviceSize } from '../../node/devices/file-device'
+import { Hasher } from '../../node/core/hasher'
 
 export interface CopyOptions {
   offset: number
@@ -15,6 +16,8 @@ export interface CopyOptions {
   chunk: number
   inFlight: number
   progress: boolean
+  /** Where wire digests are computed; by default copy() makes one for itself and closes it when done. */
+  hasher?: Hasher
 }
 
 interface Source {
@@ -36,7 +39,17 @@ interface Sink {
   close: () => Promise<void>
 }
 
-export async function copy (src: string, dst: string, options: CopyOptions): Promise<number> {
+export async function copy (src: string, dst: string, given: CopyOptions): Promise<number> {
+  // Workers start only if an export asks for wire digests.
+  const own = given.hasher === undefined ? new Hasher() : null
+  try {
+    return await copyWith(src, dst, { ...given, hasher: given.hasher ?? own as Hasher })
+  } finally {
+    await own?.close()
+  }
+}
+
+async function copyWith (src: string, dst: string, options: CopyOptions): Promise<number> {
   const source = await openSource(src, options)
   let sink: Sink
   try {
@@ -48,10 +61,10 @@ export async function copy (src: string, dst: string, options: CopyOptions): Pro
   try {
     let length = options.length ?? source.size
     if (length !== null && source.size !== null && length > source.size) {
-      throw new DstError('DST_ERR_RANGE', `${source.name}: ${length} bytes asked for, only ${source.size} available${src.startsWith('dst://') ? ` after offset ${options.offset}` : ''}`, Errno.EINVAL)
+      throw new DstError(ErrorCode.RANGE, `${source.name}: ${length} bytes asked for, only ${source.size} available${src.startsWith('dst://') ? ` after offset ${options.offset}` : ''}`)
     }
     if (length !== null && sink.size !== null && length > sink.size) {
-      throw new DstError('DST_ERR_RANGE', `${sink.name}: copying ${length} bytes${dst.startsWith('dst://') ? ` at offset ${options.offset}` : ''} would pass its end (${sink.size} bytes fit)`, Errno.EINVAL)
+      throw new DstError(ErrorCode.RANGE, `${sink.name}: copying ${length} bytes${dst.startsWith('dst://') ? ` at offset ${options.offset}` : ''} would pass its end (${sink.size} bytes fit)`)
     }
     const total = await pump(source, sink, length, options)
     await sink.finish(total)
@@ -82,7 +95,7 @@ async function pump (source: Source, sink: Sink, length: number | null, options:
       readDone = source.read(at, buf, want)
     } else {
       const n = await source.read(at, buf, want)
-      if (n < want) { eof = true; if (length !== null) throw new DstError('DST_ERR_SHORT', `${source.name}: ended after ${at + n} bytes, ${length} expected`, Errno.EIO) }
+      if (n < want) { eof = true; if (length !== null) throw new DstError(ErrorCode.SHORT, `${source.name}: ended after ${at + n} bytes, ${length} expected`) }
       readDone = Promise.resolve(n)
     }
     pos += want
@@ -90,7 +103,7 @@ async function pump (source: Source, sink: Sink, length: number | null, options:
     const written = readDone.then(async n => {
       if (n === 0) return
       if (sink.size !== null && at + n > sink.size) {
-        throw new DstError('DST_ERR_RANGE', `${sink.name}: the input would pass its end (${sink.size} bytes fit); stopped after ${at} bytes`, Errno.EINVAL)
+        throw new DstError(ErrorCode.RANGE, `${sink.name}: the input would pass its end (${sink.size} bytes fit); stopped after ${at} bytes`)
       }
       if (!sink.positional) await prev
       await sink.write(at, n === buf.length ? buf : buf.subarray(0, n))
@@ -135,7 +148,7 @@ async function openSource (spec: string, options: CopyOptions): Promise<Source> 
   }
   if (spec.startsWith('dst://')) {
     const dev = await openRemote(spec, options, 'ro')
-    if (options.offset > dev.size) { await dev.close(); throw new DstError('DST_ERR_RANGE', `${spec}: offset ${options.offset} is past its end (${dev.size} bytes)`, Errno.EINVAL) }
+    if (options.offset > dev.size) { await dev.close(); throw new DstError(ErrorCode.RANGE, `${spec}: offset ${options.offset} is past its end (${dev.size} bytes)`) }
     return {
       name: spec,
       size: dev.size - options.offset,
@@ -144,7 +157,7 @@ async function openSource (spec: string, options: CopyOptions): Promise<Source> 
       close: () => dev.close(),
     }
   }
-  const fd = await fs.promises.open(spec, 'r').catch((err: Error) => { throw new DstError('DST_ERR_OPEN', `${spec}: ${err.message}`, Errno.EIO) })
+  const fd = await fs.promises.open(spec, 'r').catch((err: Error) => { throw new DstError(ErrorCode.OPEN, `${spec}: ${err.message}`) })
   const st = await fd.stat()
   const size = st.isBlockDevice() ? await blockSize(fd) : st.size
   return {
@@ -178,8 +191,8 @@ async function openSink (spec: string, options: CopyOptions): Promise<Sink> {
   }
   if (spec.startsWith('dst://')) {
     const dev = await openRemote(spec, options, 'rw')
-    if (!dev.writable) { await dev.close(); throw new DstError('DST_ERR_EROFS', `${spec}: the export is read-only`, Errno.EROFS) }
-    if (options.offset > dev.size) { await dev.close(); throw new DstError('DST_ERR_RANGE', `${spec}: offset ${options.offset} is past its end (${dev.size} bytes)`, Errno.EINVAL) }
+    if (!dev.writable) { await dev.close(); throw new DstError(ErrorCode.EROFS, `${spec}: the export is read-only`) }
+    if (options.offset > dev.size) { await dev.close(); throw new DstError(ErrorCode.RANGE, `${spec}: offset ${options.offset} is past its end (${dev.size} bytes)`) }
     return {
       name: spec,
       size: dev.size - options.offset,
@@ -198,7 +211,7 @@ async function openSink (spec: string, options: CopyOptions): Promise<Sink> {
     created = st === null
     fd = await fs.promises.open(spec, st === null ? 'w' : 'r+')
   } catch (err) {
-    throw new DstError('DST_ERR_OPEN', `${spec}: ${(err as Error).message}`, Errno.EIO)
+    throw new DstError(ErrorCode.OPEN, `${spec}: ${(err as Error).message}`)
   }
   const st = await fd.stat()
   const size = st.isBlockDevice() ? await blockSize(fd) : null
@@ -223,8 +236,8 @@ async function openSink (spec: string, options: CopyOptions): Promise<Sink> {
 
 async function openRemote (url: string, options: CopyOptions, access: 'ro' | 'rw'): Promise<RemoteDevice> {
   const target = parseDstUrl(url)
-  if (typeof target === 'string') throw new DstError('DST_ERR_URL', target, Errno.EINVAL)
-  return RemoteDevice.open(target, { token: options.token, access, queueDepth: options.inFlight * Math.ceil(options.chunk / (256 * 1024)) })
+  if (typeof target === 'string') throw new DstError(ErrorCode.URL, target)
+  return RemoteDevice.open(target, { token: options.token, access, queueDepth: options.inFlight * Math.ceil(options.chunk / (256 * 1024)), hasher: options.hasher })
 }
 
 async function blockSize (fd: fs.promises.FileHandle): Promise<number> {

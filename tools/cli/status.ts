@@ -1,6 +1,7 @@
 // `dst status`: fetches a node's /status and draws its devices as a tree with state and size.
 
 import { formatSize } from '../../node/core/size'
+import { DstError, ErrorCode } from '../../node/core/errors'
 
 interface DeviceView {
   type: string
@@ -23,9 +24,9 @@ export async function fetchStatus (base: string): Promise<StatusView> {
   try {
     res = await fetch(url, { signal: AbortSignal.timeout(10000) })
   } catch (err) {
-    throw new Error(`${url}: ${fetchFailure(err)}`)
+    throw new DstError(ErrorCode.HTTP, `${url}: ${fetchFailure(err)}`)
   }
-  if (!res.ok) throw new Error(`${url}: HTTP ${res.status}`)
+  if (!res.ok) throw new DstError(ErrorCode.HTTP, `${url}: HTTP ${res.status}`)
   return await res.json() as StatusView
 }
 

@@ -11,7 +11,7 @@ import { between, newSeed, prng, seededBytes } from '../../helpers/random'
 import { freePort } from '../../helpers/ports'
 import { RemoteDevice, type RemoteDeviceOptions } from '../../../export/native/remote-device'
 import type { DstError } from '../../../node/core/errors'
-import { hasher } from '../../../node/core/hasher'
+import { closeDefaultHasher } from '../../../node/core/hasher'
 import { FaultProxy } from '../../../tools/dev/fault-proxy'
 import { digestsOf } from '../../helpers/digests'
 import { within } from '../../helpers/wait'
@@ -340,7 +340,7 @@ test('opened with the disk an earlier handshake found: connecting while the peer
 // ---- HASH and wire digests (protocol version 2) ----------------------------------------------------------------------
 
 // Wire digests and hashes by reading run on this process's hash workers: let them go at the end.
-test.after.always(async () => { await hasher().close() })
+test.after.always(async () => { await closeDefaultHasher() })
 
 
 /** One sample of a node's /metrics (NaN when the line is missing, so a renamed family fails loudly). */

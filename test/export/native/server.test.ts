@@ -20,7 +20,7 @@ import { BufferPool } from '../../../node/core/pool'
 import { ExportMetrics } from '../../../export/served'
 import { WriteLease } from '../../../node/core/lease'
 import { DstError } from '../../../node/core/errors'
-import { hasher } from '../../../node/core/hasher'
+import { closeDefaultHasher } from '../../../node/core/hasher'
 import { digestsOf } from '../../helpers/digests'
 
 // Wire error numbers as export/native/PROTOCOL.md lists them (not imported, so the test checks the source's table too).
@@ -78,7 +78,7 @@ test.before(async () => {
 test.after.always(async () => {
   await node?.kill()
   // The in-process sessions below digest on this process's hash workers: let them go.
-  await hasher().close()
+  await closeDefaultHasher()
 })
 
 async function open (t: { teardown: (fn: () => void) => void }, name = 'disk', headers: Record<string, string> = {}): Promise<RawClient> {

@@ -6,7 +6,7 @@ import test from 'ava'
 import { Device, type DeviceOptions } from '../../../node/core/device'
 import { DstError, Errno } from '../../../node/core/errors'
 import { MemoryDevice } from '../../../node/devices/memory-device'
-import { DIGEST_SIZE, hasher } from '../../../node/core/hasher'
+import { DIGEST_SIZE, closeDefaultHasher } from '../../../node/core/hasher'
 import { newSeed, prng, seededBytes } from '../../helpers/random'
 import { digestsOf } from '../../helpers/digests'
 
@@ -292,7 +292,7 @@ const KiB = 1024
 const MiB = 1024 * KiB
 
 // Devices without a hash of their own digest on the process's hasher: let its worker threads go at the end.
-test.after.always(async () => { await hasher().close() })
+test.after.always(async () => { await closeDefaultHasher() })
 
 
 test('hash on a memory device: each chunk of the range digested, the last possibly short', async t => {

@@ -8,7 +8,7 @@ import test, { type ExecutionContext } from 'ava'
 import { createHash } from 'node:crypto'
 import { Piscina } from 'piscina'
 import {
-  configureHasher, DIGEST_SIZE, digestByReading, digestCount, HASH_ALGORITHM, hasher, Hasher, type HasherOptions,
+  closeDefaultHasher, defaultHasher, DIGEST_SIZE, digestByReading, digestCount, HASH_ALGORITHM, Hasher, type HasherOptions,
   isHashChunk, MAX_HASH_CHUNK, MIN_HASH_CHUNK,
 } from '../../../node/core/hasher'
 import { DstError, Errno } from '../../../node/core/errors'
@@ -43,8 +43,8 @@ function shared (data: Uint8Array, offset: number): Uint8Array {
 }
 
 test.after.always(async () => {
-  // One test replaces the process's hasher; let the last one go as well.
-  await hasher().close()
+  // Some tests use the default hasher (of code given none); let it go as well.
+  await closeDefaultHasher()
 })
 
 // ---- constants and helpers ------------------------------------------------------------------------------------------
@@ -286,10 +286,10 @@ test('a digest that fails is DST_ERR_HASH (EIO) inline and on a worker; healthy 
   t.is(bad.stats.errors, 5)
   t.is(bad.stats.busy, 0)
   await t.throwsAsync(bad.digestOne(data), { code: 'DST_ERR_HASH' })
-  // The failures took nothing else down: another hasher, and the process's own, still give right digests.
+  // The failures took nothing else down: another hasher, and the default one, still give right digests.
   t.true((await good.digest(data, 4096)).equals(expected(data, 4096)))
   t.true((await good.digest(data.subarray(0, 1000), 512)).equals(expected(data.subarray(0, 1000), 512)))
-  t.true((await hasher().digest(data, 8192)).equals(expected(data, 8192)))
+  t.true((await defaultHasher().digest(data, 8192)).equals(expected(data, 8192)))
   t.is(good.stats.errors, 0)
 })
 
@@ -331,15 +331,19 @@ test('a closed hasher rejects with DST_ERR_CLOSED; close() twice is fine', async
   await t.throwsAsync(h.digestOne(data), { code: 'DST_ERR_CLOSED' })
 })
 
-// Serial (ava runs these first): other tests use the process's hasher, which this one closes and replaces.
-test.serial('hasher() is one per process; configureHasher replaces it and closes the old one', async t => {
-  t.is(hasher(), hasher())
-  const old = hasher()
-  const h = configureHasher({ threads: 2 })
+// Serial (ava runs these first): other tests use the default hasher, which this one closes and replaces.
+test.serial('defaultHasher() is one per process until closeDefaultHasher closes it; the next call makes a new one', async t => {
+  t.is(defaultHasher(), defaultHasher())
+  const old = defaultHasher()
+  await closeDefaultHasher()
+  const h = defaultHasher()
   t.not(h, old)
-  t.is(hasher(), h)
-  t.is(h.threads, 2)
+  t.is(defaultHasher(), h)
   await t.throwsAsync(old.digest(Buffer.alloc(10), 512), { code: 'DST_ERR_CLOSED' })
   const data = Buffer.alloc(20 * KiB, 3)
-  t.true((await hasher().digest(data, 4096)).equals(expected(data, 4096)))
+  t.true((await defaultHasher().digest(data, 4096)).equals(expected(data, 4096)))
+  // A hasher of one's own is sized as asked (what the node does with hash.threads).
+  const own = newHasher(t, { threads: 2 })
+  t.is(own.threads, 2)
+  t.true((await own.digest(data, 4096)).equals(expected(data, 4096)))
 })

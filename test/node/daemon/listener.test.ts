@@ -5,12 +5,14 @@
 import test from 'ava'
 import { Listener } from '../../../node/daemon/listener'
 import { BufferPool } from '../../../node/core/pool'
+import { Hasher } from '../../../node/core/hasher'
 import { parseCidr, type Cidr } from '../../../node/core/acl'
 import { attemptUpgrade } from '../../helpers/raw-client'
 
 test('a /status or /metrics report that throws is a 500 naming the error; the next requests are served', async t => {
   const logged: string[] = []
   let broken = true
+  const hasher = new Hasher({ threads: 1 })
   const listener = new Listener({
     host: '127.0.0.1',
     port: 0,
@@ -22,9 +24,10 @@ test('a /status or /metrics report that throws is a 500 naming the error; the ne
     log: m => logged.push(m),
     admin: { allow: [] },
     onAdmin: async () => await Promise.reject(new Error('no arrays here')),
+    hasher,
   })
   await listener.listen()
-  t.teardown(() => listener.stop())
+  t.teardown(async () => { await listener.stop(); await hasher.close() })
   const base = `http://127.0.0.1:${listener.port}`
   const status = await fetch(`${base}/status`)
   t.is(status.status, 500)
@@ -43,6 +46,7 @@ test('a /status or /metrics report that throws is a 500 naming the error; the ne
 /** A listener in this process with hooks a test can break; stopped when the test ends. */
 async function listenerFor (t: { teardown: (fn: () => unknown) => void }, options: { allow?: string[], token?: string, onAdmin?: (array: string, action: string, body: Record<string, unknown>) => Promise<unknown>, exports?: Map<string, never> } = {}): Promise<{ base: string, logged: string[] }> {
   const logged: string[] = []
+  const hasher = new Hasher({ threads: 1 })
   const listener = new Listener({
     host: '127.0.0.1',
     port: 0,
@@ -54,9 +58,10 @@ async function listenerFor (t: { teardown: (fn: () => unknown) => void }, option
     log: m => logged.push(m),
     admin: { allow: (options.allow ?? ['127.0.0.0/8']).map(c => parseCidr(c) as Cidr), token: options.token },
     onAdmin: options.onAdmin ?? (async (array, action) => ({ array, action })),
+    hasher,
   })
   await listener.listen()
-  t.teardown(() => listener.stop())
+  t.teardown(async () => { await listener.stop(); await hasher.close() })
   return { base: `http://127.0.0.1:${listener.port}`, logged }
 }
 
