@@ -1,5 +1,5 @@
 // Every error dst raises on purpose, in one catalogue (like undici's `UND_ERR_…`): each code a constant with the errno
-// it travels as, and the errno's numbers on each wire, the native protocol's (export/PROTOCOL.md) and NBD's. Callers
+// it travels as, and the errno's numbers on each wire, the native protocol's (export/native/PROTOCOL.md) and NBD's. Callers
 // compare `err.code` with `ErrorCode.X`; no code is built at run time.
 //
 // Left outside on purpose: assertions of the program's own invariants (a buffer released twice, a reply batch over its
@@ -58,7 +58,7 @@ interface Entry {
   readonly meaning: string
 }
 
-/** The catalogue. export/PROTOCOL.md lists the errno-named codes with their wire numbers; a test keeps them equal. */
+/** The catalogue. export/native/PROTOCOL.md lists the errno-named codes with their wire numbers; a test keeps them equal. */
 const catalogue = {
   // Named after an errno: requests refused at the protocol edge or by a device, a peer's error reply, system errors.
   EPERM: { code: 'DST_ERR_EPERM', errno: 'EPERM', system: true, meaning: 'not permitted: a WRITE or TRIM without the export\'s write lease' },

@@ -18,7 +18,7 @@ export interface Address { host: string, port: number }
 export type DeviceConfig =
   | { type: 'file', name: string, path: string, size?: number, readOnly: boolean, blockSize?: number }
   | { type: 'memory', name: string, size: number, blockSize?: number }
-  | { type: 'remote', name: string, url: string, host: string, port: number, export: string, token?: string, queueDepth: number, reconnectTimeout?: number, requestTimeout?: number, readOnly: boolean }
+  | { type: 'remote', name: string, url: string, host: string, port: number, export: string, token?: string, queueDepth: number, reconnectTimeout?: number, requestTimeout?: number, readOnly?: boolean }
   | { type: 'mirror', name: string, members: string[], region: number, resyncRate: number, checksumResync: boolean, syncFrom?: string, assumeClean: boolean }
   | { type: 'linear', name: string, members: string[] }
   | { type: 'stripe', name: string, members: string[], chunk: number }
@@ -248,7 +248,7 @@ function parseDevice (name: string, d: unknown, field: string, baseDir: string, 
       const queueDepth = x.queueDepth === undefined ? 32 : positiveInt(x.queueDepth, `${field}.queueDepth`, 1, 4096, fail)
       const reconnectTimeout = x.reconnectTimeout === undefined ? undefined : durationOf(x.reconnectTimeout, `${field}.reconnectTimeout`, 100, 86400000, fail)
       const requestTimeout = x.requestTimeout === undefined ? undefined : durationOf(x.requestTimeout, `${field}.requestTimeout`, 100, 3600000, fail)
-      return { type: 'remote', name, url: x.url as string, ...url, token: x.token as string | undefined, queueDepth, reconnectTimeout, requestTimeout, readOnly: x.readOnly === true }
+      return { type: 'remote', name, url: x.url as string, ...url, token: x.token as string | undefined, queueDepth, reconnectTimeout, requestTimeout, ...(x.readOnly === true ? { readOnly: true } : {}) }
     }
     case 'mirror':
     case 'linear': {

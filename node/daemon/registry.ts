@@ -97,7 +97,7 @@ export class DeviceRegistry {
             requestTimeout: d.requestTimeout ?? config.requestTimeout,
             owner: writerId(config, d.name),
             // Read-only: connects as a reader, so no write lease is asked for (the export's writer keeps it).
-            ...(d.readOnly ? { access: 'ro' as const } : {}),
+            ...(d.readOnly === true ? { access: 'ro' as const } : {}),
             node: { name: config.name, id: config.nodeId ?? nodeIdentity(null) },
             // A peer that cannot be reached now opens connecting with what it served last time, or (a mirror leg
             // this dataDir has no handshake of) with the size and identity its mirror's superblock records.

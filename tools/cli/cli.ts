@@ -324,20 +324,25 @@ function exportOption (message: string, name: string): string {
 
 async function runNode (config: NodeConfig): Promise<void> {
   const node = new DstNode(config)
-  await node.start()
-  for (const line of node.addresses()) process.stdout.write(`${line}\n`)
-  process.stdout.write(`node ${config.name} ready\n`)
+  // The handlers come first, so a signal during the start (systemd stopping a node that is still opening its
+  // devices) also ends with a clean stop and the stopped line, never with the default kill.
   let stopping = false
+  let starting: Promise<unknown> = Promise.resolve()
   const stop = (signal: string): void => {
     if (stopping) { exitWith(1, process.stderr, `[${config.name}] second ${signal}: exiting now\n`); return }
     stopping = true
     process.stderr.write(`[${config.name}] ${signal}: finishing requests in flight, flushing\n`)
-    node.stop().then(
+    starting.catch(() => {}).then(() => node.stop()).then(
       () => exitWith(0, process.stderr, `[${config.name}] stopped\n`),
       err => exitWith(1, process.stderr, `[${config.name}] stop failed: ${(err as Error).message}\n`))
   }
   process.on('SIGINT', () => stop('SIGINT'))
   process.on('SIGTERM', () => stop('SIGTERM'))
+  starting = node.start()
+  await starting
+  if (stopping) return
+  for (const line of node.addresses()) process.stdout.write(`${line}\n`)
+  process.stdout.write(`node ${config.name} ready\n`)
 }
 
 async function copyVerb (argv: string[]): Promise<void> {

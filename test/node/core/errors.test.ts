@@ -108,8 +108,8 @@ test('NBD gets what export/nbd/server.ts always sent: its few errnos as they are
   for (let errno = 0; errno < 300; errno++) t.is(nbdErrno(errno), before(errno), `errno ${errno}`)
 })
 
-test('export/PROTOCOL.md lists every errno with the catalogue\'s native number, NBD number and code', t => {
-  const doc = fs.readFileSync(path.join(ROOT, 'export', 'PROTOCOL.md'), 'utf8')
+test('export/native/PROTOCOL.md lists every errno with the catalogue\'s native number, NBD number and code', t => {
+  const doc = fs.readFileSync(path.join(ROOT, 'export', 'native', 'PROTOCOL.md'), 'utf8')
   const section = doc.slice(doc.indexOf('## Error codes'), doc.indexOf('\n## ', doc.indexOf('## Error codes') + 5))
   const rows = [...section.matchAll(/^\| (\d+) \| (E[A-Z]+) \| (\d+) \| `(DST_ERR_[A-Z_]+)` \|/gm)]
   t.deepEqual(rows.map(r => r[2]).sort(), [...errnoNames].sort())
