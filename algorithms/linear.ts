@@ -2,17 +2,17 @@
 // boundary is split into one piece per member and completes as one request; a failed member fails only the requests
 // that touch it.
 
-import { Device, type DeviceStatus } from '../node/core/device'
+import type { DeviceStatus } from '../node/core/device'
 import { DstError, ErrorCode } from '../node/core/errors'
 import { derivedIdentity } from '../node/core/identity'
 import { settleAll } from '../node/core/settle'
-import { DIGEST_SIZE, digestCount, type Hasher } from '../node/core/hasher'
+import type { Hasher } from '../node/core/hasher'
+import { PieceArray, type Member, type PieceFn } from './pieces'
 
-export interface Member { name: string, device: Device }
+export type { Member } from './pieces'
 
-export class LinearDevice extends Device {
+export class LinearDevice extends PieceArray {
   readonly type = 'linear'
-  readonly members: Member[]
   /** starts[i] is the array offset where member i begins; starts[n] is the size. */
   private readonly starts: number[]
 
@@ -21,7 +21,7 @@ export class LinearDevice extends Device {
     if (members.length === 0) throw new DstError(ErrorCode.CONFIG, 'a linear array needs at least one member')
     const starts = [0]
     for (const m of members) starts.push(starts[starts.length - 1] + m.device.size)
-    super({
+    super(members, {
       size: starts[starts.length - 1],
       blockSize: Math.max(...members.map(m => m.device.blockSize)),
       readOnly: !members.every(m => m.device.writable),
@@ -29,40 +29,18 @@ export class LinearDevice extends Device {
       canTrim: members.every(m => m.device.canTrim),
       hasher: options.hasher,
     })
-    this.members = members
     this.starts = starts
     // A concatenation is the same data exactly when it has the same members in the same order.
     this.identity = derivedIdentity(`linear:${members.map(m => `${m.device.identity}/${m.device.size}`).join(',')}`)
   }
 
-  protected override _read (offset: number, length: number, into: Uint8Array): Promise<void> {
-    return this.each(offset, length, (m, at, n, done) => m.device.read(at, n, into.subarray(done, done + n)))
-  }
-
-  protected override _write (offset: number, data: Uint8Array): Promise<void> {
-    return this.each(offset, data.byteLength, (m, at, n, done) => m.device.write(at, data.subarray(done, done + n)))
-  }
-
-  protected override _flush (): Promise<void> {
-    return settleAll(this.members.map(m => m.device.flush()))
-  }
-
-  protected override _trim (offset: number, length: number): Promise<void> {
-    return this.each(offset, length, (m, at, n) => m.device.trim(at, n))
-  }
-
-  /**
-   * Each member digests its own piece (where its data lives) when every member boundary inside the range falls on a
-   * chunk boundary; otherwise a chunk would straddle two members, and the range is read and digested here.
-   */
-  protected override async _hash (offset: number, length: number, chunk: number): Promise<Buffer> {
+  /** Members digest their own pieces when every member boundary inside the range falls on a chunk boundary. */
+  protected override hashForwardable (offset: number, length: number, chunk: number): boolean {
     const end = offset + length
     for (let i = this.memberAt(offset) + 1; i < this.members.length && this.starts[i] < end; i++) {
-      if ((this.starts[i] - offset) % chunk !== 0) return await super._hash(offset, length, chunk)
+      if ((this.starts[i] - offset) % chunk !== 0) return false
     }
-    const out = Buffer.alloc(digestCount(length, chunk) * DIGEST_SIZE)
-    await this.each(offset, length, (m, at, n, done) => m.device.hash(at, n, chunk).then(d => { d.copy(out, (done / chunk) * DIGEST_SIZE) }))
-    return out
+    return true
   }
 
   override status (): DeviceStatus {
@@ -75,7 +53,7 @@ export class LinearDevice extends Device {
   }
 
   /** Calls `fn` once per member the range touches, with the member-local offset and the offset into the buffer. */
-  private each (offset: number, length: number, fn: (m: Member, at: number, n: number, done: number) => Promise<void>): Promise<void> {
+  protected override each (offset: number, length: number, fn: PieceFn): Promise<void> {
     let i = this.memberAt(offset)
     const end = offset + length
     const first = this.starts[i + 1]

@@ -2,12 +2,12 @@
 // floor(c / n) × chunk. A request is split at chunk boundaries and every piece is issued at once, so a large request
 // keeps every member busy. No redundancy: a failed member fails the requests that touch it, like linear.
 
-import { Device, type DeviceStatus } from '../node/core/device'
+import type { DeviceStatus } from '../node/core/device'
 import { DstError, ErrorCode } from '../node/core/errors'
 import { derivedIdentity } from '../node/core/identity'
 import { settleAll } from '../node/core/settle'
-import { DIGEST_SIZE, digestCount, type Hasher } from '../node/core/hasher'
-import type { Member } from './linear'
+import type { Hasher } from '../node/core/hasher'
+import { PieceArray, type Member, type PieceFn } from './pieces'
 
 export const MIN_CHUNK = 4096
 export const MAX_CHUNK = 16 * 1024 * 1024
@@ -31,9 +31,8 @@ export function stripeChunkProblem (chunk: number, blockSizes: number[]): string
   return null
 }
 
-export class StripeDevice extends Device {
+export class StripeDevice extends PieceArray {
   readonly type = 'stripe'
-  readonly members: Member[]
   readonly chunk: number
 
   constructor (options: StripeOptions) {
@@ -43,7 +42,7 @@ export class StripeDevice extends Device {
     const problem = stripeChunkProblem(chunk, members.map(m => m.device.blockSize))
     if (problem !== null) throw new DstError(ErrorCode.CONFIG, `stripe: ${problem}`)
     const rows = Math.floor(Math.min(...members.map(m => m.device.size)) / chunk)
-    super({
+    super(members, {
       size: rows * chunk * members.length,
       blockSize: Math.max(...members.map(m => m.device.blockSize)),
       readOnly: !members.every(m => m.device.writable),
@@ -51,37 +50,14 @@ export class StripeDevice extends Device {
       canTrim: members.every(m => m.device.canTrim),
       hasher: options.hasher,
     })
-    this.members = members
     this.chunk = chunk
     // The same data exactly when the same members hold it in the same order with the same chunk.
     this.identity = derivedIdentity(`stripe:${chunk}:${members.map(m => `${m.device.identity}/${m.device.size}`).join(',')}`)
   }
 
-  protected override _read (offset: number, length: number, into: Uint8Array): Promise<void> {
-    return this.each(offset, length, (m, at, n, done) => m.device.read(at, n, into.subarray(done, done + n)))
-  }
-
-  protected override _write (offset: number, data: Uint8Array): Promise<void> {
-    return this.each(offset, data.byteLength, (m, at, n, done) => m.device.write(at, data.subarray(done, done + n)))
-  }
-
-  protected override _flush (): Promise<void> {
-    return settleAll(this.members.map(m => m.device.flush()))
-  }
-
-  protected override _trim (offset: number, length: number): Promise<void> {
-    return this.each(offset, length, (m, at, n) => m.device.trim(at, n))
-  }
-
-  /**
-   * When every digest chunk lies inside one stripe chunk (the digest chunk divides the stripe chunk and the range
-   * starts on a digest chunk), each member digests its own pieces; otherwise the range is read and digested here.
-   */
-  protected override async _hash (offset: number, length: number, chunk: number): Promise<Buffer> {
-    if (this.chunk % chunk !== 0 || offset % chunk !== 0) return await super._hash(offset, length, chunk)
-    const out = Buffer.alloc(digestCount(length, chunk) * DIGEST_SIZE)
-    await this.each(offset, length, (m, at, n, done) => m.device.hash(at, n, chunk).then(d => { d.copy(out, (done / chunk) * DIGEST_SIZE) }))
-    return out
+  /** Members digest their own pieces when every digest chunk lies inside one stripe chunk. */
+  protected override hashForwardable (offset: number, _length: number, chunk: number): boolean {
+    return this.chunk % chunk === 0 && offset % chunk === 0
   }
 
   override status (): DeviceStatus {
@@ -98,7 +74,7 @@ export class StripeDevice extends Device {
   }
 
   /** Calls `fn` once per chunk piece of the range, with the member, its offset there and the offset into the buffer. */
-  private each (offset: number, length: number, fn: (m: Member, at: number, n: number, done: number) => Promise<void>): Promise<void> {
+  protected override each (offset: number, length: number, fn: PieceFn): Promise<void> {
     const n = this.members.length
     const chunk = this.chunk
     const end = offset + length
