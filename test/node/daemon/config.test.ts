@@ -241,9 +241,9 @@ test('error: bad dst:// url', t => {
   configError(t, base({}, { far: { type: 'remote' } }), 'devices.far.url')
 })
 
-// Regression: node/daemon/config.ts parseDstUrl calls decodeURIComponent on the export name unguarded, so a url with a bad
-// percent escape throws URIError ("URI malformed") out of parseConfig instead of a ConfigError naming the field; the
-// CLI then exits 1 with "dst node: URI malformed". Fix: catch the URIError in parseDstUrl and return a message.
+// Regression: parseDstUrl (now node/core/url.ts) once decoded the export name unguarded, so a url with a bad percent
+// escape threw URIError ("URI malformed") out of parseConfig instead of a ConfigError naming the field, and the CLI
+// exited 1 with "dst node: URI malformed".
 test('error: a dst:// url with a malformed percent escape names devices.far.url', t => {
   configError(t, base({}, { far: { type: 'remote', url: 'dst://10.0.0.2:7001/disk%zz' } }), 'devices.far.url')
 })
