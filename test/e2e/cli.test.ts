@@ -85,6 +85,16 @@ for (const verb of VERBS) {
   })
 }
 
+test('dst --version and -V print package.json\'s version and exit 0', async t => {
+  const version = (JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version
+  for (const flag of ['--version', '-V']) {
+    const r = await runDst([flag])
+    t.is(r.code, 0, r.stderr)
+    t.is(r.stdout.toString(), `dst ${version}\n`, flag)
+    t.is(r.stderr, '')
+  }
+})
+
 test('an unknown verb exits 2 with a message on stderr', async t => {
   const r = await runDst(['frobnicate'])
   t.is(r.code, 2)

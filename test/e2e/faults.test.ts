@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto'
 import { spawn } from 'node:child_process'
 import { DST, runDst, startNode, tempDir, type RunningNode } from '../helpers/node-process'
 import { freePort } from '../helpers/ports'
+import { until } from '../helpers/wait'
 import { FaultProxy } from '../../tools/dev/fault-proxy'
 import { RemoteDevice } from '../../export/native/remote-device'
 import { parseDstUrl } from '../../node/core/url'
@@ -171,7 +172,7 @@ test.serial('a mirror leg cut for longer than reconnectTimeout: the mirror keeps
     exports: [{ device: 'mir' }],
   })
   nodes.push(m)
-  for (let i = 0; i < 100 && (await m.status()).devices.mir.state !== 'online'; i++) await new Promise(resolve => setTimeout(resolve, 100))
+  await until('the mirror to be online', async () => (await m.status()).devices.mir.state === 'online', 10000, 100)
   const dev = await runClient(m.url('mir'))
   t.teardown(() => dev.close())
   const model = Buffer.alloc(size)
@@ -192,11 +193,11 @@ test.serial('a mirror leg cut for longer than reconnectTimeout: the mirror keeps
   await new Promise(resolve => setTimeout(resolve, 1500))
   proxy.pass()
   let back: any = null
-  for (let i = 0; i < 150; i++) {
+  // Bounded; if the legs never get in sync, the assertion below shows them.
+  await until('every leg to be in sync', async () => {
     back = await m.status()
-    if (back.devices.mir.members.every((l: any) => l.state === 'in-sync')) break
-    await new Promise(resolve => setTimeout(resolve, 100))
-  }
+    return back.devices.mir.members.every((l: any) => l.state === 'in-sync')
+  }, 15000, 100).catch(() => {})
   t.true(back.devices.mir.members.every((l: any) => l.state === 'in-sync'), JSON.stringify(back.devices.mir.members))
   t.true(back.devices.mir.resyncedBytes <= leg.dirtyBytes, `resynced ${back.devices.mir.resyncedBytes} of ${leg.dirtyBytes} dirty`)
   const got = Buffer.alloc(size)

@@ -10,7 +10,7 @@ import { freePort } from '../helpers/ports'
 import { RemoteDevice } from '../../export/native/remote-device'
 import { DEFAULT_CONFIG } from '../../node/daemon/config'
 import type { DstError } from '../../node/core/errors'
-import { within } from '../helpers/wait'
+import { until, within } from '../helpers/wait'
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -122,10 +122,11 @@ test('while node A is down, I/O through B waits for it; past B\'s reconnectTimeo
 
   const a2 = await node(t, dirA, configA)
   let state = ''
-  for (let i = 0; i < 100 && state !== 'online'; i++) {
-    await new Promise(resolve => setTimeout(resolve, 100))
+  // Bounded; if B never gets back online, the assertion below names the state it is in.
+  await until('B to reconnect to A', async () => {
     state = (await getJson(`${b.http}/status`)).body.devices.far.state
-  }
+    return state === 'online'
+  }, 10000, 100).catch(() => {})
   t.is(state, 'online', 'B reconnected to A')
   const after = seededBytes(rand, 100 * KiB)
   await dev.write(200 * KiB, after)

@@ -35,7 +35,7 @@ test('SIGTERM with requests in flight: the node answers them, prints its stopped
   const n = await startNode(dir, { name: 'svc', dataDir: './state', devices: { d: { type: 'file', path: './d.img', size: '8MiB' } }, exports: [{ device: 'd' }] })
   t.teardown(() => n.kill())
   const dev = await RemoteDevice.open({ host: '127.0.0.1', port: n.port, export: 'd' }, { openTimeout: 10000, reconnectTimeout: 500 })
-  t.teardown(() => dev.close().catch(() => {}))
+  t.teardown(() => dev.close())
   const writes = Array.from({ length: 32 }, (_, i) => dev.write(i * 65536, Buffer.alloc(65536, i + 1)).then(() => 'ok', () => 'failed'))
   await new Promise(resolve => setImmediate(resolve))
   const code = await n.stop()

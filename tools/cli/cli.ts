@@ -9,6 +9,7 @@ import * as fs from 'node:fs'
 import { parseDuration } from '../../node/core/duration'
 import { nodeBase } from '../../node/core/url'
 import { DstNode } from '../../node/daemon/node'
+import { dstVersion } from '../../node/core/version'
 import { copy, ProgressBar } from './copy'
 import { fetchFailure, fetchStatus, renderStatus } from './status'
 import { renderTree, TreeCrawler, treeJson } from './tree'
@@ -25,7 +26,7 @@ verbs:
   array    add, remove, split off or replace a mirror leg on a running node
   verify   compare a mirror's legs by digest while it runs, and repair them
 
-Run 'dst <verb> --help' for a verb's options.`
+Run 'dst <verb> --help' for a verb's options; 'dst --version' prints the version.`
 
 const HELP: Record<string, string> = {
   node: `usage: dst node --config FILE
@@ -222,6 +223,10 @@ export async function main (argv: string[]): Promise<void> {
         if (rest[0] !== undefined && HELP[rest[0]] !== undefined) { process.stdout.write(HELP[rest[0]] + '\n'); return }
         process.stdout.write(USAGE + '\n')
         if (verb === undefined) process.exitCode = 2
+        return
+      case '-V':
+      case '--version':
+        process.stdout.write(`dst ${dstVersion()}\n`)
         return
       case 'node': return await nodeVerb(rest)
       case 'export': return await exportVerb(rest)

@@ -9,6 +9,7 @@ import { MemoryDevice } from '../../../node/devices/memory-device'
 import { DIGEST_SIZE, closeDefaultHasher } from '../../../node/core/hasher'
 import { newSeed, prng, seededBytes } from '../../helpers/random'
 import { digestsOf } from '../../helpers/digests'
+import { until } from '../../helpers/wait'
 
 /** Overrides only _read: a read-only backend by construction. Counts backend calls. */
 class ReadOnlyBackend extends Device {
@@ -382,7 +383,7 @@ test('hash counts as in flight: close() waits for it', async t => {
   let closed = false
   const closing = d.close().then(() => { closed = true })
   // The read behind the hash is issued once a buffer of the hasher is free (other tests here share them).
-  for (const until = Date.now() + 5000; d.pending.length === 0 && Date.now() < until;) await new Promise(resolve => setTimeout(resolve, 5))
+  await until('the read behind the hash to be issued', () => d.pending.length > 0, 5000, 5)
   t.is(d.pending.length, 1)
   t.false(closed, 'close resolved while a hash was in flight')
   t.is(d.closed, 0)

@@ -186,14 +186,11 @@ test.serial('shared memory reaches a worker without a copy; a plain Buffer is co
   t.true(posted[1] <= 64 * KiB, `a 64 KiB Buffer posted ${posted[1]} bytes`)
 })
 
-// BUG (node/core/hasher.ts, Hasher.digest(): `buffer: shared ? data.buffer : data`): bytes that are not in shared memory are
-// posted to the worker as the Uint8Array view itself, and structured clone copies a view's WHOLE ArrayBuffer, not the
-// view's bytes. A 64 KiB view of a 256 MiB buffer copies 256 MiB per digest (measured here: ~1 ms for a 64 KiB
-// Buffer, ~800 ms for a 64 KiB view of 256 MiB). Callers hash views of their callers' buffers: export/native/client.ts
-// digestOne(slot.data) for a wire-digested WRITE and digestOne(slot.into.subarray(...)) for a READ, where the buffers
-// are whatever the caller passed (a linear or mirror array splits one request into subarrays of one big buffer), so
-// every piece copies the whole buffer. Fix: post only the view's bytes, e.g. `data.slice()` (one copy of `length`
-// bytes, which can then be transferred), or copy into one of the hasher's shared buffers.
+// Regression: Hasher.digest() (node/core/hasher.ts) once posted bytes that are not in shared memory to the worker as
+// the Uint8Array view itself, and structured clone copies a view's WHOLE ArrayBuffer, not the view's bytes: a 64 KiB
+// view of a 256 MiB buffer copied 256 MiB per digest (~800 ms, against ~1 ms for a 64 KiB Buffer). Callers hash views
+// of their callers' buffers (the native client's wire digests of WRITE and READ payloads, pieces of a linear or mirror
+// request), so every piece copied the whole buffer. It now posts a copy of the view's bytes only.
 test.serial('a plain view of a large buffer sends only its own bytes to a worker, not the whole buffer behind it', async t => {
   const h = newHasher(t)
   const data = bytes(t, 64 * KiB)

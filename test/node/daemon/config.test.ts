@@ -1,5 +1,6 @@
 // Tests for node/daemon/config.ts: a config is parsed and checked completely before anything is created; every problem is
-// one ConfigError naming the field. Also the CLI's side of it: `dst node --config` exits 2 and leaves nothing behind.
+// one ConfigError naming the field. The CLI's side of it (`dst node --config` exits 2 and leaves nothing behind) is in
+// test/e2e/config-cli.test.ts.
 
 import test from 'ava'
 import * as fs from 'node:fs'
@@ -9,7 +10,7 @@ import { DEFAULT_CONFIG, loadConfigFile, parseAddress, parseConfig, type DeviceC
 import { parseDstUrl } from '../../../node/core/url'
 import { ConfigError } from '../../../node/core/errors'
 import { allowed } from '../../../node/core/acl'
-import { runDst, tempDir } from '../../helpers/node-process'
+import { tempDir } from '../../helpers/node-process'
 
 const MiB = 1024 * 1024
 const GiB = 1024 * MiB
@@ -241,9 +242,9 @@ test('error: bad dst:// url', t => {
   configError(t, base({}, { far: { type: 'remote' } }), 'devices.far.url')
 })
 
-// Regression: node/daemon/config.ts parseDstUrl calls decodeURIComponent on the export name unguarded, so a url with a bad
-// percent escape throws URIError ("URI malformed") out of parseConfig instead of a ConfigError naming the field; the
-// CLI then exits 1 with "dst node: URI malformed". Fix: catch the URIError in parseDstUrl and return a message.
+// Regression: parseDstUrl (now node/core/url.ts) once decoded the export name unguarded, so a url with a bad percent
+// escape threw URIError ("URI malformed") out of parseConfig instead of a ConfigError naming the field, and the CLI
+// exited 1 with "dst node: URI malformed".
 test('error: a dst:// url with a malformed percent escape names devices.far.url', t => {
   configError(t, base({}, { far: { type: 'remote', url: 'dst://10.0.0.2:7001/disk%zz' } }), 'devices.far.url')
 })
@@ -347,87 +348,6 @@ test('parseDstUrl and parseAddress on their own', t => {
   t.deepEqual(parseAddress('0.0.0.0:65535', 'listen', fail), { host: '0.0.0.0', port: 65535 })
   t.deepEqual(parseAddress('[::]:0', 'listen', fail), { host: '::', port: 0 })
   t.throws(() => parseAddress('0.0.0.0:65536', 'listen', fail), { message: /^listen: port 65536 is out of range/ })
-})
-
-// ---- the CLI ------------------------------------------------------------------------------------------------------
-
-test('CLI: `dst node --config` with a bad config exits 2, prints one line naming the field, creates nothing', async t => {
-  const d = dir()
-  const file = path.join(d, 'node.json')
-  fs.writeFileSync(file, JSON.stringify({
-    name: 'bad',
-    listen: '127.0.0.1:0',
-    dataDir: './state-here',
-    devices: {
-      disk0: { type: 'file', path: './disk0.img', size: '64MiB' },
-      far: { type: 'remote', url: 'http://127.0.0.1:1/x' },
-    },
-    exports: [{ device: 'disk0' }],
-  }))
-  const r = await runDst(['node', '--config', file], { cwd: d })
-  t.is(r.code, 2, r.stderr)
-  const lines = r.stderr.split('\n').filter(l => l !== '')
-  t.is(lines.length, 1, r.stderr)
-  t.true(lines[0].includes('devices.far.url'), lines[0])
-  t.is(r.stdout.length, 0)
-  t.false(fs.existsSync(path.join(d, 'disk0.img')), 'the file device was not created')
-  t.false(fs.existsSync(path.join(d, 'state-here')), 'the dataDir was not created')
-  t.deepEqual(fs.readdirSync(d), ['node.json'], 'nothing at all was created')
-})
-
-test('CLI: a bad config with the default dataDir creates no state folder either', async t => {
-  const d = dir()
-  const file = path.join(d, 'node.json')
-  fs.writeFileSync(file, JSON.stringify({
-    listen: '127.0.0.1:0',
-    devices: { disk0: { type: 'file', path: 'disk0.img', size: '64MiB' } },
-    exports: [{ device: 'disk0', name: 'status' }],
-  }))
-  const r = await runDst(['node', '--config', file])
-  t.is(r.code, 2, r.stderr)
-  t.is(r.stderr.trimEnd().split('\n').length, 1, r.stderr)
-  t.true(r.stderr.includes('exports[0].name'), r.stderr)
-  t.deepEqual(fs.readdirSync(d), ['node.json'])
-})
-
-test('CLI: a nonexistent config file exits 2 with one line', async t => {
-  const d = dir()
-  const r = await runDst(['node', '--config', path.join(d, 'missing.json')])
-  t.is(r.code, 2, r.stderr)
-  t.is(r.stderr.trimEnd().split('\n').length, 1, r.stderr)
-  t.regex(r.stderr, /missing\.json: cannot read it/)
-  t.deepEqual(fs.readdirSync(d), [])
-})
-
-test('CLI: an unreadable config file (a folder) exits 2 with one line', async t => {
-  const d = dir()
-  const r = await runDst(['node', '--config', d])
-  t.is(r.code, 2, r.stderr)
-  t.is(r.stderr.trimEnd().split('\n').length, 1, r.stderr)
-  t.regex(r.stderr, /cannot read it/)
-  t.deepEqual(fs.readdirSync(d), [])
-})
-
-test('CLI: a config file with invalid JSON exits 2 with one line', async t => {
-  const d = dir()
-  const file = path.join(d, 'node.json')
-  fs.writeFileSync(file, '{ "listen": "127.0.0.1:0", "devices": { ')
-  const r = await runDst(['node', '--config', file])
-  t.is(r.code, 2, r.stderr)
-  t.is(r.stderr.trimEnd().split('\n').length, 1, r.stderr)
-  t.regex(r.stderr, /not valid JSON/)
-  t.deepEqual(fs.readdirSync(d), ['node.json'])
-})
-
-// Regression (same bug as the malformed percent escape above, seen from the CLI): the URIError escapes as a plain
-// error, so `dst node` exits 1 with "URI malformed" instead of 2 with a line naming devices.far.url.
-test('CLI: a dst:// url with a malformed percent escape exits 2 naming devices.far.url', async t => {
-  const d = dir()
-  const file = path.join(d, 'node.json')
-  fs.writeFileSync(file, JSON.stringify({ listen: '127.0.0.1:0', devices: { far: { type: 'remote', url: 'dst://127.0.0.1:1/%E0%A4%A' } } }))
-  const r = await runDst(['node', '--config', file])
-  t.is(r.code, 2, r.stderr)
-  t.true(r.stderr.includes('devices.far.url'), r.stderr)
 })
 
 // ---- issue 12: durations, one file per device, legs not exported, no remote device at the node itself -------------
