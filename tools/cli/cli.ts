@@ -11,7 +11,7 @@ import { nodeBase } from '../../node/core/url'
 import { DstNode } from '../../node/daemon/node'
 import { copy, ProgressBar } from './copy'
 import { fetchFailure, fetchStatus, renderStatus } from './status'
-import { renderTree, TreeCrawler, treeJson } from './tree'
+import { renderTree, TreeCrawler, treeJson } from '../../node/daemon/tree'
 
 const USAGE = `dst: a distributed storage tree
 

@@ -1,11 +1,11 @@
-// Unit tests for tools/cli/tree.ts against fake nodes (plain HTTP servers answering crafted /status documents): a
+// Unit tests for node/daemon/tree.ts against fake nodes (plain HTTP servers answering crafted /status documents): a
 // cycle between two nodes is drawn once, each node is fetched once however many devices point at it, an export that
 // does not exist is a branch error, and the crawl stops at maxNodes.
 
 import test from 'ava'
 import * as http from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { renderTree, TreeCrawler, treeJson } from '../../../tools/cli/tree'
+import { renderTree, TreeCrawler, treeJson } from '../../../node/daemon/tree'
 
 interface Fake { port: number, hits: number, close: () => void }
 
