@@ -18,7 +18,7 @@
 //   lease-taken / lease-released   export, holder, name (the writer's name), address
 //   connections        export, from, to (open client connections)
 //   connection-refused export, count (refused since the last sample), total
-//   rates              once a second: exports: { NAME: { readBytesPerSecond, writeBytesPerSecond } }
+//   rates              once a second while any export moves bytes (and once when they stop): exports: { NAME: { readBytesPerSecond, writeBytesPerSecond } }
 
 /** One event, as sent (one JSON object per line). */
 export interface NodeEvent {
@@ -97,8 +97,9 @@ export function diff (prev: Flat, next: Flat, now: number, progressAt: Map<strin
       const kind = l.state === 'failed' ? 'leg-failed' : l.state === 'foreign' ? 'leg-foreign' : (from === 'failed' || from === 'foreign') ? 'leg-returned' : 'leg-state'
       out.push({ kind, device: l.array, leg: l.leg, from, to: l.state })
     }
-    const r = l.resync
-    const wasR = was?.resync
+    // A leg's resync runs while it is resyncing (its last report may stay in its status after).
+    const r = l.state === 'resyncing' ? l.resync : undefined
+    const wasR = was?.state === 'resyncing' ? was.resync : undefined
     if (r !== undefined && wasR === undefined) {
       out.push({ kind: 'resync-start', device: l.array, leg: l.leg, doneBytes: r.doneBytes, totalBytes: r.totalBytes })
       progressAt.set(`resync\0${key}`, now)
@@ -149,6 +150,7 @@ export class EventPublisher {
   private last: Flat | null = null
   private ratesAt = 0
   private ratesBase: Flat | null = null
+  private ratesMoving = false
   private readonly progressAt = new Map<string, number>()
   private readonly interval: number
 
@@ -204,7 +206,10 @@ export class EventPublisher {
         const was = this.ratesBase.exports.get(name)
         exports[name] = { readBytesPerSecond: Math.max(0, Math.round((e.read - (was?.read ?? e.read)) / seconds)), writeBytesPerSecond: Math.max(0, Math.round((e.written - (was?.written ?? e.written)) / seconds)) }
       }
-      changes.push({ kind: 'rates', exports })
+      // Sent while something moves, and once when it stops: an idle node says nothing.
+      const moving = Object.values(exports).some(r => r.readBytesPerSecond > 0 || r.writeBytesPerSecond > 0)
+      if (moving || this.ratesMoving) changes.push({ kind: 'rates', exports })
+      this.ratesMoving = moving
       this.ratesBase = next
       this.ratesAt = now
     }
