@@ -1,7 +1,8 @@
 // The web view (GET / of a node) in a real browser: Debian's chromium driven by playwright-core loads the page of the
 // top node of a 3-level tree of real nodes and shows every node and device; a leaf killed (under writes) is shown as
 // a failed leg and an unreachable branch within seconds, without a reload; the leaf back is shown resyncing or in
-// sync. A screenshot of each state is saved under the test's temporary folder. The checks read the DOM, not pixels.
+// sync. A screenshot of each state is saved in a temporary folder of its own (dst-web-shots-*, kept after the test as
+// its artifacts; the path is logged). The checks read the DOM, not pixels. A 50-node tree is drawn and timed.
 
 import * as fs from 'node:fs'
 import * as path from 'node:path'
@@ -9,6 +10,7 @@ import { chromium, type Browser, type Page } from 'playwright-core'
 import { runDst } from '../helpers/node-process'
 import { testNeeding, TOOLS, which } from '../helpers/requires'
 import { startWatchTree } from '../helpers/watch-tree'
+import { startBigTree } from '../helpers/big-tree'
 
 const box = (node: string, device: string): string => `.device[data-node="${node}"][data-device="${device}"]`
 
@@ -67,4 +69,22 @@ testNeeding([TOOLS.chromium])('the web view shows the whole tree, a leaf failing
   await shot(page, shots, '4-in-sync', m => t.log(m))
   t.is(await page.evaluate(() => (window as unknown as { mark: number }).mark), 42, 'no reload')
   t.deepEqual(outside, [], 'nothing fetched from anywhere but the node')
+})
+
+testNeeding([TOOLS.chromium])('a tree of 50 nodes is drawn in the browser (the time it takes is logged)', async t => {
+  const { top } = await startBigTree(t)
+  const browser: Browser = await chromium.launch({ executablePath: which('chromium') as string, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] })
+  t.teardown(() => browser.close())
+  const page = await browser.newPage({ viewport: { width: 1200, height: 900 } })
+  const times: number[] = []
+  for (let i = 0; i < 3; i++) {
+    await new Promise(resolve => setTimeout(resolve, 600)) // past GET /tree's cache
+    const began = Date.now()
+    await page.goto(`http://127.0.0.1:${top.port}/`)
+    await page.waitForFunction(() => document.querySelectorAll('.node[data-node]').length >= 50, undefined, { timeout: 15000 })
+    times.push(Date.now() - began)
+  }
+  t.is(await page.locator('.device[data-type="memory"]').count(), 42, 'every leaf disk')
+  t.is(await page.locator('.node[data-node]').count(), 50, 'every node once')
+  t.log(`page load to 50 nodes drawn: ${times.join(', ')} ms`)
 })
