@@ -146,6 +146,7 @@ export interface PublisherOptions {
 /** Samples the node while it has subscribers, and hands each of them every event. */
 export class EventPublisher {
   private readonly subscribers = new Set<(e: NodeEvent) => void>()
+  private readonly closers = new Map<(e: NodeEvent) => void, () => void>()
   private timer: NodeJS.Timeout | null = null
   private last: Flat | null = null
   private ratesAt = 0
@@ -160,8 +161,11 @@ export class EventPublisher {
 
   get listeners (): number { return this.subscribers.size }
 
-  /** Calls `fn` with a snapshot now, then with every change until the returned function is called. */
-  subscribe (fn: (e: NodeEvent) => void): () => void {
+  /**
+   * Calls `fn` with a snapshot now, then with every change until the returned function is called; `onClose` when the
+   * publisher closes first (the node stops).
+   */
+  subscribe (fn: (e: NodeEvent) => void, onClose?: () => void): () => void {
     const sample = this.options.sample()
     if (this.subscribers.size === 0) {
       this.last = flatten(sample)
@@ -171,16 +175,27 @@ export class EventPublisher {
       this.timer.unref()
     }
     this.subscribers.add(fn)
+    if (onClose !== undefined) this.closers.set(fn, onClose)
     fn(this.event({ kind: 'snapshot', status: sample.status }))
     return () => {
       this.subscribers.delete(fn)
+      this.closers.delete(fn)
       if (this.subscribers.size === 0 && this.timer !== null) { clearInterval(this.timer); this.timer = null; this.last = null }
     }
   }
 
   /** Stops sampling and drops every subscriber (the node is stopping). */
   close (): void {
+    const closers = [...this.closers.values()]
     this.subscribers.clear()
+    this.closers.clear()
+    for (const c of closers) {
+      try {
+        c()
+      } catch (err) {
+        this.options.log?.(`events: closing a stream failed: ${(err as Error).message}`)
+      }
+    }
     if (this.timer !== null) { clearInterval(this.timer); this.timer = null }
   }
 

@@ -55,9 +55,11 @@ test('dst events --tree: every node\'s state, then a leaf killed and back, as li
   await w.restartLeaf(1)
   t.truthy(await out.waitFor(/ mid remote-connected device:b$/, 15000))
   t.truthy(await out.waitFor(/ mid leg-returned device:m leg:b state:failed->/, 15000))
-  t.truthy(await out.waitFor(/ mid resync-start device:m leg:b doneBytes:\d+ totalBytes:\d+$/, 20000))
-  t.truthy(await out.waitFor(/ mid leg-state device:m leg:b state:\S+->in-sync$/, 20000))
-  t.truthy(await out.waitFor(/ mid resync-finish device:m leg:b doneBytes:(\d+) totalBytes:\1 state:in-sync$/, 5000))
+  t.truthy(await out.waitFor(/ mid leg-(state|returned) device:m leg:b state:\S+->in-sync$/, 20000))
+  // The node samples every 250 ms: a resync shorter than that is seen as the leg going from failed to in-sync.
+  if (/ mid resync-start device:m leg:b doneBytes:\d+ totalBytes:\d+$/m.test(out.all())) {
+    t.truthy(await out.waitFor(/ mid resync-finish device:m leg:b doneBytes:(\d+) totalBytes:\1 state:in-sync$/, 5000))
+  }
   t.truthy(await out.waitFor(/ leaf2 exists -$/, 10000), 'the leaf followed again')
   t.log(out.all().split('\n').filter(l => !/ exists /.test(l)).join('\n'))
 })

@@ -49,7 +49,12 @@ export function addWatchRoutes (app: uws.TemplatedApp, guard: Guard, options: Wa
         res.writeHeader('content-type', 'text/event-stream').writeHeader('cache-control', 'no-cache')
         res.write(': dst events\n\n')
       })
-      unsubscribe = options.events.subscribe(e => stream.send(e))
+      // The node stopping ends every stream (a browser's EventSource then tries again by itself).
+      unsubscribe = options.events.subscribe(e => stream.send(e), () => {
+        if (stream.closed) return
+        stream.closed = true
+        res.cork(() => { res.end() })
+      })
     })
   })
 

@@ -110,3 +110,15 @@ test('a stream that pushes back writes what waits once the socket drains, in ord
   t.true((writable as unknown as (o: number) => boolean)(0))
   t.deepEqual(out.map(c => JSON.parse(c.slice(6)).n), [0, 1, 2, 3, 4])
 })
+
+test('closing the publisher (the node stops) ends every stream', t => {
+  const pub = new EventPublisher({ node: 'n', sample: () => sample({ a: { state: 'in-sync' } }), interval: 1e9 })
+  let ended = 0
+  pub.subscribe(() => {}, () => { ended++ })
+  pub.subscribe(() => {}, () => { ended++ })
+  const gone = pub.subscribe(() => {}, () => { ended += 100 })
+  gone()
+  pub.close()
+  t.is(ended, 2, 'each open stream once; one already unsubscribed is not called')
+  t.is(pub.listeners, 0)
+})
