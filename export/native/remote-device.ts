@@ -76,6 +76,8 @@ export class RemoteDevice extends Device {
   private waiters: Waiter[] = []
   generation = 0
   lastError = ''
+  /** Times the link came back after it dropped (status, dst_remote_reconnects_total). */
+  reconnects = 0
   /** Requests sent again after a reconnect (status, tests). */
   resent = 0
   /** Payloads that failed their wire digest, over every connection (each was sent or asked for again). */
@@ -223,6 +225,7 @@ export class RemoteDevice extends Device {
       generation: this.generation,
       connected: this.connected,
       resent: this.resent,
+      reconnects: this.reconnects,
       digests: this.conn?.digests ?? false,
       digestErrors: this.counters.digestErrors,
       ...(this.lastError !== '' ? { lastError: this.lastError } : {}),
@@ -381,6 +384,7 @@ export class RemoteDevice extends Device {
     this.lastError = ''
     this.unreachable = null
     if (this.giveUpTimer !== null) { clearTimeout(this.giveUpTimer); this.giveUpTimer = null }
+    this.reconnects++
     this.options.log?.('reconnected')
     this.watch(conn)
     this.release(null, conn)

@@ -2,7 +2,7 @@
 // endpoints (POST /arrays/...) and the state a node keeps in its dataDir.
 
 export const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
-export const RESERVED_EXPORT_NAMES = ['status', 'metrics']
+export const RESERVED_EXPORT_NAMES = ['status', 'metrics', 'events', 'tree', 'web']
 
 /** Why `value` is not a device or node name, or null when it is one. */
 export function nameProblem (value: unknown): string | null {

@@ -32,6 +32,8 @@ export interface ListenerOptions {
   nodeId?: string
   /** The node's hash workers: sessions compute and check wire digests on them. */
   hasher: Hasher
+  /** More HTTP routes (the watching pages: node/daemon/web/routes.ts), each handler run inside `guard`. */
+  routes?: (app: uws.TemplatedApp, guard: (res: uws.HttpResponse, what: string, fn: () => void) => void) => void
 }
 
 export class Listener {
@@ -128,6 +130,7 @@ export class Listener {
       this.guard(res, 'GET /metrics', () => this.report(res, 'text/plain; version=0.0.4', () => this.options.metrics()))
     })
     this.app.post('/arrays/:name/:action', (res, req) => { this.guard(res, 'POST /arrays', () => this.admin(res, req)) })
+    options.routes?.(this.app, (res, what, fn) => this.guard(res, what, fn))
     this.app.any('/*', res => {
       this.guard(res, 'a request', () => {
         res.writeStatus('404 Not Found').end('not found: try GET /status, GET /metrics, POST /arrays/NAME/ACTION, or a WebSocket upgrade at /EXPORT\n')

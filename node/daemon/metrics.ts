@@ -29,6 +29,36 @@ export interface ArrayCounters {
 export interface DeviceGauge { name: string, type: string, state: string }
 
 const LEG_STATES = ['in-sync', 'stale', 'resyncing', 'failed', 'foreign']
+const DEVICE_STATES = ['opening', 'online', 'degraded', 'connecting', 'foreign', 'failed', 'closing', 'closed']
+
+interface StatusDevice { type?: string, state?: string, connected?: boolean, reconnects?: number, dirtyBytes?: number, resync?: { doneBytes: number, totalBytes: number }, members?: Array<StatusDevice & { name: string }> }
+
+/**
+ * State for alerting, read from the node's /status document (so it follows whatever the devices report, and knows
+ * nothing of their insides): mirror legs by state, dirty and resync bytes per leg, remote links, write leases.
+ */
+export function renderStateMetrics (node: string, status: { devices: Record<string, StatusDevice>, exports: Array<{ name: string, shared?: boolean, lease?: { holder: string | null } }> }): string {
+  const lines: string[] = []
+  const family = (name: string, type: string, help: string, rows: Array<[string, number]>): void => {
+    lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`)
+    for (const [labels, value] of rows) lines.push(`${name}{${labels}} ${value}`)
+  }
+  const n = `node="${esc(node)}"`
+  const legs: Array<{ array: string, leg: StatusDevice & { name: string } }> = []
+  for (const [name, d] of Object.entries(status.devices)) if (d.type === 'mirror') for (const leg of d.members ?? []) legs.push({ array: name, leg })
+  const leg = (a: { array: string, leg: { name: string } }): string => `${n},array="${esc(a.array)}",leg="${esc(a.leg.name)}"`
+  family('dst_leg_state', 'gauge', 'Each leg of each mirror and each state it may be in: 1 for its state now, 0 for the others.',
+    legs.flatMap(a => LEG_STATES.map((st): [string, number] => [`${leg(a)},state="${st}"`, a.leg.state === st ? 1 : 0])))
+  family('dst_leg_dirty_bytes', 'gauge', 'Bytes of a leg that differ from the mirror (written while it was away), to copy by a resync.', legs.map(a => [leg(a), a.leg.dirtyBytes ?? 0]))
+  family('dst_resync_done_bytes', 'gauge', 'Bytes the running resync of a leg has done (0 when none runs).', legs.map(a => [leg(a), a.leg.resync?.doneBytes ?? 0]))
+  family('dst_resync_total_bytes', 'gauge', 'Bytes the running resync of a leg has to do (0 when none runs).', legs.map(a => [leg(a), a.leg.resync?.totalBytes ?? 0]))
+  const remotes = Object.entries(status.devices).filter(([, d]) => d.type === 'remote')
+  family('dst_remote_connected', 'gauge', 'A remote device has a live link to its peer (1) or not (0).', remotes.map(([name, d]) => [`${n},device="${esc(name)}"`, d.connected === true ? 1 : 0]))
+  family('dst_remote_reconnects_total', 'counter', 'Times the link of a remote device came back after it dropped.', remotes.map(([name, d]) => [`${n},device="${esc(name)}"`, d.reconnects ?? 0]))
+  family('dst_lease_held', 'gauge', 'A writer holds the write lease of an export (1) or not (0); shared exports have no lease.',
+    status.exports.filter(e => e.shared !== true).map(e => [`${n},export="${esc(e.name)}"`, e.lease?.holder != null ? 1 : 0]))
+  return lines.join('\n') + '\n'
+}
 
 export function renderMetrics (node: string, exports: ReadonlyArray<{ name: string, metrics: ExportMetrics }>, pool: PoolGauges,
   arrays: ArrayCounters[] = [], hash?: HasherStats, devices: DeviceGauge[] = []): string {
@@ -74,8 +104,9 @@ export function renderMetrics (node: string, exports: ReadonlyArray<{ name: stri
   family('dst_verify_running', 'gauge', 'An online verify is running (1) or not (0).', arr(a => a.verifyRunning))
   family('dst_mirror_legs', 'gauge', 'Legs of a mirror by state (foreign: another disk answers where the leg was; it is never written).',
     arrays.flatMap(a => LEG_STATES.map((st): [string, number] => [`${n},array="${esc(a.name)}",state="${st}"`, a.legs[st] ?? 0])))
-  family('dst_device_state', 'gauge', 'Each device of the node, labelled with its state now (always 1).',
-    devices.map(d => [`${n},device="${esc(d.name)}",type="${esc(d.type)}",state="${esc(d.state)}"`, 1]))
+  family('dst_device_state', 'gauge', 'Each device of the node and each state it may be in: 1 for its state now, 0 for the others (like node_md_state).',
+    devices.flatMap(d => (DEVICE_STATES.includes(d.state) ? DEVICE_STATES : [...DEVICE_STATES, d.state])
+      .map((st): [string, number] => [`${n},device="${esc(d.name)}",type="${esc(d.type)}",state="${esc(st)}"`, st === d.state ? 1 : 0])))
   if (hash !== undefined) {
     family('dst_hash_tasks_total', 'counter', 'Digest tasks run, by where (worker thread, or inline on the loop for a few KiB).',
       [[`${n},where="worker"`, hash.tasks], [`${n},where="inline"`, hash.inline]])

@@ -5,7 +5,7 @@ import * as fs from 'node:fs'
 import { BufferPool } from '../core/pool'
 import { DeviceRegistry } from './registry'
 import { Listener } from './listener'
-import { renderMetrics, type ArrayCounters, type DeviceGauge } from './metrics'
+import { renderMetrics, renderStateMetrics, type ArrayCounters, type DeviceGauge } from './metrics'
 import type { NodeConfig } from './config'
 import { ExportMetrics, type ServedExport } from '../../export/served'
 import { REPLY_HEADER_SIZE } from '../../export/native/codec'
@@ -32,6 +32,8 @@ import { watchGc } from '../core/gc'
 import { RemoteMemory } from './remotes'
 import { Hasher, HASH_ALGORITHM } from '../core/hasher'
 import * as path from 'node:path'
+import { EventPublisher, type Sample } from './events'
+import { addWatchRoutes } from './web/routes'
 
 /** Reads, increments and durably stores the start counter in dataDir/generation. */
 async function nextGeneration (dataDir: string): Promise<number> {
@@ -99,6 +101,7 @@ export class DstNode {
     this.pool = new BufferPool({ count: config.pool.count, size: config.pool.size, headroom: HEADROOM, commit: true })
     this.hasher = new Hasher({ threads: config.hash.threads })
     this.remoteOpenTimeout = options.remoteOpenTimeout ?? 30000
+    this.events = new EventPublisher({ node: config.name, sample: () => this.sample(), log: this.log })
   }
 
   private readonly remoteOpenTimeout: number
@@ -161,12 +164,13 @@ export class DstNode {
       limits: { maxRequest: c.pool.size, maxInFlight: c.maxInFlight, pingInterval: c.pingInterval, stallTimeout: STALL_TIMEOUT },
       exports: this.exports,
       status: () => this.status(),
-      metrics: () => renderMetrics(c.name, [...this.exports.values()], { count: this.pool.count, size: this.pool.size, available: this.pool.available, waits: this.pool.waits }, this.arrayCounters(), this.hasher.stats, this.deviceGauges()),
+      metrics: () => renderMetrics(c.name, [...this.exports.values()], { count: this.pool.count, size: this.pool.size, available: this.pool.available, waits: this.pool.waits }, this.arrayCounters(), this.hasher.stats, this.deviceGauges()) + renderStateMetrics(c.name, this.status() as Parameters<typeof renderStateMetrics>[1]),
       log: this.log,
       admin: c.admin,
       onAdmin: (array, action, body) => this.changeArray(array, action, body),
       nodeId: c.nodeId,
       hasher: this.hasher,
+      routes: (app, guard) => addWatchRoutes(app, guard, { events: this.events, base: () => this.httpBase(), log: this.log }),
     })
     try {
       await this.listener.listen()
@@ -183,6 +187,21 @@ export class DstNode {
       await this.registry.close()
       throw err
     }
+  }
+
+  /** State changes, sampled from status() while someone listens (GET /events). */
+  readonly events: EventPublisher
+
+  private sample (): Sample {
+    const counters = [...this.exports.values()].map(e => ({ name: e.name, refused: e.metrics.refused, bytesRead: e.metrics.bytesRead, bytesWritten: e.metrics.bytesWritten }))
+    return { status: this.status() as Sample['status'], counters }
+  }
+
+  /** Where this node answers HTTP, as a client on this machine reaches it (a wildcard listen address is loopback). */
+  private httpBase (): string {
+    const h = this.config.listen.host
+    const host = h === '0.0.0.0' || h === '' ? '127.0.0.1' : h === '::' ? '::1' : h
+    return `http://${host.includes(':') ? `[${host}]` : host}:${this.port}`
   }
 
   /** The port actually bound (useful when the config asked for port 0). */
@@ -238,6 +257,7 @@ export class DstNode {
   stop (): Promise<void> {
     if (this.stopped === null) {
       this.stopped = (async () => {
+        this.events.close()
         await Promise.all([this.listener?.stop(), this.nbd?.stop()])
         await this.registry.flushAll()
         this.listener?.closeAll()

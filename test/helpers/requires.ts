@@ -21,6 +21,7 @@ export const TOOLS = {
   qemuImg: { command: 'qemu-img', install: 'apt-get install qemu-utils' },
   qemuIo: { command: 'qemu-io', install: 'apt-get install qemu-utils' },
   fio: { command: 'fio', install: 'apt-get install fio' },
+  chromium: { command: 'chromium', install: 'apt-get install chromium' },
 } satisfies Record<string, Tool>
 
 /** The full path of a command, or null. */

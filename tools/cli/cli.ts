@@ -12,7 +12,8 @@ import { DstNode } from '../../node/daemon/node'
 import { dstVersion } from '../../node/core/version'
 import { copy, ProgressBar } from './copy'
 import { fetchFailure, fetchStatus, renderStatus } from './status'
-import { renderTree, TreeCrawler, treeJson } from './tree'
+import { renderTree, TreeCrawler, treeJson } from '../../node/daemon/tree'
+import { follow, treeNodes } from './events'
 
 const USAGE = `dst: a distributed storage tree
 
@@ -25,10 +26,23 @@ verbs:
   status   show a node's devices and exports
   array    add, remove, split off or replace a mirror leg on a running node
   verify   compare a mirror's legs by digest while it runs, and repair them
+  events   print a node's state changes as they happen (or the whole tree's)
 
 Run 'dst <verb> --help' for a verb's options; 'dst --version' prints the version.`
 
 const HELP: Record<string, string> = {
+  events: `usage: dst events [http://HOST:PORT] [--tree] [--json]
+
+Prints a node's state changes as they happen (GET /events), one line each:
+TIME NODE KIND key:value..., e.g.
+  2026-12-02T14:54:07.055Z mid leg-failed device:m leg:a state:in-sync->failed
+It starts with the node's state now ('exists' lines, then 'exists -'). A node
+whose stream ends is reported ('unreachable') and tried again each second
+(30 times in a row at most). Runs until interrupted.
+
+  --tree   follow every node of the tree from this one down (dst status --tree)
+  --json   print each event as the node sends it: one JSON object a line
+  --help   this text`,
   node: `usage: dst node --config FILE
        dst node --default
        dst node --check --config FILE
@@ -234,9 +248,10 @@ export async function main (argv: string[]): Promise<void> {
       case 'status': return await statusVerb(rest)
       case 'array': return await arrayVerb(rest)
       case 'verify': return await verifyVerb(rest)
+      case 'events': return await eventsVerb(rest)
       default:
       {
-        const near = nearest(verb, ['node', 'export', 'copy', 'status', 'array', 'verify'])
+        const near = nearest(verb, ['node', 'export', 'copy', 'status', 'array', 'verify', 'events'])
         throw new UsageError(`unknown verb '${verb}'${near !== null ? ` (did you mean '${near}'?)` : ''}; see 'dst --help'`)
       }
     }
@@ -408,6 +423,15 @@ async function statusVerb (argv: string[]): Promise<void> {
   if (values.timeout !== undefined) throw new UsageError('--timeout is for --tree (how long to wait for each node)')
   const status = await fetchStatus(base)
   process.stdout.write(values.json === true ? JSON.stringify(status, null, 2) + '\n' : renderStatus(status) + '\n')
+}
+
+async function eventsVerb (argv: string[]): Promise<void> {
+  const { values, positionals } = parse('events', argv, { json: { type: 'boolean' }, tree: { type: 'boolean' } })
+  if (positionals.length > 1) throw new UsageError(`unexpected argument '${positionals[1]}'`)
+  const base = httpBase(positionals[0] ?? DEFAULT_CONFIG.listen).replace(/\/+$/, '')
+  const out = (line: string): void => { process.stdout.write(line + '\n') }
+  const nodes = values.tree === true ? await treeNodes(base) : [base]
+  await Promise.all(nodes.map(b => follow(b, { json: values.json === true, out })))
 }
 
 async function arrayVerb (argv: string[]): Promise<void> {

@@ -2,6 +2,7 @@
 
 import { formatSize } from '../../node/core/size'
 import { DstError, ErrorCode } from '../../node/core/errors'
+import { fetchFailure } from '../../node/daemon/tree'
 
 interface DeviceView {
   type: string
@@ -30,11 +31,7 @@ export async function fetchStatus (base: string): Promise<StatusView> {
   return await res.json() as StatusView
 }
 
-/** Why a fetch() failed, in words: undici's own message is only "fetch failed"; the cause says what happened. */
-export function fetchFailure (err: unknown): string {
-  const cause = (err as { cause?: { code?: string, message?: string } }).cause
-  return cause?.code ?? cause?.message ?? (err as Error).message
-}
+export { fetchFailure }
 
 export function renderStatus (s: StatusView): string {
   const lines = [`node ${s.name}${s.listen !== undefined ? ` (${s.listen})` : ''}`]

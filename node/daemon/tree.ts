@@ -1,12 +1,11 @@
-// `dst status --tree`: the whole tree across nodes. Starting from one node's /status, every remote device is followed
+// The whole tree across nodes (`dst status --tree`, and GET /tree for the web view) across nodes. Starting from one node's /status, every remote device is followed
 // to the node that serves it (the HTTP /status on the same port as its dst:// URL), and that node's exported device
 // is drawn beneath the remote device, down to the leaves. A branch that cannot be reached is drawn as such and the
 // rest is still drawn; a node export already drawn is not drawn again (cycles, and two paths to one export). Every
 // fetch has a timeout, nodes are fetched once each, and the crawl stops after `maxNodes` nodes.
 
-import { formatSize } from '../../node/core/size'
-import { parseDstUrl } from '../../node/core/url'
-import { fetchFailure } from './status'
+import { formatSize } from '../core/size'
+import { parseDstUrl } from '../core/url'
 
 interface DeviceView {
   type: string
@@ -134,6 +133,12 @@ async function fetchJson (url: string, timeout: number): Promise<StatusView | st
     if (e instanceof SyntaxError) return 'not a dst node\'s /status (not JSON)'
     return fetchFailure(err)
   }
+}
+
+/** Why a fetch() failed, in words: undici's own message is only "fetch failed"; the cause says what happened. */
+export function fetchFailure (err: unknown): string {
+  const cause = (err as { cause?: { code?: string, message?: string } }).cause
+  return cause?.code ?? cause?.message ?? (err as Error).message
 }
 
 function line (d: TreeDevice): string {

@@ -1,11 +1,11 @@
-// Unit tests for tools/cli/tree.ts against fake nodes (plain HTTP servers answering crafted /status documents): a
+// Unit tests for node/daemon/tree.ts against fake nodes (plain HTTP servers answering crafted /status documents): a
 // cycle between two nodes is drawn once, each node is fetched once however many devices point at it, an export that
 // does not exist is a branch error, and the crawl stops at maxNodes.
 
 import test from 'ava'
 import * as http from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { renderTree, TreeCrawler, treeJson } from '../../../tools/cli/tree'
+import { renderTree, TreeCrawler, treeJson } from '../../../node/daemon/tree'
 
 interface Fake { port: number, hits: number, close: () => void }
 
@@ -70,4 +70,20 @@ test('the crawl stops after maxNodes nodes and says so', async t => {
   t.regex(text, /node n2/)
   t.notRegex(text, /node n3/)
   t.regex(text, /not fetched: the tree has more than 3 nodes/)
+})
+
+test('a node that answers slowly is drawn when within the timeout, and is a branch error past it', async t => {
+  const slowBody = (port: number): unknown => ({ name: 'slow', listen: `127.0.0.1:${port}`, devices: { d: { type: 'memory', size: 1048576, state: 'online' } }, exports: [{ name: 'd', device: 'd' }] })
+  let slowPort = 0
+  const server = http.createServer((_req, res) => { setTimeout(() => { res.setHeader('content-type', 'application/json'); res.end(JSON.stringify(slowBody(slowPort))) }, 700) })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  slowPort = (server.address() as AddressInfo).port
+  const top = await fake(port => ({ name: 'top', listen: `127.0.0.1:${port}`, devices: { far: remote(slowPort, 'd') }, exports: [] }))
+  t.teardown(() => { top.close(); server.closeAllConnections(); server.close() })
+  const patient = renderTree(await new TreeCrawler({ timeout: 3000 }).crawl(`http://127.0.0.1:${top.port}`))
+  t.regex(patient, /node slow \(127\.0\.0\.1:\d+\) export d/)
+  const began = Date.now()
+  const hasty = renderTree(await new TreeCrawler({ timeout: 200 }).crawl(`http://127.0.0.1:${top.port}`))
+  t.regex(hasty, /export d: unreachable: no answer within 200 ms/)
+  t.true(Date.now() - began < 650, 'the crawl does not wait for the slow node')
 })
