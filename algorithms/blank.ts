@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto'
 import type { Device } from '../node/core/device'
 import { DIGEST_SIZE, HASH_ALGORITHM, MAX_HASH_CHUNK } from '../node/core/hasher'
 import { Errno, ErrorCode, type DstError } from '../node/core/errors'
+import { realClock, type Clock } from '../node/core/clock'
 
 /** Bytes digested per request: large enough to keep the workers busy, small enough to stop soon after data. */
 const STEP = 64 * 1024 * 1024
@@ -25,11 +26,11 @@ function zeroDigest (length: number): Buffer {
 }
 
 /** The offset of the first chunk of `device[0, length)` that is not all zeros, or -1 when every byte is zero. */
-export async function firstData (device: Device, length: number): Promise<number> {
+export async function firstData (device: Device, length: number, clock: Clock = realClock): Promise<number> {
   const chunk = MAX_HASH_CHUNK
   for (let at = 0; at < length; at += STEP) {
     const n = Math.min(STEP, length - at)
-    const digests = await hashPatiently(device, at, n, chunk)
+    const digests = await hashPatiently(device, at, n, chunk, clock)
     for (let c = 0; c * chunk < n; c++) {
       const zero = zeroDigest(Math.min(chunk, n - c * chunk))
       if (zero.compare(digests, c * DIGEST_SIZE, (c + 1) * DIGEST_SIZE) !== 0) return at + c * chunk
@@ -38,7 +39,7 @@ export async function firstData (device: Device, length: number): Promise<number
   return -1
 }
 
-async function hashPatiently (device: Device, at: number, n: number, chunk: number): Promise<Buffer> {
+async function hashPatiently (device: Device, at: number, n: number, chunk: number, clock: Clock): Promise<Buffer> {
   for (let attempt = 0; ; attempt++) {
     try {
       return await device.hash(at, n, chunk)
@@ -46,7 +47,7 @@ async function hashPatiently (device: Device, at: number, n: number, chunk: numb
       const e = err as DstError
       const busy = e?.code === ErrorCode.HASH_BUSY || e?.errno === Errno.EAGAIN
       if (!busy || attempt >= BUSY_RETRIES) throw err
-      await new Promise(resolve => setTimeout(resolve, Math.min(1000, 10 * 2 ** attempt)))
+      await clock.sleep(Math.min(1000, 10 * 2 ** attempt))
     }
   }
 }

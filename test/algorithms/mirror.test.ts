@@ -18,6 +18,7 @@ import { FileIntentStore, MemoryIntentStore, type IntentState, type IntentStore 
 import type { Member } from '../../algorithms/linear'
 import { Device } from '../../node/core/device'
 import { MemoryDevice } from '../../node/devices/memory-device'
+import { ManualClock } from '../helpers/clock'
 import { FaultDevice } from '../../node/devices/fault-device'
 import { DstError, Errno } from '../../node/core/errors'
 import { closeDefaultHasher } from '../../node/core/hasher'
@@ -977,14 +978,20 @@ test('any leg may fail, the last in-sync one too, and the node may crash: refuse
 
 test('resyncRate bounds how fast a resync copies', async t => {
   const { faults, members } = rig([64 * KiB, 64 * KiB])
-  const m = await openSynced(t, members, { resyncRate: 64 * KiB })
+  const clock = new ManualClock()
+  const m = await openSynced(t, members, { resyncRate: 64 * KiB, clock })
   faults[1].failing = true
   await m.write(0, pattern(32 * KiB, 5)) // 8 regions dirty for leg b
   t.is(legState(m, 'b'), 'failed')
-  const began = Date.now()
+  const began = clock.now()
   faults[1].failing = false
-  t.true(await waitFor(() => allInSync(m), 5000), 'resynced')
-  const took = Date.now() - began
+  // Time moves only here, 10 ms at a time (probes, pacing), with a real moment between steps for the hash workers.
+  for (let step = 0; step < 500 && !allInSync(m); step++) {
+    await clock.advance(10)
+    await sleep(1)
+  }
+  t.true(allInSync(m), 'resynced')
+  const took = clock.now() - began
   // 32 KiB at 64 KiB/s is half a second; the probe adds a little.
   t.true(took >= 400, `a rate-limited resync of 32 KiB at 64 KiB/s took ${took} ms`)
 })
@@ -996,9 +1003,21 @@ test('a full sync interrupted by a restart resumes where it stopped', async t =>
   const b = new FaultDevice(new MemoryDevice({ size }))
   const store = new MemoryIntentStore()
   // A new array: leg b gets a full sync, slowed so that it is stopped part-way by a clean close (a restart).
-  const first = await MirrorDevice.open({ name: 'm', legs: [{ name: 'a', device: a }, { name: 'b', device: b }], region: REGION, store, clearDelay: 10, probeInterval: 10, resyncRate: 32 * KiB })
-  await sleep(700)
-  await first.close()
+  const clock = new ManualClock()
+  const first = await MirrorDevice.open({ name: 'm', legs: [{ name: 'a', device: a }, { name: 'b', device: b }], region: REGION, store, clearDelay: 10, probeInterval: 10, resyncRate: 32 * KiB, clock })
+  // 700 ms of the array's clock, 10 ms at a time, with a real moment between steps for the copies.
+  for (let step = 0; step < 70; step++) {
+    await clock.advance(10)
+    await sleep(1)
+  }
+  // The resync stops at its next region; its pacing sleep is on the array's clock, so time goes on while it closes.
+  let closed = false
+  const closing = first.close().then(() => { closed = true })
+  for (let step = 0; step < 1000 && !closed; step++) {
+    await clock.advance(10)
+    await sleep(1)
+  }
+  await closing
   const remaining = regionsWithBits(store.saved!, REGION)
   t.true(remaining > 0 && remaining < size / REGION, `the sync stopped part-way: ${remaining} of ${size / REGION} regions left`)
   const writesBefore = b.counts.writeBytes
