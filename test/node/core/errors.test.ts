@@ -12,11 +12,6 @@ import {
 
 const ROOT = path.join(__dirname, '..', '..', '..')
 
-/**
- * Files still being rewritten by another branch (the mirror into algorithms/redundant/): their literals are converted
- * when that branch is merged, and then this list is emptied.
- */
-
 const errnoNames = Object.keys(Errno).filter(n => n !== 'OK') as ErrnoName[]
 
 test('every code has an errno dst sends, its native number and its NBD number', t => {
