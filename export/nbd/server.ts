@@ -806,7 +806,7 @@ class NbdSession {
 
 /**
  * The accepted connection rewrapped as a socket whose reads land in buffers we choose (`onread`), so that receiving
- * allocates nothing and large payloads can be read straight into pool buffers. Node offers `onread` only to sockets it
+ * allocates no buffer and large payloads can be read straight into pool buffers. Node offers `onread` only to sockets it
  * creates for connect() or with a handle, not to those net.Server accepts; so the accepted socket (paused at accept,
  * nothing read yet) gives its handle to a new Socket, as Node's own accept path does (`new Socket({ handle })`), and
  * is destroyed without it (the server's connection count stays right). Where that private handle is not there, the
