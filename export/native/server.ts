@@ -1,13 +1,16 @@
 // The server side of the native protocol: one ExportSession per client connection. It validates every request once
-// at the edge (opcode, range, size, read-only), moves payloads through the node's buffer pool, and answers each
-// request by tag as soon as its device call completes, in whatever order that is.
+// at the edge (export/requests.ts: opcode, range, size, read-only), moves payloads through the node's buffer pool,
+// and answers each request by tag as soon as its device call completes, in whatever order that is. A request in
+// flight is a NativeRequest record, one per request up to maxInFlight, made once per connection and reused, whose
+// completions are bound methods: a READ or WRITE costs no request object and no closure of ours (what it still
+// allocates: README, "Performance", "Allocations").
 
-import type { Device } from '../../node/core/device'
 import { Errno, toErrno } from '../../node/core/errors'
 import type { BufferPool, PoolBuffer } from '../../node/core/pool'
-import { PoolShare } from '../../node/core/pool-share'
+import { PoolShare, type BufferWaiter } from '../../node/core/pool-share'
 import type { ServedExport } from '../served'
-import { defaultHasher, DIGEST_SIZE, HASH_ALGORITHM, isHashChunk, type Hasher } from '../../node/core/hasher'
+import { checkRequest, NATIVE_ANSWERS, RequestKind, type RequestRules } from '../requests'
+import { defaultHasher, DIGEST_SIZE, HASH_ALGORITHM, type Hasher } from '../../node/core/hasher'
 import { FrameDecoder, HandshakeFlag, Op, opNames, PROTOCOL_VERSION, REPLY_HEADER_SIZE, digestFrames, encodeHandshake, requestFrames, writeCarriesDigest, writeReplyHeader, type RequestHeader } from './codec'
 import { ProtocolError } from '../../node/core/errors'
 
@@ -55,9 +58,129 @@ const HEADER_BATCH = 64
 
 export const CloseCode = { NORMAL: 1000, GOING_AWAY: 1001, PROTOCOL: 1002, BAD_DATA: 1007, POLICY: 1008, INTERNAL: 1011 } as const
 
+/** The validator's kind of each native opcode (export/requests.ts). */
+function kindOf (op: number): number {
+  switch (op) {
+    case Op.READ: return RequestKind.READ
+    case Op.WRITE: return RequestKind.WRITE
+    case Op.TRIM: return RequestKind.TRIM
+    case Op.FLUSH: return RequestKind.FLUSH
+    case Op.PING: return RequestKind.PING
+    case Op.HASH: return RequestKind.HASH
+    default: return RequestKind.UNKNOWN
+  }
+}
+
+/**
+ * One request in flight on a connection: its header fields, its pool buffer, and its completions as methods bound
+ * once, when the record is made. The session keeps up to maxInFlight of them and reuses them (a request is refused
+ * EAGAIN before it would need one more).
+ */
+class NativeRequest implements BufferWaiter {
+  op = 0
+  tagLo = 0
+  tagHi = 0
+  offset = 0
+  length = 0
+  aux = 0
+  opName = 'other'
+  slot: PoolBuffer | null = null
+  /** A WRITE's wire digest, copied out of the frame (this record's own buffer, made the first time it is needed). */
+  private expected: Buffer | null = null
+
+  constructor (private readonly s: ExportSession) {}
+
+  load (h: RequestHeader, opName: string): void {
+    this.op = h.op
+    this.tagLo = h.tagLo
+    this.tagHi = h.tagHi
+    this.offset = h.offset
+    this.length = h.length
+    this.aux = h.aux
+    this.opName = opName
+  }
+
+  /** A READ: a free buffer is taken at once (no promise turn); otherwise it waits for one in FIFO order. */
+  read (): void {
+    const slot = this.s.share.acquireFor(this)
+    if (slot !== null) this.gotBuffer(slot)
+  }
+
+  gotBuffer (slot: PoolBuffer): void {
+    this.slot = slot
+    this.s.exp.device.read(this.offset, this.length, slot.data).then(this.onRead, this.onFailed)
+  }
+
+  noBuffer (err: Error): void { this.fail(toErrno(err)) }
+
+  private readonly onRead = (): void => {
+    const exp = this.s.exp
+    exp.metrics.bytesRead += this.length
+    if (exp.digest !== true) { this.s.finish(this, 0, this.length, null); return }
+    this.s.hasher.digestOne((this.slot as PoolBuffer).data.subarray(0, this.length)).then(this.onReadDigest, this.onFailed)
+  }
+
+  private readonly onReadDigest = (digest: Buffer): void => { this.s.finish(this, 0, this.length, digest) }
+
+  write (slot: PoolBuffer): void {
+    this.slot = slot
+    this.s.exp.device.write(this.offset, slot.data.subarray(0, this.length)).then(this.onWritten, this.onFailed)
+  }
+
+  /** A WRITE with a wire digest: written only if the payload matches it; a mismatch is EBADMSG and a counter. */
+  checkedWrite (slot: PoolBuffer, trailer: Buffer): void {
+    this.slot = slot
+    if (this.expected === null) this.expected = Buffer.alloc(DIGEST_SIZE)
+    trailer.copy(this.expected, 0, 0, DIGEST_SIZE)
+    this.s.hasher.digestOne(slot.data.subarray(0, this.length)).then(this.onWriteDigest, this.onFailed)
+  }
+
+  private readonly onWriteDigest = (actual: Buffer): void => {
+    if (actual.equals(this.expected as Buffer)) { this.write(this.slot as PoolBuffer); return }
+    this.s.exp.metrics.digestErrors++
+    this.fail(Errno.EBADMSG)
+  }
+
+  private readonly onWritten = (): void => {
+    this.s.exp.metrics.bytesWritten += this.length
+    this.releaseSlot()
+    this.s.finish(this, 0, 0, null)
+  }
+
+  /** FLUSH and TRIM: answered when the device's promise settles. */
+  settle (p: Promise<void>): void { p.then(this.onDone, this.onFailed) }
+
+  private readonly onDone = (): void => { this.s.finish(this, 0, 0, null) }
+
+  hash (): void {
+    this.s.exp.device.hash(this.offset, this.length, this.aux).then(this.onHashed, this.onHashFailed)
+  }
+
+  private readonly onHashed = (digests: Buffer): void => {
+    this.s.exp.metrics.bytesHashed += this.length
+    this.s.finishHash(this, 0, digests)
+  }
+
+  private readonly onHashFailed = (err: unknown): void => { this.s.finishHash(this, toErrno(err), null) }
+
+  private readonly onFailed = (err: unknown): void => { this.fail(toErrno(err)) }
+
+  private fail (errno: number): void {
+    this.releaseSlot()
+    this.s.finish(this, errno, 0, null)
+  }
+
+  private releaseSlot (): void {
+    if (this.slot !== null) { this.s.share.release(this.slot); this.slot = null }
+  }
+}
+
 export class ExportSession {
   private readonly decoder: FrameDecoder<RequestHeader>
   private inFlight = 0
+  /** Records of requests not in flight, for reuse; at most maxInFlight records are ever made. */
+  private readonly freeRecords: NativeRequest[] = []
+  private readonly rules: RequestRules
   private closed = false
   private draining: (() => void) | null = null
   /** The pool slot (or the reason there is none) for the WRITE whose payload the decoder is reading. */
@@ -83,24 +206,25 @@ export class ExportSession {
   private handed = 0
   private stallMark = 0
   /** This connection's share of the pool: every buffer it takes and gives back goes through it. */
-  private readonly share: PoolShare
+  readonly share: PoolShare
   /** Told when the connection is closed for the client's behaviour (not reading, sending past its bounds). */
   onPolicyClose: ((reason: string) => void) | null = null
   /** Set by the node when it stops: new requests get ESHUTDOWN, running ones finish. */
   stopping = false
 
   constructor (
-    private readonly exp: ServedExport,
+    readonly exp: ServedExport,
     private readonly pool: BufferPool,
     private readonly limits: SessionLimits,
     private readonly transport: SessionTransport,
     private readonly access: SessionAccess = { readOnly: false, owner: null, token: 0 },
     /** Where wire digests are computed and checked. */
-    private readonly hasher: Hasher = defaultHasher(),
+    readonly hasher: Hasher = defaultHasher(),
   ) {
     const frames = exp.digest === true ? digestFrames(requestFrames, DIGEST_SIZE, writeCarriesDigest) : requestFrames
     this.decoder = new FrameDecoder(frames, h => this.payloadTarget(h), (h, payload, trailer) => this.onRequest(h, payload, trailer))
     this.share = new PoolShare(pool)
+    this.rules = { exp, readOnly: access.readOnly, owner: access.owner, token: access.token, maxRequest: limits.maxRequest, answers: NATIVE_ANSWERS }
     this.maxQueuedBytes = limits.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES
     transport.onDrain(this.onTransportDrain)
     exp.metrics.connections++
@@ -189,28 +313,7 @@ export class ExportSession {
   }
 
   private checkRequest (h: RequestHeader): number {
-    const d = this.exp.device
-    switch (h.op) {
-      case Op.READ:
-      case Op.WRITE:
-      case Op.TRIM:
-        if (h.op !== Op.READ && (this.exp.readOnly || !d.writable || this.access.readOnly)) return Errno.EROFS
-        // Fencing: only the lease holder's current connections (or anyone, on a shared export) may change data.
-        if (h.op !== Op.READ && this.exp.shared !== true && !this.exp.lease.mayWrite(this.access.owner, this.access.token)) return Errno.EPERM
-        if (h.op === Op.TRIM && !d.canTrim) return Errno.ENOTSUP
-        if (h.op !== Op.TRIM && h.length > this.limits.maxRequest) return Errno.EOVERFLOW
-        if (h.offset + h.length > d.size || !Number.isSafeInteger(h.offset)) return Errno.EINVAL
-        return 0
-      case Op.HASH:
-        if (h.length > this.limits.maxRequest) return Errno.EOVERFLOW
-        if (h.offset + h.length > d.size || !Number.isSafeInteger(h.offset) || !isHashChunk(h.aux)) return Errno.EINVAL
-        return 0
-      case Op.FLUSH:
-      case Op.PING:
-        return h.offset === 0 && h.length === 0 ? 0 : Errno.EINVAL
-      default:
-        return Errno.ENOTSUP
-    }
+    return checkRequest(this.rules, kindOf(h.op), h.offset, h.length, h.aux)
   }
 
   private onRequest (h: RequestHeader, payload: Uint8Array | null, trailer: Buffer | null): void {
@@ -226,94 +329,42 @@ export class ExportSession {
     if (errno === 0 && this.inFlight + this.queued >= this.limits.maxInFlight) errno = Errno.EAGAIN
     if (errno !== 0) {
       if (h.op === Op.WRITE) this.releaseWriteSlot()
-      this.reply(h, opName, errno, null, 0)
+      m.errors[opName]++
+      this.reply(h.op, h.tagLo, h.tagHi, errno, null, 0, null)
       return
     }
     this.inFlight++
     m.inFlight++
+    const rec = this.freeRecords.pop() ?? new NativeRequest(this)
+    rec.load(h, opName)
     switch (h.op) {
-      case Op.READ: this.read(h); break
+      case Op.READ: rec.read(); break
       case Op.WRITE:
-        if (h.length === 0) this.finish(h, opName, 0, null, 0)
-        else if (trailer !== null) this.checkedWrite(h, this.takeWriteSlot(), Buffer.from(trailer))
-        else this.write(h, this.takeWriteSlot())
+        if (h.length === 0) this.finish(rec, 0, 0, null)
+        else if (trailer !== null) rec.checkedWrite(this.takeWriteSlot(), trailer)
+        else rec.write(this.takeWriteSlot())
         break
-      case Op.HASH: this.hash(h); break
-      case Op.FLUSH: this.settle(h, opName, this.exp.device.flush()); break
-      case Op.TRIM: this.settle(h, opName, this.exp.device.trim(h.offset, h.length)); break
-      case Op.PING: this.finish(h, opName, 0, null, 0); break
+      case Op.HASH: rec.hash(); break
+      case Op.FLUSH: rec.settle(this.exp.device.flush()); break
+      case Op.TRIM: rec.settle(this.exp.device.trim(h.offset, h.length)); break
+      case Op.PING: this.finish(rec, 0, 0, null); break
     }
   }
 
-  private read (h: RequestHeader): void {
-    // A free buffer is taken at once (no promise turn); otherwise the READ waits for one in FIFO order.
-    const free = this.share.tryAcquire()
-    if (free !== null) this.readInto(h, free)
-    else this.share.acquire().then(slot => this.readInto(h, slot), err => this.finish(h, 'read', toErrno(err), null, 0))
-  }
-
-  private readInto (h: RequestHeader, slot: PoolBuffer): void {
-    this.exp.device.read(h.offset, h.length, slot.data).then(() => {
-      this.exp.metrics.bytesRead += h.length
-      if (this.exp.digest !== true) { this.finish(h, 'read', 0, slot, h.length); return }
-      this.hasher.digestOne(slot.data.subarray(0, h.length)).then(digest => this.finish(h, 'read', 0, slot, h.length, digest), err => {
-        this.share.release(slot)
-        this.finish(h, 'read', toErrno(err), null, 0)
-      })
-    }, err => {
-      this.share.release(slot)
-      this.finish(h, 'read', toErrno(err), null, 0)
-    })
-  }
-
-  /** A WRITE with a wire digest: written only if the payload matches it; a mismatch is EBADMSG and a counter. */
-  private checkedWrite (h: RequestHeader, slot: PoolBuffer, expected: Buffer): void {
-    this.hasher.digestOne(slot.data.subarray(0, h.length)).then(actual => {
-      if (actual.equals(expected)) { this.write(h, slot); return }
-      this.exp.metrics.digestErrors++
-      this.share.release(slot)
-      this.finish(h, 'write', Errno.EBADMSG, null, 0)
-    }, err => {
-      this.share.release(slot)
-      this.finish(h, 'write', toErrno(err), null, 0)
-    })
-  }
-
-  private hash (h: RequestHeader): void {
-    this.exp.device.hash(h.offset, h.length, h.aux).then(digests => {
-      this.exp.metrics.bytesHashed += h.length
-      this.finishHash(h, 0, digests)
-    }, err => this.finishHash(h, toErrno(err), null))
-  }
-
-  private finishHash (h: RequestHeader, errno: number, digests: Buffer | null): void {
+  /** Answers a HASH. Not the hot path: its reply is a few digests, joined with the header in one small buffer. */
+  finishHash (rec: NativeRequest, errno: number, digests: Buffer | null): void {
     this.inFlight--
     this.exp.metrics.inFlight--
     if (errno !== 0) this.exp.metrics.errors.hash++
     if (!this.closed) {
-      // Not the hot path: a HASH reply is a few digests, so header and digests are joined in one small buffer, which
-      // leaves with this turn's other replies (or waits with them while the client does not read).
+      // It leaves with this turn's other replies (or waits with them while the client does not read).
       const message = Buffer.allocUnsafe(REPLY_HEADER_SIZE + (digests?.length ?? 0))
-      writeReplyHeader(message, 0, h.op, h.tagLo, h.tagHi, errno, digests?.length ?? 0)
+      writeReplyHeader(message, 0, rec.op, rec.tagLo, rec.tagHi, errno, digests?.length ?? 0)
       digests?.copy(message, REPLY_HEADER_SIZE)
       this.queue(message, null, null)
     }
+    this.freeRecords.push(rec)
     this.checkDrained()
-  }
-
-  private write (h: RequestHeader, slot: PoolBuffer): void {
-    this.exp.device.write(h.offset, slot.data.subarray(0, h.length)).then(() => {
-      this.exp.metrics.bytesWritten += h.length
-      this.share.release(slot)
-      this.finish(h, 'write', 0, null, 0)
-    }, err => {
-      this.share.release(slot)
-      this.finish(h, 'write', toErrno(err), null, 0)
-    })
-  }
-
-  private settle (h: RequestHeader, opName: string, p: Promise<void>): void {
-    p.then(() => this.finish(h, opName, 0, null, 0), err => this.finish(h, opName, toErrno(err), null, 0))
   }
 
   private takeWriteSlot (): PoolBuffer {
@@ -326,11 +377,18 @@ export class ExportSession {
     if (this.writeSlot !== null) { this.share.release(this.writeSlot); this.writeSlot = null }
   }
 
-  /** Answers a request; `slot` (a READ's data, `length` bytes) is the reply's from here on and goes back to the pool once sent. */
-  private finish (h: RequestHeader, opName: string, errno: number, slot: PoolBuffer | null, length: number, digest: Buffer | null = null): void {
+  /**
+   * Answers a request and takes its record back. The record's slot (a READ's data, `length` bytes; every other request
+   * has given its slot back) is the reply's from here on and goes back to the pool once sent.
+   */
+  finish (rec: NativeRequest, errno: number, length: number, digest: Buffer | null): void {
     this.inFlight--
     this.exp.metrics.inFlight--
-    this.reply(h, opName, errno, slot, length, digest)
+    const slot = rec.slot
+    rec.slot = null
+    if (errno !== 0) this.exp.metrics.errors[rec.opName]++
+    this.reply(rec.op, rec.tagLo, rec.tagHi, errno, slot, length, digest)
+    this.freeRecords.push(rec)
     this.checkDrained()
   }
 
@@ -343,12 +401,11 @@ export class ExportSession {
    * Queues a reply for the end of this turn. With a pool slot, the header goes in the slot's headroom so header and
    * payload leave as one view, straight from the slot; without, the header joins this turn's header-only batch.
    */
-  private reply (h: RequestHeader, opName: string, errno: number, slot: PoolBuffer | null, length: number, digest: Buffer | null = null): void {
-    if (errno !== 0) this.exp.metrics.errors[opName]++
+  private reply (op: number, tagLo: number, tagHi: number, errno: number, slot: PoolBuffer | null, length: number, digest: Buffer | null): void {
     if (this.closed) { if (slot !== null) this.share.release(slot); return }
     if (slot !== null) {
       const at = this.pool.headroom - REPLY_HEADER_SIZE
-      writeReplyHeader(slot.frame, at, h.op, h.tagLo, h.tagHi, 0, length)
+      writeReplyHeader(slot.frame, at, op, tagLo, tagHi, 0, length)
       this.queue(slot.frame.subarray(at, this.pool.headroom + length), digest, slot)
       return
     }
@@ -356,7 +413,7 @@ export class ExportSession {
       if (!this.blocked) this.flush()
       if (this.headerFill === this.headerBatch.length) this.growHeaderBatch()
     }
-    writeReplyHeader(this.headerBatch, this.headerFill, h.op, h.tagLo, h.tagHi, errno, 0)
+    writeReplyHeader(this.headerBatch, this.headerFill, op, tagLo, tagHi, errno, 0)
     this.headerFill += REPLY_HEADER_SIZE
     this.queued++
     this.overrun()
@@ -404,7 +461,7 @@ export class ExportSession {
   /** Only while the client does not read (rare): room for the header-only replies held for it, up to the outbox's bound. */
   private growHeaderBatch (): void {
     const bigger = Buffer.alloc(Math.max(this.headerBatch.length, Math.min(2 * this.headerBatch.length, REPLY_HEADER_SIZE * (2 * this.limits.maxInFlight + HEADER_BATCH))))
-    if (bigger.length === this.headerBatch.length) throw new Error(`reply batch full (${this.headerFill / REPLY_HEADER_SIZE} replies)`) // an assertion: overrun() bounds the outbox
+    if (bigger.length === this.headerBatch.length) throw new Error(`reply batch full (${this.headerFill / REPLY_HEADER_SIZE} replies)`)
     this.headerBatch.copy(bigger, 0, 0, this.headerFill)
     this.headerBatch = bigger
   }

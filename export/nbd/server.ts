@@ -2,18 +2,22 @@
 // (the kernel's nbd-client, qemu, libnbd, fio) can use any device or array. Fixed newstyle negotiation with
 // NBD_OPT_GO, INFO (NBD_INFO_EXPORT, NBD_INFO_BLOCK_SIZE), LIST, EXPORT_NAME and ABORT; simple replies, sent out of
 // order as requests complete; READ, WRITE, FLUSH, TRIM, WRITE_ZEROES and DISC with FUA. The transmission phase uses
-// the node's buffer pool and the reply-in-headroom trick: no per-request payload allocation. Socket reads land in
+// the node's buffer pool and the reply-in-headroom trick: no per-request payload allocation; each request is a
+// reused NbdRequest record (up to the connection's in-flight cap) with bound completions and its own reply header
+// buffer, so a READ or WRITE costs no request object or closure of ours. Requests are validated by the one validator
+// of both protocols (export/requests.ts) with NBD's answers. Socket reads land in
 // memory of ours (net.Socket `onread`), and the bulk of a WRITE's payload lands straight in its pool buffer (see
 // `nextReadBuffer`); when the pool is empty the socket is paused until a buffer frees (backpressure).
 // Exports keep their allow list and read-only flag; an export with a token is not offered (NBD cannot present one).
 
 import * as net from 'node:net'
 import type { BufferPool, PoolBuffer } from '../../node/core/pool'
-import { PoolShare } from '../../node/core/pool-share'
+import { PoolShare, type BufferWaiter } from '../../node/core/pool-share'
 import { allowed } from '../../node/core/acl'
 import { Errno, nbdErrno, toErrno } from '../../node/core/errors'
 import { DstError, ErrorCode, ProtocolError } from '../../node/core/errors'
 import type { ServedExport } from '../served'
+import { checkRequest, NBD_ANSWERS, RequestKind, type RequestRules } from '../requests'
 
 const NBDMAGIC = Buffer.from('NBDMAGIC', 'latin1')
 const IHAVEOPT = Buffer.from('IHAVEOPT', 'latin1')
@@ -44,19 +48,100 @@ const SHUTDOWN_GRACE = 2000
 const DEFAULT_STALL_TIMEOUT = 30000
 const EMPTY = Buffer.alloc(0)
 
-/** A request header. The 8-byte handle is kept as two numbers and echoed from them (no copy of the bytes). */
-interface NbdRequest { flags: number, type: number, handleHi: number, handleLo: number, offset: number, length: number }
+/** The validator's kind of each NBD command (export/requests.ts). */
+function kindOf (type: number): number {
+  switch (type) {
+    case Cmd.READ: return RequestKind.READ
+    case Cmd.WRITE: return RequestKind.WRITE
+    case Cmd.TRIM: return RequestKind.TRIM
+    case Cmd.WRITE_ZEROES: return RequestKind.WRITE_ZEROES
+    case Cmd.FLUSH: return RequestKind.FLUSH
+    default: return RequestKind.UNKNOWN
+  }
+}
 
-function parseRequest (buf: Buffer, at: number): NbdRequest {
-  const magic = buf.readUInt32BE(at)
-  if (magic !== REQUEST_MAGIC) throw new ProtocolError(`bad NBD request magic 0x${magic.toString(16)}`)
-  return {
-    flags: buf.readUInt16BE(at + 4),
-    type: buf.readUInt16BE(at + 6),
-    handleHi: buf.readUInt32BE(at + 8),
-    handleLo: buf.readUInt32BE(at + 12),
-    offset: buf.readUInt32BE(at + 16) * 0x100000000 + buf.readUInt32BE(at + 20),
-    length: buf.readUInt32BE(at + 24),
+/**
+ * One request of a connection, from its header until its reply is written: the header's fields (the 8-byte handle
+ * kept as two numbers and echoed from them), its pool buffer, a 16-byte buffer for a reply without one, and its
+ * completions as methods bound once, when the record is made. A connection reuses its records; it reads no further
+ * header while maxInFlight requests are in flight or unwritten, so it never makes more than maxInFlight + 1.
+ */
+class NbdRequest implements BufferWaiter {
+  flags = 0
+  type = 0
+  handleHi = 0
+  handleLo = 0
+  offset = 0
+  length = 0
+  op = 'other'
+  /** A READ's data, or the buffer a WRITE came in: the reply's header goes in its headroom. */
+  slot: PoolBuffer | null = null
+  /** The header of a reply without a slot (written once the record is free again, after its write completed). */
+  readonly head = Buffer.alloc(SIMPLE_REPLY_SIZE)
+
+  constructor (private readonly s: NbdSession) {}
+
+  parse (buf: Buffer, at: number): void {
+    const magic = buf.readUInt32BE(at)
+    if (magic !== REQUEST_MAGIC) throw new ProtocolError(`bad NBD request magic 0x${magic.toString(16)}`)
+    this.flags = buf.readUInt16BE(at + 4)
+    this.type = buf.readUInt16BE(at + 6)
+    this.handleHi = buf.readUInt32BE(at + 8)
+    this.handleLo = buf.readUInt32BE(at + 12)
+    this.offset = buf.readUInt32BE(at + 16) * 0x100000000 + buf.readUInt32BE(at + 20)
+    this.length = buf.readUInt32BE(at + 24)
+    this.op = cmdNames[this.type] ?? 'other'
+  }
+
+  get fua (): boolean { return (this.flags & CMD_FLAG_FUA) !== 0 }
+
+  /** A READ: a free buffer is taken at once (no promise turn); otherwise it waits for one in FIFO order. */
+  read (): void {
+    const slot = this.s.share.acquireFor(this)
+    if (slot !== null) this.gotBuffer(slot)
+  }
+
+  gotBuffer (slot: PoolBuffer): void {
+    this.slot = slot
+    this.s.device.read(this.offset, this.length, slot.data).then(this.onRead, this.onFailed)
+  }
+
+  noBuffer (err: Error): void { this.s.finish(this, toErrno(err), 0) }
+
+  private readonly onRead = (): void => {
+    this.s.metrics.bytesRead += this.length
+    this.s.finish(this, 0, this.length)
+  }
+
+  /** A WRITE whose payload is in `slot`, kept until the reply is sent: its headroom carries the reply header. */
+  write (): void {
+    this.s.device.write(this.offset, (this.slot as PoolBuffer).data.subarray(0, this.length)).then(this.onWritten, this.onFailed)
+  }
+
+  private readonly onWritten = (): void => {
+    this.s.metrics.bytesWritten += this.length
+    this.onApplied()
+  }
+
+  /** TRIM and WRITE_ZEROES: answered when the device's promise settles (and a flush, with FUA). */
+  apply (p: Promise<void>): void { p.then(this.onApplied, this.onFailed) }
+
+  /** FLUSH: answered when the flush settles. */
+  settle (p: Promise<void>): void { p.then(this.onDone, this.onFailed) }
+
+  private readonly onApplied = (): void => {
+    if (this.fua) this.s.device.flush().then(this.onDone, this.onFailed)
+    else this.s.finish(this, 0, 0)
+  }
+
+  private readonly onDone = (): void => { this.s.finish(this, 0, 0) }
+
+  private readonly onFailed = (err: unknown): void => { this.s.finish(this, toErrno(err), 0) }
+
+  /** The reply's write completed (or failed with its connection): the slot goes back, then the record. */
+  readonly onReplyWritten = (): void => {
+    if (this.slot !== null) { this.s.share.release(this.slot); this.slot = null }
+    this.s.replyWritten(this)
   }
 }
 
@@ -147,7 +232,12 @@ class NbdSession {
   private readonly rx: Buffer
   private readonly headerScratch = Buffer.alloc(NBD_REQUEST_SIZE)
   private headerFill = 0
+  /** The request whose header (and payload) is being received. */
   private request: NbdRequest | null = null
+  /** Records not in use, for reuse (see NbdRequest). */
+  private readonly freeRecords: NbdRequest[] = []
+  /** What this connection may do, for the validator; set when the transmission phase starts. */
+  private rules: RequestRules | null = null
   private requestErrno = 0
   /** Where the current WRITE payload goes: its pool buffer, or null to skip it (refused request). */
   private payloadSlot: PoolBuffer | null = null
@@ -167,7 +257,7 @@ class NbdSession {
   private held: { buf: Buffer, at: number, end: number } | null = null
   private heldBusy = false
   /** This connection's share of the pool: every buffer it takes and gives back goes through it. */
-  private readonly share: PoolShare
+  readonly share: PoolShare
   /** Replies handed to the socket whose write has not completed (the client has not taken them yet). */
   private unwritten = 0
   /** Replies whose write completed, ever: the stall check's measure of progress. */
@@ -197,6 +287,10 @@ class NbdSession {
     hello.writeUInt16BE(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, 16)
     socket.write(hello)
   }
+
+  /** The export's device and counters (transmission phase only). */
+  get device (): ServedExport['device'] { return (this.exp as ServedExport).device }
+  get metrics (): ServedExport['metrics'] { return (this.exp as ServedExport).metrics }
 
   drain (): Promise<void> {
     if (this.inFlight === 0) return Promise.resolve()
@@ -270,18 +364,18 @@ class NbdSession {
             this.holdBusy(buf, at, end)
             return
           }
-          let h: NbdRequest
+          const h = this.freeRecords.pop() ?? new NbdRequest(this)
           if (this.headerFill === 0 && end - at >= NBD_REQUEST_SIZE) {
-            h = parseRequest(buf, at)
+            this.parseInto(h, buf, at)
             at += NBD_REQUEST_SIZE
           } else {
             const n = Math.min(NBD_REQUEST_SIZE - this.headerFill, end - at)
             buf.copy(this.headerScratch, this.headerFill, at, at + n)
             this.headerFill += n
             at += n
-            if (this.headerFill < NBD_REQUEST_SIZE) return
+            if (this.headerFill < NBD_REQUEST_SIZE) { this.freeRecords.push(h); return }
             this.headerFill = 0
-            h = parseRequest(this.headerScratch, 0)
+            this.parseInto(h, this.headerScratch, 0)
           }
           this.request = h
           this.payloadFill = 0
@@ -403,10 +497,21 @@ class NbdSession {
     if (this.unwritten > 0 || this.heldBusy || this.optionsPaused) this.startStallTimer()
   }
 
-  /** A header-only reply's write completed (one bound function for all of them: no closure per reply). */
-  private readonly headerWritten = (): void => {
+  /** A bad header costs the connection; its record goes back first. */
+  private parseInto (h: NbdRequest, buf: Buffer, at: number): void {
+    try {
+      h.parse(buf, at)
+    } catch (err) {
+      this.freeRecords.push(h)
+      throw err
+    }
+  }
+
+  /** A reply's write completed (its record's bound onReplyWritten, which gave its slot back): the record is free. */
+  replyWritten (rec: NbdRequest): void {
     this.unwritten--
     this.written++
+    this.freeRecords.push(rec)
     if (this.heldBusy) this.maybeResume()
   }
 
@@ -578,38 +683,23 @@ class NbdSession {
   private start (exp: ServedExport): void {
     this.exp = exp
     this.readOnly = (this.transmissionFlags(exp) & TxFlag.READ_ONLY) !== 0
+    this.rules = { exp, readOnly: this.readOnly, owner: null, token: 0, maxRequest: this.server.options.maxRequest, answers: NBD_ANSWERS }
     exp.metrics.connections++
     this.phase = 'transmission'
   }
 
   private check (h: NbdRequest): number {
-    const exp = this.exp as ServedExport
-    const size = exp.device.size
-    switch (h.type) {
-      case Cmd.READ:
-      case Cmd.WRITE:
-      case Cmd.TRIM:
-      case Cmd.WRITE_ZEROES:
-        if (h.type !== Cmd.READ && this.readOnly) return Errno.EPERM
-        if (h.type !== Cmd.READ && exp.shared !== true && !exp.lease.mayWrite(null, 0)) return Errno.EPERM
-        if (h.type === Cmd.TRIM && !exp.device.canTrim) return Errno.EINVAL
-        if ((h.type === Cmd.READ || h.type === Cmd.WRITE) && h.length > this.server.options.maxRequest) return Errno.EOVERFLOW
-        if (!Number.isSafeInteger(h.offset) || h.offset + h.length > size) return Errno.EINVAL
-        return 0
-      case Cmd.FLUSH:
-        return 0
-      default:
-        return Errno.EINVAL
-    }
+    return checkRequest(this.rules as RequestRules, kindOf(h.type), h.offset, h.length, 0)
   }
 
   /** A whole request: `slot` holds a WRITE's payload (null when refused or when there is none). */
   private onRequest (h: NbdRequest, slot: PoolBuffer | null): void {
-    const pool = this.server.options.pool
-    if (this.phase !== 'transmission') { if (slot !== null) this.share.release(slot); return }
+    h.slot = slot
+    if (this.phase !== 'transmission') { if (slot !== null) { this.share.release(slot); h.slot = null } this.freeRecords.push(h); return }
     const exp = this.exp as ServedExport
-    const op = cmdNames[h.type] ?? 'other'
+    const op = h.op
     if (h.type === Cmd.DISC) {
+      this.freeRecords.push(h)
       this.disconnecting = true
       if (this.inFlight === 0) this.close()
       return
@@ -620,47 +710,22 @@ class NbdSession {
     const errno = this.server.isStopping ? Errno.ESHUTDOWN : h.type === Cmd.WRITE && h.length > 0 ? this.requestErrno : this.check(h)
     if (errno !== 0) {
       exp.metrics.errors[op]++
-      this.send(h, nbdErrno(errno), slot, 0)
+      this.send(h, nbdErrno(errno), 0)
       return
     }
     this.inFlight++
     exp.metrics.inFlight++
-    const fua = (h.flags & CMD_FLAG_FUA) !== 0
     const device = exp.device
     switch (h.type) {
-      case Cmd.READ: {
-        // A free buffer is taken at once (no promise turn); otherwise the READ waits for one in FIFO order.
-        const free = this.share.tryAcquire()
-        if (free !== null) this.read(h, op, free)
-        else this.share.acquire().then(slot => this.read(h, op, slot), err => this.finish(h, op, toErrno(err), null, 0))
+      case Cmd.READ: h.read(); return
+      case Cmd.WRITE:
+        if (slot === null) { this.finish(h, 0, 0); return } // zero-length
+        h.write()
         return
-      }
-      case Cmd.WRITE: {
-        if (slot === null) { this.finish(h, op, 0, null, 0); return } // zero-length
-        // The slot is kept until the reply is sent: its headroom carries the reply header.
-        device.write(h.offset, slot.data.subarray(0, h.length)).then(() => {
-          exp.metrics.bytesWritten += h.length
-          if (fua) return device.flush()
-        }).then(() => this.finish(h, op, 0, slot, 0), err => this.finish(h, op, toErrno(err), slot, 0))
-        return
-      }
-      case Cmd.FLUSH:
-        this.settle(h, op, device.flush())
-        return
-      case Cmd.TRIM:
-        this.settle(h, op, device.trim(h.offset, h.length).then(() => { if (fua) return device.flush() }))
-        return
-      case Cmd.WRITE_ZEROES:
-        this.settle(h, op, this.writeZeroes(h.offset, h.length).then(() => { if (fua) return device.flush() }))
+      case Cmd.FLUSH: h.settle(device.flush()); return
+      case Cmd.TRIM: h.apply(device.trim(h.offset, h.length)); return
+      case Cmd.WRITE_ZEROES: h.apply(this.writeZeroes(h.offset, h.length))
     }
-  }
-
-  private read (h: NbdRequest, op: string, slot: PoolBuffer): void {
-    const exp = this.exp as ServedExport
-    exp.device.read(h.offset, h.length, slot.data).then(() => {
-      exp.metrics.bytesRead += h.length
-      this.finish(h, op, 0, slot, h.length)
-    }, err => this.finish(h, op, toErrno(err), slot, 0))
   }
 
   private async writeZeroes (offset: number, length: number): Promise<void> {
@@ -674,16 +739,13 @@ class NbdSession {
     await Promise.all(parts)
   }
 
-  private settle (h: NbdRequest, op: string, p: Promise<unknown>): void {
-    p.then(() => this.finish(h, op, 0, null, 0), err => this.finish(h, op, toErrno(err), null, 0))
-  }
-
-  private finish (h: NbdRequest, op: string, errno: number, slot: PoolBuffer | null, length: number): void {
+  /** A request is done (`errno` 0 or why not): answer it. */
+  finish (h: NbdRequest, errno: number, length: number): void {
     const exp = this.exp as ServedExport
     this.inFlight--
     exp.metrics.inFlight--
-    if (errno !== 0) exp.metrics.errors[op]++
-    this.send(h, nbdErrno(errno), slot, length)
+    if (errno !== 0) exp.metrics.errors[h.op]++
+    this.send(h, nbdErrno(errno), length)
     if (this.inFlight === 0) {
       if (this.drained !== null) { const done = this.drained; this.drained = null; done() }
       if (this.disconnecting) this.socket.end(() => this.close())
@@ -693,20 +755,19 @@ class NbdSession {
 
   /**
    * A simple reply. With a slot (a READ's data, or the buffer a WRITE came in) the header goes in the slot's headroom
-   * and header and data leave as one write from the slot; only replies without one (errors, FLUSH, TRIM) allocate.
+   * and header and data leave as one write from the slot; without one (errors, FLUSH, TRIM) the header is written into
+   * the record's own buffer. The record (and its slot) is taken back once the socket has written the reply.
    */
-  private send (h: NbdRequest, errno: number, slot: PoolBuffer | null, length: number): void {
+  private send (h: NbdRequest, errno: number, length: number): void {
     const pool = this.server.options.pool
-    if (this.phase === 'closed') { if (slot !== null) this.share.release(slot); return }
-    let head: Buffer
-    let at: number
-    if (slot !== null) {
-      head = slot.frame
-      at = pool.headroom - SIMPLE_REPLY_SIZE
-    } else {
-      head = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE)
-      at = 0
+    const slot = h.slot
+    if (this.phase === 'closed') {
+      if (slot !== null) { this.share.release(slot); h.slot = null }
+      this.freeRecords.push(h)
+      return
     }
+    const head = slot !== null ? slot.frame : h.head
+    const at = slot !== null ? pool.headroom - SIMPLE_REPLY_SIZE : 0
     head.writeUInt32BE(SIMPLE_REPLY_MAGIC, at)
     head.writeUInt32BE(errno, at + 4)
     head.writeUInt32BE(h.handleHi, at + 8)
@@ -714,12 +775,9 @@ class NbdSession {
     this.cork()
     this.unwritten++
     if (this.stallTimer === null) this.startStallTimer()
-    if (slot === null) { this.socket.write(head, this.headerWritten); return }
-    // The socket sends from the slot itself, so the slot goes back to the pool only once the write is done.
-    this.socket.write(slot.frame.subarray(at, pool.headroom + length), () => {
-      this.share.release(slot)
-      this.headerWritten()
-    })
+    // The socket sends from the slot (or the record's header buffer) itself, so both are reused only once it is done.
+    if (slot === null) this.socket.write(h.head, h.onReplyWritten)
+    else this.socket.write(slot.frame.subarray(at, pool.headroom + length), h.onReplyWritten)
   }
 
   /** Replies finishing in the same tick leave in one write. */
@@ -727,13 +785,18 @@ class NbdSession {
     if (this.corked) return
     this.corked = true
     this.socket.cork()
-    process.nextTick(() => { this.corked = false; this.socket.uncork() })
+    process.nextTick(this.uncork)
+  }
+
+  private readonly uncork = (): void => {
+    this.corked = false
+    this.socket.uncork()
   }
 }
 
 /**
  * The accepted connection rewrapped as a socket whose reads land in buffers we choose (`onread`), so that receiving
- * allocates nothing and large payloads can be read straight into pool buffers. Node offers `onread` only to sockets it
+ * allocates no buffer and large payloads can be read straight into pool buffers. Node offers `onread` only to sockets it
  * creates for connect() or with a handle, not to those net.Server accepts; so the accepted socket (paused at accept,
  * nothing read yet) gives its handle to a new Socket, as Node's own accept path does (`new Socket({ handle })`), and
  * is destroyed without it (the server's connection count stays right). Where that private handle is not there, the

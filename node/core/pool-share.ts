@@ -21,7 +21,19 @@
 import type { BufferPool, PoolBuffer, ShareWaiter } from './pool'
 import { Ring } from './ring'
 
-interface Waiter { resolve: (buf: PoolBuffer) => void, reject: (err: Error) => void }
+/**
+ * A request waiting for a buffer: told once, with the buffer or with why there is none (the connection closed, too
+ * many waiting). A request record of a protocol session implements it with bound methods, so waiting costs no closure.
+ */
+export interface BufferWaiter {
+  gotBuffer: (buf: PoolBuffer) => void
+  noBuffer: (err: Error) => void
+}
+
+/** acquire()'s promise as a waiter (for callers off the hot path). */
+class PromiseWaiter implements BufferWaiter {
+  constructor (readonly gotBuffer: (buf: PoolBuffer) => void, readonly noBuffer: (err: Error) => void) {}
+}
 
 export class PoolShare implements ShareWaiter {
   /** Buffers this connection holds now. */
@@ -30,7 +42,7 @@ export class PoolShare implements ShareWaiter {
   private closed = false
   /** In the pool's queue of waiting connections. */
   private queued = false
-  private readonly waiting: Ring<Waiter>
+  private readonly waiting: Ring<BufferWaiter>
   private readonly reserve: number
   private readonly reserveHolding: number
 
@@ -54,17 +66,28 @@ export class PoolShare implements ShareWaiter {
     return this.take()
   }
 
-  /** A buffer, waiting (in order) when none can be had now. Rejects once the connection is closed. */
-  acquire (): Promise<PoolBuffer> {
-    if (this.closed) return Promise.reject(new RangeError('buffer pool: the connection is closed'))
+  /**
+   * The one "take a free buffer or wait" of both protocols: a buffer now (returned; `waiter` is not told), or null and
+   * `waiter` is told later, in order behind this connection's earlier waiters: gotBuffer, or noBuffer once the
+   * connection is closed or when too many of its requests wait already (then at once, before this returns).
+   */
+  acquireFor (waiter: BufferWaiter): PoolBuffer | null {
+    if (this.closed) { waiter.noBuffer(new RangeError('buffer pool: the connection is closed')); return null }
     const buf = this.tryAcquire()
-    if (buf !== null) return Promise.resolve(buf)
-    if (this.waiting.full) return Promise.reject(new RangeError(`buffer pool: ${this.waiting.capacity} requests of this connection already waiting`))
+    if (buf !== null) return buf
+    if (this.waiting.full) { waiter.noBuffer(new RangeError(`buffer pool: ${this.waiting.capacity} requests of this connection already waiting`)); return null }
     if (!this.active) this.activate()
     this.pool.waits++
+    this.waiting.push(waiter)
+    if (!this.queued) { this.queued = true; this.pool.queueShare(this) }
+    return null
+  }
+
+  /** A buffer, waiting (in order) when none can be had now. Rejects once the connection is closed. */
+  acquire (): Promise<PoolBuffer> {
     return new Promise((resolve, reject) => {
-      this.waiting.push({ resolve, reject })
-      if (!this.queued) { this.queued = true; this.pool.queueShare(this) }
+      const buf = this.acquireFor(new PromiseWaiter(resolve, reject))
+      if (buf !== null) resolve(buf)
     })
   }
 
@@ -79,7 +102,7 @@ export class PoolShare implements ShareWaiter {
     if (this.closed) return
     this.closed = true
     const err = new RangeError('buffer pool: the connection is closed')
-    for (let w = this.waiting.shift(); w !== undefined; w = this.waiting.shift()) w.reject(err)
+    for (let w = this.waiting.shift(); w !== undefined; w = this.waiting.shift()) w.noBuffer(err)
     this.settle()
   }
 
@@ -87,7 +110,7 @@ export class PoolShare implements ShareWaiter {
     if (this.waiting.length === 0) return false
     const buf = this.take()
     if (buf === null) return false
-    ;(this.waiting.shift() as Waiter).resolve(buf)
+    ;(this.waiting.shift() as BufferWaiter).gotBuffer(buf)
     return true
   }
 

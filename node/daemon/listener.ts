@@ -1,20 +1,18 @@
-// The node's one listening port (uWebSockets.js): the native block protocol as binary WebSocket at /EXPORT, and HTTP
-// GET /status (JSON) and /metrics (Prometheus text). Access control happens at the upgrade, before any data moves.
+// The node's one listening port (uWebSockets.js): the native block protocol as binary WebSocket at /EXPORT (its route
+// and upgrade-time access control are export/native/transport.ts, attached here), and HTTP GET /status (JSON),
+// /metrics (Prometheus text) and the admin POST /arrays/NAME/ACTION.
 
 import * as uws from 'uWebSockets.js'
-import { timingSafeEqual, createHash } from 'node:crypto'
 import type { BufferPool } from '../core/pool'
 import type { Hasher } from '../core/hasher'
 import { allowed, type Cidr } from '../core/acl'
 import { DstError, ErrorCode } from '../core/errors'
-import { CloseCode, DEFAULT_MAX_QUEUED_BYTES, ExportSession, type SessionAccess, type SessionLimits } from '../../export/native/server'
+import type { SessionLimits } from '../../export/native/server'
 import { type ServedExport } from '../../export/served'
-import { CLOSE_WRITER_DONE, REPLY_HEADER_SIZE, REQUEST_HEADER_SIZE } from '../../export/native/codec'
+import { attachNativeTransport, sameSecret, type NativeTransport } from '../../export/native/transport'
 
 /** uSockets' listen option (declared only as a type-level enum in the package, so spelled out here). */
 const LIBUS_LISTEN_EXCLUSIVE_PORT = 1
-
-interface UserData { session: ExportSession | null, exp: ServedExport, access: SessionAccess, drain: (() => void) | null, address: string }
 
 export interface ListenerOptions {
   host: string
@@ -39,87 +37,22 @@ export interface ListenerOptions {
 export class Listener {
   private readonly app: uws.TemplatedApp
   private socket: uws.us_listen_socket | null = null
-  private readonly sessions = new Set<uws.WebSocket<UserData>>()
+  /** The native protocol's WebSocket route and its connections (export/native/transport.ts). */
+  private readonly native: NativeTransport
   private stopping = false
   port = 0
 
   constructor (private readonly options: ListenerOptions) {
-    const { pool } = options
-    const limits: SessionLimits = { ...options.limits, maxQueuedBytes: options.limits.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES }
-    const queuedBytes = limits.maxQueuedBytes as number
     this.app = uws.App()
-    this.app.ws<UserData>('/*', {
-      compression: uws.DISABLED,
-      // A WRITE above maxRequest still fits, so it can be answered EOVERFLOW instead of cutting the connection.
-      maxPayloadLength: 4 * limits.maxRequest + 64 * REQUEST_HEADER_SIZE,
-      // What uWebSockets.js may buffer for one connection. Above it, send() drops the message, so the session never
-      // sends once maxQueuedBytes are buffered and holds its replies until `drain`; the margin is for the one message
-      // sent last below that mark (a READ reply of maxRequest with its digest, or the batch of header-only replies).
-      maxBackpressure: queuedBytes + limits.maxRequest + 2 * limits.maxInFlight * REPLY_HEADER_SIZE + 256 * 1024,
-      idleTimeout: Math.max(16, Math.ceil((limits.pingInterval * 4) / 1000)),
-      sendPingsAutomatically: true,
-      upgrade: (res, req, context) => this.upgrade(res, req, context),
-      open: ws => {
-        const data = ws.getUserData()
-        let session: ExportSession
-        try {
-          session = new ExportSession(data.exp, pool, limits, {
-            send: message => { ws.send(message, true, false) },
-            sendParts: (first, last) => { ws.sendFirstFragment(first, true, false); ws.sendLastFragment(last, false) },
-            cork: fn => { ws.cork(fn) },
-            end: (code, reason) => { ws.end(code, reason) },
-            bufferedAmount: () => ws.getBufferedAmount(),
-            onDrain: fn => { data.drain = fn },
-          }, data.access, this.options.hasher)
-        } catch (err) {
-          this.options.log(`internal error opening a connection to '${data.exp.name}': ${(err as Error)?.stack ?? String(err)}`)
-          ws.end(CloseCode.INTERNAL, 'internal error')
-          return
-        }
-        session.onPolicyClose = reason => this.options.log(`closing ${data.address}'s connection to '${data.exp.name}': ${reason}`)
-        data.session = session
-        this.sessions.add(ws)
-        if (this.stopping) session.stopping = true
-        try {
-          ws.send(session.handshake(), true, false)
-        } catch (err) {
-          this.internalError(ws, session, err)
-        }
-      },
-      drain: ws => {
-        const data = ws.getUserData()
-        if (data.drain === null || data.session === null) return
-        try {
-          data.drain()
-        } catch (err) {
-          this.internalError(ws, data.session, err)
-        }
-      },
-      message: (ws, message, isBinary) => {
-        const session = ws.getUserData().session
-        if (session === null) return
-        if (!isBinary) {
-          ws.getUserData().exp.metrics.protocolErrors++
-          ws.end(CloseCode.BAD_DATA, 'text messages are not part of the protocol')
-          session.onClose()
-          return
-        }
-        try {
-          session.onMessage(Buffer.from(message))
-        } catch (err) {
-          this.internalError(ws, session, err)
-        }
-      },
-      close: (ws, code) => {
-        this.sessions.delete(ws)
-        try {
-          const data = ws.getUserData()
-          if (code === CLOSE_WRITER_DONE && data.access.owner !== null) data.exp.lease.relinquish(data.access.owner)
-          data.session?.onClose()
-        } catch (err) {
-          this.options.log(`internal error closing a connection: ${(err as Error)?.stack ?? String(err)}`)
-        }
-      },
+    this.native = attachNativeTransport(this.app, {
+      pool: options.pool,
+      limits: options.limits,
+      exports: options.exports,
+      log: options.log,
+      nodeId: options.nodeId,
+      hasher: options.hasher,
+      isStopping: () => this.stopping,
+      failed: (res, what, err) => { this.failed(res, what, err) },
     })
     // A handler that throws would abort the whole process (uWebSockets.js refuses a handler that returns without
     // answering): every HTTP handler runs inside `guard`, so a bug costs that request a 500 and a log line, never the node.
@@ -158,17 +91,12 @@ export class Listener {
   async stop (): Promise<void> {
     this.stopping = true
     if (this.socket !== null) { uws.us_listen_socket_close(this.socket); this.socket = null }
-    const sessions = [...this.sessions].map(ws => ws.getUserData().session).filter((s): s is ExportSession => s !== null)
-    for (const s of sessions) s.stopping = true
-    await Promise.all(sessions.map(s => s.drain()))
+    await this.native.stop()
   }
 
   /** Closes every connection (after stop() drained them). */
   closeAll (): void {
-    for (const ws of [...this.sessions]) {
-      ws.end(CloseCode.GOING_AWAY, 'node shutting down')
-    }
-    this.sessions.clear()
+    this.native.closeAll()
   }
 
   private report (res: uws.HttpResponse, type: string, body: () => string): void {
@@ -181,13 +109,6 @@ export class Listener {
       return
     }
     res.writeHeader('content-type', type).end(text)
-  }
-
-  /** A bug must cost one connection, never the node: log it and close that connection (1011). */
-  private internalError (ws: uws.WebSocket<UserData>, session: ExportSession, err: unknown): void {
-    this.options.log(`internal error on a connection to '${ws.getUserData().exp.name}': ${(err as Error).stack ?? String(err)}`)
-    session.onClose()
-    ws.end(CloseCode.INTERNAL, 'internal error')
   }
 
   /**
@@ -284,66 +205,6 @@ export class Listener {
       }
     })
   }
-
-  private upgrade (res: uws.HttpResponse, req: uws.HttpRequest, context: uws.us_socket_context_t): void {
-    try {
-      this.tryUpgrade(res, req, context)
-    } catch (err) {
-      this.failed(res, `the upgrade to ${req.getUrl()}`, err)
-    }
-  }
-
-  private tryUpgrade (res: uws.HttpResponse, req: uws.HttpRequest, context: uws.us_socket_context_t): void {
-    const url = req.getUrl()
-    const key = req.getHeader('sec-websocket-key')
-    const protocol = req.getHeader('sec-websocket-protocol')
-    const extensions = req.getHeader('sec-websocket-extensions')
-    const auth = req.getHeader('authorization')
-    const writer = req.getHeader('x-dst-writer')
-    const writerName = req.getHeader('x-dst-writer-name')
-    const peerNode = req.getHeader('x-dst-node')
-    const readOnlyAsked = req.getHeader('x-dst-access') === 'ro'
-    const address = Buffer.from(res.getRemoteAddressAsText()).toString()
-    const refuse = (status: string, reason: string, exp?: ServedExport, headers: Record<string, string> = {}): void => {
-      if (exp !== undefined) exp.metrics.refused++
-      this.options.log(`refused ${address} for ${url}: ${reason}`)
-      res.writeStatus(status).writeHeader('content-type', 'text/plain')
-      for (const [k, v] of Object.entries(headers)) res.writeHeader(k, v)
-      res.end(reason + '\n')
-    }
-    let name: string
-    try { name = decodeURIComponent(url.slice(1)) } catch { refuse('400 Bad Request', 'bad export name in the URL'); return }
-    const exp = this.options.exports.get(name)
-    if (exp === undefined) { refuse('404 Not Found', `no export named '${name}' on this node`); return }
-    if (!allowed(exp.allow, address)) { refuse('403 Forbidden', `address ${address} is not in the allow list of export '${name}'`, exp); return }
-    if (exp.token !== undefined) {
-      const given = auth.startsWith('Bearer ') ? auth.slice(7) : ''
-      if (given === '') { refuse('401 Unauthorized', `export '${name}' needs a token`, exp); return }
-      if (!sameSecret(given, exp.token)) { refuse('401 Unauthorized', `wrong token for export '${name}'`, exp); return }
-    }
-    if (this.stopping) { refuse('503 Service Unavailable', 'node is shutting down', exp); return }
-    if (exp.device.state === 'closed' || exp.device.state === 'closing') { refuse('503 Service Unavailable', `device of export '${name}' is ${exp.device.state}`, exp); return }
-    if (this.options.nodeId !== undefined && peerNode === this.options.nodeId) {
-      refuse('508 Loop Detected', `export '${name}' is on the node that asks for it: a remote device cannot point at its own node`, exp)
-      return
-    }
-    const access: SessionAccess = { readOnly: readOnlyAsked || exp.readOnly || !exp.device.writable, owner: null, token: 0 }
-    if (!access.readOnly && exp.shared !== true && writer !== '') {
-      if (!/^[A-Za-z0-9._:-]{1,128}$/.test(writer)) { refuse('400 Bad Request', 'bad x-dst-writer id', exp); return }
-      const lease = exp.lease.acquire(writer, { name: /^[A-Za-z0-9._-]{1,64}$/.test(writerName) ? writerName : '', address })
-      if (!lease.ok) {
-        // How long until it expires (the holder has left): a remote device opening waits that long instead of failing.
-        refuse('409 Conflict', `export '${name}' is leased for writing: ${lease.reason}`, exp, lease.expiresIn !== null ? { 'x-dst-lease-expires-in': String(lease.expiresIn) } : {})
-        return
-      }
-      access.owner = writer
-      access.token = lease.token
-    } else if (!access.readOnly && exp.shared !== true && exp.lease.owner !== null) {
-      refuse('409 Conflict', `export '${name}' is leased for writing by ${exp.lease.holderText()}; connect read-only or mark the export "shared"`, exp)
-      return
-    }
-    res.upgrade<UserData>({ session: null, exp, access, drain: null, address }, key, protocol, extensions, context)
-  }
 }
 
 /** Largest JSON body the admin endpoints read. */
@@ -354,10 +215,4 @@ function pathName (raw: string): string | null {
   let name: string
   try { name = decodeURIComponent(raw) } catch { return null }
   return /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name) ? name : null
-}
-
-function sameSecret (a: string, b: string): boolean {
-  const ha = createHash('sha256').update(a).digest()
-  const hb = createHash('sha256').update(b).digest()
-  return timingSafeEqual(ha, hb)
 }

@@ -1,6 +1,9 @@
 // `npm run bench`: measures, side by side in one run on loopback, a device one dst:// hop away against a mirror of
 // two remote nodes (and the leaf exported directly), with the same client and the same jobs. Reports ratios, which
 // mean something on a shared machine; the absolute numbers are only for orientation. Not part of `npm test`.
+// Each row also shows the young-generation (minor) GCs of the serving node per 100k requests, read from its /metrics
+// before and after the job (dst_gc_total, node/core/gc.ts): whether the request path allocates. Only the node the
+// client talks to is counted (for "one hop", not the leaf behind it).
 
 import type { ChildProcess } from 'node:child_process'
 import * as fs from 'node:fs'
@@ -15,7 +18,7 @@ import { spawnDst } from './spawn-dst'
 const MiB = 1024 * 1024
 const procs: ChildProcess[] = []
 
-interface Target { name: string, url: string, pid: () => number }
+interface Target { name: string, url: string, pid: () => number, metrics: string }
 interface Job { name: string, run: (dev: RemoteDevice) => Promise<{ ops: number, bytes: number, secs: number, p99: number }> }
 
 async function start (args: string[], netns?: string): Promise<{ port: number, proc: ChildProcess }> {
@@ -97,6 +100,14 @@ function jobs (seconds: number): Job[] {
   ]
 }
 
+/** The node's young-generation GC count so far (its /metrics), or null if it cannot be read. */
+async function minorGcs (metrics: string): Promise<number | null> {
+  try {
+    const m = /dst_gc_total\{[^}]*kind="minor"\} (\d+)/.exec(await (await fetch(metrics)).text())
+    return m === null ? null : Number(m[1])
+  } catch { return null }
+}
+
 function peakRss (pid: number): number {
   try {
     const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))
@@ -109,13 +120,13 @@ interface Scenario { title: string, leafHosts: string[], netns: Array<string | u
 async function scenario (sc: Scenario, dir: string, seconds: number, size: number): Promise<void> {
   const started: ChildProcess[] = []
   try {
-    const leaves: Array<{ port: number, proc: ChildProcess, url: string }> = []
+    const leaves: Array<{ port: number, proc: ChildProcess, url: string, metrics: string }> = []
     for (const [i, host] of sc.leafHosts.entries()) {
       const file = path.join(dir, `l${i + 1}.img`)
       // Two nodes (the one-hop node and the mirror) write this leaf, one after the other: the export is shared.
       const leaf = await start(['export', file, '--listen', `${host}:0`, '--name', 'disk', '--allow', '127.0.0.0/8', '--allow', '10.77.0.0/16', '--shared'], sc.netns[i])
       started.push(leaf.proc)
-      leaves.push({ ...leaf, url: `dst://${host}:${leaf.port}/disk` })
+      leaves.push({ ...leaf, url: `dst://${host}:${leaf.port}/disk`, metrics: `http://${host}:${leaf.port}/metrics` })
     }
     const cfg = (name: string, devices: object, device: string): string => {
       const file = path.join(dir, `${name}.json`)
@@ -138,31 +149,34 @@ async function scenario (sc: Scenario, dir: string, seconds: number, size: numbe
       await new Promise(resolve => setTimeout(resolve, 200))
     }
     const targets: Target[] = [
-      { name: 'leaf (direct)', url: leaves[0].url, pid: () => leaves[0].proc.pid ?? 0 },
-      { name: 'remote, one hop', url: `dst://127.0.0.1:${hop.port}/far`, pid: () => hop.proc.pid ?? 0 },
-      { name: 'mirror of 2 remote', url: `dst://127.0.0.1:${mir.port}/m`, pid: () => mir.proc.pid ?? 0 },
+      { name: 'leaf (direct)', url: leaves[0].url, pid: () => leaves[0].proc.pid ?? 0, metrics: leaves[0].metrics },
+      { name: 'remote, one hop', url: `dst://127.0.0.1:${hop.port}/far`, pid: () => hop.proc.pid ?? 0, metrics: `http://127.0.0.1:${hop.port}/metrics` },
+      { name: 'mirror of 2 remote', url: `dst://127.0.0.1:${mir.port}/m`, pid: () => mir.proc.pid ?? 0, metrics: `http://127.0.0.1:${mir.port}/metrics` },
     ]
     const only = process.env.BENCH_TARGETS?.split(',')
     const chosen = only === undefined ? targets : targets.filter(t => only.some(o => t.name.includes(o)))
-    const results = new Map<string, Map<string, { mibs: number, iops: number, p99: number }>>()
+    const results = new Map<string, Map<string, { mibs: number, iops: number, p99: number, gcs: number | null }>>()
     console.log(`\n== ${sc.title}\n`)
     for (const job of jobs(seconds)) {
       for (const target of chosen) {
         const dev = await open(target.url)
+        const gc0 = await minorGcs(target.metrics)
         const r = await job.run(dev)
+        const gc1 = await minorGcs(target.metrics)
         await dev.close()
         const row = results.get(job.name) ?? new Map()
-        row.set(target.name, { mibs: r.bytes / MiB / r.secs, iops: r.ops / r.secs, p99: r.p99 })
+        const gcs = gc0 === null || gc1 === null ? null : ((gc1 - gc0) / Math.max(1, r.ops)) * 100000
+        row.set(target.name, { mibs: r.bytes / MiB / r.secs, iops: r.ops / r.secs, p99: r.p99, gcs })
         results.set(job.name, row)
       }
     }
     const base = 'remote, one hop'
     const pad = (x: string, n: number): string => x.padEnd(n)
-    console.log(`${pad('job', 22)}${pad('target', 22)}${pad('MiB/s', 10)}${pad('IOPS', 10)}${pad('p99 ms', 9)}vs one hop`)
+    console.log(`${pad('job', 22)}${pad('target', 22)}${pad('MiB/s', 10)}${pad('IOPS', 10)}${pad('p99 ms', 9)}${pad('vs one hop', 12)}minor GCs/100k req`)
     for (const [job, row] of results) {
       for (const [target, r] of row) {
         const ratio = r.mibs / (row.get(base)?.mibs ?? r.mibs)
-        console.log(`${pad(job, 22)}${pad(target, 22)}${pad(r.mibs.toFixed(1), 10)}${pad(r.iops.toFixed(0), 10)}${pad(r.p99.toFixed(2), 9)}${ratio.toFixed(2)}x`)
+        console.log(`${pad(job, 22)}${pad(target, 22)}${pad(r.mibs.toFixed(1), 10)}${pad(r.iops.toFixed(0), 10)}${pad(r.p99.toFixed(2), 9)}${pad(`${ratio.toFixed(2)}x`, 12)}${r.gcs === null ? '-' : r.gcs.toFixed(0)}`)
       }
     }
     console.log('\npeak RSS (VmHWM) of the serving process:')

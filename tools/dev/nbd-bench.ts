@@ -157,6 +157,7 @@ async function main (): Promise<void> {
     console.log(`\n== NBD: fio ${seconds} s per run, ${rounds} rounds of every target per job (medians shown; ratios taken within each round), nbd engine, loopback, ${os.cpus().length} cores, 256 MiB files in the page cache\n`)
     const pad = (s: string, n: number): string => s.padEnd(n)
     console.log(`${pad('job', 20)}${pad('target', 28)}${pad('IOPS', 10)}${pad('MiB/s', 10)}${pad('p99 ms', 9)}${pad('vs nbdkit', 11)}${pad('vs (b)', 9)}${pad('spread', 13)}${pad('RSS MiB', 9)}minor GCs/100k req`)
+    console.log('(GCs: the young-generation collections of the dst node fio talks to, from its /metrics; nbdkit is C and has no GC)')
     for (const job of jobs) {
       const runs = new Map<Target, Result[]>(chosen.map(tg => [tg, []]))
       const vsKit = new Map<Target, number[]>(chosen.map(tg => [tg, []]))
@@ -188,7 +189,7 @@ async function main (): Promise<void> {
         console.log(`${pad(job.name, 20)}${pad(target.name, 28)}${pad(iops.toFixed(0), 10)}${pad(median(rs.map(r => r.mibs)).toFixed(1), 10)}` +
           `${pad(median(rs.map(r => r.p99)).toFixed(2), 9)}${pad(kit.length === 0 ? '-' : `${median(kit).toFixed(2)}x`, 11)}` +
           `${pad(dir.length === 0 ? '-' : `${median(dir).toFixed(2)}x`, 9)}${pad(spread, 13)}${pad((Math.max(...rs.map(r => r.rss)) / MiB).toFixed(0), 9)}` +
-          `${g === null || g === undefined ? '-' : ((g.gcs / Math.max(1, g.ios)) * 100000).toFixed(0)}`)
+          `${target.name.startsWith('(a)') ? 'n/a (C)' : g === null || g === undefined ? '-' : ((g.gcs / Math.max(1, g.ios)) * 100000).toFixed(0)}`)
       }
     }
     const rssSeconds = Number(process.env.BENCH_RSS_SECONDS ?? 60)
