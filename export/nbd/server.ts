@@ -583,13 +583,19 @@ class NbdSession {
     this.reply(option, type, Buffer.from(message))
   }
 
+  /** A refusal of an export, logged with its reason (the client gets the same text). */
+  private refuse (type: number, message: string): { type: number, message: string } {
+    this.server.options.log(`nbd: ${this.address}: refused: ${message}`)
+    return { type, message }
+  }
+
   /** The export a client asked for, or why it cannot have it. */
   private find (name: string): { exp: ServedExport } | { type: number, message: string } {
     const exports = this.server.options.exports
     const exp = name === '' ? exports.values().next().value as ServedExport | undefined : exports.get(name)
-    if (exp === undefined) return { type: Rep.ERR_UNKNOWN, message: `no export named '${name}'` }
-    if (!allowed(exp.allow, this.address)) { exp.metrics.refused++; return { type: Rep.ERR_POLICY, message: `address ${this.address} is not in the allow list of export '${exp.name}'` } }
-    if (exp.token !== undefined) { exp.metrics.refused++; return { type: Rep.ERR_POLICY, message: `export '${exp.name}' needs a token, which NBD cannot present; use dst://` } }
+    if (exp === undefined) return this.refuse(Rep.ERR_UNKNOWN, `no export named '${name}'`)
+    if (!allowed(exp.allow, this.address)) { exp.metrics.refused++; return this.refuse(Rep.ERR_POLICY, `address ${this.address} is not in the allow list of export '${exp.name}'`) }
+    if (exp.token !== undefined) { exp.metrics.refused++; return this.refuse(Rep.ERR_POLICY, `export '${exp.name}' needs a token, which NBD cannot present; use dst://`) }
     if (this.server.isStopping) return { type: Rep.ERR_SHUTDOWN, message: 'node is shutting down' }
     return { exp }
   }

@@ -66,7 +66,7 @@ export class Listener {
     options.routes?.(this.app, (res, what, fn) => this.guard(res, what, fn))
     this.app.any('/*', res => {
       this.guard(res, 'a request', () => {
-        res.writeStatus('404 Not Found').end('not found: try GET /status, GET /metrics, POST /arrays/NAME/ACTION, or a WebSocket upgrade at /EXPORT\n')
+        res.writeStatus('404 Not Found').end('not found: try GET / (the web view), GET /status, GET /tree, GET /events, GET /metrics, POST /arrays/NAME/ACTION, or a WebSocket upgrade at /EXPORT\n')
       })
     })
   }
