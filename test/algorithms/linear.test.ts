@@ -199,10 +199,9 @@ test('random reads and writes across boundaries agree with one Buffer (fast-chec
   t.pass('fast-check found no counterexample') // fc.assert throws on failure
 })
 
-// BUG (algorithms/linear.ts, each(): `Promise.all(parts)`): a split request settles as soon as ONE piece fails, while
-// the other pieces are still in flight. The caller then owns its buffer again (and the array's in-flight count is
-// zero, so close() may proceed), yet a late piece still fills the read buffer afterwards. The request does not
-// "complete as one". Fix: wait for every piece (Promise.allSettled) and then throw the first error.
+// Regression test (fixed): a split request used to settle as soon as ONE piece failed (`Promise.all`), while the
+// other pieces were still in flight, so the caller owned its buffer again (and close() could proceed) while a late
+// piece still filled it. Pieces now all settle first (node/core/settle.ts), then the first error is thrown.
 test('a split read that fails settles only after all its pieces (the caller\'s buffer is not written later)', async t => {
   const fast = new FaultDevice(new MemoryDevice({ size: 4096 }))
   const slow = new FaultDevice(new MemoryDevice({ size: 4096 }))

@@ -73,9 +73,15 @@ async function openMirror (t: ExecutionContext, members: Member[], options: Part
   return m
 }
 
-/** Closes a mirror, but never lets a test hang on it. */
+/** Closes a mirror: a close that fails fails the test, and one that does not finish within 10 s does too. */
 async function closeSoon (m: Device): Promise<void> {
-  await Promise.race([m.close().catch(() => {}), sleep(2000)])
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error('close() did not finish within 10 s')), 10000) })
+  try {
+    await Promise.race([m.close(), late])
+  } finally {
+    clearTimeout(timer)
+  }
 }
 
 /** Opens a new array and waits for its first (compare-only) sync of legs 2..n. */
@@ -481,14 +487,10 @@ test('a write racing a resync of its region is never overwritten by older data (
   t.true(mems[1].data.equals(model), 'leg b holds the newest data')
 })
 
-// BUG (algorithms/mirror.ts, mutate(): `await this.enter(r0, r1)` and only then `regionInflight.set(...)`): a write
-// passes enter() while its region is not locked, but registers itself in regionInflight one microtask later. If the
-// resync moves on and calls lockRegion() for that region in between, lockRegion sees no write in flight and copies
-// concurrently with the write. When the source leg answers the copy's read before the write lands there (reads faster
-// than writes, as on a busy remote leg), the copy reads the old data and writes it to the resyncing leg after the new
-// write: the leg is then marked in sync while holding older data than the other leg. Fix: register the regions in
-// regionInflight in the same synchronous step in which enter() finds them unlocked (e.g. let enter() take the range
-// and do the increment before it returns), or have lockRegion() also wait for writers that have entered.
+// Regression test (fixed): a write used to pass the region gate while its region was unlocked but register itself as
+// in flight one microtask later, so a resync locking the region in between copied concurrently with it and could land
+// older data on the resyncing leg after the write. The gate (algorithms/redundant/region-gate.ts) now registers a
+// write in the same synchronous step in which it finds the region unlocked.
 test('a write entering just as the resync locks its region is not overwritten by older data', async t => {
   const bad: string[] = []
   // The window is one microtask wide; step the write's start across the resync's step from region 0 to region 1.
@@ -521,12 +523,9 @@ test('a write entering just as the resync locks its region is not overwritten by
   t.deepEqual(bad, [], 'legs diverged')
 })
 
-// BUG (algorithms/mirror.ts, probe() and resync()): a leg that fails while its resync is waiting on a copy, and comes
-// back before that copy returns, is marked 'stale' by probe(); startResync() then returns the old, still running
-// resync instead of starting one. That resync sees `l.state !== 'resyncing'` at its next region and returns, and its
-// finally leaves the leg 'stale'. Nothing ever restarts it: probe() only looks at failed legs, so the leg stays stale
-// (and the array degraded) until it fails again. Fix: in probe(), skip a leg whose `running` is not null (probe it
-// again later), or at the end of resync() restart when the leg is 'stale' and autoResync is on.
+// Regression test (fixed): a leg that failed while its resync waited on a copy, and came back before the copy
+// returned, used to be left stale for good: the old resync ended on the state change and nothing started another.
+// Health probes now leave a leg whose resync is still running for a later probe.
 test('a leg that fails and returns while its resync waits on a copy is still resynced', async t => {
   const { mems, faults, members } = rig([64 * KiB, 64 * KiB])
   const m = await openSynced(t, members)
@@ -548,14 +547,9 @@ test('a leg that fails and returns while its resync waits on a copy is still res
   t.true(mems[0].data.equals(mems[1].data))
 })
 
-// BUG (algorithms/mirror.ts, lockRegion()/unlockRegion()/enter(): one `locked` field and one `idleWaiters` entry per
-// region for the whole mirror): resyncs of two legs run at once (every new array of three legs, two legs returning
-// together), yet they share one lock slot. When one resync unlocks (`locked = -1`) it drops the lock the other still
-// holds on the region it is copying; a write waiting at the gate then runs concurrently with that copy, and the copy,
-// built from data read before the write, lands on its leg after the write. The leg is then marked in sync holding old
-// data, and reads balanced onto it return it. Fix: lock per region with a holder count (e.g. `Map<region, holders>`),
-// have enter() and clearQuiet() check every region of the range against it, and keep a list of idle waiters per region
-// (see the next test) -- or run one resync pass that copies each region to every stale leg under one lock.
+// Regression test (fixed): resyncs of two legs at once used to share one lock slot, so one resync unlocking dropped
+// the lock the other held, and a waiting write ran concurrently with a copy that then landed older data after it.
+// The region gate (algorithms/redundant/region-gate.ts) now locks each region on its own, for every resync at once.
 test('with three legs, a write during the first sync reaches every leg', async t => {
   const { mems, faults, members } = rig([64 * KiB, 64 * KiB, 64 * KiB])
   const m = await openMirror(t, members) // legs b and c are compared against leg a, both at once
@@ -641,13 +635,10 @@ test('after a crash with writes in flight, the reopened mirror resyncs only mark
   await closeSoon(m1)
 })
 
-// BUG (algorithms/mirror.ts, mutate()): when a leg fails under a write, fail() starts a save of the superblock that
-// records the leg as out of sync, but the write is acknowledged without waiting for it. If the region's intent bits
-// were already set (a recent write), no other save stands between the failure and the acknowledgement. After a crash
-// in that window the saved superblock still says the failed leg is in sync with its bit set like every other leg's,
-// so open() takes it as the source for that region ("the first leg that was in sync") and copies its OLD data over
-// the leg that took the acknowledged write. Fix: when any target failed in mutate(), `await this.save()` before
-// resolving, so a leg's failure is durable before a write it missed is acknowledged (same for trim).
+// Regression test (fixed): a write that a leg failed under used to be acknowledged before the save recording the
+// leg's failure was on disk, so a crash in that window let the restart copy the failed leg's old data over the leg
+// that took the write. The intent map's failure barrier (algorithms/redundant/intent-map.ts) now holds such a write's
+// acknowledgement until that save is on disk.
 test('a write acknowledged while a leg failed under it survives a crash', async t => {
   const memA = new MemoryDevice({ size: 64 * KiB })
   const memB = new MemoryDevice({ size: 64 * KiB })
@@ -1704,13 +1695,9 @@ test('verify refuses: one already running (BUSY), an unknown (NOLEG) or failed (
   await t.throwsAsync(one.verify({ repair: true }), { code: 'DST_ERR_ONELEG' })
 })
 
-// BUG (algorithms/mirror.ts, mismatch(), called from verifyRegion()): the legs a region is compared on are taken
-// before their digests are awaited, and nothing stops removeLeg()/splitLeg() meanwhile (verify takes no part in
-// withIoHeld). When a removed leg's digest differs, mismatch() marks it for repair with
-// `this.setBit(this.legs.indexOf(l), ...)`; indexOf is -1, `this.state_.bits[-1]` is undefined, and the TypeError
-// ("Cannot read properties of undefined (reading '0')") fails the whole verify: state 'failed', the mismatch not even
-// counted. Fix: after the digests are in, drop legs that are no longer in `this.legs` (or failed) before comparing,
-// or hold removeLeg/splitLeg until the verify lets go of the region.
+// Regression test (fixed): a leg removed while a verify awaited its digests used to make the verify mark a leg that was
+// no longer in the array (index -1) and fail with a TypeError. Legs now carry their own index and bits
+// (algorithms/redundant/leg.ts), so there is no index to look up; this test keeps the verify from failing again.
 test('a leg removed while a verify digests it does not make the verify fail', async t => {
   const mems = [0, 1, 2].map(() => new MemoryDevice({ size: 64 * KiB }))
   const gated = new GatedDevice(mems[2])

@@ -6,7 +6,7 @@
 import test from 'ava'
 import * as fs from 'node:fs'
 import * as net from 'node:net'
-import { startNode, tempDir } from '../../helpers/node-process'
+import { startNode, tempDir } from '../helpers/node-process'
 
 const MiB = 1024 * 1024
 const SIZE = 16 * MiB
