@@ -7,7 +7,8 @@
 import { formatSize } from '../core/size'
 import { parseDstUrl } from '../core/url'
 
-interface DeviceView {
+/** A device as a node's /status shows it (what the tree and `dst status` read of it). */
+export interface DeviceView {
   type: string
   size: number
   state: string
@@ -15,11 +16,12 @@ interface DeviceView {
   [key: string]: unknown
 }
 
-interface StatusView {
+/** A node's /status, the parts the tree and `dst status` read. */
+export interface StatusView {
   name: string
   listen?: string
   devices: Record<string, DeviceView>
-  exports: Array<{ name: string, device: string }>
+  exports: Array<{ name: string, device: string, url?: string, readOnly?: boolean, connections?: number }>
 }
 
 /** One device of the tree, as `--json` prints it: children under `children`, like lsblk --json. */

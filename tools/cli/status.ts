@@ -2,22 +2,7 @@
 
 import { formatSize } from '../../node/core/size'
 import { DstError, ErrorCode } from '../../node/core/errors'
-import { fetchFailure } from '../../node/daemon/tree'
-
-interface DeviceView {
-  type: string
-  size: number
-  state: string
-  members?: Array<DeviceView & { name: string }>
-  [key: string]: unknown
-}
-
-interface StatusView {
-  name: string
-  listen?: string
-  devices: Record<string, DeviceView>
-  exports: Array<{ name: string, device: string, url: string, readOnly: boolean, connections: number }>
-}
+import { fetchFailure, type DeviceView, type StatusView } from '../../node/daemon/tree'
 
 export async function fetchStatus (base: string): Promise<StatusView> {
   const url = new URL('/status', base).toString()
