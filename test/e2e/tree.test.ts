@@ -8,47 +8,10 @@ import * as fs from 'node:fs'
 import * as http from 'node:http'
 import { runDst, startNode, tempDir, type RunningNode } from '../helpers/node-process'
 import { freePort } from '../helpers/ports'
-
-const SIZE = '4MiB'
-
-async function threeLevels (t: { teardown: (fn: () => unknown) => void }): Promise<{ leaves: RunningNode[], mid: RunningNode, top: RunningNode }> {
-  const dir = tempDir()
-  const nodes: RunningNode[] = []
-  t.teardown(async () => {
-    await Promise.all(nodes.map(n => n.kill()))
-    fs.rmSync(dir, { recursive: true, force: true })
-  })
-  const leaves: RunningNode[] = []
-  for (const name of ['leaf1', 'leaf2']) {
-    const n = await startNode(dir, { name, listen: '127.0.0.1:0', dataDir: `./state/${name}`, devices: { disk: { type: 'file', path: `./${name}.img`, size: SIZE } }, exports: [{ device: 'disk' }] })
-    nodes.push(n)
-    leaves.push(n)
-  }
-  const mid = await startNode(dir, {
-    name: 'mid', listen: '127.0.0.1:0', dataDir: './state/mid',
-    devices: {
-      a: { type: 'remote', url: leaves[0].url('disk'), reconnectTimeout: '1s' },
-      b: { type: 'remote', url: leaves[1].url('disk'), reconnectTimeout: '1s' },
-      m: { type: 'mirror', members: ['a', 'b'], region: '64KiB' },
-    },
-    exports: [{ device: 'm' }],
-  })
-  nodes.push(mid)
-  const top = await startNode(dir, {
-    name: 'top', listen: '127.0.0.1:0', dataDir: './state/top',
-    devices: {
-      local: { type: 'file', path: './top.img', size: SIZE },
-      far: { type: 'remote', url: mid.url('m') },
-      all: { type: 'linear', members: ['local', 'far'] },
-    },
-    exports: [{ device: 'all' }],
-  })
-  nodes.push(top)
-  return { leaves, mid, top }
-}
+import { startWatchTree } from '../helpers/watch-tree'
 
 test('the whole tree across three levels of nodes, then a leaf gone: its branch unreachable, the rest drawn', async t => {
-  const { leaves, mid, top } = await threeLevels(t)
+  const { leaves, mid, top } = await startWatchTree(t)
   const shown = await runDst(['status', '--tree', top.http])
   t.is(shown.code, 0, shown.stderr)
   const text = shown.stdout.toString()
