@@ -13,18 +13,7 @@ import { FaultDevice } from '../../node/devices/fault-device'
 import { DstError } from '../../node/core/errors'
 import { DIGEST_SIZE, closeDefaultHasher } from '../../node/core/hasher'
 import { digestsOf } from '../helpers/digests'
-
-function memories (sizes: number[]): { mems: MemoryDevice[], members: Member[] } {
-  const mems = sizes.map(size => new MemoryDevice({ size }))
-  return { mems, members: mems.map((device, i) => ({ name: `m${i}`, device })) }
-}
-
-/** Bytes that differ at every position, so a misplaced piece shows up. */
-function pattern (length: number, seed: number): Buffer {
-  const b = Buffer.alloc(length)
-  for (let i = 0; i < length; i++) b[i] = (seed + i * 7 + (i >> 8)) & 0xff
-  return b
-}
+import { memories, pattern } from '../helpers/members'
 
 const sleep = (ms: number): Promise<void> => new Promise(resolve => setTimeout(resolve, ms))
 

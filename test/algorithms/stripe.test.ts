@@ -13,21 +13,11 @@ import { DstError } from '../../node/core/errors'
 import { Device } from '../../node/core/device'
 import { closeDefaultHasher } from '../../node/core/hasher'
 import { digestsOf } from '../helpers/digests'
+import { memories, pattern } from '../helpers/members'
 
 const K = 4096
 
 test.after.always(() => closeDefaultHasher())
-
-function memories (sizes: number[]): { mems: MemoryDevice[], members: Member[] } {
-  const mems = sizes.map(size => new MemoryDevice({ size }))
-  return { mems, members: mems.map((device, i) => ({ name: `m${i}`, device })) }
-}
-
-function pattern (length: number, seed: number): Buffer {
-  const b = Buffer.alloc(length)
-  for (let i = 0; i < length; i++) b[i] = (seed + i * 7 + (i >> 8)) & 0xff
-  return b
-}
 
 /** What member `m` must hold, given the array's bytes: its chunks, row after row. */
 function expectedMember (model: Buffer, m: number, n: number, chunk: number, memberSize: number): Buffer {
