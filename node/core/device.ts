@@ -30,6 +30,9 @@ export interface DeviceOptions {
   hasher?: Hasher
 }
 
+/** A run of a device's bytes: `hole` runs read as zeros and take no space; data runs may hold anything (zeros too). */
+export interface Extent { offset: number, length: number, hole: boolean }
+
 export abstract class Device {
   abstract readonly type: string
   size: number
@@ -121,6 +124,21 @@ export abstract class Device {
     }
   }
 
+  /**
+   * Which parts of [offset, offset + length) are holes (read as zeros and hold no space) and which hold data: runs in
+   * order that cover the range exactly, adjacent runs of the same kind merged. A device that cannot tell answers one
+   * data run over the whole range (always correct: data may be zeros).
+   */
+  extents (offset: number, length: number): Promise<Extent[]> {
+    try {
+      this.check(offset, length)
+      if (length === 0) return Promise.resolve([])
+      return this.track(this._extents(offset, length))
+    } catch (err) {
+      return Promise.reject(err)
+    }
+  }
+
   /** Waits for in-flight requests, then releases the backend. Requests made after close() fail. */
   close (): Promise<void> {
     if (this.closing === null) {
@@ -148,6 +166,7 @@ export abstract class Device {
     return digestByReading((at, n, into) => this._read(at, n, into), offset, length, chunk, this.hashService ?? defaultHasher())
   }
 
+  protected _extents (offset: number, length: number): Promise<Extent[]> { return Promise.resolve([{ offset, length, hole: false }]) }
   protected _flush (): Promise<void> { return Promise.resolve() }
   protected _trim (_offset: number, _length: number): Promise<void> { return Promise.resolve() }
   protected _close (): Promise<void> { return Promise.resolve() }
