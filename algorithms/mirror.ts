@@ -28,6 +28,7 @@ import { Resync } from './redundant/resync'
 import { Verifier, summary, type VerifyOptions, type VerifyReport } from './redundant/verify'
 import { hashTrouble } from './redundant/digests'
 import { FanoutPool, type Fanout } from './redundant/fanout'
+import { admitNew } from './redundant/admit'
 
 export type { LegState } from './redundant/leg'
 export type { VerifyOptions, VerifyReport, VerifyMismatch } from './redundant/verify'
@@ -163,7 +164,7 @@ export class MirrorDevice extends Device implements ArrayContext {
         leg.full = true
         leg.newDisk = true
         if (leg.absent) log(`leg '${leg.name}' is new to the array and not reachable: it is checked for data when it answers`)
-        else await MirrorDevice.admitNew(leg, size, config)
+        else await admitNew(leg, size, config)
       }
     } else if (plan.kind === 'kept') {
       log(`region changed (was ${loaded?.superblock.region ?? 0}); every leg was in sync with nothing marked: kept in sync`)
@@ -230,21 +231,6 @@ export class MirrorDevice extends Device implements ArrayContext {
       l.full = true
       l.record.inSync = false
     }
-  }
-
-  /** A leg new to an existing array: taken on (full sync) if it holds only zeros; otherwise left foreign. */
-  private static async admitNew (l: Leg, size: number, config: ArrayConfig): Promise<void> {
-    const at = await firstData(l.device, size, config.clock)
-    l.stale.fill(1)
-    if (at < 0) {
-      l.newDisk = false
-      config.log(`leg '${l.name}' is new to the array (identity ${l.device.identity || 'none'}) and holds only zeros: full sync`)
-      return
-    }
-    l.initial('foreign')
-    l.held = true
-    l.lastError = `a disk new to the array (identity ${l.device.identity || 'none'}) holds data (at byte ${at}): not overwritten; 'dst array replace' takes it on with a full sync`
-    config.log(`leg '${l.name}': ${l.lastError}`)
   }
 
   /** Bytes resyncs have copied and compared since start (status and tests). */

@@ -13,16 +13,26 @@ import { compareChunk, differingRuns, hashTrouble } from './digests'
 /** Regions one resync works on at once. */
 const RESYNC_PARALLEL = 4
 
+/**
+ * Brings region `r` (bytes [at, at + n) of the leg) of leg `l` up to date, with `buf` (region bytes) to work in; the
+ * region is locked against writes meanwhile. Returns the bytes written, or null when the resync must stop (the leg
+ * failed, or nothing holds the region to copy from: then it sets `l.lastError` and `l.pausedAt`).
+ */
+export type RegionCopier = (l: Leg, r: number, at: number, n: number, buf: Buffer) => Promise<number | null>
+
 export class Resync {
   private readonly ctx: ArrayContext
   private readonly fail: (leg: Leg, err: unknown) => void
+  /** How a region is brought up to date: a mirror copies from a leg that holds it; parity reconstructs it. */
+  private readonly copy: RegionCopier
   /** Bytes resyncs have copied, and compared by digest, since start (status and tests). */
   copiedBytes = 0
   comparedBytes = 0
 
-  constructor (ctx: ArrayContext, fail: (leg: Leg, err: unknown) => void) {
+  constructor (ctx: ArrayContext, fail: (leg: Leg, err: unknown) => void, copy?: RegionCopier) {
     this.ctx = ctx
     this.fail = fail
+    this.copy = copy ?? ((l, r, at, n, buf) => this.copyRegion(l, r, at, n, buf))
   }
 
   /** Starts (or returns the running) resync of a stale leg. */
@@ -72,7 +82,7 @@ export class Resync {
     const l = job.leg
     const progress = l.resync
     if (progress === null) return
-    const buf = Buffer.alloc(region)
+    const buf = Buffer.from(new SharedArrayBuffer(region))
     while (!job.stopped) {
       const r = this.nextStale(l)
       if (r < 0) return
@@ -82,7 +92,7 @@ export class Resync {
       l.claimed.add(r)
       await gate.lockRegion(r)
       try {
-        const copied = await this.copyRegion(l, r, at, n, buf)
+        const copied = await this.copy(l, r, at, n, buf)
         if (copied === null) { job.stopped = true; return }
         l.markHeld(r)
         progress.doneBytes += n
