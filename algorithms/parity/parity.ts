@@ -49,7 +49,7 @@ export interface ParityOptions {
   layout: ParityLayoutName
   /** raid5: bytes of one chunk (default 64 KiB). */
   chunk?: number
-  /** raid35: the array's block, split into one fragment per data member (default 4 KiB). */
+  /** raid35: the array's block, split into one fragment per data member (default 4 KiB, or data members × their block size if larger). */
   blockSize?: number
   /** Bytes of each member per region of the write-intent map (a power of two; raid5: a multiple of the chunk). */
   region: number
@@ -176,7 +176,8 @@ export class ParityDevice extends Device {
     const twice = names.find((n, i) => names.indexOf(n) !== i)
     if (twice !== undefined) throw new DstError(ErrorCode.CONFIG, `parity '${options.name}': member '${twice}' is named twice`, Errno.EINVAL)
     if (layout === 'raid35') {
-      const block = options.blockSize ?? 4096
+      // Default: 4 KiB, or one member block per data member if that is larger (fragments whole member blocks).
+      const block = options.blockSize ?? Math.max(4096, (members.length - 1) * Math.max(...blockSizes))
       const problem = raid35Problem(members.length, block, blockSizes)
       if (problem !== null) throw new DstError(ErrorCode.CONFIG, `parity '${options.name}': ${problem}`, Errno.EINVAL)
       const r35 = new Raid35Layout(members.length, block, smallest)
@@ -496,6 +497,16 @@ export class ParityDevice extends Device {
 
   private async read35 (l: Raid35Layout, offset: number, length: number, into: Uint8Array): Promise<void> {
     const { first, count } = l.widen(offset, length)
+    if (count <= 2 && length < l.blockSize * 2) {
+      // A small read asks only the members whose fragments it touches, when they all hold them.
+      const pieces = l.fragmentPieces(offset, length)
+      if (pieces.every(p => this.holds(p.member, p.at, p.length))) {
+        const done = await Promise.allSettled(pieces.map(p => this.members[p.member].device.read(p.at, p.length, into.subarray(p.done, p.done + p.length))))
+        if (done.every(d => d.status === 'fulfilled')) return
+        // A member failed: out of I/O, and the read is made again whole-block, reconstructing what it holds.
+        done.forEach((d, k) => { if (d.status === 'rejected') this.memberFailed(pieces[k].member, pieces[k].at, pieces[k].length, d.reason) })
+      }
+    }
     const aligned = offset === first * l.blockSize && length === count * l.blockSize
     const blocks = aligned ? into.subarray(0, length) : scratch(count * l.blockSize)
     const { at, length: n } = l.memberRange(first, count)

@@ -45,7 +45,7 @@ export function renderStateMetrics (node: string, status: { devices: Record<stri
   }
   const n = `node="${esc(node)}"`
   const legs: Array<{ array: string, leg: StatusDevice & { name: string } }> = []
-  for (const [name, d] of Object.entries(status.devices)) if (d.type === 'mirror') for (const leg of d.members ?? []) legs.push({ array: name, leg })
+  for (const [name, d] of Object.entries(status.devices)) if (d.type === 'mirror' || d.type === 'parity') for (const leg of d.members ?? []) legs.push({ array: name, leg })
   const leg = (a: { array: string, leg: { name: string } }): string => `${n},array="${esc(a.array)}",leg="${esc(a.leg.name)}"`
   family('dst_leg_state', 'gauge', 'Each leg of each mirror and each state it may be in: 1 for its state now, 0 for the others.',
     legs.flatMap(a => LEG_STATES.map((st): [string, number] => [`${leg(a)},state="${st}"`, a.leg.state === st ? 1 : 0])))
