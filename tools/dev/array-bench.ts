@@ -128,6 +128,7 @@ async function main (): Promise<void> {
     const leafUrls: Array<Map<string, string>> = []
     await Promise.all(hosts.map(async (host, i) => {
       const exportsOf = [...new Set(targets.flatMap(t => t.members.filter(m => m.leaf === i).map(m => m.export)))]
+      if (exportsOf.length === 0) return // a member of none of the targets chosen
       const name = `leaf${i + 1}`
       const devices = Object.fromEntries(exportsOf.map(e => [e, { type: 'file', path: `./${name}-${e}.img`, size: memberBytes }]))
       const file = path.join(dir, `${name}.json`)
