@@ -50,7 +50,8 @@ const TARGETS: Target[] = [
     name: 'raid35 4+1',
     device: 'a',
     members: [0, 1, 2, 3, 4].map(leaf => ({ leaf, export: 'raid35' })),
-    config: members => ({ type: 'parity', layout: 'raid35', members, block: '4KiB', region: '1MiB' }),
+    // No block given: four data members of 4 KiB blocks make it 16 KiB (one 4 KiB fragment each).
+    config: members => ({ type: 'parity', layout: 'raid35', members, region: '1MiB' }),
   },
   {
     name: 'raid5 4+1',
