@@ -179,14 +179,16 @@ export class ParityDevice extends Device {
       // Default: 4 KiB, or one member block per data member if that is larger (fragments whole member blocks).
       const block = options.blockSize ?? Math.max(4096, (members.length - 1) * Math.max(...blockSizes))
       const problem = raid35Problem(members.length, block, blockSizes)
-      if (problem !== null) throw new DstError(ErrorCode.CONFIG, `parity '${options.name}': ${problem}`, Errno.EINVAL)
+      const odd = members.find(m => (block / (members.length - 1)) % m.device.blockSize !== 0)
+      if (problem !== null) throw new DstError(ErrorCode.CONFIG, `parity '${options.name}': ${problem}${/block size \d+$/.test(problem) && odd !== undefined ? ` (member '${odd.name}')` : ''}`, Errno.EINVAL)
       const r35 = new Raid35Layout(members.length, block, smallest)
       return { size: r35.size, blockSize: block, memberBytes: r35.size / r35.data, unit: r35.fragment, r35, r5: null }
     }
     if (layout !== 'raid5') throw new DstError(ErrorCode.CONFIG, `parity '${options.name}': unknown layout ${JSON.stringify(layout)} (raid35 or raid5)`, Errno.EINVAL)
     const chunk = options.chunk ?? 64 * 1024
     const problem = raid5Problem(members.length, chunk, blockSizes)
-    if (problem !== null) throw new DstError(ErrorCode.CONFIG, `parity '${options.name}': ${problem}`, Errno.EINVAL)
+    const odd = members.find(m => chunk % m.device.blockSize !== 0)
+    if (problem !== null) throw new DstError(ErrorCode.CONFIG, `parity '${options.name}': ${problem}${/block size \d+$/.test(problem) && odd !== undefined ? ` (member '${odd.name}')` : ''}`, Errno.EINVAL)
     const r5 = new Raid5Layout(members.length, chunk, smallest)
     return { size: r5.size, blockSize: Math.max(...blockSizes), memberBytes: r5.size / r5.data, unit: chunk, r35: null, r5 }
   }
