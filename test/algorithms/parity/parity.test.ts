@@ -153,7 +153,7 @@ for (const l of layouts) {
         const ok = all.equals(model) && parityBreak(mems, memberSize) === -1 && dev.status().state === 'online'
         await dev.close()
         return ok
-      }), { numRuns: 40 })
+      }), { numRuns: Number(process.env.PARITY_RUNS ?? 40) })
     t.pass('40 random runs agreed with the model')
   })
 
