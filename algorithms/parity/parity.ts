@@ -19,7 +19,7 @@
 //   whose data cannot be trusted; the array is refused unless `forceDegradedStart` (md's dirty-degraded rule).
 
 import { randomUUID } from 'node:crypto'
-import { Device, type DeviceStatus } from '../../node/core/device'
+import { Device, type DeviceStatus, type Extent } from '../../node/core/device'
 import { DstError, Errno, ErrorCode } from '../../node/core/errors'
 import { realClock, type Clock, type TimerHandle } from '../../node/core/clock'
 import { settleAll } from '../../node/core/settle'
@@ -550,6 +550,51 @@ export class ParityDevice extends Device {
     return out
   }
 
+  /**
+   * Holes where every member has a hole over the same member bytes (zero fragments or chunks have zero parity, so
+   * the array reads zeros there), in whole blocks (raid35) or stripes (raid5); data everywhere else. While a member
+   * misses part of the range its holes say nothing: all data.
+   */
+  protected override async _extents (offset: number, length: number): Promise<Extent[]> {
+    const unitM = this.r35 !== null ? this.r35.fragment : (this.r5 as Raid5Layout).chunk
+    const unitA = this.r35 !== null ? this.r35.blockSize : (this.r5 as Raid5Layout).stripeBytes
+    const u0 = Math.floor(offset / unitA)
+    const u1 = Math.ceil((offset + length) / unitA)
+    const at = u0 * unitM
+    const n = (u1 - u0) * unitM
+    const all: Extent[] = [{ offset, length, hole: false }]
+    if (this.missing(at, n).length > 0) return all
+    await this.gate.enter()
+    let lists: Extent[][]
+    try {
+      lists = await Promise.all(this.members.map(m => m.device.extents(at, n)))
+    } finally {
+      this.gate.exit()
+    }
+    // Holes common to every member, rounded inward to whole units, mapped to the array and clipped to the range.
+    let common: Array<[number, number]> = [[at, at + n]]
+    for (const list of lists) common = intersect(common, list.filter(e => e.hole).map(e => [e.offset, e.offset + e.length]))
+    const out: Extent[] = []
+    let pos = offset
+    const end = offset + length
+    for (const [a, b] of common) {
+      const ha = Math.max(offset, Math.ceil(a / unitM) * unitA)
+      const hb = Math.min(end, Math.floor(b / unitM) * unitA)
+      if (hb <= ha) continue
+      if (ha > pos) out.push({ offset: pos, length: ha - pos, hole: false })
+      out.push({ offset: ha, length: hb - ha, hole: true })
+      pos = hb
+    }
+    if (pos < end) out.push({ offset: pos, length: end - pos, hole: false })
+    // Adjacent runs of one kind are one run.
+    const merged: Extent[] = []
+    for (const e of out) {
+      const last = merged[merged.length - 1]
+      if (last !== undefined && last.hole === e.hole) last.length += e.length; else merged.push({ ...e })
+    }
+    return merged
+  }
+
   // ---- writes ----------------------------------------------------------------------------------------------------
 
   protected override async _write (offset: number, data: Uint8Array): Promise<void> {
@@ -964,6 +1009,20 @@ export class ParityDevice extends Device {
     await this.intent.save()
     await this.intent.close()
   }
+}
+
+/** The intersection of two sorted lists of disjoint [start, end) intervals. */
+function intersect (a: Array<[number, number]>, b: Array<[number, number]>): Array<[number, number]> {
+  const out: Array<[number, number]> = []
+  let i = 0
+  let j = 0
+  while (i < a.length && j < b.length) {
+    const lo = Math.max(a[i][0], b[j][0])
+    const hi = Math.min(a[i][1], b[j][1])
+    if (lo < hi) out.push([lo, hi])
+    if (a[i][1] < b[j][1]) i++; else j++
+  }
+  return out
 }
 
 /** What the layout makes of the members: sizes, the unit a region must be a multiple of, the layout object. */
