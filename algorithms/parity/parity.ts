@@ -19,7 +19,7 @@
 //   whose data cannot be trusted; the array is refused unless `forceDegradedStart` (md's dirty-degraded rule).
 
 import { randomUUID } from 'node:crypto'
-import { Device, type DeviceStatus } from '../../node/core/device'
+import { Device, type DeviceStatus, type Extent } from '../../node/core/device'
 import { DstError, Errno, ErrorCode } from '../../node/core/errors'
 import { realClock, type Clock, type TimerHandle } from '../../node/core/clock'
 import { settleAll } from '../../node/core/settle'
@@ -179,14 +179,16 @@ export class ParityDevice extends Device {
       // Default: 4 KiB, or one member block per data member if that is larger (fragments whole member blocks).
       const block = options.blockSize ?? Math.max(4096, (members.length - 1) * Math.max(...blockSizes))
       const problem = raid35Problem(members.length, block, blockSizes)
-      if (problem !== null) throw new DstError(ErrorCode.CONFIG, `parity '${options.name}': ${problem}`, Errno.EINVAL)
+      const odd = members.find(m => (block / (members.length - 1)) % m.device.blockSize !== 0)
+      if (problem !== null) throw new DstError(ErrorCode.CONFIG, `parity '${options.name}': ${problem}${/block size \d+$/.test(problem) && odd !== undefined ? ` (member '${odd.name}')` : ''}`, Errno.EINVAL)
       const r35 = new Raid35Layout(members.length, block, smallest)
       return { size: r35.size, blockSize: block, memberBytes: r35.size / r35.data, unit: r35.fragment, r35, r5: null }
     }
     if (layout !== 'raid5') throw new DstError(ErrorCode.CONFIG, `parity '${options.name}': unknown layout ${JSON.stringify(layout)} (raid35 or raid5)`, Errno.EINVAL)
     const chunk = options.chunk ?? 64 * 1024
     const problem = raid5Problem(members.length, chunk, blockSizes)
-    if (problem !== null) throw new DstError(ErrorCode.CONFIG, `parity '${options.name}': ${problem}`, Errno.EINVAL)
+    const odd = members.find(m => chunk % m.device.blockSize !== 0)
+    if (problem !== null) throw new DstError(ErrorCode.CONFIG, `parity '${options.name}': ${problem}${/block size \d+$/.test(problem) && odd !== undefined ? ` (member '${odd.name}')` : ''}`, Errno.EINVAL)
     const r5 = new Raid5Layout(members.length, chunk, smallest)
     return { size: r5.size, blockSize: Math.max(...blockSizes), memberBytes: r5.size / r5.data, unit: chunk, r35: null, r5 }
   }
@@ -546,6 +548,51 @@ export class ParityDevice extends Device {
     const out: number[] = []
     for (let g = Math.floor(first / per); g <= Math.floor((first + count - 1) / per); g++) out.push(g)
     return out
+  }
+
+  /**
+   * Holes where every member has a hole over the same member bytes (zero fragments or chunks have zero parity, so
+   * the array reads zeros there), in whole blocks (raid35) or stripes (raid5); data everywhere else. While a member
+   * misses part of the range its holes say nothing: all data.
+   */
+  protected override async _extents (offset: number, length: number): Promise<Extent[]> {
+    const unitM = this.r35 !== null ? this.r35.fragment : (this.r5 as Raid5Layout).chunk
+    const unitA = this.r35 !== null ? this.r35.blockSize : (this.r5 as Raid5Layout).stripeBytes
+    const u0 = Math.floor(offset / unitA)
+    const u1 = Math.ceil((offset + length) / unitA)
+    const at = u0 * unitM
+    const n = (u1 - u0) * unitM
+    const all: Extent[] = [{ offset, length, hole: false }]
+    if (this.missing(at, n).length > 0) return all
+    await this.gate.enter()
+    let lists: Extent[][]
+    try {
+      lists = await Promise.all(this.members.map(m => m.device.extents(at, n)))
+    } finally {
+      this.gate.exit()
+    }
+    // Holes common to every member, rounded inward to whole units, mapped to the array and clipped to the range.
+    let common: Array<[number, number]> = [[at, at + n]]
+    for (const list of lists) common = intersect(common, list.filter(e => e.hole).map(e => [e.offset, e.offset + e.length]))
+    const out: Extent[] = []
+    let pos = offset
+    const end = offset + length
+    for (const [a, b] of common) {
+      const ha = Math.max(offset, Math.ceil(a / unitM) * unitA)
+      const hb = Math.min(end, Math.floor(b / unitM) * unitA)
+      if (hb <= ha) continue
+      if (ha > pos) out.push({ offset: pos, length: ha - pos, hole: false })
+      out.push({ offset: ha, length: hb - ha, hole: true })
+      pos = hb
+    }
+    if (pos < end) out.push({ offset: pos, length: end - pos, hole: false })
+    // Adjacent runs of one kind are one run.
+    const merged: Extent[] = []
+    for (const e of out) {
+      const last = merged[merged.length - 1]
+      if (last !== undefined && last.hole === e.hole) last.length += e.length; else merged.push({ ...e })
+    }
+    return merged
   }
 
   // ---- writes ----------------------------------------------------------------------------------------------------
@@ -962,6 +1009,20 @@ export class ParityDevice extends Device {
     await this.intent.save()
     await this.intent.close()
   }
+}
+
+/** The intersection of two sorted lists of disjoint [start, end) intervals. */
+function intersect (a: Array<[number, number]>, b: Array<[number, number]>): Array<[number, number]> {
+  const out: Array<[number, number]> = []
+  let i = 0
+  let j = 0
+  while (i < a.length && j < b.length) {
+    const lo = Math.max(a[i][0], b[j][0])
+    const hi = Math.min(a[i][1], b[j][1])
+    if (lo < hi) out.push([lo, hi])
+    if (a[i][1] < b[j][1]) i++; else j++
+  }
+  return out
 }
 
 /** What the layout makes of the members: sizes, the unit a region must be a multiple of, the layout object. */

@@ -27,7 +27,9 @@ export function renderStatus (s: StatusView): string {
     const detail = [d.type, formatSize(d.size), d.state]
     if (typeof d.path === 'string') detail.push(d.path)
     if (typeof d.url === 'string') detail.push(d.url)
+    if (typeof d.layout === 'string') detail.push(String(d.layout))
     if (typeof d.chunk === 'number') detail.push(`chunk ${formatSize(d.chunk)}`)
+    if (d.role === 'parity') detail.push('parity')
     if (d.writable === false) detail.push('read-only')
     if (typeof d.dirtyBytes === 'number' && d.dirtyBytes > 0) detail.push(`dirty ${formatSize(d.dirtyBytes)}`)
     if (typeof d.foundIdentity === 'string') detail.push(`found disk ${d.foundIdentity}`)

@@ -79,6 +79,11 @@ test('sizes: (n - 1) × the smallest member in whole fragments or chunks; bad me
   t.regex((await t.throwsAsync(open(rig(2, 64 * K).members, { layout: 'raid5', chunk: 4096 })))?.message ?? '', /at least three members/)
   t.regex((await t.throwsAsync(open(rig(5, 64 * K).members, { layout: 'raid5', chunk: 16 * K })))?.message ?? '', /region 8192 is not a multiple of 16384/)
   t.regex((await t.throwsAsync(open(rig(5, 64 * K).members, { layout: 'raid35', blockSize: 1000 })))?.message ?? '', /fragments of 250 bytes/)
+  const mixed = rig(5, 64 * K).members
+  mixed[3] = { name: 'big', device: new MemoryDevice({ size: 64 * K, blockSize: 4096 }) }
+  t.regex((await t.throwsAsync(open(mixed, { layout: 'raid35', blockSize: 4096 })))?.message ?? '', /fragments of 1024 bytes are not a multiple of a member's block size 4096 \(member 'big'\)/)
+  const { dev: wide } = await open(mixed, { layout: 'raid35', blockSize: undefined as unknown as number }, undefined, { region: 16 * K })
+  t.is(wide.blockSize, 16 * K, 'default block: one 4 KiB member block per data member')
   const twice = rig(3, 64 * K).members
   twice[2] = { ...twice[2], name: 'm0' }
   t.regex((await t.throwsAsync(open(twice, { layout: 'raid5', chunk: 4096 })))?.message ?? '', /member 'm0' is named twice/)
@@ -148,7 +153,7 @@ for (const l of layouts) {
         const ok = all.equals(model) && parityBreak(mems, memberSize) === -1 && dev.status().state === 'online'
         await dev.close()
         return ok
-      }), { numRuns: 40 })
+      }), { numRuns: Number(process.env.PARITY_RUNS ?? 40) })
     t.pass('40 random runs agreed with the model')
   })
 
