@@ -250,6 +250,8 @@ export class MirrorDevice extends Device implements ArrayContext {
   /** Bytes resyncs have copied and compared since start (status and tests). */
   get resyncedBytes (): number { return this.resyncs.copiedBytes }
   get comparedBytes (): number { return this.resyncs.comparedBytes }
+  /** Bytes of the sources' holes resyncs did not read nor write (sparse-aware copies). */
+  get skippedBytes (): number { return this.resyncs.skippedBytes }
   /** The running or last online verify. */
   get lastVerify (): VerifyReport | null { return this.verifier.last }
   /** Verify totals since start (metrics). */
@@ -271,6 +273,7 @@ export class MirrorDevice extends Device implements ArrayContext {
       events: this.intent.events,
       resyncedBytes: this.resyncedBytes,
       resyncComparedBytes: this.comparedBytes,
+      resyncSkippedBytes: this.skippedBytes,
       ...(this.lastVerify !== null ? { verify: summary(this.lastVerify) } : {}),
       members: this.legs.all.map(l => ({
         name: l.name,
