@@ -10,7 +10,7 @@
 // a new array decides its first sync, and the I/O paths.
 
 import { randomUUID } from 'node:crypto'
-import { Device, type DeviceStatus } from '../node/core/device'
+import { Device, type DeviceStatus, type Extent } from '../node/core/device'
 import { DstError, Errno, ErrorCode } from '../node/core/errors'
 import { realClock, type Clock, type TimerHandle } from '../node/core/clock'
 import { settleAll } from '../node/core/settle'
@@ -236,6 +236,8 @@ export class MirrorDevice extends Device implements ArrayContext {
   /** Bytes resyncs have copied and compared since start (status and tests). */
   get resyncedBytes (): number { return this.resyncs.copiedBytes }
   get comparedBytes (): number { return this.resyncs.comparedBytes }
+  /** Bytes of the sources' holes resyncs did not read nor write (sparse-aware copies). */
+  get skippedBytes (): number { return this.resyncs.skippedBytes }
   /** The running or last online verify. */
   get lastVerify (): VerifyReport | null { return this.verifier.last }
   /** Verify totals since start (metrics). */
@@ -257,6 +259,7 @@ export class MirrorDevice extends Device implements ArrayContext {
       events: this.intent.events,
       resyncedBytes: this.resyncedBytes,
       resyncComparedBytes: this.comparedBytes,
+      resyncSkippedBytes: this.skippedBytes,
       ...(this.lastVerify !== null ? { verify: summary(this.lastVerify) } : {}),
       members: this.legs.all.map(l => ({
         name: l.name,
@@ -305,6 +308,29 @@ export class MirrorDevice extends Device implements ArrayContext {
         } finally {
           leg.outstanding--
         }
+      }
+    } finally {
+      this.gate.exit()
+    }
+  }
+
+  /**
+   * Holes as one leg that holds the range sees them (the best reader, like a read): legs that hold a range hold the
+   * same bytes, so a hole there reads as zeros from every one. With no such leg, or one that cannot answer, the range
+   * is data (always correct); a failing extents() is no reason to fail the leg (reads find that out).
+   */
+  protected override async _extents (offset: number, length: number): Promise<Extent[]> {
+    await this.gate.enter()
+    try {
+      const leg = this.legs.reader(this.regionOf(offset), this.regionOf(offset + length - 1))
+      if (leg === null) return [{ offset, length, hole: false }]
+      leg.outstanding++
+      try {
+        return await leg.device.extents(offset, length)
+      } catch {
+        return [{ offset, length, hole: false }]
+      } finally {
+        leg.outstanding--
       }
     } finally {
       this.gate.exit()

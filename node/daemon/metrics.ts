@@ -16,6 +16,8 @@ export interface ArrayCounters {
   name: string
   resyncCopiedBytes: number
   resyncComparedBytes: number
+  /** Bytes of source holes resyncs skipped (neither read nor written). */
+  resyncSkippedBytes: number
   verifyRuns: number
   verifyBytes: number
   verifyMismatches: number
@@ -96,6 +98,7 @@ export function renderMetrics (node: string, exports: ReadonlyArray<{ name: stri
     [[`${n},kind="rss"`, mem.rss], [`${n},kind="heap_used"`, mem.heapUsed], [`${n},kind="heap_total"`, mem.heapTotal], [`${n},kind="external"`, mem.external], [`${n},kind="array_buffers"`, mem.arrayBuffers]])
   const arr = (fn: (a: ArrayCounters) => number): Array<[string, number]> => arrays.map(a => [`${n},array="${esc(a.name)}"`, fn(a)])
   family('dst_resync_copied_bytes_total', 'counter', 'Bytes resyncs copied to legs.', arr(a => a.resyncCopiedBytes))
+  family('dst_resync_skipped_bytes_total', 'counter', 'Bytes of source holes resyncs skipped: neither read nor written to the leg.', arr(a => a.resyncSkippedBytes))
   family('dst_resync_compared_bytes_total', 'counter', 'Bytes resyncs compared by digest before copying.', arr(a => a.resyncComparedBytes))
   family('dst_verify_runs_total', 'counter', 'Online verifies started.', arr(a => a.verifyRuns))
   family('dst_verify_bytes_total', 'counter', 'Bytes an online verify compared on two legs or more.', arr(a => a.verifyBytes))

@@ -460,6 +460,7 @@ export class DstNode {
       name,
       resyncCopiedBytes: m.resyncedBytes,
       resyncComparedBytes: m.comparedBytes,
+      resyncSkippedBytes: m.skippedBytes,
       verifyRuns: m.verifyTotals.runs,
       verifyBytes: m.verifyTotals.bytes,
       verifyMismatches: m.verifyTotals.mismatches,
