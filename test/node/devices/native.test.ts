@@ -3,6 +3,7 @@
 // space, and the pure-JS fallback (the addon absent) reports every capability absent and still reads and writes.
 
 import test from 'ava'
+import fc from 'fast-check'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import { FileDevice } from '../../../node/devices/file-device'
@@ -133,4 +134,52 @@ test('a read-only file device neither trims nor zeroes', async t => {
   t.false(d.canTrim)
   t.false(d.canZeroFast)
   await t.throwsAsync(d.zero(0, 4096, true), { instanceOf: DstError, code: ErrorCode.EROFS })
+})
+
+nativeTest('random writes, trims and zeroes: extents cover the range in merged runs, holes read as zeros, and bytes match a Buffer model (fast-check)', async t => {
+  const SIZE = 2 * MiB
+  const BLOCK = 4 * KiB
+  const op = fc.record({
+    kind: fc.constantFrom('write', 'trim', 'zero', 'zero-no-hole'),
+    block: fc.integer({ min: 0, max: SIZE / BLOCK - 1 }),
+    blocks: fc.integer({ min: 1, max: 64 }),
+    seed: fc.integer({ min: 1, max: 255 }),
+  })
+  await fc.assert(fc.asyncProperty(fc.array(op, { maxLength: 24 }), fc.integer({ min: 0, max: SIZE - 1 }), fc.integer({ min: 1, max: SIZE }), async (ops, from, span) => {
+    const p = file()
+    const d = await FileDevice.open({ path: p, size: SIZE })
+    try {
+      const model = Buffer.alloc(SIZE)
+      for (const o of ops) {
+        const offset = o.block * BLOCK
+        const length = Math.min(o.blocks * BLOCK, SIZE - offset)
+        if (o.kind === 'write') {
+          const data = Buffer.alloc(length, o.seed)
+          await d.write(offset, data)
+          data.copy(model, offset)
+        } else {
+          if (o.kind === 'trim') await d.trim(offset, length)
+          else await d.zero(offset, length, o.kind === 'zero')
+          model.fill(0, offset, offset + length)
+        }
+      }
+      const length = Math.min(span, SIZE - from)
+      const ext = await d.extents(from, length)
+      let at = from
+      for (const [i, e] of ext.entries()) {
+        if (e.offset !== at || e.length <= 0) return false
+        if (i > 0 && ext[i - 1].hole === e.hole) return false // merged
+        if (e.hole && !model.subarray(e.offset, e.offset + e.length).every(b => b === 0)) return false
+        at += e.length
+      }
+      if (at !== from + length) return false
+      const back = Buffer.alloc(SIZE)
+      await d.read(0, SIZE, back)
+      return back.equals(model)
+    } finally {
+      await d.close()
+      fs.rmSync(p, { force: true })
+    }
+  }), { numRuns: 60 })
+  t.pass('fast-check found no counterexample') // fc.assert throws on failure
 })
