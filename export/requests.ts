@@ -7,8 +7,11 @@ import { Errno } from '../node/core/errors'
 import { isHashChunk } from '../node/core/hasher'
 import type { ServedExport } from './served'
 
-/** What a request does, whichever protocol carried it. */
-export const RequestKind = { READ: 0, WRITE: 1, TRIM: 2, WRITE_ZEROES: 3, FLUSH: 4, PING: 5, HASH: 6, UNKNOWN: 7, EXTENTS: 8 } as const
+/**
+ * What a request does, whichever protocol carried it. LOOKUP: a request about a range that carries no payload either
+ * way and changes nothing (NBD's BLOCK_STATUS and CACHE): its length is not bounded by maxRequest but must not be 0.
+ */
+export const RequestKind = { READ: 0, WRITE: 1, TRIM: 2, WRITE_ZEROES: 3, FLUSH: 4, PING: 5, HASH: 6, UNKNOWN: 7, EXTENTS: 8, LOOKUP: 9 } as const
 export type RequestKindValue = typeof RequestKind[keyof typeof RequestKind]
 
 /**
@@ -64,6 +67,9 @@ export function checkRequest (rules: RequestRules, kind: number, offset: number,
       // TRIM and WRITE_ZEROES carry no payload: their length is not bounded by maxRequest.
       if ((kind === RequestKind.READ || kind === RequestKind.WRITE) && length > rules.maxRequest) return Errno.EOVERFLOW
       if (!Number.isSafeInteger(offset) || offset + length > d.size) return Errno.EINVAL
+      return 0
+    case RequestKind.LOOKUP:
+      if (!Number.isSafeInteger(offset) || length === 0 || offset + length > d.size) return Errno.EINVAL
       return 0
     case RequestKind.HASH:
       if (length > rules.maxRequest) return Errno.EOVERFLOW

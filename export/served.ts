@@ -4,6 +4,7 @@
 import type { Device } from '../node/core/device'
 import type { Cidr } from '../node/core/acl'
 import type { WriteLease } from '../node/core/lease'
+import type { DirtyMaps } from '../node/core/dirty'
 
 export interface ExportOptions {
   name: string
@@ -23,6 +24,8 @@ export interface ServedExport extends ExportOptions {
   lease: WriteLease
   /** Told to clients in the handshake: how many times this node has started (restarts are visible). */
   generation: number
+  /** The regions each member of the exported array is missing (NBD's qemu:dirty-bitmap contexts); absent: none. */
+  dirty?: DirtyMaps
 }
 
 /** Per-export counters, bumped on the hot path by either protocol and rendered by the daemon's /metrics. */

@@ -342,6 +342,8 @@ export class ParityDevice extends Device {
   /** Bytes rebuilds have written since start. */
   get resyncedBytes (): number { return this.resyncs.copiedBytes }
   get comparedBytes (): number { return 0 }
+  /** Bytes rebuilds did not write because every other member holds a hole there (the member was trimmed instead). */
+  skippedBytes = 0
   get lastVerify (): VerifyReport | null { return this.scrub.last }
   get verifyTotals (): { runs: number, bytes: number, mismatches: number, repaired: number } { return this.scrub.totals }
   get legNames (): string[] { return this.legs.names }
@@ -369,6 +371,7 @@ export class ParityDevice extends Device {
       region: this.region,
       events: this.intent.events,
       resyncedBytes: this.resyncedBytes,
+      resyncSkippedBytes: this.skippedBytes,
       counters: { ...this.counters },
       ...(this.intent.pinned.size > 0 ? { parityPendingRegions: this.intent.pinned.size } : {}),
       ...(this.lastVerify !== null ? { verify: this.scrub.summary() } : {}),
@@ -803,6 +806,22 @@ export class ParityDevice extends Device {
       l.pausedAt = this.intent.events
       this.config.log(`member '${l.name}': rebuild paused: ${l.lastError}`)
       return null
+    }
+    // Every other member holds a hole over the region: its bytes are zeros. A member that can zero without writing
+    // (punch, ZERO_RANGE) is zeroed there, so nothing is read or written.
+    if (l.device.canZeroFast) {
+      const holes = await Promise.all(others.map(o => o.device.extents(at, n).then(x => x.length === 1 && x[0].hole, () => false)))
+      if (holes.every(h => h)) {
+        try {
+          await l.device.zero(at, n, true, true)
+        } catch (err) {
+          this.fail(l, err)
+          return null
+        }
+        this.skippedBytes += n
+        if (l.resync !== null) l.resync.skippedBytes += n
+        return 0
+      }
     }
     try {
       await this.reconstructRange(l.index, at, n, view)

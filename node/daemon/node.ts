@@ -8,6 +8,7 @@ import { Listener } from './listener'
 import { renderMetrics, renderStateMetrics, type ArrayCounters, type DeviceGauge } from './metrics'
 import type { NodeConfig } from './config'
 import { ExportMetrics, type ServedExport } from '../../export/served'
+import { dirtyMapsOf } from './dirty-maps'
 import { REPLY_HEADER_SIZE } from '../../export/native/codec'
 import { formatAddress, formatDstUrl } from '../core/url'
 import { dstVersion } from '../core/version'
@@ -165,7 +166,7 @@ export class DstNode {
       const device = this.registry.get(e.device)
       // An assertion: the config checks that every export names a device, and the registry opens all or throws.
       if (device === undefined) throw new Error(`export '${e.name}': device '${e.device}' did not open`)
-      this.exports.set(e.name, { ...e, device, metrics: new ExportMetrics(), lease: new WriteLease(c.leaseTimeout), generation: this.generation })
+      this.exports.set(e.name, { ...e, device, metrics: new ExportMetrics(), lease: new WriteLease(c.leaseTimeout), generation: this.generation, dirty: dirtyMapsOf(device) })
     }
     this.listener = new Listener({
       host: c.listen.host,
