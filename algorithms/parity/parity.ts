@@ -568,12 +568,16 @@ export class ParityDevice extends Device {
     const all: Extent[] = [{ offset, length, hole: false }]
     if (this.missing(at, n).length > 0) return all
     await this.gate.enter()
-    let lists: Extent[][]
+    let answers: Array<PromiseSettledResult<Extent[]>>
     try {
-      lists = await Promise.all(this.members.map(m => m.device.extents(at, n)))
+      answers = await Promise.allSettled(this.members.map(m => m.device.extents(at, n)))
     } finally {
       this.gate.exit()
     }
+    // A member that cannot answer is out (as a failed read makes it); without its holes, all is data.
+    answers.forEach((a, i) => { if (a.status === 'rejected') this.memberFailed(i, at, n, a.reason) })
+    if (answers.some(a => a.status === 'rejected')) return all
+    const lists = answers.map(a => (a as PromiseFulfilledResult<Extent[]>).value)
     // Holes common to every member, rounded inward to whole units, mapped to the array and clipped to the range.
     let common: Array<[number, number]> = [[at, at + n]]
     for (const list of lists) common = intersect(common, list.filter(e => e.hole).map(e => [e.offset, e.offset + e.length]))

@@ -358,3 +358,24 @@ function isParityByte (options: Opts, n: number, member: number, x: number): boo
   const stripe = Math.floor(x / options.chunk)
   return member === (n - 1) - (stripe % n)
 }
+
+test('extents: holes where every member has a hole over whole blocks (raid35) or stripes (raid5); data elsewhere; all data while a member is missing', async t => {
+  for (const options of [{ layout: 'raid35' as const, blockSize: 4096 }, { layout: 'raid5' as const, chunk: 4096 }]) {
+    const { faults, members } = rig(5, 256 * K)
+    const { dev, clock } = await open(members, options)
+    // The memory members keep 64 KiB pages: member page 2 is array bytes [512 KiB, 768 KiB) in both layouts.
+    await dev.write(512 * K + 1000, pattern(100, 1))
+    const runs = await dev.extents(0, dev.size)
+    t.deepEqual(runs, [{ offset: 0, length: 512 * K, hole: true }, { offset: 512 * K, length: 256 * K, hole: false }, { offset: 768 * K, length: 256 * K, hole: true }], options.layout)
+    t.is(runs.reduce((n, r) => n + r.length, 0), dev.size, 'the runs cover the range')
+    const into = Buffer.alloc(runs[0].length)
+    await dev.read(runs[0].offset, runs[0].length, into)
+    t.true(into.every(b => b === 0), 'a hole reads as zeros')
+    faults[1].failing = true
+    t.deepEqual(await dev.extents(0, dev.size), [{ offset: 0, length: dev.size, hole: false }], 'a member cannot answer: all data')
+    t.is(dev.legs.named('m1').state, 'failed')
+    t.deepEqual(await dev.extents(0, dev.size), [{ offset: 0, length: dev.size, hole: false }], 'a member is missing: all data')
+    await back(dev, clock, faults[1], 'm1')
+    await dev.close()
+  }
+})
