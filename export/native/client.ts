@@ -38,7 +38,15 @@ export interface ConnectOptions {
   counters?: { digestErrors: number }
   /** Where wire digests are computed (default: defaultHasher()). */
   hasher?: Hasher
+  /**
+   * TLS (a dsts:// url asks for it too): the CA the server's certificate must chain to (default: Node's CAs, with
+   * NODE_EXTRA_CA_CERTS), the certificate and key this side presents, and the name the server's certificate must
+   * carry (default: the url's host).
+   */
+  tls?: ClientTls
 }
+
+export interface ClientTls { ca?: Buffer, cert?: Buffer, key?: Buffer, passphrase?: string, servername?: string }
 
 /** Times a payload that failed its wire digest is sent or asked for again before the request fails. */
 const DIGEST_RETRIES = 3
@@ -98,6 +106,19 @@ const describe: Record<number, string> = {
   [Errno.ESHUTDOWN]: 'the exporting node is shutting down',
   [Errno.EAGAIN]: 'the exporting node is out of buffers',
   [Errno.EBADMSG]: 'the payload did not match its wire digest',
+}
+
+/** Why a connect failed, in words: TLS failures and a plain/TLS mismatch are named as such. */
+function connectFailure (err: NodeJS.ErrnoException, secure: boolean): string {
+  const code = err.code ?? ''
+  const tlsCodes = /^(ERR_SSL_|ERR_TLS_|CERT_|UNABLE_TO_|DEPTH_ZERO|SELF_SIGNED|EPROTO$|HOSTNAME_MISMATCH)/
+  if (secure && /WRONG_VERSION_NUMBER|PACKET_LENGTH_TOO_LONG|HTTP_REQUEST/.test(`${code} ${err.message}`)) return `TLS handshake failed: the listener does not speak TLS (a plain dst:// listener?) (${code || err.message})`
+  if (secure && (code === 'ECONNRESET' || /socket hang up|disconnected before secure/i.test(err.message))) return `TLS handshake failed: the connection was closed (a plain dst:// listener, or one that refused our certificate?) (${code || err.message})`
+  if (secure && tlsCodes.test(code)) return `TLS: the server's certificate or the handshake was refused: ${code}: ${err.message}`
+  if (!secure && (code === 'ECONNRESET' || code === 'HPE_INVALID_CONSTANT' || code === 'HPE_INVALID_VERSION' || /socket hang up|Parse Error/i.test(err.message))) {
+    return `no HTTP answer to the upgrade (${code || err.message}): is it a TLS listener? Use dsts://`
+  }
+  return code || err.message
 }
 
 export class Connection {
@@ -174,8 +195,9 @@ export class Connection {
   }
 
   static connect (target: DstUrl, options: ConnectOptions = {}): Promise<Connection> {
-    const url = formatDstUrl(target)
-    const wsUrl = `ws://${target.host.includes(':') ? `[${target.host}]` : target.host}:${target.port}/${encodeURIComponent(target.export)}`
+    const secure = target.tls === true || options.tls !== undefined
+    const url = formatDstUrl(secure ? { ...target, tls: true } : target)
+    const wsUrl = `${secure ? 'wss' : 'ws'}://${target.host.includes(':') ? `[${target.host}]` : target.host}:${target.port}/${encodeURIComponent(target.export)}`
     return new Promise((resolve, reject) => {
       const headers: Record<string, string> = { 'x-dst-version': String(PROTOCOL_VERSION) }
       if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`
@@ -195,8 +217,20 @@ export class Connection {
         // A peer that is gone never answers our close frame; do not hold the process for ws's default 30 s.
         closeTimeout: 2000,
       }
+      if (secure) {
+        // The server's certificate is checked against the CA and the name (Node's defaults: rejectUnauthorized).
+        const t = options.tls ?? {}
+        Object.assign(wsOptions, {
+          ...(t.ca !== undefined ? { ca: t.ca } : {}),
+          ...(t.cert !== undefined ? { cert: t.cert, key: t.key } : {}),
+          ...(t.passphrase !== undefined ? { passphrase: t.passphrase } : {}),
+          ...(t.servername !== undefined ? { servername: t.servername } : {}),
+          rejectUnauthorized: true,
+        })
+      }
       // The TCP socket reads through a SocketReader, so that replies can later land straight in their destinations.
-      const reader = process.env.DST_DIRECT_READ === '0' ? null : new SocketReader()
+      // Not under TLS: the bytes off the socket are ciphertext, and the decrypted ones come as 'data' chunks.
+      const reader = process.env.DST_DIRECT_READ === '0' || secure ? null : new SocketReader()
       if (reader !== null) {
         // As ws's own connect does: `path` in these options is the URL's path, `socketPath` the Unix socket's.
         const connect = (opts: Record<string, unknown>): net.Socket => {
@@ -228,7 +262,7 @@ export class Connection {
         })
         res.on('error', () => done(new DstError(ErrorCode.REFUSED, `${url}: refused (${res.statusCode ?? '?'})`)))
       })
-      ws.on('error', err => done(new DstError(ErrorCode.CONNECT, `${url}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)))
+      ws.on('error', err => done(new DstError(ErrorCode.CONNECT, `${url}: ${connectFailure(err as NodeJS.ErrnoException, secure)}`)))
       ws.on('close', (code, reason) => done(new DstError(ErrorCode.CONNECT, `${url}: closed before the handshake (code ${code}${reason.length > 0 ? `: ${reason.toString()}` : ''})`)))
       ws.once('message', (data: Buffer, isBinary: boolean) => {
         try {
