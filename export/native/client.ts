@@ -5,6 +5,7 @@
 // fragment of its message, unmasked and uncopied. Request frames are written here, from a buffer per slot.
 
 import * as net from 'node:net'
+import * as tls from 'node:tls'
 import WebSocket from 'ws'
 import { DstError, Errno, errnoName, ErrorCode, RemoteError } from '../../node/core/errors'
 import { Ring } from '../../node/core/ring'
@@ -47,6 +48,9 @@ export interface ConnectOptions {
 }
 
 export interface ClientTls { ca?: Buffer, cert?: Buffer, key?: Buffer, passphrase?: string, servername?: string }
+
+/** How long a TLS client waits for the server's hello after the TCP connect before it takes the peer for a plain listener. */
+const TLS_HELLO_TIMEOUT = 3000
 
 /** Times a payload that failed its wire digest is sent or asked for again before the request fails. */
 const DIGEST_RETRIES = 3
@@ -109,16 +113,19 @@ const describe: Record<number, string> = {
 }
 
 /** Why a connect failed, in words: TLS failures and a plain/TLS mismatch are named as such. */
-function connectFailure (err: NodeJS.ErrnoException, secure: boolean): string {
+function connectFailure (err: NodeJS.ErrnoException, secure: boolean): { text: string, certificate: boolean } {
   const code = err.code ?? ''
-  const tlsCodes = /^(ERR_SSL_|ERR_TLS_|CERT_|UNABLE_TO_|DEPTH_ZERO|SELF_SIGNED|EPROTO$|HOSTNAME_MISMATCH)/
-  if (secure && /WRONG_VERSION_NUMBER|PACKET_LENGTH_TOO_LONG|HTTP_REQUEST/.test(`${code} ${err.message}`)) return `TLS handshake failed: the listener does not speak TLS (a plain dst:// listener?) (${code || err.message})`
-  if (secure && (code === 'ECONNRESET' || /socket hang up|disconnected before secure/i.test(err.message))) return `TLS handshake failed: the connection was closed (a plain dst:// listener, or one that refused our certificate?) (${code || err.message})`
-  if (secure && tlsCodes.test(code)) return `TLS: the server's certificate or the handshake was refused: ${code}: ${err.message}`
-  if (!secure && (code === 'ECONNRESET' || code === 'HPE_INVALID_CONSTANT' || code === 'HPE_INVALID_VERSION' || /socket hang up|Parse Error/i.test(err.message))) {
-    return `no HTTP answer to the upgrade (${code || err.message}): is it a TLS listener? Use dsts://`
+  const what = `${code} ${err.message}`
+  if (code === 'DST_NO_SERVER_HELLO') return { text: `TLS handshake failed: ${err.message} (a plain dst:// listener? use dst://)`, certificate: false }
+  if (secure && /WRONG_VERSION_NUMBER|PACKET_LENGTH_TOO_LONG|HTTP_REQUEST/.test(what)) return { text: `TLS handshake failed: the listener does not speak TLS (a plain dst:// listener?) (${code || err.message})`, certificate: false }
+  if (secure && /^(ERR_SSL_|ERR_TLS_CERT|CERT_|UNABLE_TO_|DEPTH_ZERO|SELF_SIGNED|HOSTNAME_MISMATCH)/.test(code)) {
+    return { text: `TLS: certificate not accepted: ${code}: ${err.message.trim()}`, certificate: true }
   }
-  return code || err.message
+  if (secure && (code === 'ECONNRESET' || /socket hang up|disconnected before secure/i.test(err.message))) return { text: `TLS handshake failed: the connection was closed (a plain dst:// listener?) (${code || err.message})`, certificate: false }
+  if (!secure && (code === 'ECONNRESET' || code.startsWith('HPE_') || /socket hang up|Parse Error/i.test(err.message))) {
+    return { text: `no HTTP answer to the upgrade (${code || err.message}): is it a TLS listener? Use dsts://`, certificate: false }
+  }
+  return { text: code || err.message, certificate: false }
 }
 
 export class Connection {
@@ -227,6 +234,21 @@ export class Connection {
           ...(t.servername !== undefined ? { servername: t.servername } : {}),
           rejectUnauthorized: true,
         })
+        // A plain listener does not answer a ClientHello (uWebSockets.js waits for an HTTP request that never ends,
+        // 10 s): no ServerHello this long after the TCP connect ends the attempt, saying what it likely met.
+        const tlsConnect = (opts: tls.ConnectionOptions & { host?: string }): tls.TLSSocket => {
+          const host = opts.host ?? ''
+          const socket = tls.connect({ ...opts, ...(opts.servername === undefined ? { servername: net.isIP(host) !== 0 ? '' : host } : {}) })
+          let timer: NodeJS.Timeout | null = null
+          socket.once('connect', () => {
+            timer = setTimeout(() => socket.destroy(Object.assign(new Error(`no TLS answer within ${TLS_HELLO_TIMEOUT} ms of the TCP connect`), { code: 'DST_NO_SERVER_HELLO' })), TLS_HELLO_TIMEOUT)
+          })
+          const stop = (): void => { if (timer !== null) { clearTimeout(timer); timer = null } }
+          socket.once('secureConnect', stop)
+          socket.once('close', stop)
+          return socket
+        }
+        wsOptions.createConnection = tlsConnect as unknown as typeof net.createConnection
       }
       // The TCP socket reads through a SocketReader, so that replies can later land straight in their destinations.
       // Not under TLS: the bytes off the socket are ciphertext, and the decrypted ones come as 'data' chunks.
@@ -262,7 +284,11 @@ export class Connection {
         })
         res.on('error', () => done(new DstError(ErrorCode.REFUSED, `${url}: refused (${res.statusCode ?? '?'})`)))
       })
-      ws.on('error', err => done(new DstError(ErrorCode.CONNECT, `${url}: ${connectFailure(err as NodeJS.ErrnoException, secure)}`)))
+      ws.on('error', err => {
+        const failure = connectFailure(err as NodeJS.ErrnoException, secure)
+        // A certificate refused is refused again on retry; a connection that failed otherwise may be a peer restarting.
+        done(new DstError(failure.certificate ? ErrorCode.TLS : ErrorCode.CONNECT, `${url}: ${failure.text}`, failure.certificate ? Errno.EACCES : undefined))
+      })
       ws.on('close', (code, reason) => done(new DstError(ErrorCode.CONNECT, `${url}: closed before the handshake (code ${code}${reason.length > 0 ? `: ${reason.toString()}` : ''})`)))
       ws.once('message', (data: Buffer, isBinary: boolean) => {
         try {

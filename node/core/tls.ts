@@ -57,7 +57,7 @@ export function parseSubject (text: unknown): Array<[string, string]> | string {
   const pairs: Array<[string, string]> = []
   for (const part of text.split(',')) {
     const m = /^\s*([A-Za-z][A-Za-z0-9.]*)\s*=\s*(.+?)\s*$/.exec(part)
-    if (m === null) return `"${text}": "${part.trim()}" is not ATTRIBUTE=VALUE`
+    if (m === null) return text.includes(',') ? `"${text}": "${part.trim()}" is not ATTRIBUTE=VALUE` : `"${text}" is not ATTRIBUTE=VALUE`
     pairs.push([m[1], m[2]])
   }
   return pairs
@@ -84,7 +84,7 @@ function subjectMatches (pattern: Array<[string, string]>, subject: Record<strin
 export function certRefusal (rules: CertRules, peer: PeerCertificate | undefined, exportName: string, elsewhere = ''): string | null {
   const required = rules.clientCert === 'require' || (rules.allowSubjects !== undefined && rules.allowSubjects.length > 0)
   if (!required) return null
-  if (peer === undefined) return `export '${exportName}' requires a client certificate, which this listener cannot check${elsewhere !== '' ? `; connect to ${elsewhere}` : ''}`
+  if (peer === undefined) return `export '${exportName}' requires a client certificate, which this listener cannot check${elsewhere === '' ? '' : elsewhere.startsWith('dsts:') ? `; connect to ${elsewhere}` : `; ${elsewhere}`}`
   if (peer.subject === null) return `export '${exportName}' requires a client certificate; none was presented`
   if (!peer.authorized) return `export '${exportName}': client certificate (${subjectText(peer.subject)}) not accepted: ${peer.error ?? 'not signed by the node\'s CA'}`
   if (rules.allowSubjects !== undefined && rules.allowSubjects.length > 0) {

@@ -257,7 +257,6 @@ function parseExportTls (x: Record<string, unknown>, field: string, tls: TlsConf
   if (x.clientCert === 'require' || out.allowSubjects !== undefined) {
     const what = x.clientCert === 'require' ? `${field}.clientCert` : `${field}.allowSubjects`
     if (tls?.ca === undefined) fail(what, 'needs the node\'s tls with a ca: client certificates are checked against it')
-    if (tls?.clientCertListen === undefined) fail(what, 'needs tls.clientCertListen: the native listener (uWebSockets.js) cannot check client certificates, so these exports are served natively on that second listener (see README, "TLS")')
     out.clientCert = 'require'
   }
   return out

@@ -81,7 +81,7 @@ export class Listener {
       })
     }
     this.native = attachNativeTransport(this.app, {
-      certElsewhere: name => this.certs === null ? '' : formatDstUrl({ host: options.clientCertListen?.host ?? '', port: this.certs.port, export: name, tls: true }),
+      certElsewhere: name => this.certs === null ? 'set tls.clientCertListen on that node, or use NBD with STARTTLS' : formatDstUrl({ host: options.clientCertListen?.host ?? '', port: this.certs.port, export: name, tls: true }),
       pool: options.pool,
       limits: options.limits,
       exports: options.exports,

@@ -203,6 +203,9 @@ export class DstNode {
     for (const e of c.exports) {
       if (e.token !== undefined && c.tls === undefined) this.log(`warning: export '${e.name}' has a token but this node serves it without TLS: the token and every byte cross the network in clear (set "tls", see README "TLS")`)
     }
+    for (const e of c.exports) {
+      if (e.clientCert === 'require' && c.tls?.clientCertListen === undefined) this.log(`export '${e.name}' requires client certificates: served over NBD (STARTTLS) only; natively it needs tls.clientCertListen (the main listener cannot check certificates)`)
+    }
     for (const d of c.devices.values()) {
       if (d.type === 'remote' && d.token !== undefined && d.tls !== true) this.log(`warning: device '${d.name}' sends its token to ${d.url} without TLS, in clear (use dsts://)`)
     }
