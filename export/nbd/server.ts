@@ -254,7 +254,11 @@ export class NbdServer {
   get isStopping (): boolean { return this.stopping }
 
   /** A session closed (its socket, plain or TLS, is gone). */
-  forget (session: NbdSession): void { this.sessions.delete(session) }
+  forget (session: NbdSession): void {
+    this.sessions.delete(session)
+    // One that closed mid-handshake (few are ever in this map at once).
+    for (const [key, s] of this.handshaking) if (s === session) this.handshaking.delete(key)
+  }
 
   /** Hands a plain connection that asked for STARTTLS to the TLS server path; `tlsReady` follows its handshake. */
   startTls (session: NbdSession, plain: net.Socket): void {
