@@ -16,6 +16,12 @@ export interface ExportOptions {
   shared?: boolean
   /** Wire digests: every WRITE and READ payload on this export's connections carries a digest checked on receipt. */
   digest?: boolean
+  /** "require": served to NBD clients only after STARTTLS (hidden from plain connections). */
+  tls?: 'require'
+  /** "require": clients must present a certificate signed by the node's CA. */
+  clientCert?: 'require'
+  /** Client certificate subjects allowed ("CN=n2"); implies clientCert "require". */
+  allowSubjects?: string[]
 }
 
 /** An export as the listener sees it: a device, its access rules, its write lease and its counters. */

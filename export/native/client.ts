@@ -5,6 +5,7 @@
 // fragment of its message, unmasked and uncopied. Request frames are written here, from a buffer per slot.
 
 import * as net from 'node:net'
+import * as tls from 'node:tls'
 import WebSocket from 'ws'
 import { DstError, Errno, errnoName, ErrorCode, RemoteError } from '../../node/core/errors'
 import { Ring } from '../../node/core/ring'
@@ -43,7 +44,18 @@ export interface ConnectOptions {
   counters?: { digestErrors: number }
   /** Where wire digests are computed (default: defaultHasher()). */
   hasher?: Hasher
+  /**
+   * TLS (a dsts:// url asks for it too): the CA the server's certificate must chain to (default: Node's CAs, with
+   * NODE_EXTRA_CA_CERTS), the certificate and key this side presents, and the name the server's certificate must
+   * carry (default: the url's host).
+   */
+  tls?: ClientTls
 }
+
+export interface ClientTls { ca?: Buffer, cert?: Buffer, key?: Buffer, passphrase?: string, servername?: string }
+
+/** How long a TLS client waits for the server's hello after the TCP connect before it takes the peer for a plain listener. */
+const TLS_HELLO_TIMEOUT = 3000
 
 /** Times a payload that failed its wire digest is sent or asked for again before the request fails. */
 const DIGEST_RETRIES = 3
@@ -103,6 +115,22 @@ const describe: Record<number, string> = {
   [Errno.ESHUTDOWN]: 'the exporting node is shutting down',
   [Errno.EAGAIN]: 'the exporting node is out of buffers',
   [Errno.EBADMSG]: 'the payload did not match its wire digest',
+}
+
+/** Why a connect failed, in words: TLS failures and a plain/TLS mismatch are named as such. */
+function connectFailure (err: NodeJS.ErrnoException, secure: boolean): { text: string, certificate: boolean } {
+  const code = err.code ?? ''
+  const what = `${code} ${err.message}`
+  if (code === 'DST_NO_SERVER_HELLO') return { text: `TLS handshake failed: ${err.message} (a plain dst:// listener? use dst://)`, certificate: false }
+  if (secure && /WRONG_VERSION_NUMBER|PACKET_LENGTH_TOO_LONG|HTTP_REQUEST/.test(what)) return { text: `TLS handshake failed: the listener does not speak TLS (a plain dst:// listener?) (${code || err.message})`, certificate: false }
+  if (secure && /^(ERR_SSL_|ERR_TLS_CERT|CERT_|UNABLE_TO_|DEPTH_ZERO|SELF_SIGNED|HOSTNAME_MISMATCH)/.test(code)) {
+    return { text: `TLS: certificate not accepted: ${code}: ${err.message.trim()}`, certificate: true }
+  }
+  if (secure && (code === 'ECONNRESET' || /socket hang up|disconnected before secure/i.test(err.message))) return { text: `TLS handshake failed: the connection was closed (a plain dst:// listener?) (${code || err.message})`, certificate: false }
+  if (!secure && (code === 'ECONNRESET' || code.startsWith('HPE_') || /socket hang up|Parse Error/i.test(err.message))) {
+    return { text: `no HTTP answer to the upgrade (${code || err.message}): is it a TLS listener? Use dsts://`, certificate: false }
+  }
+  return { text: code || err.message, certificate: false }
 }
 
 export class Connection {
@@ -179,8 +207,9 @@ export class Connection {
   }
 
   static connect (target: DstUrl, options: ConnectOptions = {}): Promise<Connection> {
-    const url = formatDstUrl(target)
-    const wsUrl = `ws://${target.host.includes(':') ? `[${target.host}]` : target.host}:${target.port}/${encodeURIComponent(target.export)}`
+    const secure = target.tls === true || options.tls !== undefined
+    const url = formatDstUrl(secure ? { ...target, tls: true } : target)
+    const wsUrl = `${secure ? 'wss' : 'ws'}://${target.host.includes(':') ? `[${target.host}]` : target.host}:${target.port}/${encodeURIComponent(target.export)}`
     return new Promise((resolve, reject) => {
       const headers: Record<string, string> = { 'x-dst-version': String(PROTOCOL_VERSION) }
       if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`
@@ -200,8 +229,35 @@ export class Connection {
         // A peer that is gone never answers our close frame; do not hold the process for ws's default 30 s.
         closeTimeout: 2000,
       }
+      if (secure) {
+        // The server's certificate is checked against the CA and the name (Node's defaults: rejectUnauthorized).
+        const t = options.tls ?? {}
+        Object.assign(wsOptions, {
+          ...(t.ca !== undefined ? { ca: t.ca } : {}),
+          ...(t.cert !== undefined ? { cert: t.cert, key: t.key } : {}),
+          ...(t.passphrase !== undefined ? { passphrase: t.passphrase } : {}),
+          ...(t.servername !== undefined ? { servername: t.servername } : {}),
+          rejectUnauthorized: true,
+        })
+        // A plain listener does not answer a ClientHello (uWebSockets.js waits for an HTTP request that never ends,
+        // 10 s): no ServerHello this long after the TCP connect ends the attempt, saying what it likely met.
+        const tlsConnect = (opts: tls.ConnectionOptions & { host?: string }): tls.TLSSocket => {
+          const host = opts.host ?? ''
+          const socket = tls.connect({ ...opts, ...(opts.servername === undefined ? { servername: net.isIP(host) !== 0 ? '' : host } : {}) })
+          let timer: NodeJS.Timeout | null = null
+          socket.once('connect', () => {
+            timer = setTimeout(() => socket.destroy(Object.assign(new Error(`no TLS answer within ${TLS_HELLO_TIMEOUT} ms of the TCP connect`), { code: 'DST_NO_SERVER_HELLO' })), TLS_HELLO_TIMEOUT)
+          })
+          const stop = (): void => { if (timer !== null) { clearTimeout(timer); timer = null } }
+          socket.once('secureConnect', stop)
+          socket.once('close', stop)
+          return socket
+        }
+        wsOptions.createConnection = tlsConnect as unknown as typeof net.createConnection
+      }
       // The TCP socket reads through a SocketReader, so that replies can later land straight in their destinations.
-      const reader = process.env.DST_DIRECT_READ === '0' ? null : new SocketReader()
+      // Not under TLS: the bytes off the socket are ciphertext, and the decrypted ones come as 'data' chunks.
+      const reader = process.env.DST_DIRECT_READ === '0' || secure ? null : new SocketReader()
       if (reader !== null) {
         // As ws's own connect does: `path` in these options is the URL's path, `socketPath` the Unix socket's.
         const connect = (opts: Record<string, unknown>): net.Socket => {
@@ -233,7 +289,11 @@ export class Connection {
         })
         res.on('error', () => done(new DstError(ErrorCode.REFUSED, `${url}: refused (${res.statusCode ?? '?'})`)))
       })
-      ws.on('error', err => done(new DstError(ErrorCode.CONNECT, `${url}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)))
+      ws.on('error', err => {
+        const failure = connectFailure(err as NodeJS.ErrnoException, secure)
+        // A certificate refused is refused again on retry; a connection that failed otherwise may be a peer restarting.
+        done(new DstError(failure.certificate ? ErrorCode.TLS : ErrorCode.CONNECT, `${url}: ${failure.text}`, failure.certificate ? Errno.EACCES : undefined))
+      })
       ws.on('close', (code, reason) => done(new DstError(ErrorCode.CONNECT, `${url}: closed before the handshake (code ${code}${reason.length > 0 ? `: ${reason.toString()}` : ''})`)))
       ws.once('message', (data: Buffer, isBinary: boolean) => {
         try {

@@ -8,6 +8,7 @@ import { timingSafeEqual, createHash } from 'node:crypto'
 import type { BufferPool } from '../../node/core/pool'
 import type { Hasher } from '../../node/core/hasher'
 import { allowed } from '../../node/core/acl'
+import { certRefusal, type PeerCertificate } from '../../node/core/tls'
 import { CloseCode, DEFAULT_MAX_QUEUED_BYTES, ExportSession, type SessionAccess, type SessionLimits } from './server'
 import type { ServedExport } from '../served'
 import { CLOSE_WRITER_DONE, REPLY_HEADER_SIZE, REQUEST_HEADER_SIZE, agreedVersion } from './codec'
@@ -27,6 +28,8 @@ export interface NativeTransportOptions {
   isStopping: () => boolean
   /** Answers 500 for a handler that threw (the listener's one way to do it; logged there). */
   failed: (res: uws.HttpResponse, what: string, err: unknown) => void
+  /** Where an export that requires a client certificate is served instead (the node:tls listener's url), for refusals. */
+  certElsewhere?: (exportName: string) => string
 }
 
 /** The native protocol's connections on one app: attached once, then stopped and closed with the node. */
@@ -147,53 +150,90 @@ export class NativeTransport {
     const key = req.getHeader('sec-websocket-key')
     const protocol = req.getHeader('sec-websocket-protocol')
     const extensions = req.getHeader('sec-websocket-extensions')
-    const auth = req.getHeader('authorization')
-    const writer = req.getHeader('x-dst-writer')
-    const writerName = req.getHeader('x-dst-writer-name')
-    const peerNode = req.getHeader('x-dst-node')
-    const readOnlyAsked = req.getHeader('x-dst-access') === 'ro'
-    const version = agreedVersion(req.getHeader('x-dst-version'))
     const address = Buffer.from(res.getRemoteAddressAsText()).toString()
-    const refuse = (status: string, reason: string, exp?: ServedExport, headers: Record<string, string> = {}): void => {
-      if (exp !== undefined) exp.metrics.refused++
-      this.options.log(`refused ${address} for ${url}: ${reason}`)
-      res.writeStatus(status).writeHeader('content-type', 'text/plain')
-      for (const [k, v] of Object.entries(headers)) res.writeHeader(k, v)
-      res.end(reason + '\n')
-    }
-    let name: string
-    try { name = decodeURIComponent(url.slice(1)) } catch { refuse('400 Bad Request', 'bad export name in the URL'); return }
-    const exp = this.options.exports.get(name)
-    if (exp === undefined) { refuse('404 Not Found', `no export named '${name}' on this node`); return }
-    if (!allowed(exp.allow, address)) { refuse('403 Forbidden', `address ${address} is not in the allow list of export '${name}'`, exp); return }
-    if (exp.token !== undefined) {
-      const given = auth.startsWith('Bearer ') ? auth.slice(7) : ''
-      if (given === '') { refuse('401 Unauthorized', `export '${name}' needs a token`, exp); return }
-      if (!sameSecret(given, exp.token)) { refuse('401 Unauthorized', `wrong token for export '${name}'`, exp); return }
-    }
-    if (this.options.isStopping()) { refuse('503 Service Unavailable', 'node is shutting down', exp); return }
-    if (exp.device.state === 'closed' || exp.device.state === 'closing') { refuse('503 Service Unavailable', `device of export '${name}' is ${exp.device.state}`, exp); return }
-    if (this.options.nodeId !== undefined && peerNode === this.options.nodeId) {
-      refuse('508 Loop Detected', `export '${name}' is on the node that asks for it: a remote device cannot point at its own node`, exp)
+    // uWebSockets.js shows no peer certificate: an export that requires one is refused here (peer undefined).
+    const verdict = admitUpgrade(this.options, {
+      url,
+      address,
+      auth: req.getHeader('authorization'),
+      writer: req.getHeader('x-dst-writer'),
+      writerName: req.getHeader('x-dst-writer-name'),
+      peerNode: req.getHeader('x-dst-node'),
+      readOnlyAsked: req.getHeader('x-dst-access') === 'ro',
+      version: req.getHeader('x-dst-version'),
+    })
+    if (!verdict.ok) {
+      res.writeStatus(verdict.status).writeHeader('content-type', 'text/plain')
+      for (const [k, v] of Object.entries(verdict.headers)) res.writeHeader(k, v)
+      res.end(verdict.reason + '\n')
       return
     }
-    const access: SessionAccess = { readOnly: readOnlyAsked || exp.readOnly || !exp.device.writable, owner: null, token: 0, version }
-    if (!access.readOnly && exp.shared !== true && writer !== '') {
-      if (!/^[A-Za-z0-9._:-]{1,128}$/.test(writer)) { refuse('400 Bad Request', 'bad x-dst-writer id', exp); return }
-      const lease = exp.lease.acquire(writer, { name: /^[A-Za-z0-9._-]{1,64}$/.test(writerName) ? writerName : '', address })
-      if (!lease.ok) {
-        // How long until it expires (the holder has left): a remote device opening waits that long instead of failing.
-        refuse('409 Conflict', `export '${name}' is leased for writing: ${lease.reason}`, exp, lease.expiresIn !== null ? { 'x-dst-lease-expires-in': String(lease.expiresIn) } : {})
-        return
-      }
-      access.owner = writer
-      access.token = lease.token
-    } else if (!access.readOnly && exp.shared !== true && exp.lease.owner !== null) {
-      refuse('409 Conflict', `export '${name}' is leased for writing by ${exp.lease.holderText()}; connect read-only or mark the export "shared"`, exp)
-      return
-    }
-    res.upgrade<UserData>({ session: null, exp, access, drain: null, address }, key, protocol, extensions, context)
+    res.upgrade<UserData>({ session: null, exp: verdict.exp, access: verdict.access, drain: null, address }, key, protocol, extensions, context)
   }
+}
+
+/** What an upgrade request asks for, as either listener reads it. */
+export interface UpgradeRequest {
+  url: string
+  address: string
+  auth: string
+  writer: string
+  writerName: string
+  peerNode: string
+  readOnlyAsked: boolean
+  /** The client's x-dst-version header ('' when absent): the protocol version the session speaks. */
+  version: string
+  /** The client's certificate, as a node:tls listener saw it; undefined on uWebSockets.js, which cannot tell. */
+  peer?: PeerCertificate
+}
+
+export type UpgradeVerdict =
+  | { ok: true, exp: ServedExport, access: SessionAccess }
+  | { ok: false, status: string, reason: string, headers: Record<string, string> }
+
+/**
+ * The one access check of an upgrade, for both listeners: the export, the allow list, the token, the client
+ * certificate, the node stopping, a loop to this node, and the write lease (taken here when granted). A refusal is
+ * logged and counted.
+ */
+export function admitUpgrade (options: Pick<NativeTransportOptions, 'exports' | 'log' | 'nodeId' | 'isStopping' | 'certElsewhere'>, r: UpgradeRequest): UpgradeVerdict {
+  const { url, address, auth, writer, writerName, peerNode, readOnlyAsked } = r
+  const refuse = (status: string, reason: string, exp?: ServedExport, headers: Record<string, string> = {}): UpgradeVerdict => {
+    if (exp !== undefined) exp.metrics.refused++
+    options.log(`refused ${address} for ${url}: ${reason}`)
+    return { ok: false, status, reason, headers }
+  }
+  let name: string
+  try { name = decodeURIComponent(url.slice(1)) } catch { return refuse('400 Bad Request', 'bad export name in the URL') }
+  const exp = options.exports.get(name)
+  if (exp === undefined) return refuse('404 Not Found', `no export named '${name}' on this node`)
+  if (!allowed(exp.allow, address)) return refuse('403 Forbidden', `address ${address} is not in the allow list of export '${name}'`, exp)
+  const certProblem = certRefusal(exp, r.peer, name, r.peer === undefined ? options.certElsewhere?.(name) : '')
+  if (certProblem !== null) return refuse('403 Forbidden', certProblem, exp)
+  if (exp.token !== undefined) {
+    const given = auth.startsWith('Bearer ') ? auth.slice(7) : ''
+    if (given === '') return refuse('401 Unauthorized', `export '${name}' needs a token`, exp)
+    if (!sameSecret(given, exp.token)) return refuse('401 Unauthorized', `wrong token for export '${name}'`, exp)
+  }
+  if (options.isStopping()) return refuse('503 Service Unavailable', 'node is shutting down', exp)
+  if (exp.device.state === 'closed' || exp.device.state === 'closing') return refuse('503 Service Unavailable', `device of export '${name}' is ${exp.device.state}`, exp)
+  if (options.nodeId !== undefined && peerNode === options.nodeId) {
+    return refuse('508 Loop Detected', `export '${name}' is on the node that asks for it: a remote device cannot point at its own node`, exp)
+  }
+  const access: SessionAccess = { readOnly: readOnlyAsked || exp.readOnly || !exp.device.writable, owner: null, token: 0, version: agreedVersion(r.version) }
+  if (!access.readOnly && exp.shared !== true && writer !== '') {
+    if (!/^[A-Za-z0-9._:-]{1,128}$/.test(writer)) return refuse('400 Bad Request', 'bad x-dst-writer id', exp)
+    const lease = exp.lease.acquire(writer, { name: /^[A-Za-z0-9._-]{1,64}$/.test(writerName) ? writerName : '', address })
+    if (!lease.ok) {
+      // How long until it expires (the holder has left): a remote device opening waits that long instead of failing.
+      return refuse('409 Conflict', `export '${name}' is leased for writing: ${lease.reason}`, exp, lease.expiresIn !== null ? { 'x-dst-lease-expires-in': String(lease.expiresIn) } : {})
+    }
+    access.owner = writer
+    access.token = lease.token
+  } else if (!access.readOnly && exp.shared !== true && exp.lease.owner !== null) {
+    return refuse('409 Conflict', `export '${name}' is leased for writing by ${exp.lease.holderText()}; connect read-only or mark the export "shared"`, exp)
+  }
+  return { ok: true, exp, access }
 }
 
 /** Attaches the native protocol's WebSocket route to `app` (before its catch-all HTTP route). */

@@ -13,8 +13,14 @@
 // memory of ours (net.Socket `onread`), and the bulk of a WRITE's payload lands straight in its pool buffer (see
 // `nextReadBuffer`); when the pool is empty the socket is paused until a buffer frees (backpressure).
 // Exports keep their allow list and read-only flag; an export with a token is not offered (NBD cannot present one).
+// TLS: NBD_OPT_STARTTLS when the node has `tls` (SELECTIVETLS: an export marked "tls": "require" is refused with
+// NBD_REP_ERR_TLS_REQD and left out of LIST on a plain connection); client certificates are asked for and checked
+// per export (clientCert, allowSubjects). A TLS connection reads through Node's TLS socket ('data' chunks, the plain
+// path below) instead of `onread`: the bytes off the wire are ciphertext.
 
 import * as net from 'node:net'
+import * as tls from 'node:tls'
+import { certRefusal, peerOf, type PeerCertificate, type TlsMaterial } from '../../node/core/tls'
 import type { BufferPool, PoolBuffer } from '../../node/core/pool'
 import { PoolShare, type BufferWaiter } from '../../node/core/pool-share'
 import { allowed } from '../../node/core/acl'
@@ -47,8 +53,8 @@ const CHUNK_DONE = 1
 const FLAG_FIXED_NEWSTYLE = 1
 const FLAG_NO_ZEROES = 2
 
-export const Opt = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, INFO: 6, GO: 7, STRUCTURED_REPLY: 8, LIST_META_CONTEXT: 9, SET_META_CONTEXT: 10 } as const
-const Rep = { ACK: 1, SERVER: 2, INFO: 3, META_CONTEXT: 4, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_UNKNOWN: 0x80000006, ERR_SHUTDOWN: 0x80000007 } as const
+export const Opt = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, STARTTLS: 5, INFO: 6, GO: 7, STRUCTURED_REPLY: 8, LIST_META_CONTEXT: 9, SET_META_CONTEXT: 10 } as const
+const Rep = { ACK: 1, SERVER: 2, INFO: 3, META_CONTEXT: 4, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_TLS_REQD: 0x80000005, ERR_UNKNOWN: 0x80000006, ERR_SHUTDOWN: 0x80000007 } as const
 const Info = { EXPORT: 0, NAME: 1, DESCRIPTION: 2, BLOCK_SIZE: 3 } as const
 export const TxFlag = { HAS_FLAGS: 1, READ_ONLY: 2, SEND_FLUSH: 4, SEND_FUA: 8, SEND_TRIM: 32, SEND_WRITE_ZEROES: 64, SEND_DF: 128, CAN_MULTI_CONN: 256, SEND_CACHE: 1024, SEND_FAST_ZERO: 2048 } as const
 export const Cmd = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6, BLOCK_STATUS: 7 } as const
@@ -264,6 +270,8 @@ export interface NbdServerOptions {
   maxInFlight?: number
   /** A connection whose replies stay unread this long (ms, no byte taken by its client meanwhile) is closed. */
   stallTimeout?: number
+  /** The node's certificate, key and CA: NBD_OPT_STARTTLS is offered when given. */
+  tls?: TlsMaterial
 }
 
 export class NbdServer {
@@ -271,14 +279,46 @@ export class NbdServer {
   private readonly sessions = new Set<NbdSession>()
   private stopping = false
   port = 0
+  /**
+   * Never listens: a connection that sent NBD_OPT_STARTTLS is handed to it ('connection'), so that Node's server path
+   * wraps it and computes the client certificate's verdict (`authorized`), which a bare server TLSSocket does not.
+   */
+  readonly tlsServer: tls.Server | null
+  /** Connections between STARTTLS and the end of their handshake, by the client's address and port. */
+  private readonly handshaking = new Map<string, NbdSession>()
 
   constructor (readonly options: NbdServerOptions) {
+    const t = options.tls
+    this.tlsServer = t === undefined
+      ? null
+      : tls.createServer({
+        cert: t.cert,
+        key: t.key,
+        ...(t.ca !== undefined ? { ca: t.ca } : {}),
+        ...(t.passphrase !== undefined ? { passphrase: t.passphrase } : {}),
+        requestCert: t.ca !== undefined,
+        rejectUnauthorized: false,
+      })
+    this.tlsServer?.on('secureConnection', (socket: tls.TLSSocket) => {
+      const key = `${socket.remoteAddress ?? ''}:${socket.remotePort ?? 0}`
+      const session = this.handshaking.get(key)
+      this.handshaking.delete(key)
+      if (session === undefined) { socket.destroy(); return }
+      session.tlsReady(socket)
+    })
+    this.tlsServer?.on('tlsClientError', (err: NodeJS.ErrnoException, socket: tls.TLSSocket) => {
+      const key = `${socket.remoteAddress ?? ''}:${socket.remotePort ?? 0}`
+      const session = this.handshaking.get(key)
+      this.handshaking.delete(key)
+      options.log(`nbd: ${socket.remoteAddress ?? '?'}: TLS handshake failed: ${err.code ?? err.message}; closing`)
+      session?.close()
+      socket.destroy()
+    })
     // Paused at accept so that the connection can be rewrapped with `onread` before any byte is read.
     this.server = net.createServer({ pauseOnConnect: true }, accepted => {
       if (this.stopping) { accepted.destroy(); return }
       const session = new NbdSession(this, accepted)
       this.sessions.add(session)
-      session.socket.on('close', () => this.sessions.delete(session))
     })
   }
 
@@ -304,6 +344,19 @@ export class NbdServer {
   }
 
   get isStopping (): boolean { return this.stopping }
+
+  /** A session closed (its socket, plain or TLS, is gone). */
+  forget (session: NbdSession): void {
+    this.sessions.delete(session)
+    // One that closed mid-handshake (few are ever in this map at once).
+    for (const [key, s] of this.handshaking) if (s === session) this.handshaking.delete(key)
+  }
+
+  /** Hands a plain connection that asked for STARTTLS to the TLS server path; `tlsReady` follows its handshake. */
+  startTls (session: NbdSession, plain: net.Socket): void {
+    this.handshaking.set(`${plain.remoteAddress ?? ''}:${plain.remotePort ?? 0}`, session)
+    ;(this.tlsServer as tls.Server).emit('connection', plain)
+  }
 }
 
 class NbdSession {
@@ -319,7 +372,12 @@ class NbdSession {
   /** The connection is being ended: what arrives is read and dropped, nothing more is sent. */
   private ending = false
   private readonly address: string
-  readonly socket: net.Socket
+  /** The connection: the accepted TCP socket, or after STARTTLS the TLS socket over it. */
+  socket: net.Socket
+  /** STARTTLS done: the connection is TLS from here on. */
+  private secure = false
+  /** The client's certificate as the TLS handshake saw it (null before STARTTLS). */
+  private peer: PeerCertificate | null = null
   // Receive state of the transmission phase: a request header being gathered, then its WRITE payload.
   private readonly rx: Buffer
   private readonly headerScratch = Buffer.alloc(NBD_REQUEST_SIZE)
@@ -375,14 +433,49 @@ class NbdSession {
     socket.setNoDelay(true)
     if (socket !== accepted) socket.resume()
     else socket.on('data', (chunk: Buffer) => this.onRead(chunk.length, chunk))
-    socket.on('error', () => this.close())
-    socket.on('close', () => this.close())
-    socket.on('drain', () => this.onDrain())
+    this.watch(socket)
     const hello = Buffer.alloc(18)
     NBDMAGIC.copy(hello, 0)
     IHAVEOPT.copy(hello, 8)
     hello.writeUInt16BE(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, 16)
     socket.write(hello)
+  }
+
+  private watch (socket: net.Socket): void {
+    socket.on('error', () => this.close())
+    socket.on('close', () => this.close())
+    socket.on('drain', () => this.onDrain())
+  }
+
+  /**
+   * NBD_OPT_STARTTLS was acknowledged: the TCP socket is wrapped in a server TLSSocket (which takes its handle over;
+   * the `onread` buffers are no longer read into) and negotiation goes on over TLS. A client certificate is asked for
+   * and its verdict kept, each export checking it as it is asked for (`find`).
+   */
+  private startTls (): void {
+    if (this.pending.length > 0) {
+      // The client must wait for our ACK before its handshake: bytes already here are not part of the protocol.
+      this.server.options.log(`nbd: ${this.address}: data after NBD_OPT_STARTTLS before its reply; closing`)
+      this.close()
+      return
+    }
+    const plain = this.socket
+    plain.removeAllListeners('data')
+    this.secure = true
+    this.server.startTls(this, plain)
+  }
+
+  /** The TLS handshake after STARTTLS is done: negotiation goes on over `secure`, with the client's certificate known. */
+  tlsReady (secure: tls.TLSSocket): void {
+    if (this.phase === 'closed') { secure.destroy(); return }
+    this.socket = secure
+    this.peer = peerOf(secure)
+    secure.setNoDelay(true)
+    secure.on('error', (err: NodeJS.ErrnoException) => {
+      if (this.phase !== 'closed') this.server.options.log(`nbd: ${this.address}: TLS: ${err.code ?? err.message}; closing`)
+    })
+    secure.on('data', (chunk: Buffer) => this.onRead(chunk.length, chunk))
+    this.watch(secure)
   }
 
   /** The export's device and counters (transmission phase only). */
@@ -418,6 +511,7 @@ class NbdSession {
     this.stopStallTimer()
     if (this.exp !== null) this.exp.metrics.connections--
     this.socket.destroy()
+    this.server.forget(this)
   }
 
   /** Where the socket's next read lands: straight in the current WRITE's pool buffer when much is still to come. */
@@ -693,6 +787,12 @@ class NbdSession {
     if (exp === undefined) return this.refuse(Rep.ERR_UNKNOWN, `no export named '${name}'`)
     if (!allowed(exp.allow, this.address)) { exp.metrics.refused++; return this.refuse(Rep.ERR_POLICY, `address ${this.address} is not in the allow list of export '${exp.name}'`) }
     if (exp.token !== undefined) { exp.metrics.refused++; return this.refuse(Rep.ERR_POLICY, `export '${exp.name}' needs a token, which NBD cannot present; use dst://`) }
+    if (!this.secure && (exp.tls === 'require' || exp.clientCert === 'require')) {
+      exp.metrics.refused++
+      return this.refuse(Rep.ERR_TLS_REQD, `export '${exp.name}' requires TLS (NBD_OPT_STARTTLS; nbds:// with x509 credentials)`)
+    }
+    const certProblem = certRefusal(exp, this.peer ?? undefined, exp.name)
+    if (certProblem !== null) { exp.metrics.refused++; return this.refuse(Rep.ERR_POLICY, certProblem) }
     if (this.server.isStopping) return { type: Rep.ERR_SHUTDOWN, message: 'node is shutting down' }
     return { exp }
   }
@@ -726,6 +826,9 @@ class NbdSession {
         if (data.length !== 0) { this.error(option, Rep.ERR_INVALID, 'NBD_OPT_LIST takes no data'); return }
         for (const exp of this.server.options.exports.values()) {
           if (!allowed(exp.allow, this.address) || exp.token !== undefined) continue
+          // SELECTIVETLS: what needs TLS (or a certificate this client lacks) is not listed to it.
+          if (!this.secure && (exp.tls === 'require' || exp.clientCert === 'require')) continue
+          if (this.secure && certRefusal(exp, this.peer ?? undefined, exp.name) !== null) continue
           // NBD_REP_SERVER: u32 name length, then the name.
           const head = Buffer.alloc(4)
           head.writeUInt32BE(Buffer.byteLength(exp.name), 0)
@@ -734,6 +837,13 @@ class NbdSession {
         this.reply(option, Rep.ACK)
         return
       }
+      case Opt.STARTTLS:
+        if (this.server.tlsServer === null) { this.error(option, Rep.ERR_UNSUP, 'this node has no TLS configured'); return }
+        if (data.length !== 0) { this.error(option, Rep.ERR_INVALID, 'NBD_OPT_STARTTLS takes no data'); return }
+        if (this.secure) { this.error(option, Rep.ERR_INVALID, 'TLS is already on'); return }
+        this.reply(option, Rep.ACK)
+        this.startTls()
+        return
       case Opt.EXPORT_NAME: {
         const found = this.find(data.toString())
         // The spec leaves no way to refuse NBD_OPT_EXPORT_NAME but to close the connection.

@@ -113,7 +113,8 @@ const catalogue = {
   // The native protocol's client and remote devices.
   CONNECT: { code: 'DST_ERR_CONNECT', errno: 'EIO', meaning: 'could not connect to a node' },
   TOKEN: { code: 'DST_ERR_TOKEN', errno: 'EACCES', meaning: 'the export refused the token (HTTP 401)' },
-  ACCESS: { code: 'DST_ERR_ACCESS', errno: 'EACCES', meaning: 'the export refused this address (HTTP 403)' },
+  ACCESS: { code: 'DST_ERR_ACCESS', errno: 'EACCES', meaning: 'the export refused this address or client certificate (HTTP 403)' },
+  TLS: { code: 'DST_ERR_TLS', errno: 'EACCES', meaning: 'the TLS handshake failed: a certificate was not accepted, or one side does not speak TLS' },
   NOEXPORT: { code: 'DST_ERR_NOEXPORT', errno: 'EACCES', meaning: 'the node has no such export (HTTP 404)' },
   LEASED: { code: 'DST_ERR_LEASED', errno: 'EACCES', meaning: 'another writer holds the export\'s write lease (HTTP 409)' },
   SELF: { code: 'DST_ERR_SELF', errno: 'EACCES', meaning: 'the connection would reach the node that makes it (HTTP 508)' },

@@ -1,26 +1,27 @@
-// dst:// URLs, which name one export of one node: dst://HOST:PORT/NAME (an IPv6 host in brackets, the name %-escaped).
+// dst:// URLs, which name one export of one node: dst://HOST:PORT/NAME (an IPv6 host in brackets, the name %-escaped);
+// dsts://HOST:PORT/NAME is the same export reached over TLS.
 
-export interface DstUrl { host: string, port: number, export: string }
+export interface DstUrl { host: string, port: number, export: string, /** dsts://: connect with TLS. */ tls?: boolean }
 
 /** Parses a dst:// url; a string is the reason it is not one. */
 export function parseDstUrl (value: unknown): DstUrl | string {
   if (typeof value !== 'string') return `expected a dst://HOST:PORT/NAME url, got ${JSON.stringify(value)}`
-  const m = /^dst:\/\/(\[[0-9a-fA-F:.]+\]|[^/:[\]]+):(\d{1,5})\/([^/?#]+)$/.exec(value)
+  const m = /^dst(s?):\/\/(\[[0-9a-fA-F:.]+\]|[^/:[\]]+):(\d{1,5})\/([^/?#]+)$/.exec(value)
   if (m === null) return `"${value}" is not a dst://HOST:PORT/NAME url`
-  const port = Number(m[2])
+  const port = Number(m[3])
   if (port < 1 || port > 65535) return `"${value}": port ${port} is out of range`
-  const host = m[1].startsWith('[') ? m[1].slice(1, -1) : m[1]
+  const host = m[2].startsWith('[') ? m[2].slice(1, -1) : m[2]
   let name: string
   try {
-    name = decodeURIComponent(m[3])
+    name = decodeURIComponent(m[4])
   } catch {
     return `"${value}": bad %-escape in the export name`
   }
-  return { host, port, export: name }
+  return m[1] === 's' ? { host, port, export: name, tls: true } : { host, port, export: name }
 }
 
 export function formatDstUrl (u: DstUrl): string {
-  return `dst://${u.host.includes(':') ? `[${u.host}]` : u.host}:${u.port}/${encodeURIComponent(u.export)}`
+  return `${u.tls === true ? 'dsts' : 'dst'}://${u.host.includes(':') ? `[${u.host}]` : u.host}:${u.port}/${encodeURIComponent(u.export)}`
 }
 
 /** HOST:PORT as the config takes it back: an IPv6 host in brackets ([::1]:7008). */

@@ -12,6 +12,7 @@ import { parseSize } from '../core/size'
 import { parseDuration } from '../core/duration'
 import { NAME, RESERVED_EXPORT_NAMES } from '../core/names'
 import { LOOPBACK_ONLY, parseCidr, type Cidr } from '../core/acl'
+import { parseSubject, type TlsFiles } from '../core/tls'
 import { applyOverlay, describeOverlay, overlayFile, readOverlay, type NodeOverlay } from './state'
 
 export interface Address { host: string, port: number }
@@ -19,7 +20,7 @@ export interface Address { host: string, port: number }
 export type DeviceConfig =
   | { type: 'file', name: string, path: string, size?: number, readOnly: boolean, blockSize?: number }
   | { type: 'memory', name: string, size: number, blockSize?: number }
-  | { type: 'remote', name: string, url: string, host: string, port: number, export: string, token?: string, queueDepth: number, reconnectTimeout?: number, requestTimeout?: number, readOnly?: boolean }
+  | { type: 'remote', name: string, url: string, host: string, port: number, export: string, token?: string, queueDepth: number, reconnectTimeout?: number, requestTimeout?: number, readOnly?: boolean, tls?: boolean, servername?: string }
   | { type: 'mirror', name: string, members: string[], region: number, resyncRate: number, checksumResync: boolean, syncFrom?: string, assumeClean: boolean }
   | { type: 'linear', name: string, members: string[] }
   | { type: 'stripe', name: string, members: string[], chunk: number }
@@ -42,12 +43,25 @@ export interface ExportConfig {
   shared: boolean
   /** Wire digests on this export's connections (off by default). */
   digest: boolean
+  /** "require": NBD clients must STARTTLS first (the export is hidden from plain connections). */
+  tls?: 'require'
+  /** "require": clients must present a certificate signed by tls.ca (and, with allowSubjects, one of those subjects). */
+  clientCert?: 'require'
+  allowSubjects?: string[]
+}
+
+/** The node's TLS (config `tls`): its certificate and key, the CA it trusts, and the listener that checks client certificates. */
+export interface TlsConfig extends TlsFiles {
+  /** HOST:PORT of the native listener with client certificates (node:tls), for exports with clientCert "require". */
+  clientCertListen?: Address
 }
 
 export interface NodeConfig {
   name: string
   listen: Address
   nbd?: Address
+  /** TLS on the listener, on NBD (STARTTLS) and for dsts:// remote devices. */
+  tls?: TlsConfig
   /** Where the node keeps its state; null for a config-less `dst export`. */
   dataDir: string | null
   pool: { count: number, size: number }
@@ -121,7 +135,7 @@ export function loadConfigFile (file: string): NodeConfig {
 export function parseConfig (raw: unknown, baseDir: string, label = 'config', options: { live?: boolean } = {}): NodeConfig {
   const fail = (field: string, problem: string): never => { throw new ConfigError(`${label}: ${field}: ${problem}`) }
   if (!isObject(raw)) return fail('(top level)', 'expected a JSON object')
-  allowKeys(raw, ['name', 'listen', 'nbd', 'dataDir', 'pool', 'hash', 'maxInFlight', 'pingInterval', 'reconnectTimeout', 'requestTimeout', 'leaseTimeout', 'admin', 'devices', 'exports'], '', fail)
+  allowKeys(raw, ['name', 'listen', 'nbd', 'dataDir', 'pool', 'hash', 'maxInFlight', 'pingInterval', 'reconnectTimeout', 'requestTimeout', 'leaseTimeout', 'admin', 'devices', 'exports', 'tls'], '', fail)
 
   const name = raw.name ?? 'dst'
   if (typeof name !== 'string' || !NAME.test(name)) fail('name', `expected a name of letters, digits, '.', '_' or '-', got ${JSON.stringify(raw.name)}`)
@@ -157,6 +171,7 @@ export function parseConfig (raw: unknown, baseDir: string, label = 'config', op
   const leaseTimeout = raw.leaseTimeout === undefined ? reconnectTimeout : durationOf(raw.leaseTimeout, 'leaseTimeout', 100, 86400000, fail)
 
   const admin = parseAccess(raw.admin, 'admin', fail)
+  const tls = raw.tls === undefined ? undefined : parseTls(raw.tls, baseDir, listen, nbd, fail)
 
   if (raw.devices === undefined) fail('devices', 'missing: a node needs at least one device')
   if (!isObject(raw.devices)) fail('devices', 'expected an object mapping device names to devices')
@@ -177,7 +192,7 @@ export function parseConfig (raw: unknown, baseDir: string, label = 'config', op
     const field = `exports[${i}]`
     if (!isObject(e)) fail(field, 'expected an object like { "device": "disk0" }')
     const x = e as Record<string, unknown>
-    allowKeys(x, ['device', 'name', 'readOnly', 'allow', 'token', 'shared', 'digest'], `${field}.`, fail)
+    allowKeys(x, ['device', 'name', 'readOnly', 'allow', 'token', 'shared', 'digest', 'tls', 'clientCert', 'allowSubjects'], `${field}.`, fail)
     if (typeof x.device !== 'string') fail(`${field}.device`, 'missing: name the device to export')
     if (!devices.has(x.device as string)) fail(`${field}.device`, `no device named '${x.device as string}' in devices`)
     const ename = x.name ?? x.device
@@ -189,13 +204,64 @@ export function parseConfig (raw: unknown, baseDir: string, label = 'config', op
     const { allow, token } = parseAccess({ allow: x.allow, token: x.token }, field, fail)
     if (x.shared !== undefined && typeof x.shared !== 'boolean') fail(`${field}.shared`, 'expected true or false')
     if (x.digest !== undefined && typeof x.digest !== 'boolean') fail(`${field}.digest`, 'expected true or false')
-    exportList.push({ name: ename as string, device: x.device as string, readOnly: x.readOnly === true, allow, token, shared: x.shared === true, digest: x.digest === true })
+    const certs = parseExportTls(x, field, tls, fail)
+    exportList.push({ name: ename as string, device: x.device as string, readOnly: x.readOnly === true, allow, token, shared: x.shared === true, digest: x.digest === true, ...certs })
   }
 
   checkLegsNotExported(devices, exportList, fail)
   checkNotSelf(devices, listen, fail)
 
-  return { name: name as string, listen, nbd, dataDir, pool, hash, maxInFlight, pingInterval, reconnectTimeout, requestTimeout, leaseTimeout, devices, exports: exportList, baseDir, admin }
+  return { name: name as string, listen, nbd, ...(tls !== undefined ? { tls } : {}), dataDir, pool, hash, maxInFlight, pingInterval, reconnectTimeout, requestTimeout, leaseTimeout, devices, exports: exportList, baseDir, admin }
+}
+
+/** `tls`: { cert, key, ca, passphrase, clientCertListen }; the files must be readable (they are read at start). */
+function parseTls (value: unknown, baseDir: string, listen: Address, nbd: Address | undefined, fail: Fail): TlsConfig {
+  if (!isObject(value)) return fail('tls', 'expected an object like { "cert": "n1-cert.pem", "key": "n1-key.pem", "ca": "ca-cert.pem" }')
+  allowKeys(value, ['cert', 'key', 'ca', 'passphrase', 'clientCertListen'], 'tls.', fail)
+  const file = (k: 'cert' | 'key' | 'ca'): string => {
+    const p = resolvePath(value[k], `tls.${k}`, baseDir, fail)
+    try { fs.accessSync(p, fs.constants.R_OK) } catch (err) { fail(`tls.${k}`, `cannot read ${p}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`) }
+    return p
+  }
+  if (value.cert === undefined) fail('tls.cert', 'missing: the node\'s certificate (PEM)')
+  if (value.key === undefined) fail('tls.key', 'missing: the node\'s private key (PEM)')
+  if (value.passphrase !== undefined && (typeof value.passphrase !== 'string' || value.passphrase === '')) fail('tls.passphrase', 'expected a non-empty string')
+  const out: TlsConfig = { cert: file('cert'), key: file('key') }
+  if (value.ca !== undefined) out.ca = file('ca')
+  if (value.passphrase !== undefined) out.passphrase = value.passphrase as string
+  if (value.clientCertListen !== undefined) {
+    const a = parseAddress(value.clientCertListen, 'tls.clientCertListen', fail)
+    if (a.port !== 0 && a.host === listen.host && a.port === listen.port) fail('tls.clientCertListen', 'must differ from listen')
+    if (a.port !== 0 && nbd !== undefined && a.host === nbd.host && a.port === nbd.port) fail('tls.clientCertListen', 'must differ from nbd')
+    if (out.ca === undefined) fail('tls.clientCertListen', 'needs tls.ca: client certificates are checked against it')
+    out.clientCertListen = a
+  }
+  return out
+}
+
+/** An export's `tls`, `clientCert` and `allowSubjects`, which need the node's `tls` (and its `ca`). */
+function parseExportTls (x: Record<string, unknown>, field: string, tls: TlsConfig | undefined, fail: Fail): Pick<ExportConfig, 'tls' | 'clientCert' | 'allowSubjects'> {
+  const out: Pick<ExportConfig, 'tls' | 'clientCert' | 'allowSubjects'> = {}
+  if (x.tls !== undefined) {
+    if (x.tls !== 'require') fail(`${field}.tls`, 'expected "require" (NBD clients must STARTTLS; the native listener is TLS whenever the node has tls)')
+    if (tls === undefined) fail(`${field}.tls`, 'needs the node\'s tls (cert and key)')
+    out.tls = 'require'
+  }
+  if (x.allowSubjects !== undefined) {
+    if (!Array.isArray(x.allowSubjects) || x.allowSubjects.length === 0) fail(`${field}.allowSubjects`, 'expected a non-empty array of subjects like ["CN=n2"]')
+    for (const [j, s] of (x.allowSubjects as unknown[]).entries()) {
+      const p = parseSubject(s)
+      if (typeof p === 'string') fail(`${field}.allowSubjects[${j}]`, p)
+    }
+    out.allowSubjects = x.allowSubjects as string[]
+  }
+  if (x.clientCert !== undefined && x.clientCert !== 'require') fail(`${field}.clientCert`, 'expected "require"')
+  if (x.clientCert === 'require' || out.allowSubjects !== undefined) {
+    const what = x.clientCert === 'require' ? `${field}.clientCert` : `${field}.allowSubjects`
+    if (tls?.ca === undefined) fail(what, 'needs the node\'s tls with a ca: client certificates are checked against it')
+    out.clientCert = 'require'
+  }
+  return out
 }
 
 type Fail = (field: string, problem: string) => never
@@ -241,7 +307,9 @@ function parseDevice (name: string, d: unknown, field: string, baseDir: string, 
       return { type: 'memory', name, size, blockSize: blockSizeOf(x.blockSize, field, fail) }
     }
     case 'remote': {
-      allowKeys(x, ['type', 'url', 'token', 'queueDepth', 'reconnectTimeout', 'requestTimeout', 'readOnly'], `${field}.`, fail)
+      allowKeys(x, ['type', 'url', 'token', 'queueDepth', 'reconnectTimeout', 'requestTimeout', 'readOnly', 'tls', 'servername'], `${field}.`, fail)
+      if (x.tls !== undefined && typeof x.tls !== 'boolean') fail(`${field}.tls`, 'expected true or false (true: connect with TLS, as a dsts:// url does)')
+      if (x.servername !== undefined && (typeof x.servername !== 'string' || x.servername === '')) fail(`${field}.servername`, 'expected the name the server\'s certificate carries')
       if (x.readOnly !== undefined && typeof x.readOnly !== 'boolean') fail(`${field}.readOnly`, 'expected true or false')
       if (x.url === undefined) fail(`${field}.url`, 'missing: a remote device needs a dst://HOST:PORT/NAME url')
       const url = parseDstUrl(x.url)
@@ -250,7 +318,9 @@ function parseDevice (name: string, d: unknown, field: string, baseDir: string, 
       const queueDepth = x.queueDepth === undefined ? 32 : positiveInt(x.queueDepth, `${field}.queueDepth`, 1, 4096, fail)
       const reconnectTimeout = x.reconnectTimeout === undefined ? undefined : durationOf(x.reconnectTimeout, `${field}.reconnectTimeout`, 100, 86400000, fail)
       const requestTimeout = x.requestTimeout === undefined ? undefined : durationOf(x.requestTimeout, `${field}.requestTimeout`, 100, 3600000, fail)
-      return { type: 'remote', name, url: x.url as string, ...url, token: x.token as string | undefined, queueDepth, reconnectTimeout, requestTimeout, ...(x.readOnly === true ? { readOnly: true } : {}) }
+      const tls = url.tls === true || x.tls === true
+      if (url.tls === true && x.tls === false) fail(`${field}.tls`, `false, but the url "${x.url as string}" is dsts://`)
+      return { type: 'remote', name, url: x.url as string, ...url, token: x.token as string | undefined, queueDepth, reconnectTimeout, requestTimeout, ...(x.readOnly === true ? { readOnly: true } : {}), ...(tls ? { tls: true } : {}), ...(typeof x.servername === 'string' ? { servername: x.servername } : {}) }
     }
     case 'mirror':
     case 'linear': {

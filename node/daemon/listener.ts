@@ -1,6 +1,8 @@
 // The node's one listening port (uWebSockets.js): the native block protocol as binary WebSocket at /EXPORT (its route
 // and upgrade-time access control are export/native/transport.ts, attached here), and HTTP GET /status (JSON),
-// /metrics (Prometheus text) and the admin POST /arrays/NAME/ACTION.
+// /metrics (Prometheus text) and the admin POST /arrays/NAME/ACTION. With `tls` it is uWebSockets.js's SSL app, all
+// of it over TLS; exports that require client certificates are served natively on a second, node:tls listener
+// (export/native/cert-transport.ts), since uWebSockets.js cannot show a handler the peer's certificate.
 
 import * as uws from 'uWebSockets.js'
 import type { BufferPool } from '../core/pool'
@@ -10,6 +12,9 @@ import { DstError, ErrorCode } from '../core/errors'
 import type { SessionLimits } from '../../export/native/server'
 import { type ServedExport } from '../../export/served'
 import { attachNativeTransport, sameSecret, type NativeTransport } from '../../export/native/transport'
+import { CertTransport } from '../../export/native/cert-transport'
+import type { TlsMaterial } from '../core/tls'
+import { formatDstUrl } from '../core/url'
 
 /** uSockets' listen option (declared only as a type-level enum in the package, so spelled out here). */
 const LIBUS_LISTEN_EXCLUSIVE_PORT = 1
@@ -32,6 +37,10 @@ export interface ListenerOptions {
   hasher: Hasher
   /** More HTTP routes (the watching pages: node/daemon/web/routes.ts), each handler run inside `guard`. */
   routes?: (app: uws.TemplatedApp, guard: (res: uws.HttpResponse, what: string, fn: () => void) => void) => void
+  /** TLS on this listener (its files go to uWebSockets.js), and on the client-certificate listener. */
+  tls?: TlsMaterial
+  /** Where exports that require client certificates are served natively (node:tls). */
+  clientCertListen?: { host: string, port: number }
 }
 
 export class Listener {
@@ -42,9 +51,37 @@ export class Listener {
   private stopping = false
   port = 0
 
+  /** The node:tls listener for exports that require client certificates, if configured. */
+  private readonly certs: CertTransport | null = null
+
   constructor (private readonly options: ListenerOptions) {
-    this.app = uws.App()
+    const t = options.tls
+    // A client that presents a certificate not signed by `ca` is refused in the handshake (uWebSockets.js verifies
+    // what it is shown); one that presents none is let in, which is why "require" lives on the other listener.
+    this.app = t === undefined
+      ? uws.App()
+      : uws.SSLApp({
+        cert_file_name: t.files.cert,
+        key_file_name: t.files.key,
+        ...(t.files.ca !== undefined ? { ca_file_name: t.files.ca } : {}),
+        ...(t.passphrase !== undefined ? { passphrase: t.passphrase } : {}),
+      })
+    if (t !== undefined && options.clientCertListen !== undefined) {
+      this.certs = new CertTransport({
+        host: options.clientCertListen.host,
+        port: options.clientCertListen.port,
+        tls: t,
+        pool: options.pool,
+        limits: options.limits,
+        exports: options.exports,
+        log: options.log,
+        nodeId: options.nodeId,
+        hasher: options.hasher,
+        isStopping: () => this.stopping,
+      })
+    }
     this.native = attachNativeTransport(this.app, {
+      certElsewhere: name => this.certs === null ? 'set tls.clientCertListen on that node, or use NBD with STARTTLS' : formatDstUrl({ host: options.clientCertListen?.host ?? '', port: this.certs.port, export: name, tls: true }),
       pool: options.pool,
       limits: options.limits,
       exports: options.exports,
@@ -77,26 +114,38 @@ export class Listener {
     // a running one would listen too and the kernel would deal connections to either at random (a client, or a mirror
     // leg reconnecting, could reach the wrong node). Exclusive, the second one is refused.
     const listen = this.app.listen.bind(this.app) as unknown as (host: string, port: number, options: number, cb: (token: uws.us_listen_socket | false) => void) => void
-    return new Promise((resolve, reject) => {
+    return new Promise<void>((resolve, reject) => {
       listen(host, port, LIBUS_LISTEN_EXCLUSIVE_PORT, token => {
         if (token === false) { reject(new DstError(ErrorCode.LISTEN, `cannot listen on ${host}:${port} (address in use or not available)`)); return }
         this.socket = token
         this.port = uws.us_socket_local_port(token)
         resolve()
       })
+    }).then(async () => {
+      if (this.certs === null) return
+      try {
+        await this.certs.listen()
+      } catch (err) {
+        if (this.socket !== null) { uws.us_listen_socket_close(this.socket); this.socket = null }
+        throw err
+      }
     })
   }
+
+  /** The port of the client-certificate listener (0 when there is none). */
+  get certPort (): number { return this.certs?.port ?? 0 }
 
   /** Stops accepting, lets every session answer what it received, and closes them. */
   async stop (): Promise<void> {
     this.stopping = true
     if (this.socket !== null) { uws.us_listen_socket_close(this.socket); this.socket = null }
-    await this.native.stop()
+    await Promise.all([this.native.stop(), this.certs?.stop()])
   }
 
   /** Closes every connection (after stop() drained them). */
   closeAll (): void {
     this.native.closeAll()
+    this.certs?.closeAll()
   }
 
   private report (res: uws.HttpResponse, type: string, body: () => string): void {

@@ -31,6 +31,8 @@ import { DataDirLock, makeDir, type LockHolder } from '../core/lock'
 import { LOOPBACK_ONLY, parseCidr, type Cidr } from '../core/acl'
 import { WriteLease } from '../core/lease'
 import { NbdServer } from '../../export/nbd/server'
+import { readTls, type TlsMaterial } from '../core/tls'
+import { clientTls } from './registry'
 import { watchGc } from '../core/gc'
 import { RemoteMemory } from './remotes'
 import { Hasher, HASH_ALGORITHM } from '../core/hasher'
@@ -88,6 +90,8 @@ export class DstNode {
   readonly hasher: Hasher
   private listener: Listener | null = null
   private nbd: NbdServer | null = null
+  /** The node's TLS certificate, key and CA, read at start (config `tls`), or null. */
+  private tls: TlsMaterial | null = null
   private readonly exports = new Map<string, ServedExport>()
   /** Device names of exports added while running (split-off legs). */
   private readonly exportDevices = new Map<string, string>()
@@ -161,7 +165,9 @@ export class DstNode {
   private async openAndListen (): Promise<void> {
     const c = this.config
     this.remotes = c.dataDir !== null ? RemoteMemory.load(c.dataDir) : null
-    await this.registry.open(c, { log: this.log, remoteOpenTimeout: this.remoteOpenTimeout, pingInterval: c.pingInterval, remotes: this.remotes, hasher: this.hasher, xor: () => this.xorEngine() })
+    this.tls = c.tls !== undefined ? readTls(c.tls) : null
+    this.warnCleartext(c)
+    await this.registry.open(c, { log: this.log, remoteOpenTimeout: this.remoteOpenTimeout, pingInterval: c.pingInterval, remotes: this.remotes, hasher: this.hasher, xor: () => this.xorEngine(), ...(this.tls !== null ? { tls: this.tls } : {}) })
     for (const e of c.exports) {
       const device = this.registry.get(e.device)
       // An assertion: the config checks that every export names a device, and the registry opens all or throws.
@@ -182,6 +188,8 @@ export class DstNode {
       nodeId: c.nodeId,
       hasher: this.hasher,
       routes: (app, guard) => addWatchRoutes(app, guard, { events: this.events, base: () => this.httpBase(), log: this.log }),
+      ...(this.tls !== null ? { tls: this.tls } : {}),
+      ...(c.tls?.clientCertListen !== undefined ? { clientCertListen: c.tls.clientCertListen } : {}),
     })
     try {
       await this.listener.listen()
@@ -189,6 +197,7 @@ export class DstNode {
         this.nbd = new NbdServer({
           host: c.nbd.host, port: c.nbd.port, pool: this.pool, maxRequest: c.pool.size, exports: this.exports, log: this.log,
           maxInFlight: c.maxInFlight, stallTimeout: STALL_TIMEOUT,
+          ...(this.tls !== null ? { tls: this.tls } : {}),
         })
         await this.nbd.listen()
       }
@@ -197,6 +206,19 @@ export class DstNode {
       this.listener.closeAll()
       await this.registry.close()
       throw err
+    }
+  }
+
+  /** A token sent without TLS crosses the network in clear: say so at start, once per export and remote device. */
+  private warnCleartext (c: NodeConfig): void {
+    for (const e of c.exports) {
+      if (e.token !== undefined && c.tls === undefined) this.log(`warning: export '${e.name}' has a token but this node serves it without TLS: the token and every byte cross the network in clear (set "tls", see README "TLS")`)
+    }
+    for (const e of c.exports) {
+      if (e.clientCert === 'require' && c.tls?.clientCertListen === undefined) this.log(`export '${e.name}' requires client certificates: served over NBD (STARTTLS) only; natively it needs tls.clientCertListen (the main listener cannot check certificates)`)
+    }
+    for (const d of c.devices.values()) {
+      if (d.type === 'remote' && d.token !== undefined && d.tls !== true) this.log(`warning: device '${d.name}' sends its token to ${d.url} without TLS, in clear (use dsts://)`)
     }
   }
 
@@ -212,7 +234,17 @@ export class DstNode {
   private httpBase (): string {
     const h = this.config.listen.host
     const host = h === '0.0.0.0' || h === '' ? '127.0.0.1' : h === '::' ? '::1' : h
-    return `http://${host.includes(':') ? `[${host}]` : host}:${this.port}`
+    return `${this.config.tls !== undefined ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${this.port}`
+  }
+
+  /**
+   * Where a client reaches an export: dsts:// on the listener when the node has TLS; an export that requires client
+   * certificates on the client-certificate listener.
+   */
+  private exportUrl (e: ServedExport): string {
+    const tls = this.config.tls
+    if (tls?.clientCertListen !== undefined && e.clientCert === 'require') return formatDstUrl({ host: tls.clientCertListen.host, port: this.listener?.certPort ?? 0, export: e.name, tls: true })
+    return formatDstUrl({ host: this.config.listen.host, port: this.port, export: e.name, ...(tls !== undefined ? { tls: true } : {}) })
   }
 
   /** The port actually bound (useful when the config asked for port 0). */
@@ -221,17 +253,18 @@ export class DstNode {
   /** The addresses this node serves, printed at start. */
   addresses (): string[] {
     const host = this.config.listen.host.includes(':') ? `[${this.config.listen.host}]` : this.config.listen.host
-    const lines = [`status  http://${host}:${this.port}/status`]
+    const secure = this.config.tls !== undefined
+    const lines = [`status  ${secure ? 'https' : 'http'}://${host}:${this.port}/status`]
     if (this.nbd !== null) {
       const nbdHost = this.config.nbd?.host.includes(':') === true ? `[${this.config.nbd.host}]` : this.config.nbd?.host ?? ''
       for (const e of this.exports.values()) {
         // NBD has no way to present a token: such an export is offered on the native protocol only.
         if (e.token !== undefined) lines.push(`nbd     (export '${e.name}' has a token: native protocol only, NBD cannot present one)`)
-        else lines.push(`nbd     nbd://${nbdHost}:${this.nbd.port}/${e.name}`)
+        else lines.push(`nbd     ${secure ? 'nbds' : 'nbd'}://${nbdHost}:${this.nbd.port}/${e.name}${e.tls === 'require' ? '  (TLS required)' : ''}`)
       }
     }
     for (const e of this.exports.values()) {
-      lines.push(`export  ${formatDstUrl({ host: this.config.listen.host, port: this.port, export: e.name })}  (${e.device.type} device '${this.deviceName(e)}', ${e.readOnly || !e.device.writable ? 'read-only' : 'read-write'})`)
+      lines.push(`export  ${this.exportUrl(e)}  (${e.device.type} device '${this.deviceName(e)}', ${e.readOnly || !e.device.writable ? 'read-only' : 'read-write'}${e.clientCert === 'require' ? ', client certificate required' : ''})`)
     }
     return lines
   }
@@ -252,7 +285,8 @@ export class DstNode {
         name: e.name,
         device: this.deviceName(e),
         readOnly: e.readOnly || !e.device.writable,
-        url: formatDstUrl({ host: this.config.listen.host, port: this.port, export: e.name }),
+        url: this.exportUrl(e),
+        ...(e.clientCert === 'require' ? { clientCert: 'require', ...(e.allowSubjects !== undefined ? { allowSubjects: e.allowSubjects } : {}) } : {}),
         allow: e.allow.map(c => c.text),
         token: e.token !== undefined,
         shared: e.shared === true,
@@ -335,7 +369,7 @@ export class DstNode {
       case 'add': {
         let name = leg
         let member: Device
-        if (leg.startsWith('dst://')) {
+        if (leg.startsWith('dst://') || leg.startsWith('dsts://')) {
           const target = parseDstUrl(leg)
           if (typeof target === 'string') throw usage(`"device": ${target}`)
           if (target.port === this.port && sameHost(target.host, c.listen.host)) throw usage(`"device": ${leg} is this node's own address; a remote leg is another node's export`)
@@ -344,6 +378,7 @@ export class DstNode {
           if (this.registry.get(name) !== undefined) throw new DstError(ErrorCode.EXISTS, `a device named '${name}' already exists; pick another with "name"`)
           const token = typeof body.token === 'string' ? body.token : undefined
           member = await RemoteDevice.open(target, {
+            ...(target.tls === true ? { tls: clientTls(this.tls ?? undefined) } : {}),
             token, pingInterval: c.pingInterval, reconnectTimeout: c.reconnectTimeout, requestTimeout: c.requestTimeout,
             owner: writerId(c, name), node: { name: c.name, id: this.nodeId }, log: m => this.log(`device '${name}': ${m}`),
             hasher: this.hasher,

@@ -6,6 +6,8 @@ import { isArrayConfig, type DeviceConfig, type NodeConfig } from './config'
 import { FileDevice } from '../devices/file-device'
 import { MemoryDevice } from '../devices/memory-device'
 import { RemoteDevice, type RemoteDisk } from '../../export/native/remote-device'
+import type { ClientTls } from '../../export/native/client'
+import type { TlsMaterial } from '../core/tls'
 import { HandshakeFlag } from '../../export/native/codec'
 import { LinearDevice, type Member } from '../../algorithms/linear'
 import { StripeDevice, stripeChunkProblem } from '../../algorithms/stripe'
@@ -29,6 +31,18 @@ export interface RegistryOptions {
   hasher: Hasher
   /** The node's XOR workers, for parity arrays (made when the first one opens); without, XOR runs on the loop. */
   xor?: () => XorEngine
+  /** The node's TLS material (config `tls`, read at start): dsts:// remote devices check servers against its CA and present its certificate. */
+  tls?: TlsMaterial
+}
+
+/** What a dsts:// remote device connects with: the node's CA, its own certificate (as its client certificate), and a name to check. */
+export function clientTls (tls: TlsMaterial | undefined, servername?: string): ClientTls {
+  return {
+    ...(tls?.ca !== undefined ? { ca: tls.ca } : {}),
+    ...(tls !== undefined ? { cert: tls.cert, key: tls.key } : {}),
+    ...(tls?.passphrase !== undefined ? { passphrase: tls.passphrase } : {}),
+    ...(servername !== undefined ? { servername } : {}),
+  }
 }
 
 export class DeviceRegistry {
@@ -95,6 +109,7 @@ export class DeviceRegistry {
           return await RemoteDevice.open({ host: d.host, port: d.port, export: d.export }, {
             token: d.token,
             queueDepth: d.queueDepth,
+            ...(d.tls === true ? { tls: clientTls(options.tls, d.servername) } : {}),
             openTimeout: options.remoteOpenTimeout,
             pingInterval: config.pingInterval,
             reconnectTimeout: d.reconnectTimeout ?? config.reconnectTimeout,

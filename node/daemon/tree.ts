@@ -44,8 +44,9 @@ export interface TreeOptions { timeout?: number, maxNodes?: number }
 /** Fields a person needs in the tree; the rest of a device's /status stays in the node's own /status. */
 const DETAIL_FIELDS = ['path', 'url', 'writable', 'dirtyBytes', 'resync', 'verify', 'foundIdentity', 'lastError', 'chunk', 'layout', 'memberState', 'role', 'start']
 
-function httpBase (host: string, port: number): string {
-  return `http://${host.includes(':') ? `[${host}]` : host}:${port}`
+/** A node's HTTP base from one of its export urls: https for dsts:// (its listener is TLS, /status with it). */
+function httpBase (host: string, port: number, tls = false): string {
+  return `${tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${port}`
 }
 
 function addressOf (host: string, port: number): string {
@@ -101,7 +102,7 @@ export class TreeCrawler {
     const key = `${address}/${target.export}`
     if (this.shown.has(key)) return { address, export: target.export, shownAbove: true }
     this.shown.add(key)
-    const status = await this.status(httpBase(target.host, target.port))
+    const status = await this.status(httpBase(target.host, target.port, target.tls === true))
     if (typeof status === 'string') return { address, export: target.export, error: status }
     const e = status.exports.find(x => x.name === target.export)
     if (e === undefined) return { address, export: target.export, error: `node ${status.name} has no export '${target.export}'` }

@@ -75,11 +75,13 @@ async function startProcess (args: string[], timeout = 40000): Promise<RunningNo
   const started = await starting
   const port = started.statusPort
   if (port === null) { proc.kill('SIGKILL'); throw new Error(`dst ${args.join(' ')} printed no status address; output:\n${started.out()}`) }
+  // A node with `tls` serves https and dsts:// (its status() below still asks over plain http: TLS tests query it themselves).
+  const secure = /status {2}https:/.test(started.out())
   return {
     proc,
     port,
-    http: `http://127.0.0.1:${port}`,
-    url: name => `dst://127.0.0.1:${port}/${name}`,
+    http: `${secure ? 'https' : 'http'}://127.0.0.1:${port}`,
+    url: name => `${secure ? 'dsts' : 'dst'}://127.0.0.1:${port}/${name}`,
     output: started.out,
     status: async () => {
       try {

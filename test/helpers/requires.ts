@@ -22,6 +22,7 @@ export const TOOLS = {
   qemuIo: { command: 'qemu-io', install: 'apt-get install qemu-utils' },
   fio: { command: 'fio', install: 'apt-get install fio' },
   chromium: { command: 'chromium', install: 'apt-get install chromium' },
+  openssl: { command: 'openssl', install: 'apt-get install openssl' },
 } satisfies Record<string, Tool>
 
 /** The full path of a command, or null. */

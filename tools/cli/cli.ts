@@ -10,7 +10,8 @@ import { parseDuration } from '../../node/core/duration'
 import { nodeBase } from '../../node/core/url'
 import { DstNode } from '../../node/daemon/node'
 import { dstVersion } from '../../node/core/version'
-import { copy, ProgressBar } from './copy'
+import { copy, isDstUrl, ProgressBar } from './copy'
+import type { ClientTls } from '../../export/native/client'
 import { fetchFailure, fetchStatus, renderStatus } from './status'
 import { renderTree, TreeCrawler, treeJson } from '../../node/daemon/tree'
 import { follow, treeNodes } from './events'
@@ -74,10 +75,10 @@ sparse with --size.
   --shared            allow several writers at once (no write lease)
   --digest            wire digests: every payload carries a digest checked on receipt
   --help              this text`,
-  copy: `usage: dst copy SRC DST [--offset N] [--length N] [--token TOKEN]
+  copy: `usage: dst copy SRC DST [--offset N] [--length N] [--token TOKEN] [--ca FILE] [--cert FILE --key FILE]
 
 Copies bytes between local files or block devices, '-' (stdin or stdout) and
-dst://HOST:PORT/NAME URLs, with many requests in flight. Sparse-aware: holes of
+dst://HOST:PORT/NAME (dsts:// over TLS) URLs, with many requests in flight. Sparse-aware: holes of
 a dst:// source are not read, zeros are not written; the destination gets holes
 there (a file is left sparse or punched, an export trimmed). Shows a progress
 bar when stderr is a terminal, and ends with one summary line on stderr (bytes,
@@ -86,6 +87,10 @@ seconds, MiB/s, holes and zeros skipped) unless --quiet.
   --offset N        byte offset on the dst:// side (both sides if both are dst://)
   --length N        bytes to copy (default: all of the source)
   --token TOKEN     token for the dst:// export(s)
+  --ca FILE         dsts:// (TLS): the CA the node's certificate must chain to
+                    (default: the system's, and NODE_EXTRA_CA_CERTS)
+  --cert FILE, --key FILE
+                    dsts://: the client certificate (PEM) and its key to present
   --chunk SIZE      bytes per request (default 1MiB)
   --in-flight N     requests in flight (default 16)
   --no-progress     never draw the progress bar
@@ -367,14 +372,29 @@ async function runNode (config: NodeConfig): Promise<void> {
   process.stdout.write(`node ${config.name} ready\n`)
 }
 
+/** `dst copy`'s TLS files, read now (a missing one is a usage error naming the option). */
+function copyTls (ca: string | undefined, cert: string | undefined, key: string | undefined): ClientTls | undefined {
+  if (ca === undefined && cert === undefined) return undefined
+  const read = (file: string, option: string): Buffer => {
+    try { return fs.readFileSync(file) } catch (err) { throw new UsageError(`${option}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`) }
+  }
+  return {
+    ...(ca !== undefined ? { ca: read(ca, '--ca') } : {}),
+    ...(cert !== undefined && key !== undefined ? { cert: read(cert, '--cert'), key: read(key, '--key') } : {}),
+  }
+}
+
 async function copyVerb (argv: string[]): Promise<void> {
   const { values, positionals } = parse('copy', argv, {
     offset: { type: 'string' }, length: { type: 'string' }, token: { type: 'string' },
     chunk: { type: 'string' }, 'in-flight': { type: 'string' }, 'no-progress': { type: 'boolean' }, quiet: { type: 'boolean' },
+    ca: { type: 'string' }, cert: { type: 'string' }, key: { type: 'string' },
   })
   if (positionals.length !== 2) throw new UsageError('give SRC and DST')
   const [src, dst] = positionals
-  if (!src.startsWith('dst://') && !dst.startsWith('dst://')) {
+  if ((values.cert === undefined) !== (values.key === undefined)) throw new UsageError('give --cert and --key together (the client certificate and its key)')
+  const tls = copyTls(values.ca as string | undefined, values.cert as string | undefined, values.key as string | undefined)
+  if (!isDstUrl(src) && !isDstUrl(dst)) {
     if (values.offset !== undefined) throw new UsageError('--offset is the byte offset on a dst:// side, and neither SRC nor DST is one')
     if (src !== '-' && dst !== '-' && sameFile(src, dst)) throw new UsageError(`SRC and DST are the same file (${src})`)
   }
@@ -393,7 +413,7 @@ async function copyVerb (argv: string[]): Promise<void> {
   const began = performance.now()
   const stats = { holeBytes: 0, zeroBytes: 0 }
   const total = await copy(src, dst, {
-    offset, length, chunk, inFlight, token: values.token as string | undefined, stats,
+    offset, length, chunk, inFlight, token: values.token as string | undefined, stats, ...(tls !== undefined ? { tls } : {}),
     progress: process.stderr.isTTY && values['no-progress'] !== true && values.quiet !== true,
   })
   const seconds = (performance.now() - began) / 1000

@@ -12,6 +12,10 @@ import { parseDstUrl } from '../../node/core/url'
 import { DstError, ErrorCode } from '../../node/core/errors'
 import { formatSize } from '../../node/core/size'
 import { RemoteDevice } from '../../export/native/remote-device'
+import type { ClientTls } from '../../export/native/client'
+
+/** dst:// or dsts:// (TLS). */
+export function isDstUrl (spec: string): boolean { return spec.startsWith('dst://') || spec.startsWith('dsts://') }
 import { blockDeviceSize } from '../../node/devices/file-device'
 import { Hasher } from '../../node/core/hasher'
 import type { Extent } from '../../node/core/device'
@@ -29,6 +33,8 @@ export interface CopyOptions {
   offset: number
   length?: number
   token?: string
+  /** TLS for dsts:// (the CA to check the node against, and a client certificate to present). */
+  tls?: ClientTls
   chunk: number
   inFlight: number
   progress: boolean
@@ -83,10 +89,10 @@ async function copyWith (src: string, dst: string, options: CopyOptions): Promis
   try {
     let length = options.length ?? source.size
     if (length !== null && source.size !== null && length > source.size) {
-      throw new DstError(ErrorCode.RANGE, `${source.name}: ${length} bytes asked for, only ${source.size} available${src.startsWith('dst://') ? ` after offset ${options.offset}` : ''}`)
+      throw new DstError(ErrorCode.RANGE, `${source.name}: ${length} bytes asked for, only ${source.size} available${isDstUrl(src) ? ` after offset ${options.offset}` : ''}`)
     }
     if (length !== null && sink.size !== null && length > sink.size) {
-      throw new DstError(ErrorCode.RANGE, `${sink.name}: copying ${length} bytes${dst.startsWith('dst://') ? ` at offset ${options.offset}` : ''} would pass its end (${sink.size} bytes fit)`)
+      throw new DstError(ErrorCode.RANGE, `${sink.name}: copying ${length} bytes${isDstUrl(dst) ? ` at offset ${options.offset}` : ''} would pass its end (${sink.size} bytes fit)`)
     }
     const total = await pump(source, sink, length, options)
     await sink.finish(total)
@@ -203,7 +209,7 @@ async function openSource (spec: string, options: CopyOptions): Promise<Source> 
       close: async () => { stdin.pause() },
     }
   }
-  if (spec.startsWith('dst://')) {
+  if (isDstUrl(spec)) {
     const dev = await openRemote(spec, options, 'ro')
     if (options.offset > dev.size) { await dev.close(); throw new DstError(ErrorCode.RANGE, `${spec}: offset ${options.offset} is past its end (${dev.size} bytes)`) }
     return {
@@ -251,7 +257,7 @@ async function openSink (spec: string, options: CopyOptions): Promise<Sink> {
       close: async () => {},
     }
   }
-  if (spec.startsWith('dst://')) {
+  if (isDstUrl(spec)) {
     const dev = await openRemote(spec, options, 'rw')
     if (!dev.writable) { await dev.close(); throw new DstError(ErrorCode.EROFS, `${spec}: the export is read-only`) }
     if (options.offset > dev.size) { await dev.close(); throw new DstError(ErrorCode.RANGE, `${spec}: offset ${options.offset} is past its end (${dev.size} bytes)`) }
@@ -330,7 +336,7 @@ async function openSink (spec: string, options: CopyOptions): Promise<Sink> {
 async function openRemote (url: string, options: CopyOptions, access: 'ro' | 'rw'): Promise<RemoteDevice> {
   const target = parseDstUrl(url)
   if (typeof target === 'string') throw new DstError(ErrorCode.URL, target)
-  return RemoteDevice.open(target, { token: options.token, access, queueDepth: options.inFlight * Math.ceil(options.chunk / (256 * 1024)), hasher: options.hasher })
+  return RemoteDevice.open(target, { token: options.token, ...(target.tls === true && options.tls !== undefined ? { tls: options.tls } : {}), access, queueDepth: options.inFlight * Math.ceil(options.chunk / (256 * 1024)), hasher: options.hasher })
 }
 
 async function blockSize (fd: fs.promises.FileHandle): Promise<number> {

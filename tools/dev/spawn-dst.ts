@@ -49,7 +49,7 @@ export function spawnDst (args: string[], options: SpawnOptions = {}): Promise<S
       if (ready || !out.includes(' ready\n')) return
       ready = true
       clearTimeout(timer)
-      const m = /status {2}http:\/\/[^\s/]+:(\d+)\/status/.exec(out)
+      const m = /status {2}https?:\/\/[^\s/]+:(\d+)\/status/.exec(out)
       resolve({ proc, out: () => out, statusPort: m === null ? null : Number(m[1]) })
     })
     proc.stderr?.on('data', take)

@@ -428,3 +428,47 @@ test('parity: member counts, blocks, chunks and regions a layout cannot take, a 
   const exported = { ...parityConfig({ layout: 'raid5' }), exports: [{ device: 'd2' }] }
   t.regex(configError(t, exported, 'exports[0].device'), /'d2' is a member of parity array 'p'.*export 'p' instead/)
 })
+
+/** A config dir with empty PEM files where `tls` points (parseConfig checks that they can be read, not what they hold). */
+function tlsDir (): string {
+  const d = dir()
+  for (const f of ['n1-cert.pem', 'n1-key.pem', 'ca-cert.pem']) fs.writeFileSync(path.join(d, f), '')
+  return d
+}
+const TLS = { cert: 'n1-cert.pem', key: 'n1-key.pem', ca: 'ca-cert.pem', clientCertListen: '127.0.0.1:7443' }
+
+test('parseConfig: tls files resolved against baseDir, exports with tls, clientCert and allowSubjects', t => {
+  const d = tlsDir()
+  const c = parseConfig(base({ tls: TLS, exports: [{ device: 'm0', tls: 'require', allowSubjects: ['CN=n2'] }] }), d)
+  t.deepEqual(c.tls, { cert: path.join(d, 'n1-cert.pem'), key: path.join(d, 'n1-key.pem'), ca: path.join(d, 'ca-cert.pem'), clientCertListen: { host: '127.0.0.1', port: 7443 } })
+  t.like(c.exports[0], { tls: 'require', clientCert: 'require', allowSubjects: ['CN=n2'] })
+})
+
+test('parseConfig: a remote device is TLS with a dsts:// url or tls: true, and a contradiction is refused', t => {
+  const d = tlsDir()
+  const c = parseConfig(base({ tls: TLS }, { far: { type: 'remote', url: 'dsts://127.0.0.1:7002/disk0' }, near: { type: 'remote', url: 'dst://127.0.0.1:7003/disk0', tls: true, servername: 'n3' } }), d)
+  t.like(c.devices.get('far'), { tls: true, port: 7002 })
+  t.like(c.devices.get('near'), { tls: true, servername: 'n3' })
+  t.throws(() => parseConfig(base({}, { far: { type: 'remote', url: 'dsts://127.0.0.1:7002/disk0', tls: false } }), d), { instanceOf: ConfigError, message: /devices\.far\.tls: false, but the url .* is dsts:\/\// })
+})
+
+test('parseConfig: clientCert without tls.clientCertListen is an export for NBD (STARTTLS) only, natively refused', t => {
+  const c = parseConfig(base({ tls: { cert: 'n1-cert.pem', key: 'n1-key.pem', ca: 'ca-cert.pem' }, exports: [{ device: 'm0', clientCert: 'require' }] }), tlsDir())
+  t.is(c.exports[0].clientCert, 'require')
+  t.is(c.tls?.clientCertListen, undefined)
+})
+
+test('parseConfig: TLS mistakes name the field', t => {
+  const d = tlsDir()
+  const bad = (extra: Record<string, unknown>, message: RegExp): void => { t.throws(() => parseConfig(base(extra), d), { instanceOf: ConfigError, message }) }
+  bad({ tls: { key: 'n1-key.pem' } }, /tls\.cert: missing/)
+  bad({ tls: { cert: 'nope.pem', key: 'n1-key.pem' } }, /tls\.cert: cannot read .*nope\.pem: ENOENT/)
+  bad({ tls: { ...TLS, color: 1 } }, /tls\.color: unknown field/)
+  bad({ tls: { cert: 'n1-cert.pem', key: 'n1-key.pem', clientCertListen: '127.0.0.1:7443' } }, /tls\.clientCertListen: needs tls\.ca/)
+  bad({ tls: { ...TLS, clientCertListen: '127.0.0.1:7001' } }, /tls\.clientCertListen: must differ from listen/)
+  bad({ exports: [{ device: 'm0', tls: 'require' }] }, /exports\[0\]\.tls: needs the node's tls/)
+  bad({ tls: TLS, exports: [{ device: 'm0', tls: true }] }, /exports\[0\]\.tls: expected "require"/)
+  bad({ tls: { cert: 'n1-cert.pem', key: 'n1-key.pem' }, exports: [{ device: 'm0', clientCert: 'require' }] }, /exports\[0\]\.clientCert: needs the node's tls with a ca/)
+  bad({ tls: TLS, exports: [{ device: 'm0', allowSubjects: ['n2'] }] }, /exports\[0\]\.allowSubjects\[0\]: "n2" is not ATTRIBUTE=VALUE/)
+  bad({ tls: TLS, exports: [{ device: 'm0', allowSubjects: [] }] }, /exports\[0\]\.allowSubjects: expected a non-empty array/)
+})
