@@ -30,8 +30,8 @@ export interface ServedExport extends ExportOptions {
 
 /** Per-export counters, bumped on the hot path by either protocol and rendered by the daemon's /metrics. */
 export class ExportMetrics {
-  readonly requests: Record<string, number> = { read: 0, write: 0, flush: 0, trim: 0, ping: 0, hash: 0, other: 0 }
-  readonly errors: Record<string, number> = { read: 0, write: 0, flush: 0, trim: 0, ping: 0, hash: 0, other: 0 }
+  readonly requests: Record<string, number> = { read: 0, write: 0, flush: 0, trim: 0, ping: 0, hash: 0, extents: 0, other: 0 }
+  readonly errors: Record<string, number> = { read: 0, write: 0, flush: 0, trim: 0, ping: 0, hash: 0, extents: 0, other: 0 }
   bytesRead = 0
   bytesWritten = 0
   inFlight = 0

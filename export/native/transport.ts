@@ -10,7 +10,7 @@ import type { Hasher } from '../../node/core/hasher'
 import { allowed } from '../../node/core/acl'
 import { CloseCode, DEFAULT_MAX_QUEUED_BYTES, ExportSession, type SessionAccess, type SessionLimits } from './server'
 import type { ServedExport } from '../served'
-import { CLOSE_WRITER_DONE, REPLY_HEADER_SIZE, REQUEST_HEADER_SIZE } from './codec'
+import { CLOSE_WRITER_DONE, REPLY_HEADER_SIZE, REQUEST_HEADER_SIZE, agreedVersion } from './codec'
 
 interface UserData { session: ExportSession | null, exp: ServedExport, access: SessionAccess, drain: (() => void) | null, address: string }
 
@@ -152,6 +152,7 @@ export class NativeTransport {
     const writerName = req.getHeader('x-dst-writer-name')
     const peerNode = req.getHeader('x-dst-node')
     const readOnlyAsked = req.getHeader('x-dst-access') === 'ro'
+    const version = agreedVersion(req.getHeader('x-dst-version'))
     const address = Buffer.from(res.getRemoteAddressAsText()).toString()
     const refuse = (status: string, reason: string, exp?: ServedExport, headers: Record<string, string> = {}): void => {
       if (exp !== undefined) exp.metrics.refused++
@@ -176,7 +177,7 @@ export class NativeTransport {
       refuse('508 Loop Detected', `export '${name}' is on the node that asks for it: a remote device cannot point at its own node`, exp)
       return
     }
-    const access: SessionAccess = { readOnly: readOnlyAsked || exp.readOnly || !exp.device.writable, owner: null, token: 0 }
+    const access: SessionAccess = { readOnly: readOnlyAsked || exp.readOnly || !exp.device.writable, owner: null, token: 0, version }
     if (!access.readOnly && exp.shared !== true && writer !== '') {
       if (!/^[A-Za-z0-9._:-]{1,128}$/.test(writer)) { refuse('400 Bad Request', 'bad x-dst-writer id', exp); return }
       const lease = exp.lease.acquire(writer, { name: /^[A-Za-z0-9._-]{1,64}$/.test(writerName) ? writerName : '', address })
