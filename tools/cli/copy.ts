@@ -19,6 +19,7 @@ export function isDstUrl (spec: string): boolean { return spec.startsWith('dst:/
 import { blockDeviceSize } from '../../node/devices/file-device'
 import { Hasher } from '../../node/core/hasher'
 import type { Extent } from '../../node/core/device'
+import { loadNativeFs } from '../../node/devices/native'
 
 // fs-native-extensions' trim: fallocate(PUNCH_HOLE | KEEP_SIZE) on Linux; rejects where the filesystem cannot punch.
 const { trim: punchHole } = require('fs-native-extensions') as { trim: (fd: number, offset: number, length: number) => Promise<void> }
@@ -224,6 +225,7 @@ async function openSource (spec: string, options: CopyOptions): Promise<Source> 
   const fd = await fs.promises.open(spec, 'r').catch((err: Error) => { throw new DstError(ErrorCode.OPEN, `${spec}: ${err.message}`) })
   const st = await fd.stat()
   const size = st.isBlockDevice() ? await blockSize(fd) : st.size
+  const native = loadNativeFs()
   return {
     name: spec,
     size,
@@ -237,6 +239,8 @@ async function openSource (spec: string, options: CopyOptions): Promise<Source> 
       }
       return done
     },
+    // A regular file's holes come from the filesystem (SEEK_DATA/SEEK_HOLE, through the native addon): not read.
+    ...(st.isFile() && native !== null ? { extents: (pos: number, length: number) => native.extents(fd.fd, pos, length) } : {}),
     close: () => fd.close(),
   }
 }
