@@ -79,7 +79,7 @@ sparse with --size.
 
 Copies bytes between local files or block devices, '-' (stdin or stdout) and
 dst://HOST:PORT/NAME (dsts:// over TLS) URLs, with many requests in flight. Sparse-aware: holes of
-a dst:// source are not read, zeros are not written; the destination gets holes
+a dst:// source or a sparse file are not read, zeros are not written; the destination gets holes
 there (a file is left sparse or punched, an export trimmed). Shows a progress
 bar when stderr is a terminal, and ends with one summary line on stderr (bytes,
 seconds, MiB/s, holes and zeros skipped) unless --quiet.
