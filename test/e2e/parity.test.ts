@@ -265,6 +265,7 @@ serial('raid35: the array node killed (SIGKILL) mid-write comes back, in sync, p
   const w = await writer
   t.not(w.code, 0, 'fio lost its server')
   await restartTop(rig)
+  t.regex(rig.top.output(), /region\(s\) were being written when the array stopped: their parity is recomputed/, 'the write hole was mended at start')
   await inSync(rig)
   const v = await verify(rig)
   t.is(v.code, 0, v.out)
