@@ -348,7 +348,13 @@ export class MirrorDevice extends Device implements ArrayContext {
   protected override async _flush (): Promise<void> {
     await this.gate.enter()
     try {
-      const targets = this.legs.present()
+      // A leg whose device cannot take I/O now (its peer away, reconnecting) cannot make anything durable: it is out
+      // (its regions written from now on are marked for it), and the flush is not held until it is back.
+      const targets = this.legs.present().filter(l => {
+        if (usable(l.device)) return true
+        this.fail(l, new DstError(ErrorCode.DISCONNECTED, `flush: ${deviceError(l.device)}`, Errno.EIO))
+        return false
+      })
       const done = await Promise.allSettled(targets.map(l => l.device.flush()))
       done.forEach((d, i) => { if (d.status === 'rejected') this.fail(targets[i], d.reason) })
       if (!targets.some((l, i) => done[i].status === 'fulfilled' && l.state === 'in-sync')) throw this.legs.noLegError('flush')

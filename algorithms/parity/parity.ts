@@ -785,7 +785,12 @@ export class ParityDevice extends Device {
   protected override async _flush (): Promise<void> {
     await this.gate.enter()
     try {
-      const targets = this.legs.present()
+      // A member whose device cannot take I/O now (reconnecting) is out, as for any request: flush is not held by it.
+      const targets = this.legs.present().filter(l => {
+        if (usable(l.device)) return true
+        this.fail(l, new DstError(ErrorCode.DISCONNECTED, deviceError(l.device), Errno.EIO))
+        return false
+      })
       const done = await Promise.allSettled(targets.map(l => l.device.flush()))
       done.forEach((d, i) => { if (d.status === 'rejected') this.fail(targets[i], d.reason) })
       if (this.legs.all.filter(l => l.absent).length > 1) throw this.tooFew('flush', 0, this.memberBytes)

@@ -304,7 +304,8 @@ export class DstNode {
       this.stopped = (async () => {
         this.events.close()
         await Promise.all([this.listener?.stop(), this.nbd?.stop()])
-        await this.registry.flushAll()
+        const unflushed = await this.registry.flushAll()
+        if (unflushed.length > 0) this.log(`not flushed, their peers are away: ${unflushed.join(', ')}`)
         this.listener?.closeAll()
         await this.registry.close()
         await this.hasher.close()

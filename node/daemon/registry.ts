@@ -185,8 +185,19 @@ export class DeviceRegistry {
     return out
   }
 
-  async flushAll (): Promise<void> {
-    await Promise.all([...this.devices.values()].filter(d => d.writable && d.state !== 'closed').map(d => d.flush().catch(() => {})))
+  /**
+   * Flushes every device that can be reached, at a stop. A device whose peer is away (reconnecting, failed, another
+   * disk) is not waited for: what it has not made durable is what its array's intent map marks for it. Returns the
+   * names of the devices left unflushed.
+   */
+  async flushAll (): Promise<string[]> {
+    const skipped: string[] = []
+    const reachable = (d: Device): boolean => d.state === 'online' || d.state === 'degraded'
+    await Promise.all([...this.devices.entries()].filter(([, d]) => d.writable && d.state !== 'closed').map(([name, d]) => {
+      if (!reachable(d)) { skipped.push(`${name} (${d.state})`); return Promise.resolve() }
+      return d.flush().catch(() => {})
+    }))
+    return skipped
   }
 
   async close (): Promise<void> {
