@@ -10,7 +10,7 @@
 // a new array decides its first sync, and the I/O paths.
 
 import { randomUUID } from 'node:crypto'
-import { Device, type DeviceStatus } from '../node/core/device'
+import { Device, type DeviceStatus, type Extent } from '../node/core/device'
 import { DstError, Errno, ErrorCode } from '../node/core/errors'
 import { realClock, type Clock, type TimerHandle } from '../node/core/clock'
 import { settleAll } from '../node/core/settle'
@@ -28,6 +28,7 @@ import { Resync } from './redundant/resync'
 import { Verifier, summary, type VerifyOptions, type VerifyReport } from './redundant/verify'
 import { hashTrouble } from './redundant/digests'
 import { FanoutPool, type Fanout } from './redundant/fanout'
+import { admitNew } from './redundant/admit'
 
 export type { LegState } from './redundant/leg'
 export type { VerifyOptions, VerifyReport, VerifyMismatch } from './redundant/verify'
@@ -163,7 +164,7 @@ export class MirrorDevice extends Device implements ArrayContext {
         leg.full = true
         leg.newDisk = true
         if (leg.absent) log(`leg '${leg.name}' is new to the array and not reachable: it is checked for data when it answers`)
-        else await MirrorDevice.admitNew(leg, size, config)
+        else await admitNew(leg, size, config)
       }
     } else if (plan.kind === 'kept') {
       log(`region changed (was ${loaded?.superblock.region ?? 0}); every leg was in sync with nothing marked: kept in sync`)
@@ -232,24 +233,11 @@ export class MirrorDevice extends Device implements ArrayContext {
     }
   }
 
-  /** A leg new to an existing array: taken on (full sync) if it holds only zeros; otherwise left foreign. */
-  private static async admitNew (l: Leg, size: number, config: ArrayConfig): Promise<void> {
-    const at = await firstData(l.device, size, config.clock)
-    l.stale.fill(1)
-    if (at < 0) {
-      l.newDisk = false
-      config.log(`leg '${l.name}' is new to the array (identity ${l.device.identity || 'none'}) and holds only zeros: full sync`)
-      return
-    }
-    l.initial('foreign')
-    l.held = true
-    l.lastError = `a disk new to the array (identity ${l.device.identity || 'none'}) holds data (at byte ${at}): not overwritten; 'dst array replace' takes it on with a full sync`
-    config.log(`leg '${l.name}': ${l.lastError}`)
-  }
-
   /** Bytes resyncs have copied and compared since start (status and tests). */
   get resyncedBytes (): number { return this.resyncs.copiedBytes }
   get comparedBytes (): number { return this.resyncs.comparedBytes }
+  /** Bytes of the sources' holes resyncs did not read nor write (sparse-aware copies). */
+  get skippedBytes (): number { return this.resyncs.skippedBytes }
   /** The running or last online verify. */
   get lastVerify (): VerifyReport | null { return this.verifier.last }
   /** Verify totals since start (metrics). */
@@ -271,6 +259,7 @@ export class MirrorDevice extends Device implements ArrayContext {
       events: this.intent.events,
       resyncedBytes: this.resyncedBytes,
       resyncComparedBytes: this.comparedBytes,
+      resyncSkippedBytes: this.skippedBytes,
       ...(this.lastVerify !== null ? { verify: summary(this.lastVerify) } : {}),
       members: this.legs.all.map(l => ({
         name: l.name,
@@ -319,6 +308,29 @@ export class MirrorDevice extends Device implements ArrayContext {
         } finally {
           leg.outstanding--
         }
+      }
+    } finally {
+      this.gate.exit()
+    }
+  }
+
+  /**
+   * Holes as one leg that holds the range sees them (the best reader, like a read): legs that hold a range hold the
+   * same bytes, so a hole there reads as zeros from every one. With no such leg, or one that cannot answer, the range
+   * is data (always correct); a failing extents() is no reason to fail the leg (reads find that out).
+   */
+  protected override async _extents (offset: number, length: number): Promise<Extent[]> {
+    await this.gate.enter()
+    try {
+      const leg = this.legs.reader(this.regionOf(offset), this.regionOf(offset + length - 1))
+      if (leg === null) return [{ offset, length, hole: false }]
+      leg.outstanding++
+      try {
+        return await leg.device.extents(offset, length)
+      } catch {
+        return [{ offset, length, hole: false }]
+      } finally {
+        leg.outstanding--
       }
     } finally {
       this.gate.exit()

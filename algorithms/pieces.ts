@@ -1,8 +1,10 @@
 // What linear and stripe arrays share: an array whose every byte lives on exactly one member, so a request is cut
 // into pieces (one per member range it touches) and each piece goes to its member as it is. A subclass says only how
 // an array range maps to member ranges (`each`), and when a digest chunk may be asked of a member (`hashForwardable`).
+// Extents are asked of the members piece by piece and mapped back (a stripe, whose pieces are its many chunks, asks
+// each member once instead: algorithms/stripe.ts).
 
-import { Device, type DeviceOptions } from '../node/core/device'
+import { Device, type DeviceOptions, type Extent } from '../node/core/device'
 import { settleAll } from '../node/core/settle'
 import { DIGEST_SIZE, digestCount } from '../node/core/hasher'
 
@@ -41,6 +43,16 @@ export abstract class PieceArray extends Device {
     return this.each(offset, length, (m, at, n) => m.device.trim(at, n))
   }
 
+  /** Each member tells the holes of its pieces; their runs, moved to array offsets, are joined in order. */
+  protected override async _extents (offset: number, length: number): Promise<Extent[]> {
+    const parts: Array<{ done: number, at: number, runs: Extent[] }> = []
+    await this.each(offset, length, (m, at, n, done) => m.device.extents(at, n).then(runs => { parts.push({ done, at, runs }) }))
+    parts.sort((a, b) => a.done - b.done)
+    const out: Extent[] = []
+    for (const p of parts) for (const r of p.runs) appendRun(out, offset + p.done + (r.offset - p.at), r.length, r.hole)
+    return out
+  }
+
   /** Each member digests its own pieces where it can; otherwise the range is read and digested here. */
   protected override async _hash (offset: number, length: number, chunk: number): Promise<Buffer> {
     if (!this.hashForwardable(offset, length, chunk)) return await super._hash(offset, length, chunk)
@@ -48,4 +60,12 @@ export abstract class PieceArray extends Device {
     await this.each(offset, length, (m, at, n, done) => m.device.hash(at, n, chunk).then(d => { d.copy(out, (done / chunk) * DIGEST_SIZE) }))
     return out
   }
+}
+
+/** Adds a run at the end of `runs` (which ends at `offset`), merged with the last one when of the same kind. */
+export function appendRun (runs: Extent[], offset: number, length: number, hole: boolean): void {
+  if (length === 0) return
+  const last = runs[runs.length - 1]
+  if (last !== undefined && last.hole === hole) last.length += length
+  else runs.push({ offset, length, hole })
 }

@@ -2,12 +2,12 @@
 // floor(c / n) × chunk. A request is split at chunk boundaries and every piece is issued at once, so a large request
 // keeps every member busy. No redundancy: a failed member fails the requests that touch it, like linear.
 
-import type { DeviceStatus } from '../node/core/device'
+import type { DeviceStatus, Extent } from '../node/core/device'
 import { DstError, ErrorCode } from '../node/core/errors'
 import { derivedIdentity } from '../node/core/identity'
 import { settleAll } from '../node/core/settle'
 import type { Hasher } from '../node/core/hasher'
-import { PieceArray, type Member, type PieceFn } from './pieces'
+import { PieceArray, appendRun, type Member, type PieceFn } from './pieces'
 
 export const MIN_CHUNK = 4096
 export const MAX_CHUNK = 16 * 1024 * 1024
@@ -71,6 +71,59 @@ export class StripeDevice extends PieceArray {
     const c = Math.floor(offset / this.chunk)
     const n = this.members.length
     return { member: c % n, at: Math.floor(c / n) * this.chunk + (offset - c * this.chunk) }
+  }
+
+  /**
+   * Each member is asked once, for the rows the range touches; the array's runs are then walked chunk by chunk, except
+   * that rows where every member is a hole (or every one data) are passed over whole, so a mostly empty stripe costs
+   * the runs its members hold, not its chunk count.
+   */
+  protected override async _extents (offset: number, length: number): Promise<Extent[]> {
+    const n = this.members.length
+    const chunk = this.chunk
+    const end = offset + length
+    const row0 = Math.floor(Math.floor(offset / chunk) / n)
+    const row1 = Math.floor(Math.floor((end - 1) / chunk) / n)
+    const perMember = await Promise.all(this.members.map(m => m.device.extents(row0 * chunk, (row1 - row0 + 1) * chunk)))
+    const cursor = new Array<number>(n).fill(0)
+    /** The run of member i at member offset x (x only grows per member): its index in perMember[i]. */
+    const runAt = (i: number, x: number): Extent => {
+      const runs = perMember[i]
+      let k = cursor[i]
+      while (runs[k].offset + runs[k].length <= x) k++
+      cursor[i] = k
+      return runs[k]
+    }
+    const out: Extent[] = []
+    let pos = offset
+    while (pos < end) {
+      const c = Math.floor(pos / chunk)
+      const row = Math.floor(c / n)
+      const i = c % n
+      const inside = pos - c * chunk
+      if (i === 0 && inside === 0) {
+        // At a row start: how many whole rows every member spends in runs of one kind.
+        const first = runAt(0, row * chunk)
+        let rowsEnd = Math.floor((first.offset + first.length) / chunk)
+        for (let j = 1; j < n && rowsEnd > row; j++) {
+          const r = runAt(j, row * chunk)
+          if (r.hole !== first.hole) rowsEnd = row
+          else rowsEnd = Math.min(rowsEnd, Math.floor((r.offset + r.length) / chunk))
+        }
+        if (rowsEnd > row) {
+          const stop = Math.min(end, rowsEnd * n * chunk)
+          appendRun(out, pos, stop - pos, first.hole)
+          pos = stop
+          continue
+        }
+      }
+      const x = row * chunk + inside
+      const r = runAt(i, x)
+      const stop = Math.min(end, pos + (chunk - inside), pos + (r.offset + r.length - x))
+      appendRun(out, pos, stop - pos, r.hole)
+      pos = stop
+    }
+    return out
   }
 
   /** Calls `fn` once per chunk piece of the range, with the member, its offset there and the offset into the buffer. */

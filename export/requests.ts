@@ -7,8 +7,11 @@ import { Errno } from '../node/core/errors'
 import { isHashChunk } from '../node/core/hasher'
 import type { ServedExport } from './served'
 
-/** What a request does, whichever protocol carried it. */
-export const RequestKind = { READ: 0, WRITE: 1, TRIM: 2, WRITE_ZEROES: 3, FLUSH: 4, PING: 5, HASH: 6, UNKNOWN: 7 } as const
+/**
+ * What a request does, whichever protocol carried it. LOOKUP: a request about a range that carries no payload either
+ * way and changes nothing (NBD's BLOCK_STATUS and CACHE): its length is not bounded by maxRequest but must not be 0.
+ */
+export const RequestKind = { READ: 0, WRITE: 1, TRIM: 2, WRITE_ZEROES: 3, FLUSH: 4, PING: 5, HASH: 6, UNKNOWN: 7, EXTENTS: 8, LOOKUP: 9 } as const
 export type RequestKindValue = typeof RequestKind[keyof typeof RequestKind]
 
 /**
@@ -42,7 +45,8 @@ export interface RequestRules {
 }
 
 /**
- * 0 if the request may go to the device, else the errno to answer it with. `aux` is the HASH chunk size (native only).
+ * 0 if the request may go to the device, else the errno to answer it with. `aux` is the HASH chunk size, or the most
+ * runs an EXTENTS reply may carry (native only).
  * The order of the checks decides which answer a request wrong in several ways gets: access first, then capability,
  * size and range.
  */
@@ -64,9 +68,16 @@ export function checkRequest (rules: RequestRules, kind: number, offset: number,
       if ((kind === RequestKind.READ || kind === RequestKind.WRITE) && length > rules.maxRequest) return Errno.EOVERFLOW
       if (!Number.isSafeInteger(offset) || offset + length > d.size) return Errno.EINVAL
       return 0
+    case RequestKind.LOOKUP:
+      if (!Number.isSafeInteger(offset) || length === 0 || offset + length > d.size) return Errno.EINVAL
+      return 0
     case RequestKind.HASH:
       if (length > rules.maxRequest) return Errno.EOVERFLOW
       if (!Number.isSafeInteger(offset) || offset + length > d.size || !isHashChunk(aux)) return Errno.EINVAL
+      return 0
+    case RequestKind.EXTENTS:
+      // No payload either way but a bounded list of runs: the length is not bounded by maxRequest.
+      if (!Number.isSafeInteger(offset) || offset + length > d.size || aux === 0) return Errno.EINVAL
       return 0
     case RequestKind.FLUSH:
     case RequestKind.PING:

@@ -4,6 +4,7 @@
 import type { Device } from '../node/core/device'
 import type { Cidr } from '../node/core/acl'
 import type { WriteLease } from '../node/core/lease'
+import type { DirtyMaps } from '../node/core/dirty'
 
 export interface ExportOptions {
   name: string
@@ -29,12 +30,14 @@ export interface ServedExport extends ExportOptions {
   lease: WriteLease
   /** Told to clients in the handshake: how many times this node has started (restarts are visible). */
   generation: number
+  /** The regions each member of the exported array is missing (NBD's qemu:dirty-bitmap contexts); absent: none. */
+  dirty?: DirtyMaps
 }
 
 /** Per-export counters, bumped on the hot path by either protocol and rendered by the daemon's /metrics. */
 export class ExportMetrics {
-  readonly requests: Record<string, number> = { read: 0, write: 0, flush: 0, trim: 0, ping: 0, hash: 0, other: 0 }
-  readonly errors: Record<string, number> = { read: 0, write: 0, flush: 0, trim: 0, ping: 0, hash: 0, other: 0 }
+  readonly requests: Record<string, number> = { read: 0, write: 0, flush: 0, trim: 0, ping: 0, hash: 0, extents: 0, other: 0 }
+  readonly errors: Record<string, number> = { read: 0, write: 0, flush: 0, trim: 0, ping: 0, hash: 0, extents: 0, other: 0 }
   bytesRead = 0
   bytesWritten = 0
   inFlight = 0

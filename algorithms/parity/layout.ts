@@ -73,6 +73,22 @@ export class Raid35Layout {
     }
   }
 
+  /** The pieces of array bytes [offset, offset + length) on the data members: one per fragment touched. */
+  fragmentPieces (offset: number, length: number): Piece[] {
+    const out: Piece[] = []
+    const f = this.fragment
+    for (let pos = offset; pos < offset + length;) {
+      const b = Math.floor(pos / this.blockSize)
+      const inBlock = pos - b * this.blockSize
+      const member = Math.floor(inBlock / f)
+      const inFragment = inBlock - member * f
+      const n = Math.min(f - inFragment, offset + length - pos)
+      out.push({ member, at: b * f + inFragment, length: n, done: pos - offset })
+      pos += n
+    }
+    return out
+  }
+
   /** The block-aligned range covering [offset, offset + length): the only widening raid35 ever does. */
   widen (offset: number, length: number): { first: number, count: number } {
     const first = Math.floor(offset / this.blockSize)

@@ -1,6 +1,7 @@
 // digests: what resync and verify share about comparing legs by chunk digests computed where each leg's data lives.
 
-import { DIGEST_SIZE, isHashChunk } from '../../node/core/hasher'
+import { createHash } from 'node:crypto'
+import { DIGEST_SIZE, HASH_ALGORITHM, digestCount, isHashChunk } from '../../node/core/hasher'
 import { type DstError, Errno, ErrorCode } from '../../node/core/errors'
 
 /** Resync and verify compare digests of chunks this long (at most a region). */
@@ -40,4 +41,22 @@ export function differingChunks (digests: Buffer[]): number {
     if (!digests.every(d => d.compare(digests[0], a, a + DIGEST_SIZE, a, a + DIGEST_SIZE) === 0)) chunks++
   }
   return chunks
+}
+
+const zeroChunkDigests = new Map<number, Buffer>()
+
+/** The digests hash() gives for `length` zero bytes in chunks of `chunk` (what a hole digests to). */
+export function zeroDigests (length: number, chunk: number): Buffer {
+  const one = (n: number): Buffer => {
+    let d = zeroChunkDigests.get(n)
+    if (d === undefined) {
+      d = createHash(HASH_ALGORITHM).update(Buffer.alloc(n)).digest()
+      if (zeroChunkDigests.size < 64) zeroChunkDigests.set(n, d)
+    }
+    return d
+  }
+  const count = digestCount(length, chunk)
+  const out = Buffer.alloc(count * DIGEST_SIZE)
+  for (let c = 0; c < count; c++) one(Math.min(chunk, length - c * chunk)).copy(out, c * DIGEST_SIZE)
+  return out
 }

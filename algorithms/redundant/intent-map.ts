@@ -18,6 +18,11 @@ export class IntentMap {
   private readonly log: (message: string) => void
   /** Regions with an intent bit set on any leg; the clear pass looks only at these. */
   private readonly marked = new Set<number>()
+  /**
+   * Regions whose bits stay set whatever the legs hold, until the array lets go of them (parity: regions whose parity
+   * is still to be recomputed from the data after a crash or at creation).
+   */
+  readonly pinned = new Set<number>()
   /** Bitmap pages changed since the last save: leg index -> byte offsets. */
   private pages = new Map<number, Set<number>>()
   private saving: Promise<void> | null = null
@@ -78,7 +83,7 @@ export class IntentMap {
     let changed = false
     const touched = this.gate.touched
     for (const r of this.marked) {
-      if (this.gate.busy(r) || (!all && touched.has(r)) || this.gate.isLocked(r)) continue
+      if (this.gate.busy(r) || (!all && touched.has(r)) || this.gate.isLocked(r) || this.pinned.has(r)) continue
       let left = false
       for (const l of this.legs.all) {
         if (!getBit(l.bits, r)) continue
@@ -148,7 +153,7 @@ export class IntentMap {
     } catch (err) {
       // Keep the pages for the next attempt; the write that needed them fails.
       for (const [leg, set] of pages) for (const p of set) this.setPage(leg, p)
-      throw new DstError(ErrorCode.INTENT, `mirror '${this.arrayName}': cannot save the write-intent map: ${(err as Error).message}`, Errno.EIO)
+      throw new DstError(ErrorCode.INTENT, `array '${this.arrayName}': cannot save the write-intent map: ${(err as Error).message}`, Errno.EIO)
     }
   }
 

@@ -10,8 +10,12 @@ export class LegSet {
   private readonly list: Leg[]
   private readonly arrayName: string
 
-  constructor (arrayName: string, legs: Leg[]) {
+  /** What the array is called in messages ('mirror', 'parity'). */
+  private readonly kind: string
+
+  constructor (arrayName: string, legs: Leg[], kind = 'mirror') {
     this.arrayName = arrayName
+    this.kind = kind
     this.list = legs
     this.renumber()
   }
@@ -31,7 +35,7 @@ export class LegSet {
   /** The leg called `name`, or a DST_ERR_NOLEG error naming the legs there are. */
   named (name: string): Leg {
     const leg = this.find(name)
-    if (leg === undefined) throw new DstError(ErrorCode.NOLEG, `mirror '${this.arrayName}': no leg '${name}' (legs: ${this.names.join(', ')})`, Errno.EINVAL)
+    if (leg === undefined) throw new DstError(ErrorCode.NOLEG, `${this.kind} '${this.arrayName}': no leg '${name}' (legs: ${this.names.join(', ')})`, Errno.EINVAL)
     return leg
   }
 

@@ -24,7 +24,8 @@ const ALLOWED: Record<LegState, readonly LegState[]> = {
   foreign: ['stale', 'foreign'],
 }
 
-export interface ResyncProgress { doneBytes: number, totalBytes: number, copiedBytes: number, comparedBytes: number }
+/** A running resync: bytes done of total, written, compared by digest, and in the sources' holes needing no write. */
+export interface ResyncProgress { doneBytes: number, totalBytes: number, copiedBytes: number, comparedBytes: number, skippedBytes: number }
 
 export interface LegHooks {
   log: (message: string) => void

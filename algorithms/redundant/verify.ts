@@ -259,7 +259,7 @@ export function insertMismatch (list: VerifyMismatch[], m: VerifyMismatch): void
 }
 
 /** Counts bytes of a region that `legs` could not be compared on, per leg and the state it was in. */
-function notCompared (report: VerifyReport, legs: Leg[], n: number): void {
+export function notCompared (report: VerifyReport, legs: Leg[], n: number): void {
   for (const l of legs) {
     const entry = report.notCompared.find(x => x.leg === l.name && x.state === l.state)
     if (entry !== undefined) entry.bytes += n; else report.notCompared.push({ leg: l.name, state: l.state, bytes: n })

@@ -10,7 +10,12 @@ import WebSocket from 'ws'
 import { DstError, Errno, errnoName, ErrorCode, RemoteError } from '../../node/core/errors'
 import { Ring } from '../../node/core/ring'
 import { defaultHasher, DIGEST_SIZE, HASH_ALGORITHM, type Hasher } from '../../node/core/hasher'
-import { FrameDecoder, HANDSHAKE_SIZE, HandshakeFlag, Op, opNames, PROTOCOL_VERSION, REQUEST_HEADER_SIZE, digestFrames, parseHandshake, replyCarriesDigest, replyFrames, writeRequestHeader, type Handshake, type ReplyHeader } from './codec'
+import {
+  EXTENT_ENTRY_SIZE, EXTENTS_VERSION, FrameDecoder, HANDSHAKE_SIZE, HandshakeFlag, MAX_EXTENTS_PER_REPLY, MIN_PROTOCOL_VERSION, Op, opNames,
+  PROTOCOL_VERSION, REQUEST_HEADER_SIZE, decodeExtents, digestFrames, parseHandshake, replyCarriesDigest, replyFrames, writeRequestHeader,
+  type Handshake, type ReplyHeader,
+} from './codec'
+import type { Extent } from '../../node/core/device'
 import { ProtocolError } from '../../node/core/errors'
 import { WsTap, writeClientFrameHeader } from './ws-tap'
 import { DIRECT_MIN, SocketReader } from './socket-reader'
@@ -70,7 +75,7 @@ interface Slot {
   digest: Buffer | null
   digestTries: number
   sentAt: number
-  resolve: () => void
+  resolve: (replied: number) => void
   reject: (err: Error) => void
   /**
    * The request as it goes on the wire: its WebSocket frame header (6 bytes), the request header (32), and room for
@@ -95,7 +100,7 @@ interface Queued {
   aux: number
   into: Uint8Array | null
   data: Uint8Array | null
-  resolve: () => void
+  resolve: (replied: number) => void
   reject: (err: Error) => void
 }
 
@@ -294,7 +299,7 @@ export class Connection {
         try {
           if (!isBinary || data.length !== HANDSHAKE_SIZE) throw new ProtocolError(`expected a ${HANDSHAKE_SIZE}-byte handshake, got ${data.length} bytes`)
           const h = parseHandshake(data)
-          if (h.version !== PROTOCOL_VERSION) throw new ProtocolError(`server speaks protocol version ${h.version}, this client ${PROTOCOL_VERSION}`)
+          if (h.version < MIN_PROTOCOL_VERSION || h.version > PROTOCOL_VERSION) throw new ProtocolError(`server speaks protocol version ${h.version}, this client ${MIN_PROTOCOL_VERSION} to ${PROTOCOL_VERSION}`)
           if (h.maxRequest === 0 || h.maxInFlight === 0) throw new ProtocolError('handshake announces a zero request size or queue depth')
           if ((h.flags & HandshakeFlag.DIGEST) !== 0 && (h.hashAlgorithm !== HASH_ALGORITHM || h.digestSize !== DIGEST_SIZE)) {
             throw new ProtocolError(`export wants wire digests with ${h.hashAlgorithm}, this client computes ${HASH_ALGORITHM}`)
@@ -316,6 +321,8 @@ export class Connection {
     const h = this.handshake
     return (h.flags & HandshakeFlag.HASH) !== 0 && h.hashAlgorithm === HASH_ALGORITHM && h.digestSize === DIGEST_SIZE
   }
+  /** The export answers EXTENTS (protocol version 3 and its flag); otherwise every range is taken as data. */
+  get canExtents (): boolean { return this.handshake.version >= EXTENTS_VERSION && (this.handshake.flags & HandshakeFlag.EXTENTS) !== 0 }
   get digests (): boolean { return this.digest }
   /** Reply bytes that were read from the socket straight into the caller's buffer (no copy). */
   get directBytes (): number { return this.reader?.directBytes ?? 0 }
@@ -324,12 +331,18 @@ export class Connection {
 
   /**
    * One request of at most `handshake.maxRequest` bytes (the caller splits larger ones). For READ, `into` receives
-   * `length` bytes; for WRITE, `data` is sent; for HASH (chunk size in `aux`), `into` receives the digests. The promise
-   * settles when the server answers.
+   * `length` bytes; for WRITE, `data` is sent; for HASH (chunk size in `aux`), `into` receives the digests; for EXTENTS
+   * (the most runs in `aux`), `into` receives the runs. The promise settles when the server answers.
    */
   request (op: number, offset: number, length: number, into: Uint8Array | null, data: Uint8Array | null, aux = 0): Promise<void> {
+    // The same promise, whose value (the reply's payload bytes) callers of request() have no use for: no extra turn.
+    return this.issue(op, offset, length, into, data, aux) as Promise<unknown> as Promise<void>
+  }
+
+  /** A request whose promise resolves with the bytes of the reply's payload (how long an EXTENTS answer is). */
+  private issue (op: number, offset: number, length: number, into: Uint8Array | null, data: Uint8Array | null, aux: number): Promise<number> {
     if (this.closed !== null) return Promise.reject(this.closed)
-    return new Promise((resolve, reject) => {
+    return new Promise<number>((resolve, reject) => {
       const slotIndex = this.freeSlots.pop()
       if (slotIndex === undefined) {
         if (this.queue.full) { reject(new DstError(ErrorCode.QUEUE_FULL, `${this.url}: ${this.queue.capacity} requests already queued`)); return }
@@ -342,6 +355,19 @@ export class Connection {
 
   ping (): Promise<void> {
     return this.request(Op.PING, 0, 0, null, null)
+  }
+
+  /**
+   * Which parts of [offset, offset + length) are holes, as the server sees them (length below 4 GiB): runs in order
+   * from `offset`, at most `maxRuns` of them, covering the range or a prefix of it (ask again from where they end).
+   * An export that cannot answer (an older version) gets no request: the range is one data run.
+   */
+  async extents (offset: number, length: number, maxRuns = MAX_EXTENTS_PER_REPLY): Promise<Extent[]> {
+    if (length === 0) return []
+    if (!this.canExtents) return [{ offset, length, hole: false }]
+    const into = Buffer.allocUnsafe(maxRuns * EXTENT_ENTRY_SIZE)
+    const replied = await this.issue(Op.EXTENTS, offset, length, into, null, maxRuns)
+    return decodeExtents(into.subarray(0, replied), offset, length, maxRuns)
   }
 
   close (code = 1000, reason = 'client closing'): void {
@@ -360,7 +386,7 @@ export class Connection {
   }
 
   private start (slot: Slot, op: number, offset: number, length: number, aux: number, into: Uint8Array | null,
-    data: Uint8Array | null, resolve: () => void, reject: (err: Error) => void): void {
+    data: Uint8Array | null, resolve: (replied: number) => void, reject: (err: Error) => void): void {
     slot.busy = true
     slot.seq = (slot.seq + 1) >>> 0
     slot.op = op
@@ -546,7 +572,10 @@ export class Connection {
 
   private replyTarget (h: ReplyHeader): Uint8Array | null {
     const slot = this.slotFor(h)
-    if (slot === null || (slot.op !== Op.READ && slot.op !== Op.HASH) || h.op !== slot.op || h.length !== this.replyLength(slot)) return null
+    if (slot === null || h.op !== slot.op) return null
+    // An EXTENTS reply's length varies, up to the room for the runs asked for; a longer one is discarded and refused.
+    if (slot.op === Op.EXTENTS) return slot.into !== null && h.length <= slot.into.byteLength ? slot.into : null
+    if ((slot.op !== Op.READ && slot.op !== Op.HASH) || h.length !== this.replyLength(slot)) return null
     return slot.into
   }
 
@@ -575,8 +604,20 @@ export class Connection {
     } else if (trailer !== null && slot.op === Op.READ) {
       this.checkReadDigest(slot, Buffer.from(trailer))
       return
+    } else if (slot.op === Op.EXTENTS) {
+      // Checked here, so that a malformed list of runs closes the connection like any broken reply.
+      const runs = h.length > 0 && payload === null ? null : (payload ?? Buffer.alloc(0)).subarray(0, h.length)
+      try {
+        if (runs === null) throw new ProtocolError(`extents reply carries ${h.length} bytes, at most ${slot.into?.byteLength ?? 0} were asked for`)
+        decodeExtents(runs, slot.offset, slot.length, slot.aux)
+      } catch (e) {
+        this.protocolFailure((e as Error).message)
+        return
+      }
+      this.release(slot, null, h.length)
+      return
     }
-    this.release(slot, err)
+    this.release(slot, err, h.length)
   }
 
   /** A READ reply with a wire digest: the caller gets the data only if it matches; otherwise it is asked for again. */
@@ -596,7 +637,7 @@ export class Connection {
     return slot !== undefined && slot.busy && slot.seq === h.tagHi ? slot : null
   }
 
-  private release (slot: Slot, err: Error | null): void {
+  private release (slot: Slot, err: Error | null, replied = 0): void {
     const { resolve, reject } = slot
     slot.busy = false
     slot.into = null
@@ -608,7 +649,7 @@ export class Connection {
     const next = this.queue.shift()
     if (next !== undefined) this.start(slot, next.op, next.offset, next.length, next.aux, next.into, next.data, next.resolve, next.reject)
     else this.freeSlots.push(slot.index)
-    if (err === null) resolve(); else reject(err)
+    if (err === null) resolve(replied); else reject(err)
   }
 
   private checkAlive (interval: number, requestTimeout: number): void {

@@ -3,6 +3,7 @@
 // straight into the buffer its owner names (a pool slot on the server, the caller's read buffer on the client).
 
 import { ProtocolError } from '../../node/core/errors'
+import type { Extent } from '../../node/core/device'
 
 /**
  * WebSocket close code a writer sends when it is gone for good (a clean stop, a device closed): the export releases
@@ -10,7 +11,22 @@ import { ProtocolError } from '../../node/core/errors'
  */
 export const CLOSE_WRITER_DONE = 4000
 
-export const PROTOCOL_VERSION = 2
+/** The version this side speaks; it also answers peers of every version from MIN_PROTOCOL_VERSION (PROTOCOL.md). */
+export const PROTOCOL_VERSION = 3
+export const MIN_PROTOCOL_VERSION = 2
+/** The first version with EXTENTS. */
+export const EXTENTS_VERSION = 3
+
+/**
+ * The version a server speaks on a connection whose client sent `x-dst-version: asked`: the highest both know. A client
+ * that names none, or one older than this server knows, gets MIN_PROTOCOL_VERSION (whose handshake every dst client
+ * since version 2 reads); one newer gets PROTOCOL_VERSION, and it decides whether it still talks to us.
+ */
+export function agreedVersion (asked: string): number {
+  const v = /^[0-9]{1,5}$/.test(asked) ? Number(asked) : 0
+  if (v < MIN_PROTOCOL_VERSION) return MIN_PROTOCOL_VERSION
+  return Math.min(v, PROTOCOL_VERSION)
+}
 
 export const REQUEST_MAGIC = 0x51545344 // "DSTQ" on the wire
 export const REPLY_MAGIC = 0x52545344 // "DSTR"
@@ -27,9 +43,10 @@ export const Op = {
   TRIM: 4,
   PING: 5,
   HASH: 6,
+  EXTENTS: 7,
 } as const
 
-export const opNames: Record<number, string> = { 1: 'read', 2: 'write', 3: 'flush', 4: 'trim', 5: 'ping', 6: 'hash' }
+export const opNames: Record<number, string> = { 1: 'read', 2: 'write', 3: 'flush', 4: 'trim', 5: 'ping', 6: 'hash', 7: 'extents' }
 
 export const HandshakeFlag = {
   READ_ONLY: 1,
@@ -39,7 +56,18 @@ export const HandshakeFlag = {
   HASH: 8,
   /** Wire digests: every WRITE payload and READ reply payload is followed by its digest. */
   DIGEST: 16,
+  /** Version 3: the export answers EXTENTS (which parts of a range are holes). */
+  EXTENTS: 32,
 } as const
+
+/** An EXTENTS reply is a list of runs of this many bytes each: length (u32), flags (u32). */
+export const EXTENT_ENTRY_SIZE = 8
+/** A run's flag: the run is a hole (reads as zeros, holds no space). */
+export const EXTENT_HOLE = 1
+/** The most runs one EXTENTS reply carries (8 KiB): a caller asks again from where a reply ended. */
+export const MAX_EXTENTS_PER_REPLY = 1024
+/** The longest range one EXTENTS request may ask about (its length is a u32): 4 GiB less 64 KiB. */
+export const MAX_EXTENTS_SPAN = 0xffff0000
 
 /** A frame that cannot be parsed: the connection is closed with this reason (WebSocket close code 1002). */
 export interface RequestHeader {
@@ -175,6 +203,60 @@ export function parseHandshake (buf: Buffer): Handshake {
     hashAlgorithm: buf.toString('latin1', 64, 80).replace(/\0+$/, ''),
     digestSize: buf.readUInt16LE(80),
   }
+}
+
+/**
+ * The payload of an EXTENTS reply for the range starting at `offset`: the first `maxRuns` of `runs` (in order, covering
+ * a prefix of the range), adjacent runs of one kind merged. Each run is shorter than 4 GiB (the request's length is).
+ */
+export function encodeExtents (runs: readonly Extent[], maxRuns: number, into: Buffer, at: number): number {
+  let n = 0
+  let hole = false
+  let length = 0
+  for (const r of runs) {
+    if (length > 0 && r.hole === hole) { length += r.length; continue }
+    if (length > 0) {
+      if (n === maxRuns) return n * EXTENT_ENTRY_SIZE
+      writeExtent(into, at + n++ * EXTENT_ENTRY_SIZE, length, hole)
+    }
+    hole = r.hole
+    length = r.length
+  }
+  if (length > 0 && n < maxRuns) writeExtent(into, at + n++ * EXTENT_ENTRY_SIZE, length, hole)
+  return n * EXTENT_ENTRY_SIZE
+}
+
+function writeExtent (buf: Buffer, at: number, length: number, hole: boolean): void {
+  buf.writeUInt32LE(length, at)
+  buf.writeUInt32LE(hole ? EXTENT_HOLE : 0, at + 4)
+}
+
+/**
+ * The runs of an EXTENTS reply to a request for [offset, offset + length) that asked for at most `maxRuns`. A reply a
+ * client must refuse (not whole entries, too many, an empty run, unknown flags, more bytes than were asked about, or
+ * nothing at all for a non-empty range) throws ProtocolError. The runs may cover only a prefix of the range.
+ */
+export function decodeExtents (payload: Uint8Array, offset: number, length: number, maxRuns: number): Extent[] {
+  const buf = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)
+  if (buf.length % EXTENT_ENTRY_SIZE !== 0) throw new ProtocolError(`extents reply of ${buf.length} bytes is not whole ${EXTENT_ENTRY_SIZE}-byte runs`)
+  const count = buf.length / EXTENT_ENTRY_SIZE
+  if (count > maxRuns) throw new ProtocolError(`extents reply carries ${count} runs, at most ${maxRuns} were asked for`)
+  if (count === 0 && length > 0) throw new ProtocolError('extents reply carries no run for a non-empty range')
+  const runs: Extent[] = []
+  let at = offset
+  for (let i = 0; i < count; i++) {
+    const n = buf.readUInt32LE(i * EXTENT_ENTRY_SIZE)
+    const flags = buf.readUInt32LE(i * EXTENT_ENTRY_SIZE + 4)
+    if (n === 0) throw new ProtocolError(`extents reply: run ${i} is empty`)
+    if ((flags & ~EXTENT_HOLE) !== 0) throw new ProtocolError(`extents reply: run ${i} has unknown flags 0x${flags.toString(16)}`)
+    if (at + n > offset + length) throw new ProtocolError(`extents reply covers past the ${length} bytes asked about`)
+    const hole = (flags & EXTENT_HOLE) !== 0
+    const last = runs[runs.length - 1]
+    if (last !== undefined && last.hole === hole) last.length += n
+    else runs.push({ offset: at, length: n, hole })
+    at += n
+  }
+  return runs
 }
 
 /** Which frames a decoder reads: header size, parser, and how many payload bytes follow a header. */

@@ -13,9 +13,9 @@
 // Opened with `expect` (what an earlier handshake found, remembered by the node), a device whose peer cannot be
 // reached starts `connecting` with those values instead of failing: requests wait for the peer as after a drop.
 
-import { Device, type DeviceState, type DeviceStatus } from '../../node/core/device'
+import { Device, type DeviceState, type DeviceStatus, type Extent } from '../../node/core/device'
 import { DstError, ErrorCode } from '../../node/core/errors'
-import { CLOSE_WRITER_DONE, HandshakeFlag, Op, type Handshake } from './codec'
+import { CLOSE_WRITER_DONE, HandshakeFlag, MAX_EXTENTS_SPAN, Op, type Handshake } from './codec'
 import { settleAll } from '../../node/core/settle'
 import { DIGEST_SIZE, digestCount } from '../../node/core/hasher'
 import { Connection, type ConnectOptions } from './client'
@@ -206,6 +206,28 @@ export class RemoteDevice extends Device {
     return out
   }
 
+  /**
+   * The peer asks its own device (a file's SEEK_DATA/SEEK_HOLE, an array's members), in requests of under 4 GiB whose
+   * replies hold a bounded number of runs: each next request starts where the last reply ended. A peer of an older
+   * protocol version answers nothing: its ranges are data (Connection.extents).
+   */
+  protected override async _extents (offset: number, length: number): Promise<Extent[]> {
+    const runs: Extent[] = []
+    const end = offset + length
+    let at = offset
+    while (at < end) {
+      const from = at
+      const got = await this.retrying(conn => conn.extents(from, Math.min(MAX_EXTENTS_SPAN, end - from)), 0)
+      for (const r of got) {
+        const last = runs[runs.length - 1]
+        if (last !== undefined && last.hole === r.hole) last.length += r.length
+        else runs.push({ ...r })
+        at = r.offset + r.length
+      }
+    }
+    return runs
+  }
+
   protected override _close (): Promise<void> {
     this.closedByUs = true
     if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer)
@@ -264,12 +286,16 @@ export class RemoteDevice extends Device {
     })
   }
 
-  private async sendRetrying (op: number, offset: number, length: number, into: Uint8Array | null, data: Uint8Array | null, aux: number, firstFailure: number): Promise<void> {
+  private sendRetrying (op: number, offset: number, length: number, into: Uint8Array | null, data: Uint8Array | null, aux: number, firstFailure: number): Promise<void> {
+    return this.retrying(conn => conn.request(op, offset, length, into, data, aux), firstFailure)
+  }
+
+  /** Runs `call` on a live connection, again on the next one for as long as the link (not the call) is what failed. */
+  private async retrying <T>(call: (conn: Connection) => Promise<T>, firstFailure: number): Promise<T> {
     for (;;) {
       const conn = this.conn !== null && !this.conn.isClosed ? this.conn : await this.nextConnection()
       try {
-        await conn.request(op, offset, length, into, data, aux)
-        return
+        return await call(conn)
       } catch (err) {
         const e = err as DstError
         if (this.closedByUs || !TRANSPORT.has(e.code)) throw err

@@ -11,7 +11,8 @@ import { PoolShare, type BufferWaiter } from '../../node/core/pool-share'
 import type { ServedExport } from '../served'
 import { checkRequest, NATIVE_ANSWERS, RequestKind, type RequestRules } from '../requests'
 import { defaultHasher, DIGEST_SIZE, HASH_ALGORITHM, type Hasher } from '../../node/core/hasher'
-import { FrameDecoder, HandshakeFlag, Op, opNames, PROTOCOL_VERSION, REPLY_HEADER_SIZE, digestFrames, encodeHandshake, requestFrames, writeCarriesDigest, writeReplyHeader, type RequestHeader } from './codec'
+import { EXTENT_ENTRY_SIZE, EXTENTS_VERSION, FrameDecoder, HandshakeFlag, MAX_EXTENTS_PER_REPLY, Op, opNames, PROTOCOL_VERSION, REPLY_HEADER_SIZE, digestFrames, encodeExtents, encodeHandshake, requestFrames, writeCarriesDigest, writeReplyHeader, type RequestHeader } from './codec'
+import type { Extent } from '../../node/core/device'
 import { ProtocolError } from '../../node/core/errors'
 
 /** What one connection may do: read only, or write as a named writer (holding the lease's token) or anonymously. */
@@ -19,6 +20,8 @@ export interface SessionAccess {
   readOnly: boolean
   owner: string | null
   token: number
+  /** The protocol version agreed with the client at the upgrade (default: this side's, PROTOCOL_VERSION). */
+  version?: number
 }
 
 export interface SessionLimits {
@@ -58,8 +61,8 @@ const HEADER_BATCH = 64
 
 export const CloseCode = { NORMAL: 1000, GOING_AWAY: 1001, PROTOCOL: 1002, BAD_DATA: 1007, POLICY: 1008, INTERNAL: 1011 } as const
 
-/** The validator's kind of each native opcode (export/requests.ts). */
-function kindOf (op: number): number {
+/** The validator's kind of each native opcode (export/requests.ts); EXTENTS exists from version 3 on. */
+function kindOf (op: number, version: number): number {
   switch (op) {
     case Op.READ: return RequestKind.READ
     case Op.WRITE: return RequestKind.WRITE
@@ -67,6 +70,7 @@ function kindOf (op: number): number {
     case Op.FLUSH: return RequestKind.FLUSH
     case Op.PING: return RequestKind.PING
     case Op.HASH: return RequestKind.HASH
+    case Op.EXTENTS: return version >= EXTENTS_VERSION ? RequestKind.EXTENTS : RequestKind.UNKNOWN
     default: return RequestKind.UNKNOWN
   }
 }
@@ -163,6 +167,12 @@ class NativeRequest implements BufferWaiter {
 
   private readonly onHashFailed = (err: unknown): void => { this.s.finishHash(this, toErrno(err), null) }
 
+  extents (): void {
+    this.s.exp.device.extents(this.offset, this.length).then(this.onExtents, this.onHashFailed)
+  }
+
+  private readonly onExtents = (runs: Extent[]): void => { this.s.finishExtents(this, runs) }
+
   private readonly onFailed = (err: unknown): void => { this.fail(toErrno(err)) }
 
   private fail (errno: number): void {
@@ -230,7 +240,10 @@ export class ExportSession {
     exp.metrics.connections++
   }
 
-  /** The first message on every connection. */
+  /** The protocol version of this connection (agreed at the upgrade). */
+  get version (): number { return this.access.version ?? PROTOCOL_VERSION }
+
+  /** The first message on every connection, in the version agreed with the client. */
   handshake (): Buffer {
     const d = this.exp.device
     const readOnly = this.exp.readOnly || !d.writable || this.access.readOnly
@@ -239,8 +252,9 @@ export class ExportSession {
     if (d.canTrim && !readOnly) flags |= HandshakeFlag.TRIM
     flags |= HandshakeFlag.HASH
     if (this.exp.digest === true) flags |= HandshakeFlag.DIGEST
+    if (this.version >= EXTENTS_VERSION) flags |= HandshakeFlag.EXTENTS
     return encodeHandshake({
-      version: PROTOCOL_VERSION,
+      version: this.version,
       size: d.size,
       blockSize: d.blockSize,
       maxRequest: this.limits.maxRequest,
@@ -313,7 +327,7 @@ export class ExportSession {
   }
 
   private checkRequest (h: RequestHeader): number {
-    return checkRequest(this.rules, kindOf(h.op), h.offset, h.length, h.aux)
+    return checkRequest(this.rules, kindOf(h.op, this.version), h.offset, h.length, h.aux)
   }
 
   private onRequest (h: RequestHeader, payload: Uint8Array | null, trailer: Buffer | null): void {
@@ -345,24 +359,45 @@ export class ExportSession {
         else rec.write(this.takeWriteSlot())
         break
       case Op.HASH: rec.hash(); break
+      case Op.EXTENTS: rec.extents(); break
       case Op.FLUSH: rec.settle(this.exp.device.flush()); break
       case Op.TRIM: rec.settle(this.exp.device.trim(h.offset, h.length)); break
       case Op.PING: this.finish(rec, 0, 0, null); break
     }
   }
 
-  /** Answers a HASH. Not the hot path: its reply is a few digests, joined with the header in one small buffer. */
+  /**
+   * Answers a HASH or an EXTENTS that failed. Not the hot path: its reply is a few digests, joined with the header in
+   * one small buffer.
+   */
   finishHash (rec: NativeRequest, errno: number, digests: Buffer | null): void {
+    if (this.closed) { this.finishSmall(rec, errno, null); return }
+    // It leaves with this turn's other replies (or waits with them while the client does not read).
+    const message = Buffer.allocUnsafe(REPLY_HEADER_SIZE + (digests?.length ?? 0))
+    writeReplyHeader(message, 0, rec.op, rec.tagLo, rec.tagHi, errno, digests?.length ?? 0)
+    digests?.copy(message, REPLY_HEADER_SIZE)
+    this.finishSmall(rec, errno, message)
+  }
+
+  /**
+   * Answers an EXTENTS with the device's runs: at most the number the client asked for (`aux`) and never more than
+   * MAX_EXTENTS_PER_REPLY, so a device with a million runs costs a bounded reply; the client asks again from where
+   * this one ends.
+   */
+  finishExtents (rec: NativeRequest, runs: Extent[]): void {
+    if (this.closed) { this.finishSmall(rec, 0, null); return }
+    const maxRuns = Math.min(rec.aux, MAX_EXTENTS_PER_REPLY, runs.length)
+    const message = Buffer.allocUnsafe(REPLY_HEADER_SIZE + maxRuns * EXTENT_ENTRY_SIZE)
+    const length = encodeExtents(runs, maxRuns, message, REPLY_HEADER_SIZE)
+    writeReplyHeader(message, 0, rec.op, rec.tagLo, rec.tagHi, 0, length)
+    this.finishSmall(rec, 0, message.subarray(0, REPLY_HEADER_SIZE + length))
+  }
+
+  private finishSmall (rec: NativeRequest, errno: number, message: Buffer | null): void {
     this.inFlight--
     this.exp.metrics.inFlight--
-    if (errno !== 0) this.exp.metrics.errors.hash++
-    if (!this.closed) {
-      // It leaves with this turn's other replies (or waits with them while the client does not read).
-      const message = Buffer.allocUnsafe(REPLY_HEADER_SIZE + (digests?.length ?? 0))
-      writeReplyHeader(message, 0, rec.op, rec.tagLo, rec.tagHi, errno, digests?.length ?? 0)
-      digests?.copy(message, REPLY_HEADER_SIZE)
-      this.queue(message, null, null)
-    }
+    if (errno !== 0) this.exp.metrics.errors[rec.opName]++
+    if (message !== null && !this.closed) this.queue(message, null, null)
     this.freeRecords.push(rec)
     this.checkDrained()
   }

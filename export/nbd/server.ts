@@ -1,7 +1,11 @@
 // An NBD server (doc/proto.md of the NetworkBlockDevice project) for the node's exports, so standard clients
 // (the kernel's nbd-client, qemu, libnbd, fio) can use any device or array. Fixed newstyle negotiation with
-// NBD_OPT_GO, INFO (NBD_INFO_EXPORT, NBD_INFO_BLOCK_SIZE), LIST, EXPORT_NAME and ABORT; simple replies, sent out of
-// order as requests complete; READ, WRITE, FLUSH, TRIM, WRITE_ZEROES and DISC with FUA. The transmission phase uses
+// NBD_OPT_GO, INFO (NBD_INFO_EXPORT, NBD_INFO_BLOCK_SIZE), LIST, EXPORT_NAME, ABORT, STRUCTURED_REPLY and
+// LIST/SET_META_CONTEXT (base:allocation, and qemu:dirty-bitmap:LEG for arrays that keep per-member maps); replies
+// sent out of order as requests complete; READ, WRITE, FLUSH, TRIM, WRITE_ZEROES (NO_HOLE, FAST_ZERO), CACHE,
+// BLOCK_STATUS (REQ_ONE) and DISC with FUA. Simple replies unless the client asked for structured ones; then READ
+// answers with OFFSET_DATA / OFFSET_HOLE chunks (holes from the device's extents, for reads of HOLE_MIN or more; DF:
+// one chunk), BLOCK_STATUS with one chunk per context, and their errors with ERROR chunks. The transmission phase uses
 // the node's buffer pool and the reply-in-headroom trick: no per-request payload allocation; each request is a
 // reused NbdRequest record (up to the connection's in-flight cap) with bound completions and its own reply header
 // buffer, so a READ or WRITE costs no request object or closure of ours. Requests are validated by the one validator
@@ -24,6 +28,8 @@ import { Errno, nbdErrno, toErrno } from '../../node/core/errors'
 import { DstError, ErrorCode, ProtocolError } from '../../node/core/errors'
 import type { ServedExport } from '../served'
 import { checkRequest, NBD_ANSWERS, RequestKind, type RequestRules } from '../requests'
+import type { Extent } from '../../node/core/device'
+import type { DirtyMaps } from '../../node/core/dirty'
 
 const NBDMAGIC = Buffer.from('NBDMAGIC', 'latin1')
 const IHAVEOPT = Buffer.from('IHAVEOPT', 'latin1')
@@ -33,17 +39,47 @@ const REQUEST_MAGIC = 0x25609513
 const SIMPLE_REPLY_MAGIC = 0x67446698
 export const NBD_REQUEST_SIZE = 28
 const SIMPLE_REPLY_SIZE = 16
+const STRUCTURED_REPLY_MAGIC = 0x668e33ef
+const CHUNK_HEADER_SIZE = 20
+/** An OFFSET_DATA chunk's header and offset: written in a READ slot's headroom (32 bytes) in front of the data. */
+const DATA_CHUNK_HEAD = CHUNK_HEADER_SIZE + 8
+/** An OFFSET_HOLE chunk: header, offset and hole size. */
+const HOLE_CHUNK_SIZE = CHUNK_HEADER_SIZE + 12
+/** An ERROR chunk without a message: header, error and message length 0. */
+const ERROR_CHUNK_SIZE = CHUNK_HEADER_SIZE + 6
+const Chunk = { NONE: 0, OFFSET_DATA: 1, OFFSET_HOLE: 2, BLOCK_STATUS: 5, ERROR: 32769 } as const
+const CHUNK_DONE = 1
 
 const FLAG_FIXED_NEWSTYLE = 1
 const FLAG_NO_ZEROES = 2
 
-export const Opt = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, STARTTLS: 5, INFO: 6, GO: 7 } as const
-const Rep = { ACK: 1, SERVER: 2, INFO: 3, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_TLS_REQD: 0x80000005, ERR_UNKNOWN: 0x80000006, ERR_SHUTDOWN: 0x80000007 } as const
+export const Opt = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, STARTTLS: 5, INFO: 6, GO: 7, STRUCTURED_REPLY: 8, LIST_META_CONTEXT: 9, SET_META_CONTEXT: 10 } as const
+const Rep = { ACK: 1, SERVER: 2, INFO: 3, META_CONTEXT: 4, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_TLS_REQD: 0x80000005, ERR_UNKNOWN: 0x80000006, ERR_SHUTDOWN: 0x80000007 } as const
 const Info = { EXPORT: 0, NAME: 1, DESCRIPTION: 2, BLOCK_SIZE: 3 } as const
-export const TxFlag = { HAS_FLAGS: 1, READ_ONLY: 2, SEND_FLUSH: 4, SEND_FUA: 8, SEND_TRIM: 32, SEND_WRITE_ZEROES: 64, CAN_MULTI_CONN: 256 } as const
-export const Cmd = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, WRITE_ZEROES: 6 } as const
-const CMD_FLAG_FUA = 1
-const cmdNames: Record<number, string> = { 0: 'read', 1: 'write', 2: 'other', 3: 'flush', 4: 'trim', 6: 'write' }
+export const TxFlag = { HAS_FLAGS: 1, READ_ONLY: 2, SEND_FLUSH: 4, SEND_FUA: 8, SEND_TRIM: 32, SEND_WRITE_ZEROES: 64, SEND_DF: 128, CAN_MULTI_CONN: 256, SEND_CACHE: 1024, SEND_FAST_ZERO: 2048 } as const
+export const Cmd = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6, BLOCK_STATUS: 7 } as const
+export const CmdFlag = { FUA: 1, NO_HOLE: 2, DF: 4, REQ_ONE: 8, FAST_ZERO: 16 } as const
+/** The flags each command may carry (FUA on any: clients send it on more than writes, and it only adds a flush). */
+const FLAGS_OF: Record<number, number> = {
+  [Cmd.READ]: CmdFlag.FUA | CmdFlag.DF,
+  [Cmd.WRITE_ZEROES]: CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.FAST_ZERO,
+  [Cmd.BLOCK_STATUS]: CmdFlag.FUA | CmdFlag.REQ_ONE,
+}
+const cmdNames: Record<number, string> = { 0: 'read', 1: 'write', 2: 'other', 3: 'flush', 4: 'trim', 5: 'other', 6: 'write', 7: 'other' }
+/** base:allocation's flags (proto.md, "Metadata contexts"), and qemu:dirty-bitmap's. */
+const STATE_HOLE = 1
+const STATE_ZERO = 2
+const STATE_DIRTY = 1
+const BASE_ALLOCATION = 'base:allocation'
+const DIRTY_BITMAP = 'qemu:dirty-bitmap:'
+
+/** A READ at least this long asks the device's extents first, so its holes go out as OFFSET_HOLE chunks unread. */
+export const HOLE_MIN = 64 * 1024
+/** Most chunks a READ is split into; a read with more runs than this is sent as one data chunk (holes read as zeros). */
+const MAX_READ_CHUNKS = 8
+/** BLOCK_STATUS: most bytes looked at per request, and most descriptors per context; the client asks again for the rest. */
+const MAX_STATUS_LENGTH = 1024 * 1024 * 1024
+const MAX_STATUS_DESCRIPTORS = 65536
 
 /** Longest option payload accepted during negotiation, and longest WRITE payload skipped rather than refused. */
 const MAX_OPTION = 64 * 1024
@@ -62,6 +98,8 @@ function kindOf (type: number): number {
     case Cmd.TRIM: return RequestKind.TRIM
     case Cmd.WRITE_ZEROES: return RequestKind.WRITE_ZEROES
     case Cmd.FLUSH: return RequestKind.FLUSH
+    case Cmd.CACHE:
+    case Cmd.BLOCK_STATUS: return RequestKind.LOOKUP
     default: return RequestKind.UNKNOWN
   }
 }
@@ -83,7 +121,14 @@ class NbdRequest implements BufferWaiter {
   /** A READ's data, or the buffer a WRITE came in: the reply's header goes in its headroom. */
   slot: PoolBuffer | null = null
   /** The header of a reply without a slot (written once the record is free again, after its write completed). */
-  readonly head = Buffer.alloc(SIMPLE_REPLY_SIZE)
+  readonly head = Buffer.alloc(Math.max(SIMPLE_REPLY_SIZE, ERROR_CHUNK_SIZE))
+  /** The view of `head` a simple reply is sent from. */
+  readonly simpleHead = this.head.subarray(0, SIMPLE_REPLY_SIZE)
+  /** A structured READ split at holes: its runs, and (made at the first such READ) the chunk headers they go out with. */
+  runs: Extent[] | null = null
+  chunkHeads: Buffer | null = null
+  /** A BLOCK_STATUS reply (its chunks, made per request: not the data path). */
+  status: Buffer | null = null
 
   constructor (private readonly s: NbdSession) {}
 
@@ -99,17 +144,55 @@ class NbdRequest implements BufferWaiter {
     this.op = cmdNames[this.type] ?? 'other'
   }
 
-  get fua (): boolean { return (this.flags & CMD_FLAG_FUA) !== 0 }
+  get fua (): boolean { return (this.flags & CmdFlag.FUA) !== 0 }
 
-  /** A READ: a free buffer is taken at once (no promise turn); otherwise it waits for one in FIFO order. */
+  /**
+   * A READ: a free buffer is taken at once (no promise turn); otherwise it waits for one in FIFO order. On a
+   * structured connection a long READ (not DF) asks for the range's holes first: one wholly a hole needs no buffer.
+   */
   read (): void {
+    this.runs = null
+    if (this.type === Cmd.READ && this.s.structured && this.length >= HOLE_MIN && (this.flags & CmdFlag.DF) === 0) {
+      this.s.device.extents(this.offset, this.length).then(this.onExtents, this.onFailed)
+      return
+    }
+    this.takeBuffer()
+  }
+
+  private takeBuffer (): void {
     const slot = this.s.share.acquireFor(this)
     if (slot !== null) this.gotBuffer(slot)
   }
 
+  private readonly onExtents = (runs: Extent[]): void => {
+    if (runs.length === 1 && runs[0].hole) { this.runs = runs; this.s.finish(this, 0, 0); return }
+    // All data, or too fragmented to be worth chunks: one data chunk.
+    this.runs = runs.length === 1 || runs.length > MAX_READ_CHUNKS ? null : runs
+    this.takeBuffer()
+  }
+
   gotBuffer (slot: PoolBuffer): void {
     this.slot = slot
-    this.s.device.read(this.offset, this.length, slot.data).then(this.onRead, this.onFailed)
+    if (this.type === Cmd.CACHE) { this.cache(slot).then(this.onDone, this.onFailed); return }
+    const runs = this.runs
+    if (runs === null) { this.s.device.read(this.offset, this.length, slot.data).then(this.onRead, this.onFailed); return }
+    const parts: Array<Promise<void>> = []
+    let bytes = 0
+    for (const run of runs) {
+      if (run.hole) continue
+      bytes += run.length
+      parts.push(this.s.device.read(run.offset, run.length, slot.data.subarray(run.offset - this.offset)))
+    }
+    Promise.all(parts).then(() => { this.s.metrics.bytesRead += bytes; this.s.finish(this, 0, this.length) }, this.onFailed)
+  }
+
+  /** CACHE, done as nbdkit's cache=emulate does it: the range is read (into one pool buffer, piece by piece) and dropped. */
+  private async cache (slot: PoolBuffer): Promise<void> {
+    const piece = slot.data.length
+    for (let done = 0; done < this.length; done += piece) {
+      const n = Math.min(piece, this.length - done)
+      await this.s.device.read(this.offset + done, n, slot.data)
+    }
   }
 
   noBuffer (err: Error): void { this.s.finish(this, toErrno(err), 0) }
@@ -117,6 +200,16 @@ class NbdRequest implements BufferWaiter {
   private readonly onRead = (): void => {
     this.s.metrics.bytesRead += this.length
     this.s.finish(this, 0, this.length)
+  }
+
+  /** BLOCK_STATUS: answered with its reply's chunks, or the error. */
+  blockStatus (p: Promise<Buffer>): void {
+    p.then(this.onStatus, this.onFailed)
+  }
+
+  private readonly onStatus = (reply: Buffer): void => {
+    this.status = reply
+    this.s.finish(this, 0, 0)
   }
 
   /** A WRITE whose payload is in `slot`, kept until the reply is sent: its headroom carries the reply header. */
@@ -147,6 +240,8 @@ class NbdRequest implements BufferWaiter {
   /** The reply's write completed (or failed with its connection): the slot goes back, then the record. */
   readonly onReplyWritten = (): void => {
     if (this.slot !== null) { this.s.share.release(this.slot); this.slot = null }
+    this.runs = null
+    this.status = null
     this.s.replyWritten(this)
   }
 }
@@ -184,8 +279,6 @@ export class NbdServer {
   private readonly sessions = new Set<NbdSession>()
   private stopping = false
   port = 0
-  /** Zeros for WRITE_ZEROES, allocated once. */
-  readonly zeros: Buffer
   /**
    * Never listens: a connection that sent NBD_OPT_STARTTLS is handed to it ('connection'), so that Node's server path
    * wraps it and computes the client certificate's verdict (`authorized`), which a bare server TLSSocket does not.
@@ -195,7 +288,6 @@ export class NbdServer {
   private readonly handshaking = new Map<string, NbdSession>()
 
   constructor (readonly options: NbdServerOptions) {
-    this.zeros = Buffer.alloc(Math.min(options.maxRequest, 1024 * 1024))
     const t = options.tls
     this.tlsServer = t === undefined
       ? null
@@ -324,6 +416,11 @@ class NbdSession {
   private stallTimer: NodeJS.Timeout | null = null
   private stallMark = 0
   private optionsPaused = false
+  /** The client asked for structured replies (NBD_OPT_STRUCTURED_REPLY). */
+  structured = false
+  /** The metadata contexts the client selected (SET_META_CONTEXT), and the export it selected them on. */
+  private contexts: MetaContext[] = []
+  private contextsOf: ServedExport | null = null
 
   constructor (private readonly server: NbdServer, accepted: net.Socket) {
     this.address = accepted.remoteAddress ?? ''
@@ -707,9 +804,12 @@ class NbdSession {
     // Every device here flushes for the whole device, not per connection, so a flush on one connection covers
     // writes completed on all of them: the promise of CAN_MULTI_CONN holds.
     flags |= TxFlag.CAN_MULTI_CONN
+    flags |= TxFlag.SEND_CACHE
+    // DF only means something to a client that gets structured replies (and the spec allows it only then).
+    if (this.structured) flags |= TxFlag.SEND_DF
     if (readOnly) flags |= TxFlag.READ_ONLY
     else {
-      flags |= TxFlag.SEND_WRITE_ZEROES
+      flags |= TxFlag.SEND_WRITE_ZEROES | TxFlag.SEND_FAST_ZERO
       if (exp.device.canTrim) flags |= TxFlag.SEND_TRIM
     }
     return flags
@@ -791,13 +891,65 @@ class NbdSession {
         if (option === Opt.GO) this.start(exp)
         return
       }
+      case Opt.STRUCTURED_REPLY:
+        if (data.length !== 0) { this.error(option, Rep.ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data'); return }
+        this.structured = true
+        this.reply(option, Rep.ACK)
+        return
+      case Opt.LIST_META_CONTEXT:
+      case Opt.SET_META_CONTEXT:
+        this.metaContext(option, data)
+        return
       default:
         this.error(option, Rep.ERR_UNSUP, `option ${option} is not supported`)
     }
   }
 
+  /**
+   * LIST_META_CONTEXT and SET_META_CONTEXT: u32 name length, export name, u32 query count, then each query as u32
+   * length and string. LIST answers the contexts each query names (a query ending in ':' names every context under
+   * it; no query names them all); SET selects those named exactly and replaces any earlier selection. Each context is
+   * answered once however often it is asked.
+   */
+  private metaContext (option: number, data: Buffer): void {
+    const set = option === Opt.SET_META_CONTEXT
+    if (set && !this.structured) { this.error(option, Rep.ERR_INVALID, 'NBD_OPT_SET_META_CONTEXT needs structured replies (NBD_OPT_STRUCTURED_REPLY) first'); return }
+    const queries: string[] = []
+    let at = 0
+    if (data.length < 8) { this.error(option, Rep.ERR_INVALID, 'malformed request'); return }
+    const nameLength = data.readUInt32BE(0)
+    at = 4 + nameLength
+    if (at + 4 > data.length) { this.error(option, Rep.ERR_INVALID, 'malformed request'); return }
+    const name = data.toString('utf8', 4, at)
+    const count = data.readUInt32BE(at)
+    at += 4
+    for (let i = 0; i < count; i++) {
+      if (at + 4 > data.length) { this.error(option, Rep.ERR_INVALID, 'malformed query list'); return }
+      const n = data.readUInt32BE(at)
+      if (at + 4 + n > data.length) { this.error(option, Rep.ERR_INVALID, 'malformed query list'); return }
+      queries.push(data.toString('utf8', at + 4, at + 4 + n))
+      at += 4 + n
+    }
+    if (at !== data.length) { this.error(option, Rep.ERR_INVALID, 'malformed query list'); return }
+    const found = this.find(name)
+    if (!('exp' in found)) { this.error(option, found.type, found.message); return }
+    const offered = contextsOf(found.exp)
+    const chosen = offered.filter(c => set
+      ? queries.includes(c.name)
+      : queries.length === 0 || queries.some(q => q === c.name || (q.endsWith(':') && c.name.startsWith(q))))
+    if (set) { this.contexts = chosen; this.contextsOf = found.exp }
+    for (const c of chosen) {
+      const head = Buffer.alloc(4)
+      head.writeUInt32BE(c.id, 0)
+      this.reply(option, Rep.META_CONTEXT, withName(head, c.name))
+    }
+    this.reply(option, Rep.ACK)
+  }
+
   private start (exp: ServedExport): void {
     this.exp = exp
+    // Contexts selected on another export than the one finally chosen do not apply to it.
+    if (this.contextsOf !== exp) this.contexts = []
     this.readOnly = (this.transmissionFlags(exp) & TxFlag.READ_ONLY) !== 0
     this.rules = { exp, readOnly: this.readOnly, owner: null, token: 0, maxRequest: this.server.options.maxRequest, answers: NBD_ANSWERS }
     exp.metrics.connections++
@@ -805,6 +957,9 @@ class NbdSession {
   }
 
   private check (h: NbdRequest): number {
+    // Flags a command does not take (or DF without structured replies) are refused, like an unknown command.
+    if ((h.flags & ~(FLAGS_OF[h.type] ?? CmdFlag.FUA)) !== 0 || ((h.flags & CmdFlag.DF) !== 0 && !this.structured)) return Errno.EINVAL
+    if (h.type === Cmd.BLOCK_STATUS && this.contexts.length === 0) return Errno.EINVAL
     return checkRequest(this.rules as RequestRules, kindOf(h.type), h.offset, h.length, 0)
   }
 
@@ -840,19 +995,40 @@ class NbdSession {
         return
       case Cmd.FLUSH: h.settle(device.flush()); return
       case Cmd.TRIM: h.apply(device.trim(h.offset, h.length)); return
-      case Cmd.WRITE_ZEROES: h.apply(this.writeZeroes(h.offset, h.length))
+      case Cmd.WRITE_ZEROES:
+        // Without NO_HOLE the range may become a hole; FAST_ZERO: ENOTSUP at once unless zeroing is fast.
+        h.apply(device.zero(h.offset, h.length, (h.flags & CmdFlag.NO_HOLE) === 0, (h.flags & CmdFlag.FAST_ZERO) !== 0))
+        return
+      case Cmd.CACHE: h.read(); return
+      case Cmd.BLOCK_STATUS: h.blockStatus(this.blockStatus(h.offset, h.length, (h.flags & CmdFlag.REQ_ONE) !== 0))
     }
   }
 
-  private async writeZeroes (offset: number, length: number): Promise<void> {
-    const device = (this.exp as ServedExport).device
-    const zeros = this.server.zeros
-    const parts: Array<Promise<void>> = []
-    for (let done = 0; done < length; done += zeros.length) {
-      const n = Math.min(zeros.length, length - done)
-      parts.push(device.write(offset + done, zeros.subarray(0, n)))
+  /** The BLOCK_STATUS reply: one chunk per selected context (the last one DONE), the handle filled in by send(). */
+  private async blockStatus (offset: number, length: number, one: boolean): Promise<Buffer> {
+    const exp = this.exp as ServedExport
+    const span = Math.min(length, MAX_STATUS_LENGTH)
+    const max = one ? 1 : MAX_STATUS_DESCRIPTORS
+    const answers: Array<{ id: number, runs: Array<{ length: number, flags: number }> }> = []
+    for (const c of this.contexts) {
+      const runs = c.leg === null
+        ? (await exp.device.extents(offset, span)).map(e => ({ length: e.length, flags: e.hole ? STATE_HOLE | STATE_ZERO : 0 }))
+        : (exp.dirty as DirtyMaps).runs(c.leg, offset, span).map(r => ({ length: r.length, flags: r.dirty ? STATE_DIRTY : 0 }))
+      answers.push({ id: c.id, runs: runs.length > max ? runs.slice(0, max) : runs })
     }
-    await Promise.all(parts)
+    let size = 0
+    for (const a of answers) size += CHUNK_HEADER_SIZE + 4 + 8 * a.runs.length
+    const reply = Buffer.allocUnsafe(size)
+    let at = 0
+    for (const [i, a] of answers.entries()) {
+      const bytes = 4 + 8 * a.runs.length
+      chunkHeader(reply, at, i === answers.length - 1 ? CHUNK_DONE : 0, Chunk.BLOCK_STATUS, bytes)
+      reply.writeUInt32BE(a.id, at + CHUNK_HEADER_SIZE)
+      let d = at + CHUNK_HEADER_SIZE + 4
+      for (const r of a.runs) { reply.writeUInt32BE(r.length, d); reply.writeUInt32BE(r.flags, d + 4); d += 8 }
+      at += CHUNK_HEADER_SIZE + bytes
+    }
+    return reply
   }
 
   /** A request is done (`errno` 0 or why not): answer it. */
@@ -879,9 +1055,12 @@ class NbdSession {
     const slot = h.slot
     if (this.phase === 'closed') {
       if (slot !== null) { this.share.release(slot); h.slot = null }
+      h.runs = null
+      h.status = null
       this.freeRecords.push(h)
       return
     }
+    if (this.structured && (h.type === Cmd.READ || h.type === Cmd.BLOCK_STATUS)) { this.sendStructured(h, errno, length); return }
     const head = slot !== null ? slot.frame : h.head
     const at = slot !== null ? pool.headroom - SIMPLE_REPLY_SIZE : 0
     head.writeUInt32BE(SIMPLE_REPLY_MAGIC, at)
@@ -892,8 +1071,64 @@ class NbdSession {
     this.unwritten++
     if (this.stallTimer === null) this.startStallTimer()
     // The socket sends from the slot (or the record's header buffer) itself, so both are reused only once it is done.
-    if (slot === null) this.socket.write(h.head, h.onReplyWritten)
+    if (slot === null) this.socket.write(h.simpleHead, h.onReplyWritten)
     else this.socket.write(slot.frame.subarray(at, pool.headroom + length), h.onReplyWritten)
+  }
+
+  /**
+   * A structured reply (READ, BLOCK_STATUS). An error is one ERROR chunk; a READ's data one OFFSET_DATA chunk whose
+   * header goes in the slot's headroom, or, split at holes, a chunk per run (hole chunks carry no data); a
+   * BLOCK_STATUS its prepared chunks. Several writes of one reply leave corked; the last one's completion frees it.
+   */
+  private sendStructured (h: NbdRequest, errno: number, length: number): void {
+    this.cork()
+    this.unwritten++
+    if (this.stallTimer === null) this.startStallTimer()
+    if (errno !== 0) {
+      chunkHeader(h.head, 0, CHUNK_DONE, Chunk.ERROR, 6, h)
+      h.head.writeUInt32BE(errno, CHUNK_HEADER_SIZE)
+      h.head.writeUInt16BE(0, CHUNK_HEADER_SIZE + 4)
+      this.socket.write(h.head.subarray(0, ERROR_CHUNK_SIZE), h.onReplyWritten)
+      return
+    }
+    if (h.status !== null) {
+      // Each chunk carries the handle: filled in here, where the record's handle is known to be this request's.
+      for (let at = 0; at < h.status.length; at += CHUNK_HEADER_SIZE + h.status.readUInt32BE(at + 16)) {
+        h.status.writeUInt32BE(h.handleHi, at + 8)
+        h.status.writeUInt32BE(h.handleLo, at + 12)
+      }
+      this.socket.write(h.status, h.onReplyWritten)
+      return
+    }
+    const runs = h.runs
+    const slot = h.slot
+    if (runs === null) {
+      const frame = (slot as PoolBuffer).frame
+      const at = this.server.options.pool.headroom - DATA_CHUNK_HEAD
+      chunkHeader(frame, at, CHUNK_DONE, Chunk.OFFSET_DATA, 8 + length, h)
+      writeU64(frame, at + CHUNK_HEADER_SIZE, h.offset)
+      this.socket.write(frame.subarray(at, at + DATA_CHUNK_HEAD + length), h.onReplyWritten)
+      return
+    }
+    if (h.chunkHeads === null) h.chunkHeads = Buffer.alloc(MAX_READ_CHUNKS * HOLE_CHUNK_SIZE)
+    const heads = h.chunkHeads
+    for (let i = 0; i < runs.length; i++) {
+      const run = runs[i]
+      const at = i * HOLE_CHUNK_SIZE
+      const flags = i === runs.length - 1 ? CHUNK_DONE : 0
+      const done = flags === CHUNK_DONE ? h.onReplyWritten : undefined
+      writeU64(heads, at + CHUNK_HEADER_SIZE, run.offset)
+      if (run.hole) {
+        chunkHeader(heads, at, flags, Chunk.OFFSET_HOLE, 12, h)
+        heads.writeUInt32BE(run.length, at + CHUNK_HEADER_SIZE + 8)
+        this.socket.write(heads.subarray(at, at + HOLE_CHUNK_SIZE), done)
+      } else {
+        chunkHeader(heads, at, flags, Chunk.OFFSET_DATA, 8 + run.length, h)
+        this.socket.write(heads.subarray(at, at + DATA_CHUNK_HEAD))
+        const from = run.offset - h.offset
+        this.socket.write((slot as PoolBuffer).data.subarray(from, from + run.length), done)
+      }
+    }
   }
 
   /** Replies finishing in the same tick leave in one write. */
@@ -926,6 +1161,25 @@ function adoptWithOnread (accepted: net.Socket, buffer: () => Buffer, callback: 
   accepted.destroy()
   const options = { handle, readable: true, writable: true, onread: { buffer, callback: (n: number, buf: Uint8Array) => { callback(n, buf as Buffer); return true } } }
   return new net.Socket(options as unknown as net.SocketConstructorOpts)
+}
+
+/** A metadata context an export offers: base:allocation (leg null), or the dirty map of one member. */
+interface MetaContext { id: number, name: string, leg: string | null }
+
+/** The contexts of an export, with ids stable for the export: 1 for base:allocation, 2 on for its members' maps. */
+function contextsOf (exp: ServedExport): MetaContext[] {
+  const list: MetaContext[] = [{ id: 1, name: BASE_ALLOCATION, leg: null }]
+  if (exp.dirty !== undefined) for (const [i, leg] of exp.dirty.names.entries()) list.push({ id: 2 + i, name: DIRTY_BITMAP + leg, leg })
+  return list
+}
+
+/** A structured reply chunk's header at `at`; the handle is written from `h`, or later (BLOCK_STATUS). */
+function chunkHeader (buf: Buffer, at: number, flags: number, type: number, length: number, h?: NbdRequest): void {
+  buf.writeUInt32BE(STRUCTURED_REPLY_MAGIC, at)
+  buf.writeUInt16BE(flags, at + 4)
+  buf.writeUInt16BE(type, at + 6)
+  if (h !== undefined) { buf.writeUInt32BE(h.handleHi, at + 8); buf.writeUInt32BE(h.handleLo, at + 12) }
+  buf.writeUInt32BE(length, at + 16)
 }
 
 function withName (head: Buffer, name: string): Buffer {

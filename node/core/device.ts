@@ -26,6 +26,8 @@ export interface DeviceOptions {
   /** Narrow what the overridden methods imply: arrays and remote devices can only do what their members/peer can. */
   canFlush?: boolean
   canTrim?: boolean
+  /** Narrow `canZeroFast`: the backend overrides `_zero` but cannot always zero without writing. */
+  canZeroFast?: boolean
   /** The hash workers a range is digested on when the device has no cheaper way (default: defaultHasher()). */
   hasher?: Hasher
 }
@@ -40,6 +42,8 @@ export abstract class Device {
   readonly writable: boolean
   readonly canFlush: boolean
   readonly canTrim: boolean
+  /** `zero()` makes a range read as zeros without writing them (a backend that overrides `_zero`). */
+  readonly canZeroFast: boolean
   state: DeviceState = 'online'
   /** A stable identity (UUID) of the data behind this device, or '' when it has none. */
   identity = ''
@@ -59,6 +63,7 @@ export abstract class Device {
     this.writable = options.readOnly !== true && self._write !== proto._write
     this.canFlush = options.canFlush !== false && self._flush !== proto._flush
     this.canTrim = options.canTrim !== false && this.writable && self._trim !== proto._trim
+    this.canZeroFast = options.canZeroFast !== false && this.writable && self._zero !== proto._zero
   }
 
   /** Fills `into[0..length)` with the bytes at `offset`. */
@@ -103,6 +108,22 @@ export abstract class Device {
       this.check(offset, length)
       if (length === 0) return Promise.resolve()
       return this.track(this._trim(offset, length))
+    } catch (err) {
+      return Promise.reject(err)
+    }
+  }
+
+  /**
+   * Makes [offset, offset + length) read as zeros. `mayTrim`: the space may be freed too (a hole); `fast`: only if it
+   * costs no writing of zeros, else ENOTSUP at once (NBD's FAST_ZERO). A backend that cannot do better writes zeros.
+   */
+  zero (offset: number, length: number, mayTrim: boolean, fast = false): Promise<void> {
+    if (!this.writable) return Promise.reject(new DstError(ErrorCode.EROFS, `${this.type} device is read-only`))
+    if (fast && !this.canZeroFast) return Promise.reject(new DstError(ErrorCode.ENOTSUP, `${this.type} device cannot zero without writing`))
+    try {
+      this.check(offset, length)
+      if (length === 0) return Promise.resolve()
+      return this.track(this._zero(offset, length, mayTrim, fast))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -166,6 +187,17 @@ export abstract class Device {
     return digestByReading((at, n, into) => this._read(at, n, into), offset, length, chunk, this.hashService ?? defaultHasher())
   }
 
+  /** Writes zeros, at most ZERO_BATCH writes of ZERO_CHUNK bytes at once. `fast` is false here (zero() checked). */
+  protected async _zero (offset: number, length: number, _mayTrim: boolean, _fast: boolean): Promise<void> {
+    const zeros = zeroChunk()
+    const parts: Array<Promise<void>> = []
+    for (let done = 0; done < length; done += zeros.length) {
+      parts.push(this._write(offset + done, zeros.subarray(0, Math.min(zeros.length, length - done))))
+      if (parts.length === ZERO_BATCH) await Promise.all(parts.splice(0))
+    }
+    await Promise.all(parts)
+  }
+
   protected _extents (offset: number, length: number): Promise<Extent[]> { return Promise.resolve([{ offset, length, hole: false }]) }
   protected _flush (): Promise<void> { return Promise.resolve() }
   protected _trim (_offset: number, _length: number): Promise<void> { return Promise.resolve() }
@@ -203,6 +235,15 @@ export abstract class Device {
     if (this.inflight === 0) return Promise.resolve()
     return new Promise(resolve => { this.idle = resolve })
   }
+}
+
+const ZERO_CHUNK = 1024 * 1024
+const ZERO_BATCH = 8
+let zeros: Buffer | null = null
+/** One buffer of zeros for every device, allocated at the first zero() that writes them (never written into). */
+function zeroChunk (): Buffer {
+  if (zeros === null) zeros = Buffer.alloc(ZERO_CHUNK)
+  return zeros
 }
 
 function closedError (device: Device): DstError {

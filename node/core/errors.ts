@@ -139,6 +139,8 @@ const catalogue = {
   BUSY: { code: 'DST_ERR_BUSY', errno: 'EAGAIN', meaning: 'a verify is already running' },
   REGION: { code: 'DST_ERR_REGION', errno: 'EINVAL', meaning: 'the mirror\'s region is too small to verify by digest' },
   REPAIR: { code: 'DST_ERR_REPAIR', errno: 'EIO', meaning: 'a repair could not finish' },
+  DIRTYDEGRADED: { code: 'DST_ERR_DIRTYDEGRADED', errno: 'EIO', meaning: 'a parity array crashed while degraded: regions whose data cannot be trusted; refused unless forceDegradedStart' },
+  NEWPARITY: { code: 'DST_ERR_NEWPARITY', errno: 'EINVAL', meaning: 'a new parity array over members that hold data (or cannot be read) would overwrite parity unasked' },
   INTENT: { code: 'DST_ERR_INTENT', errno: 'EIO', meaning: 'a mirror\'s write-intent file cannot be read or written' },
 
   // The node: config, dataDir, admin actions.

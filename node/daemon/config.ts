@@ -3,6 +3,7 @@
 
 import { parseDstUrl } from '../core/url'
 import { DEFAULT_CHUNK, stripeChunkProblem } from '../../algorithms/stripe'
+import { raid35Problem, raid5Problem } from '../../algorithms/parity/layout'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import { availableParallelism, networkInterfaces } from 'node:os'
@@ -23,12 +24,13 @@ export type DeviceConfig =
   | { type: 'mirror', name: string, members: string[], region: number, resyncRate: number, checksumResync: boolean, syncFrom?: string, assumeClean: boolean }
   | { type: 'linear', name: string, members: string[] }
   | { type: 'stripe', name: string, members: string[], chunk: number }
+  | { type: 'parity', name: string, layout: 'raid35' | 'raid5', members: string[], chunk: number, block?: number, region: number, resyncRate: number, forceDegradedStart: boolean, assumeClean: boolean, initialSync: boolean }
 
 /** The arrays among the device kinds: those made of other devices of the config. */
 export type ArrayConfig = Extract<DeviceConfig, { members: string[] }>
 
 export function isArrayConfig (d: DeviceConfig): d is ArrayConfig {
-  return d.type === 'mirror' || d.type === 'linear' || d.type === 'stripe'
+  return d.type === 'mirror' || d.type === 'linear' || d.type === 'stripe' || d.type === 'parity'
 }
 
 export interface ExportConfig {
@@ -353,10 +355,37 @@ function parseDevice (name: string, d: unknown, field: string, baseDir: string, 
       if (problem !== null) fail(`${field}.chunk`, problem)
       return { type: 'stripe', name, members, chunk }
     }
+    case 'parity': {
+      allowKeys(x, ['type', 'layout', 'members', 'chunk', 'block', 'region', 'resyncRate', 'forceDegradedStart', 'assumeClean', 'initialSync'], `${field}.`, fail)
+      if (x.layout !== 'raid35' && x.layout !== 'raid5') fail(`${field}.layout`, `expected "raid35" (DDRaid: whole blocks split over 2^k data members plus a parity member) or "raid5" (chunks with rotating parity), got ${JSON.stringify(x.layout)}`)
+      const layout = x.layout as 'raid35' | 'raid5'
+      if (!Array.isArray(x.members) || !x.members.every(m => typeof m === 'string')) fail(`${field}.members`, 'expected an array of device names')
+      const members = x.members as string[]
+      if (new Set(members).size !== members.length) fail(`${field}.members`, `a device is listed twice (${members.filter((m, i) => members.indexOf(m) !== i).join(', ')}): each member holds its own share`)
+      const chunk = x.chunk === undefined ? 64 * 1024 : sizeOf(x.chunk, `${field}.chunk`, fail)
+      // raid35's block: given, or (when the members are open) 4 KiB or the data members × their block size if larger.
+      const block = x.block === undefined ? undefined : sizeOf(x.block, `${field}.block`, fail)
+      if (layout === 'raid35') {
+        if (x.chunk !== undefined) fail(`${field}.chunk`, 'raid35 has no chunks: every block is split over the data members (give "block" instead)')
+        const problem = raid35Problem(members.length, block ?? Math.max(4096, (members.length - 1) * 512), [])
+        if (problem !== null) fail(`${field}.${members.length < 3 || ((members.length - 1) & (members.length - 2)) !== 0 ? 'members' : 'block'}`, problem)
+      } else {
+        if (x.block !== undefined) fail(`${field}.block`, 'raid5 splits chunks, not blocks (give "chunk" instead)')
+        const problem = raid5Problem(members.length, chunk, [])
+        if (problem !== null) fail(`${field}.${members.length < 3 ? 'members' : 'chunk'}`, problem)
+      }
+      const region = x.region === undefined ? 1024 * 1024 : sizeOf(x.region, `${field}.region`, fail)
+      if (region < 4096 || region > 64 * 1024 * 1024 || (region & (region - 1)) !== 0) fail(`${field}.region`, 'expected a power of two from 4KiB to 64MiB (bytes of each member per region of the write-intent map)')
+      if (layout === 'raid5' && region % chunk !== 0) fail(`${field}.region`, `a region (${region} bytes of each member) must hold whole chunks (${chunk})`)
+      const resyncRate = x.resyncRate === undefined ? 0 : sizeOf(x.resyncRate, `${field}.resyncRate`, fail)
+      for (const k of ['forceDegradedStart', 'assumeClean', 'initialSync']) if (x[k] !== undefined && typeof x[k] !== 'boolean') fail(`${field}.${k}`, 'expected true or false')
+      if (x.assumeClean === true && x.initialSync === true) fail(`${field}.initialSync`, 'give assumeClean or initialSync, not both')
+      return { type: 'parity', name, layout, members, chunk, ...(block !== undefined ? { block } : {}), region, resyncRate, forceDegradedStart: x.forceDegradedStart === true, assumeClean: x.assumeClean === true, initialSync: x.initialSync === true }
+    }
     case undefined:
-      return fail(`${field}.type`, 'missing (one of file, remote, memory, mirror, linear, stripe)')
+      return fail(`${field}.type`, 'missing (one of file, remote, memory, mirror, linear, stripe, parity)')
     default:
-      return fail(`${field}.type`, `unknown type ${JSON.stringify(x.type)} (one of file, remote, memory, mirror, linear, stripe)`)
+      return fail(`${field}.type`, `unknown type ${JSON.stringify(x.type)} (one of file, remote, memory, mirror, linear, stripe, parity)`)
   }
 }
 
@@ -437,10 +466,11 @@ function checkLegsNotExported (devices: Map<string, DeviceConfig>, exportList: E
     const d = devices.get(name)
     if (d !== undefined && isArrayConfig(d)) for (const m of d.members) mark(m, mirror)
   }
-  for (const d of devices.values()) if (d.type === 'mirror') for (const m of d.members) mark(m, d.name)
+  for (const d of devices.values()) if (d.type === 'mirror' || d.type === 'parity') for (const m of d.members) mark(m, d.name)
   for (const [i, e] of exportList.entries()) {
     const mirror = mirrorOf.get(e.device)
-    if (mirror !== undefined) fail(`exports[${i}].device`, `'${e.device}' is a leg of mirror '${mirror}' (or inside one); a leg has one writer, the mirror: export '${mirror}' instead`)
+    const kind = devices.get(mirror ?? '')?.type === 'parity' ? 'parity array' : 'mirror'
+    if (mirror !== undefined) fail(`exports[${i}].device`, `'${e.device}' is a ${kind === 'mirror' ? 'leg' : 'member'} of ${kind} '${mirror}' (or inside one); it has one writer, the ${kind}: export '${mirror}' instead`)
   }
 }
 

@@ -56,7 +56,7 @@ function flatten (s: Sample): Flat {
   const f: Flat = { devices: new Map(), legs: new Map(), verifies: new Map(), exports: new Map() }
   for (const [name, d] of Object.entries(s.status.devices)) {
     f.devices.set(name, { state: String(d.state), ...(typeof d.connected === 'boolean' ? { connected: d.connected } : {}) })
-    if (d.type === 'mirror') {
+    if (d.type === 'mirror' || d.type === 'parity') {
       for (const m of d.members ?? []) f.legs.set(`${name}\0${m.name}`, { array: name, leg: m.name, state: String(m.state), ...(m.resync !== undefined ? { resync: m.resync } : {}) })
       if (d.verify !== undefined) f.verifies.set(name, d.verify)
     }

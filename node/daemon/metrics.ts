@@ -16,6 +16,8 @@ export interface ArrayCounters {
   name: string
   resyncCopiedBytes: number
   resyncComparedBytes: number
+  /** Bytes of source holes resyncs skipped (neither read nor written). */
+  resyncSkippedBytes: number
   verifyRuns: number
   verifyBytes: number
   verifyMismatches: number
@@ -45,7 +47,7 @@ export function renderStateMetrics (node: string, status: { devices: Record<stri
   }
   const n = `node="${esc(node)}"`
   const legs: Array<{ array: string, leg: StatusDevice & { name: string } }> = []
-  for (const [name, d] of Object.entries(status.devices)) if (d.type === 'mirror') for (const leg of d.members ?? []) legs.push({ array: name, leg })
+  for (const [name, d] of Object.entries(status.devices)) if (d.type === 'mirror' || d.type === 'parity') for (const leg of d.members ?? []) legs.push({ array: name, leg })
   const leg = (a: { array: string, leg: { name: string } }): string => `${n},array="${esc(a.array)}",leg="${esc(a.leg.name)}"`
   family('dst_leg_state', 'gauge', 'Each leg of each mirror and each state it may be in: 1 for its state now, 0 for the others.',
     legs.flatMap(a => LEG_STATES.map((st): [string, number] => [`${leg(a)},state="${st}"`, a.leg.state === st ? 1 : 0])))
@@ -96,6 +98,7 @@ export function renderMetrics (node: string, exports: ReadonlyArray<{ name: stri
     [[`${n},kind="rss"`, mem.rss], [`${n},kind="heap_used"`, mem.heapUsed], [`${n},kind="heap_total"`, mem.heapTotal], [`${n},kind="external"`, mem.external], [`${n},kind="array_buffers"`, mem.arrayBuffers]])
   const arr = (fn: (a: ArrayCounters) => number): Array<[string, number]> => arrays.map(a => [`${n},array="${esc(a.name)}"`, fn(a)])
   family('dst_resync_copied_bytes_total', 'counter', 'Bytes resyncs copied to legs.', arr(a => a.resyncCopiedBytes))
+  family('dst_resync_skipped_bytes_total', 'counter', 'Bytes of source holes resyncs skipped: neither read nor written to the leg.', arr(a => a.resyncSkippedBytes))
   family('dst_resync_compared_bytes_total', 'counter', 'Bytes resyncs compared by digest before copying.', arr(a => a.resyncComparedBytes))
   family('dst_verify_runs_total', 'counter', 'Online verifies started.', arr(a => a.verifyRuns))
   family('dst_verify_bytes_total', 'counter', 'Bytes an online verify compared on two legs or more.', arr(a => a.verifyBytes))

@@ -8,11 +8,14 @@ import { Listener } from './listener'
 import { renderMetrics, renderStateMetrics, type ArrayCounters, type DeviceGauge } from './metrics'
 import type { NodeConfig } from './config'
 import { ExportMetrics, type ServedExport } from '../../export/served'
+import { dirtyMapsOf } from './dirty-maps'
 import { REPLY_HEADER_SIZE } from '../../export/native/codec'
 import { formatAddress, formatDstUrl } from '../core/url'
 import { dstVersion } from '../core/version'
 import { RemoteDevice } from '../../export/native/remote-device'
 import { MirrorDevice } from '../../algorithms/mirror'
+import { ParityDevice } from '../../algorithms/parity/parity'
+import { XorEngine } from '../core/xor'
 import { LinearDevice } from '../../algorithms/linear'
 import { StripeDevice } from '../../algorithms/stripe'
 import type { Device } from '../core/device'
@@ -109,6 +112,13 @@ export class DstNode {
   }
 
   private readonly remoteOpenTimeout: number
+  /** XOR workers for parity arrays, made when the first one opens. */
+  private xor: XorEngine | null = null
+
+  private xorEngine (): XorEngine {
+    this.xor ??= new XorEngine()
+    return this.xor
+  }
   /** What remote devices found at their last handshake (dataDir/remotes.json). */
   private remotes: RemoteMemory | null = null
   /** How many times this node (its dataDir) has started; in every handshake, so peers see restarts. */
@@ -137,6 +147,7 @@ export class DstNode {
       this.dataDirLock?.release()
       this.dataDirLock = null
       await this.hasher.close()
+      await this.xor?.close()
       // A bad config creates nothing: a dataDir this start made goes again.
       if (err instanceof ConfigError && made.length > 0) fs.rmSync(made[0], { recursive: true, force: true })
       throw err
@@ -156,12 +167,12 @@ export class DstNode {
     this.remotes = c.dataDir !== null ? RemoteMemory.load(c.dataDir) : null
     this.tls = c.tls !== undefined ? readTls(c.tls) : null
     this.warnCleartext(c)
-    await this.registry.open(c, { log: this.log, remoteOpenTimeout: this.remoteOpenTimeout, pingInterval: c.pingInterval, remotes: this.remotes, hasher: this.hasher, ...(this.tls !== null ? { tls: this.tls } : {}) })
+    await this.registry.open(c, { log: this.log, remoteOpenTimeout: this.remoteOpenTimeout, pingInterval: c.pingInterval, remotes: this.remotes, hasher: this.hasher, xor: () => this.xorEngine(), ...(this.tls !== null ? { tls: this.tls } : {}) })
     for (const e of c.exports) {
       const device = this.registry.get(e.device)
       // An assertion: the config checks that every export names a device, and the registry opens all or throws.
       if (device === undefined) throw new Error(`export '${e.name}': device '${e.device}' did not open`)
-      this.exports.set(e.name, { ...e, device, metrics: new ExportMetrics(), lease: new WriteLease(c.leaseTimeout), generation: this.generation })
+      this.exports.set(e.name, { ...e, device, metrics: new ExportMetrics(), lease: new WriteLease(c.leaseTimeout), generation: this.generation, dirty: dirtyMapsOf(device) })
     }
     this.listener = new Listener({
       host: c.listen.host,
@@ -297,6 +308,7 @@ export class DstNode {
         this.listener?.closeAll()
         await this.registry.close()
         await this.hasher.close()
+        await this.xor?.close()
         this.dataDirLock?.release()
         this.dataDirLock = null
       })()
@@ -322,8 +334,19 @@ export class DstNode {
       check('device', nameProblem(body.device))
       return await this.replaceMember(array, device, body.device)
     }
+    if (device instanceof ParityDevice && (action === 'verify' || action === 'replace')) {
+      if (action === 'verify') return await this.startVerify(array, device, body)
+      if (typeof body.device !== 'string' || body.device === '') throw usage('give "device": the member to replace')
+      check('device', nameProblem(body.device))
+      if (!device.legNames.includes(body.device)) throw usage(`parity '${array}': no member '${body.device}' (members: ${device.legNames.join(', ')})`)
+      const member = this.registry.get(body.device)
+      if (member instanceof RemoteDevice && member.state === 'foreign') await member.acceptFoundDisk()
+      const detail = await device.replaceLeg(body.device)
+      this.log(detail)
+      return { ok: true, message: detail, array: device.status() }
+    }
     if (!(device instanceof MirrorDevice)) {
-      const what = action === 'verify' ? 'only mirror arrays have legs to compare' : 'only mirror arrays change members while running'
+      const what = action === 'verify' ? 'only mirror and parity arrays have redundancy to verify' : device instanceof ParityDevice ? 'a parity array keeps its members (replace one that is foreign with \'dst array replace\')' : 'only mirror arrays change members while running'
       throw new DstError(ErrorCode.NOTMIRROR, `'${array}' is a ${device.type} device; ${what}`)
     }
     if (action === 'verify') return await this.startVerify(array, device, body)
@@ -443,12 +466,13 @@ export class DstNode {
    * Starts an online verify of a mirror (POST /arrays/NAME/verify). Answers at once with the report as it starts;
    * progress and the result are in /status under `verify`. With "wait": true, answers when it is done.
    */
-  private async startVerify (array: string, mirror: MirrorDevice, body: Record<string, unknown>): Promise<unknown> {
+  private async startVerify (array: string, mirror: MirrorDevice | ParityDevice, body: Record<string, unknown>): Promise<unknown> {
     const from = body.from
     if (from !== undefined && (typeof from !== 'string' || from === '')) throw new DstError(ErrorCode.USAGE, '"from" must name a leg')
     if (body.repair !== undefined && typeof body.repair !== 'boolean') throw new DstError(ErrorCode.USAGE, '"repair" must be true or false')
     if (from !== undefined && body.repair !== true) throw new DstError(ErrorCode.USAGE, '"from" names the leg to repair from; it needs "repair": true')
     // A leg that is not there is a mistake in the request (400), not a state of the array.
+    if (typeof from === 'string' && mirror instanceof ParityDevice) throw new DstError(ErrorCode.USAGE, `parity '${array}': a repair rewrites parity from the data members; "from" does not apply`)
     if (typeof from === 'string' && !mirror.legNames.includes(from)) throw new DstError(ErrorCode.USAGE, `mirror '${array}': no leg '${from}' (legs: ${mirror.legNames.join(', ')})`)
     const rate = body.rate
     if (rate !== undefined && (typeof rate !== 'number' || !Number.isFinite(rate) || rate < 0)) throw new DstError(ErrorCode.USAGE, '"rate" must be bytes per second (0: no limit)')
@@ -463,8 +487,8 @@ export class DstNode {
     return { ok: true, message: `verify of '${array}' started`, verify: started }
   }
 
-  private mirrors (): Array<[string, MirrorDevice]> {
-    return this.registry.all().filter((x): x is [string, MirrorDevice] => x[1] instanceof MirrorDevice)
+  private mirrors (): Array<[string, MirrorDevice | ParityDevice]> {
+    return this.registry.all().filter((x): x is [string, MirrorDevice | ParityDevice] => x[1] instanceof MirrorDevice || x[1] instanceof ParityDevice)
   }
 
   private arrayCounters (): ArrayCounters[] {
@@ -472,6 +496,7 @@ export class DstNode {
       name,
       resyncCopiedBytes: m.resyncedBytes,
       resyncComparedBytes: m.comparedBytes,
+      resyncSkippedBytes: m.skippedBytes,
       verifyRuns: m.verifyTotals.runs,
       verifyBytes: m.verifyTotals.bytes,
       verifyMismatches: m.verifyTotals.mismatches,

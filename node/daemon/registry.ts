@@ -12,6 +12,8 @@ import { HandshakeFlag } from '../../export/native/codec'
 import { LinearDevice, type Member } from '../../algorithms/linear'
 import { StripeDevice, stripeChunkProblem } from '../../algorithms/stripe'
 import { MirrorDevice } from '../../algorithms/mirror'
+import { ParityDevice } from '../../algorithms/parity/parity'
+import type { XorEngine } from '../core/xor'
 import { FileIntentStore } from '../../algorithms/intent-store'
 import * as path from 'node:path'
 import { derivedIdentity, nodeIdentity } from '../core/identity'
@@ -27,6 +29,8 @@ export interface RegistryOptions {
   remotes: RemoteMemory | null
   /** The node's hash workers, given to every device it opens. */
   hasher: Hasher
+  /** The node's XOR workers, for parity arrays (made when the first one opens); without, XOR runs on the loop. */
+  xor?: () => XorEngine
   /** The node's TLS material (config `tls`, read at start): dsts:// remote devices check servers against its CA and present its certificate. */
   tls?: TlsMaterial
 }
@@ -145,9 +149,18 @@ export class DeviceRegistry {
       if (problem !== null) throw new ConfigError(`devices.${d.name}.chunk: ${problem} (of member '${members.find(m => d.chunk % m.device.blockSize !== 0)?.name ?? '?'}')`)
       return new StripeDevice({ members, chunk: d.chunk, hasher: options.hasher })
     }
-    if (config.dataDir === null) throw new ConfigError(`devices.${d.name}: a mirror needs the node's dataDir for its write-intent map`)
-    const store = new FileIntentStore(path.join(config.dataDir, `mirror-${d.name}.intent`))
+    if (config.dataDir === null) throw new ConfigError(`devices.${d.name}: a ${d.type === 'parity' ? 'parity array' : 'mirror'} needs the node's dataDir for its write-intent map`)
+    const store = new FileIntentStore(intentPath(config.dataDir, d))
     try {
+      if (d.type === 'parity') {
+        const engine = options.xor?.()
+        return await ParityDevice.open({
+          name: d.name, members, layout: d.layout, chunk: d.chunk, blockSize: d.block, region: d.region, store,
+          resyncRate: d.resyncRate, forceDegradedStart: d.forceDegradedStart, assumeClean: d.assumeClean, initialSync: d.initialSync,
+          ...(engine !== undefined ? { xor: (dest: Uint8Array, sources: readonly Uint8Array[]) => engine.xor(dest, sources) } : {}),
+          log: m => options.log(`parity '${d.name}': ${m}`),
+        })
+      }
       return await MirrorDevice.open({
         name: d.name, legs: members, region: d.region, store, resyncRate: d.resyncRate, compare: d.checksumResync,
         // Live changes may have removed the leg named at creation; it matters only when the array is created.
@@ -215,17 +228,22 @@ export function writerId (config: NodeConfig, device: string): string {
  * is not assumed (a leg that cannot trim would fail the mirror's trims); the first handshake tells the rest.
  */
 async function legOfSuperblock (config: NodeConfig, name: string, log: (m: string) => void): Promise<RemoteDisk | undefined> {
-  const mirror = [...config.devices.values()].find(d => d.type === 'mirror' && d.members.includes(name))
+  const mirror = [...config.devices.values()].find(d => (d.type === 'mirror' || d.type === 'parity') && d.members.includes(name))
   if (mirror === undefined || config.dataDir === null) return undefined
-  const loaded = await new FileIntentStore(path.join(config.dataDir, `mirror-${mirror.name}.intent`)).load().catch(() => null)
+  const loaded = await new FileIntentStore(intentPath(config.dataDir, mirror)).load().catch(() => null)
   const record = loaded?.superblock.legs.find(l => l.name === name && l.identity !== '')
   if (loaded == null || record === undefined) return undefined
-  log(`no handshake remembered; if unreachable, it opens with mirror '${mirror.name}''s superblock: ${loaded.superblock.size} bytes, identity ${record.identity}`)
+  log(`no handshake remembered; if unreachable, it opens with ${mirror.type} '${mirror.name}''s superblock: ${loaded.superblock.size} bytes, identity ${record.identity}`)
   return { size: loaded.superblock.size, blockSize: 4096, maxRequest: 64 * 1024, identity: record.identity, flags: HandshakeFlag.FLUSH }
 }
 
+/** Where a redundant array keeps its write-intent map in dataDir. */
+function intentPath (dataDir: string, d: DeviceConfig): string {
+  return path.join(dataDir, `${d.type === 'parity' ? 'parity' : 'mirror'}-${d.name}.intent`)
+}
+
 function memberNames (d: Device): string[] {
-  if (d instanceof MirrorDevice) return d.legNames
+  if (d instanceof MirrorDevice || d instanceof ParityDevice) return d.legNames
   if (d instanceof LinearDevice || d instanceof StripeDevice) return d.members.map(m => m.name)
   return []
 }

@@ -158,6 +158,11 @@ function line (d: TreeDevice): string {
   return `${d.name}  ${parts.join('  ')}`
 }
 
+/** ", N in holes skipped" when a resync skipped any of its source's holes (sparse-aware copies). */
+export function skippedText (skipped: number | undefined): string {
+  return typeof skipped === 'number' && skipped > 0 ? `, ${formatSize(skipped)} in holes skipped` : ''
+}
+
 function bar (done: number, total: number): string {
   const frac = total > 0 ? Math.min(1, done / total) : 1
   const fill = Math.round(frac * 24)
@@ -170,8 +175,8 @@ export function renderTree (tree: { node: string, address: string, roots: TreeDe
   const draw = (d: TreeDevice, prefix: string, last: boolean): void => {
     lines.push(`${prefix}${last ? '└─ ' : '├─ '}${line(d)}`)
     const inner = prefix + (last ? '   ' : '│  ')
-    const resync = d.details.resync as { doneBytes: number, totalBytes: number } | undefined
-    if (resync !== undefined) lines.push(`${inner}   resync ${bar(resync.doneBytes, resync.totalBytes)}`)
+    const resync = d.details.resync as { doneBytes: number, totalBytes: number, skippedBytes?: number } | undefined
+    if (resync !== undefined) lines.push(`${inner}   resync ${bar(resync.doneBytes, resync.totalBytes)}${skippedText(resync.skippedBytes)}`)
     const verify = d.details.verify as { state: string, doneBytes: number, totalBytes: number, mismatches: number } | undefined
     if (verify !== undefined && verify.state === 'running') lines.push(`${inner}   verify ${bar(verify.doneBytes, verify.totalBytes)}, ${verify.mismatches} mismatched`)
     const kids: Array<() => void> = d.children.map((c, i) => () => draw(c, inner, i === d.children.length - 1 && d.served === undefined))

@@ -1,15 +1,19 @@
 // A device backed by a regular file or a block device. Positional I/O, short reads and writes looped, flush =
 // fdatasync. A missing file is created sparse at the configured size. Requests whose buffer lies in shared memory (the
 // node's buffer pool) go through a dedicated I/O worker thread (node/devices/io-ring.ts, started at the first such request,
-// stopped on close); any other buffer goes through fs and the libuv thread pool.
+// stopped on close); any other buffer goes through fs and the libuv thread pool. Holes come from the native addon
+// (node/devices/native.ts, on the thread pool too): extents from SEEK_DATA/SEEK_HOLE, TRIM and zeroes that may trim
+// punch holes, other zeroes are ZERO_RANGE; where the addon or the filesystem cannot, the capabilities say so (one
+// data run, no TRIM, zeroes written). Block devices keep to reads and writes.
 
 import * as fs from 'node:fs'
 import { derivedIdentity } from '../core/identity'
-import { Device } from '../core/device'
+import { Device, type Extent } from '../core/device'
 import type { Hasher } from '../core/hasher'
 import { ConfigError, DstError, Errno, ErrorCode, systemErrorCode } from '../core/errors'
 import { lockBackingFile } from '../core/lock'
 import { IoRing } from './io-ring'
+import { loadNativeFs, type NativeFs } from './native'
 
 export interface FileDeviceOptions {
   path: string
@@ -27,7 +31,12 @@ export interface FileDeviceOptions {
   ioThreads?: number
   /** The hash workers HASH requests are digested on (default: defaultHasher()). */
   hasher?: Hasher
+  /** The native addon; null runs without it (as on a machine where it was not built). Default: loadNativeFs(). */
+  native?: NativeFs | null
 }
+
+/** What the file's filesystem can do with holes, found when it is opened (and narrowed by the first refusal). */
+interface Sparse { native: NativeFs | null, extents: boolean, punch: boolean, zeroRange: boolean }
 
 function defaultIoThreads (): number {
   const env = process.env.DST_IO_THREADS
@@ -42,11 +51,13 @@ export class FileDevice extends Device {
   private readonly fd: number
   private readonly ioThreads: number
   private io: IoRing | null = null
+  private readonly sparse: Sparse
 
-  private constructor (path: string, fd: number, size: number, options: FileDeviceOptions, identity: string) {
-    super({ size, blockSize: options.blockSize ?? 4096, readOnly: options.readOnly, hasher: options.hasher })
+  private constructor (path: string, fd: number, size: number, options: FileDeviceOptions, identity: string, sparse: Sparse) {
+    super({ size, blockSize: options.blockSize ?? 4096, readOnly: options.readOnly, hasher: options.hasher, canTrim: sparse.punch, canZeroFast: sparse.punch })
     this.path = path
     this.fd = fd
+    this.sparse = sparse
     this.identity = identity
     this.ioThreads = options.ioThreads ?? defaultIoThreads()
   }
@@ -104,7 +115,10 @@ export class FileDevice extends Device {
         throw new DstError(ErrorCode.NOTFILE, `'${path}' is neither a regular file nor a block device`)
       }
       if (size === 0) throw new DstError(ErrorCode.SIZE, `file device '${path}' has size 0`)
-      return new FileDevice(path, fd, size, options, identityOf(st))
+      const native = st.isFile() ? (options.native === undefined ? loadNativeFs() : options.native) : null
+      const punch = native !== null && options.readOnly !== true && await canPunch(native, fd, Math.max(st.size, size))
+      const sparse = { native, extents: native !== null, punch, zeroRange: native !== null && options.readOnly !== true }
+      return new FileDevice(path, fd, size, options, identityOf(st), sparse)
     } catch (err) {
       await fsClose(fd).catch(() => {})
       // A file this start created and could not make into a device is removed again: a failed start leaves nothing.
@@ -142,6 +156,40 @@ export class FileDevice extends Device {
     }
   }
 
+  protected override async _extents (offset: number, length: number): Promise<Extent[]> {
+    const native = this.sparse.native
+    if (native !== null && this.sparse.extents) {
+      try {
+        return await native.extents(this.fd, offset, length)
+      } catch (err) {
+        // A filesystem without SEEK_DATA (EINVAL, ENOTSUP): from now on one data run, which is always right.
+        if (!unsupported(err)) throw err
+        this.sparse.extents = false
+      }
+    }
+    return [{ offset, length, hole: false }]
+  }
+
+  /** Punches a hole (canTrim is false where the filesystem cannot, so this is only called where it can). */
+  protected override _trim (offset: number, length: number): Promise<void> {
+    return (this.sparse.native as NativeFs).punchHole(this.fd, offset, length)
+  }
+
+  protected override async _zero (offset: number, length: number, mayTrim: boolean, fast: boolean): Promise<void> {
+    const native = this.sparse.native
+    if (native !== null && mayTrim && this.sparse.punch) return await native.punchHole(this.fd, offset, length)
+    if (native !== null && this.sparse.zeroRange) {
+      try {
+        return await native.zeroRange(this.fd, offset, length)
+      } catch (err) {
+        if (!unsupported(err)) throw err
+        this.sparse.zeroRange = false // e.g. tmpfs: punches, but has no ZERO_RANGE
+      }
+    }
+    if (fast) throw new DstError(ErrorCode.ENOTSUP, `file device '${this.path}': the filesystem cannot zero a range without writing it`)
+    return await super._zero(offset, length, mayTrim, fast)
+  }
+
   protected override _flush (): Promise<void> {
     return new Promise((resolve, reject) => fs.fdatasync(this.fd, err => err === null ? resolve() : reject(err)))
   }
@@ -153,8 +201,28 @@ export class FileDevice extends Device {
   }
 
   override status () {
-    return { ...super.status(), path: this.path }
+    return { ...super.status(), path: this.path, holes: this.sparse.extents, punch: this.sparse.punch }
   }
+}
+
+/**
+ * Whether the filesystem punches holes: a hole punched past the file's end (`end` or beyond, size kept) frees nothing
+ * and changes nothing, but is refused by a filesystem that cannot punch.
+ */
+async function canPunch (native: NativeFs, fd: number, end: number): Promise<boolean> {
+  try {
+    await native.punchHole(fd, Math.ceil(end / 4096) * 4096, 4096)
+    return true
+  } catch (err) {
+    if (unsupported(err)) return false
+    throw err
+  }
+}
+
+/** The answers of a filesystem (or kernel) that does not do an operation, as opposed to one that failed at it. */
+function unsupported (err: unknown): boolean {
+  const code = (err as DstError).code
+  return code === ErrorCode.EOPNOTSUPP || code === ErrorCode.ENOTSUP || code === ErrorCode.EINVAL
 }
 
 /** The identity of a file is its inode and birth time: the same file keeps it, a replaced file gets a new one. */

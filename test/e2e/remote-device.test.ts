@@ -15,6 +15,7 @@ import { closeDefaultHasher } from '../../node/core/hasher'
 import { FaultProxy } from '../../tools/dev/fault-proxy'
 import { digestsOf } from '../helpers/digests'
 import { within } from '../helpers/wait'
+import { HandshakeFlag, Op } from '../../export/native/codec'
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -523,4 +524,65 @@ test('a link that corrupts every try: the read fails with DST_ERR_DIGEST (EBADMS
   proxy.corrupt(0)
   await within(dev.read(MiB, into.length, into), 30000, 'read after the link healed')
   t.true(into.equals(fs.readFileSync(file).subarray(MiB, MiB + into.length)))
+})
+
+// ---- EXTENTS (protocol version 3) ---------------------------------------------------------------------------------
+
+test('RemoteDevice.extents asks its peer: a memory export\'s holes and data, thousands of runs over several bounded replies', async t => {
+  const rand = prng(newSeed())
+  const { node } = await fileNode(t, 64 * KiB, rand, {
+    devices: { mem: { type: 'memory', size: '1GiB' } },
+    exports: [{ device: 'mem' }],
+  })
+  const dev = await openDevice(t, node, 'mem')
+  const PAGE = 64 * KiB
+  t.deepEqual(await dev.extents(0, dev.size), [{ offset: 0, length: dev.size, hole: true }], 'nothing written: one hole')
+  // One byte in every other page from page 1 on: 2 x 1200 runs, more than one reply (1024 runs) holds.
+  const pages = 1200
+  const writes: Array<Promise<void>> = []
+  for (let i = 0; i < pages; i++) writes.push(dev.write((2 * i + 1) * PAGE + between(rand, 0, PAGE - 1), Buffer.from([1 + i % 255])))
+  await Promise.all(writes)
+  const before = await metricOf(node, 'dst_requests_total', 'node="rd",export="mem",op="extents"')
+  const runs = await dev.extents(0, dev.size)
+  const after = await metricOf(node, 'dst_requests_total', 'node="rd",export="mem",op="extents"')
+  t.is(runs.length, 2 * pages + 1)
+  t.true(after - before >= 3, `${after - before} EXTENTS requests: each asked from where the last reply ended`)
+  let at = 0
+  for (const [i, r] of runs.entries()) {
+    t.is(r.offset, at)
+    t.is(r.hole, i % 2 === 0)
+    t.is(r.length, i === runs.length - 1 ? dev.size - at : PAGE)
+    at += r.length
+  }
+  t.is(at, dev.size)
+  // A range inside, unaligned; and trims make holes again.
+  t.deepEqual(await dev.extents(PAGE - 10, 20), [{ offset: PAGE - 10, length: 10, hole: true }, { offset: PAGE, length: 10, hole: false }])
+  await dev.trim(0, 8 * PAGE)
+  t.deepEqual(await dev.extents(0, 9 * PAGE), [{ offset: 0, length: 9 * PAGE, hole: true }])
+  t.is((await t.throwsAsync(dev.extents(dev.size - 1, 2)) as DstError).code, 'DST_ERR_EINVAL')
+})
+
+test('a client naming version 3 gets EXTENTS; one naming none gets the version 2 handshake, where EXTENTS is unknown (ENOTSUP)', async t => {
+  const { node } = await fileNode(t, 64 * KiB, prng(newSeed()), {
+    devices: { mem: { type: 'memory', size: '1MiB' } },
+    exports: [{ device: 'mem' }],
+  })
+  const v3 = await RawClient.connect(node.port, 'mem', { 'x-dst-version': '3' })
+  t.teardown(() => v3.terminate())
+  t.is(v3.handshake.version, 3)
+  t.not(v3.handshake.flags & HandshakeFlag.EXTENTS, 0)
+  await v3.call(Op.WRITE, 1, 65536, 1, Buffer.from([7]))
+  const reply = await v3.call(Op.EXTENTS, 2, 0, 1 << 20, undefined, 16)
+  t.is(reply.errno, 0)
+  t.deepEqual([0, 8, 16].map(at => [reply.payload.readUInt32LE(at), reply.payload.readUInt32LE(at + 4)]), [[65536, 1], [65536, 0], [(1 << 20) - 131072, 1]])
+  const range = await v3.call(Op.EXTENTS, 3, (1 << 20) - 512, 1024, undefined, 16)
+  t.is(range.errno, 22, 'past the end: EINVAL')
+
+  const old = await RawClient.connect(node.port, 'mem')
+  t.teardown(() => old.terminate())
+  t.is(old.handshake.version, 2)
+  t.is(old.handshake.flags & HandshakeFlag.EXTENTS, 0)
+  t.is((await old.call(Op.EXTENTS, 4, 0, 4096, undefined, 16)).errno, 95)
+  t.is((await old.call(Op.READ, 5, 65536, 1)).payload[0], 7, 'the old client goes on as before')
+  t.false(old.isClosed)
 })

@@ -255,7 +255,7 @@ test.serial('a verify of something that is not a mirror, or of no device, is ref
   const { mn } = tree as Tree
   const notMirror = await runDst(['verify', mn.http, 'a', '--no-progress'])
   t.is(notMirror.code, 1)
-  t.regex(notMirror.stderr, /'a' is a remote device; only mirror arrays have legs to compare/)
+  t.regex(notMirror.stderr, /'a' is a remote device; only mirror and parity arrays have redundancy to verify/)
   const none = await runDst(['verify', mn.http, 'nosuch', '--no-progress'])
   t.is(none.code, 1)
   t.regex(none.stderr, /no device named 'nosuch'/)
@@ -266,7 +266,7 @@ test.serial('a verify of something that is not a mirror, or of no device, is ref
   const http = await postVerify(mn, 'a', {})
   t.is(http.status, 409)
   t.is(http.body.code, 'DST_ERR_NOTMIRROR')
-  t.regex(http.body.error, /only mirror arrays/)
+  t.regex(http.body.error, /only mirror (and parity )?arrays/)
   const missing = await postVerify(mn, 'nosuch', {})
   t.is(missing.status, 404)
   t.regex(missing.body.error, /nosuch/)

@@ -78,9 +78,11 @@ sparse with --size.
   copy: `usage: dst copy SRC DST [--offset N] [--length N] [--token TOKEN] [--ca FILE] [--cert FILE --key FILE]
 
 Copies bytes between local files or block devices, '-' (stdin or stdout) and
-dst://HOST:PORT/NAME (dsts:// over TLS) URLs, with many requests in flight. Shows a progress bar
-when stderr is a terminal, and ends with one summary line on stderr (bytes,
-seconds, MiB/s) unless --quiet.
+dst://HOST:PORT/NAME (dsts:// over TLS) URLs, with many requests in flight. Sparse-aware: holes of
+a dst:// source are not read, zeros are not written; the destination gets holes
+there (a file is left sparse or punched, an export trimmed). Shows a progress
+bar when stderr is a terminal, and ends with one summary line on stderr (bytes,
+seconds, MiB/s, holes and zeros skipped) unless --quiet.
 
   --offset N        byte offset on the dst:// side (both sides if both are dst://)
   --length N        bytes to copy (default: all of the source)
@@ -409,13 +411,15 @@ async function copyVerb (argv: string[]): Promise<void> {
   if (chunk < 512 || chunk > 64 * 1024 * 1024) throw new UsageError('--chunk must be between 512 and 64MiB')
   if (inFlight < 1 || inFlight > 1024) throw new UsageError('--in-flight must be between 1 and 1024')
   const began = performance.now()
+  const stats = { holeBytes: 0, zeroBytes: 0 }
   const total = await copy(src, dst, {
-    offset, length, chunk, inFlight, token: values.token as string | undefined, ...(tls !== undefined ? { tls } : {}),
+    offset, length, chunk, inFlight, token: values.token as string | undefined, stats, ...(tls !== undefined ? { tls } : {}),
     progress: process.stderr.isTTY && values['no-progress'] !== true && values.quiet !== true,
   })
   const seconds = (performance.now() - began) / 1000
+  const sparse = stats.holeBytes + stats.zeroBytes > 0 ? `; ${formatSize(stats.holeBytes)} of holes not read, ${formatSize(stats.zeroBytes)} of zeros not written` : ''
   // One summary line on stderr, terminal or not (scripts and logs see it too), unless --quiet.
-  if (values.quiet !== true) process.stderr.write(`copied ${total} bytes (${formatSize(total)}) in ${seconds.toFixed(2)} s, ${(total / 1048576 / Math.max(seconds, 1e-6)).toFixed(1)} MiB/s\n`)
+  if (values.quiet !== true) process.stderr.write(`copied ${total} bytes (${formatSize(total)}) in ${seconds.toFixed(2)} s, ${(total / 1048576 / Math.max(seconds, 1e-6)).toFixed(1)} MiB/s${sparse}\n`)
 }
 
 /** Whether two paths name one file (same device and inode); a path that does not exist yet is no file. */

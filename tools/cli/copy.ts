@@ -1,5 +1,11 @@
 // `dst copy SRC DST`: copies between a local file (or block device), `-` (stdin/stdout) and dst:// URLs with many
 // requests in flight, like dd/nbdcopy. `--offset` is the byte offset on the dst:// side(s).
+//
+// Sparse-aware, like nbdcopy: a dst:// source is asked for its holes (EXTENTS), which are not read; a chunk read as
+// all zeros is not written either. Instead the destination is made to read zeros there as cheaply as it can: a file
+// is left with a hole (past its old end) or punched (fallocate PUNCH_HOLE), a dst:// export is left alone where it is
+// a hole already and trimmed where it can trim; only what cannot be made a hole (stdout, a block device, an export
+// that cannot trim) gets zeros written.
 
 import * as fs from 'node:fs'
 import { parseDstUrl } from '../../node/core/url'
@@ -12,6 +18,16 @@ import type { ClientTls } from '../../export/native/client'
 export function isDstUrl (spec: string): boolean { return spec.startsWith('dst://') || spec.startsWith('dsts://') }
 import { blockDeviceSize } from '../../node/devices/file-device'
 import { Hasher } from '../../node/core/hasher'
+import type { Extent } from '../../node/core/device'
+
+// fs-native-extensions' trim: fallocate(PUNCH_HOLE | KEEP_SIZE) on Linux; rejects where the filesystem cannot punch.
+const { trim: punchHole } = require('fs-native-extensions') as { trim: (fd: number, offset: number, length: number) => Promise<void> }
+
+/** How far ahead one extents() question looks (its answer is a bounded list of runs). */
+const EXTENTS_WINDOW = 1024 * 1024 * 1024
+
+/** What a copy skipped: source holes it did not read, and chunks read as zeros it did not write as data. */
+export interface CopyStats { holeBytes: number, zeroBytes: number }
 
 export interface CopyOptions {
   offset: number
@@ -24,6 +40,8 @@ export interface CopyOptions {
   progress: boolean
   /** Where wire digests are computed; by default copy() makes one for itself and closes it when done. */
   hasher?: Hasher
+  /** Filled in with what the copy skipped (holes and zeros). */
+  stats?: CopyStats
 }
 
 interface Source {
@@ -33,6 +51,8 @@ interface Source {
   /** Positional sources can be read out of order; streams must be read one chunk after another. */
   positional: boolean
   read: (pos: number, into: Buffer, length: number) => Promise<number>
+  /** Holes and data of [pos, pos + length) (positional sources that can tell; the rest is all data). */
+  extents?: (pos: number, length: number) => Promise<Extent[]>
   close: () => Promise<void>
 }
 
@@ -41,6 +61,8 @@ interface Sink {
   size: number | null
   positional: boolean
   write: (pos: number, data: Buffer) => Promise<void>
+  /** Makes [pos, pos + length) read as zeros, as cheaply as the sink can (a hole left or punched, a trim, or zeros written). */
+  zero: (pos: number, length: number) => Promise<void>
   finish: (total: number) => Promise<void>
   close: () => Promise<void>
 }
@@ -84,20 +106,41 @@ async function pump (source: Source, sink: Sink, length: number | null, options:
   const slots = Array.from({ length: options.inFlight }, () => Buffer.allocUnsafe(options.chunk))
   const busy: Array<Promise<void>> = slots.map(() => Promise.resolve())
   const bar = options.progress ? new ProgressBar(length) : null
+  const stats = options.stats ?? { holeBytes: 0, zeroBytes: 0 }
+  const zeros = Buffer.alloc(options.chunk)
   let copied = 0
   let failure: unknown = null
   let lastWrite: Promise<void> = Promise.resolve()
   let pos = 0
   let eof = false
+  // The source's runs ahead of `pos` (a positional source that can tell its holes), asked a window at a time.
+  const runs: Extent[] = []
+  const extents = source.positional && length !== null ? source.extents : undefined
   for (let i = 0; !eof && (length === null || pos < length); i++) {
     const k = i % slots.length
     await busy[k]
     if (failure !== null) break
     const at = pos
-    const want = length === null ? options.chunk : Math.min(options.chunk, length - pos)
+    let hole = false
+    let want = length === null ? options.chunk : Math.min(options.chunk, length - pos)
+    if (extents !== undefined && length !== null) {
+      if (runs.length === 0) {
+        const span = Math.min(EXTENTS_WINDOW, length - pos)
+        const got = await extents(pos, span)
+        runs.push(...(got.length > 0 ? got : [{ offset: pos, length: span, hole: false }]))
+      }
+      const run = runs[0]
+      hole = run.hole
+      // A hole goes as one piece, however long; data in chunks.
+      want = hole ? run.length : Math.min(want, run.length)
+      if (want === run.length) runs.shift()
+      else { run.offset += want; run.length -= want }
+    }
     const buf = slots[k]
     let readDone: Promise<number>
-    if (source.positional) {
+    if (hole) {
+      readDone = Promise.resolve(want)
+    } else if (source.positional) {
       readDone = source.read(at, buf, want)
     } else {
       const n = await source.read(at, buf, want)
@@ -112,7 +155,16 @@ async function pump (source: Source, sink: Sink, length: number | null, options:
         throw new DstError(ErrorCode.RANGE, `${sink.name}: the input would pass its end (${sink.size} bytes fit); stopped after ${at} bytes`)
       }
       if (!sink.positional) await prev
-      await sink.write(at, n === buf.length ? buf : buf.subarray(0, n))
+      const data = hole ? null : n === buf.length ? buf : buf.subarray(0, n)
+      if (data === null) {
+        await sink.zero(at, n)
+        stats.holeBytes += n
+      } else if (data.equals(zeros.subarray(0, n))) {
+        await sink.zero(at, n)
+        stats.zeroBytes += n
+      } else {
+        await sink.write(at, data)
+      }
       copied += n
       bar?.update(copied)
     })
@@ -123,6 +175,11 @@ async function pump (source: Source, sink: Sink, length: number | null, options:
   bar?.done(copied)
   if (failure !== null) throw failure
   return copied
+}
+
+/** Writes zeros over [pos, pos + length) with `write`, a chunk of `zeros` at a time. */
+async function writeZeros (write: (pos: number, data: Buffer) => Promise<void>, zeros: Buffer, pos: number, length: number): Promise<void> {
+  for (let done = 0; done < length; done += zeros.length) await write(pos + done, zeros.subarray(0, Math.min(zeros.length, length - done)))
 }
 
 async function openSource (spec: string, options: CopyOptions): Promise<Source> {
@@ -160,6 +217,7 @@ async function openSource (spec: string, options: CopyOptions): Promise<Source> 
       size: dev.size - options.offset,
       positional: true,
       read: async (pos, into, length) => { await dev.read(options.offset + pos, length, into); return length },
+      extents: async (pos, length) => (await dev.extents(options.offset + pos, length)).map(e => ({ offset: e.offset - options.offset, length: e.length, hole: e.hole })),
       close: () => dev.close(),
     }
   }
@@ -184,13 +242,17 @@ async function openSource (spec: string, options: CopyOptions): Promise<Source> 
 }
 
 async function openSink (spec: string, options: CopyOptions): Promise<Sink> {
+  const zeros = Buffer.alloc(options.chunk)
   if (spec === '-') {
     const out = process.stdout
+    const write = (_pos: number, data: Buffer): Promise<void> => new Promise<void>((resolve, reject) => { out.write(data, err => err == null ? resolve() : reject(err)) })
     return {
       name: 'stdout',
       size: null,
       positional: false,
-      write: (_pos, data) => new Promise<void>((resolve, reject) => { out.write(data, err => err == null ? resolve() : reject(err)) }),
+      write,
+      // A stream has no holes: zeros are written (Node copies each write's buffer into the stream as it goes).
+      zero: (pos, length) => writeZeros(write, zeros, pos, length),
       finish: async () => {},
       close: async () => {},
     }
@@ -204,6 +266,19 @@ async function openSink (spec: string, options: CopyOptions): Promise<Sink> {
       size: dev.size - options.offset,
       positional: true,
       write: (pos, data) => dev.write(options.offset + pos, data),
+      // Left alone where the export is a hole already, trimmed where it can trim (and asked again: a trim need not
+      // leave zeros), zeros written where data is left.
+      zero: async (pos, length) => {
+        const dataIn = async (from: number, n: number): Promise<Extent[]> => (await dev.extents(from, n)).filter(e => !e.hole)
+        let data = await dataIn(options.offset + pos, length)
+        if (data.length > 0 && dev.canTrim) {
+          for (const e of data) await dev.trim(e.offset, e.length)
+          const left: Extent[] = []
+          for (const e of data) left.push(...await dataIn(e.offset, e.length))
+          data = left
+        }
+        for (const e of data) await writeZeros((at, z) => dev.write(at, z), zeros, e.offset, e.length)
+      },
       finish: () => dev.flush(),
       close: () => dev.close(),
     }
@@ -222,16 +297,34 @@ async function openSink (spec: string, options: CopyOptions): Promise<Sink> {
   const st = await fd.stat()
   const size = st.isBlockDevice() ? await blockSize(fd) : null
   let finished = false
+  const write = async (pos: number, data: Buffer): Promise<void> => {
+    let done = 0
+    while (done < data.length) {
+      const { bytesWritten } = await fd.write(data, done, data.length - done, st.isFile() || st.isBlockDevice() ? pos + done : null)
+      done += bytesWritten
+    }
+  }
+  // A regular file reads zeros past the end it had: what the copy does not write there stays a hole (the final
+  // truncate gives the file its length). Below it, old bytes are punched out, or overwritten where punching fails.
+  const oldEnd = st.isFile() ? st.size : Infinity
+  let canPunch = st.isFile()
   return {
     name: spec,
     size,
     positional: st.isFile() || st.isBlockDevice(),
-    write: async (pos, data) => {
-      let done = 0
-      while (done < data.length) {
-        const { bytesWritten } = await fd.write(data, done, data.length - done, st.isFile() || st.isBlockDevice() ? pos + done : null)
-        done += bytesWritten
+    write,
+    zero: async (pos, length) => {
+      const n = Math.min(length, Math.max(0, oldEnd - pos))
+      if (n === 0) return
+      if (canPunch) {
+        try {
+          await punchHole(fd.fd, pos, n)
+          return
+        } catch {
+          canPunch = false // this filesystem (or file) cannot punch: zeros from now on
+        }
       }
+      await writeZeros(write, zeros, pos, n)
     },
     // A regular file ends up exactly as long as what was copied, like cp.
     finish: async total => { if (isFile) await fd.truncate(total); await fd.datasync().catch(() => {}); finished = true },

@@ -52,7 +52,7 @@ function snapshotLines (e: NodeEvent): string[] {
   const lines: string[] = []
   for (const [name, d] of Object.entries(status.devices)) {
     lines.push(`${e.time} ${e.node} exists device:${name} type:${d.type} state:${d.state}`)
-    if (d.type === 'mirror') for (const m of d.members ?? []) lines.push(`${e.time} ${e.node} exists device:${name} leg:${m.name} state:${m.state}${m.dirtyBytes !== undefined ? ` dirtyBytes:${m.dirtyBytes}` : ''}`)
+    if (d.type === 'mirror' || d.type === 'parity') for (const m of d.members ?? []) lines.push(`${e.time} ${e.node} exists device:${name} leg:${m.name} state:${m.state}${m.dirtyBytes !== undefined ? ` dirtyBytes:${m.dirtyBytes}` : ''}`)
   }
   for (const x of status.exports) lines.push(`${e.time} ${e.node} exists export:${x.name} device:${x.device} connections:${x.connections}${x.lease?.holder != null ? ` lease:${x.lease.holder}` : ''}`)
   lines.push(`${e.time} ${e.node} exists -`)

@@ -2,7 +2,7 @@
 
 import { formatSize } from '../../node/core/size'
 import { DstError, ErrorCode } from '../../node/core/errors'
-import { fetchFailure, type DeviceView, type StatusView } from '../../node/daemon/tree'
+import { fetchFailure, skippedText, type DeviceView, type StatusView } from '../../node/daemon/tree'
 
 export async function fetchStatus (base: string): Promise<StatusView> {
   const url = new URL('/status', base).toString()
@@ -27,17 +27,20 @@ export function renderStatus (s: StatusView): string {
     const detail = [d.type, formatSize(d.size), d.state]
     if (typeof d.path === 'string') detail.push(d.path)
     if (typeof d.url === 'string') detail.push(d.url)
+    if (typeof d.layout === 'string') detail.push(String(d.layout))
     if (typeof d.chunk === 'number') detail.push(`chunk ${formatSize(d.chunk)}`)
+    if (d.role === 'parity') detail.push('parity')
     if (d.writable === false) detail.push('read-only')
     if (typeof d.dirtyBytes === 'number' && d.dirtyBytes > 0) detail.push(`dirty ${formatSize(d.dirtyBytes)}`)
+    if (typeof d.resyncSkippedBytes === 'number' && d.resyncSkippedBytes > 0) detail.push(`resync skipped ${formatSize(d.resyncSkippedBytes)} of holes`)
     if (typeof d.foundIdentity === 'string') detail.push(`found disk ${d.foundIdentity}`)
     if (typeof d.lastError === 'string') detail.push(`last error: ${d.lastError}`)
     lines.push(`${prefix}${last ? '└─ ' : '├─ '}${name}  ${detail.join('  ')}`)
-    const resync = d.resync as { doneBytes: number, totalBytes: number } | undefined
+    const resync = d.resync as { doneBytes: number, totalBytes: number, skippedBytes?: number } | undefined
     if (resync !== undefined) {
       const frac = resync.totalBytes > 0 ? Math.min(1, resync.doneBytes / resync.totalBytes) : 1
       const fill = Math.round(frac * 24)
-      lines.push(`${prefix}${last ? '   ' : '│  '}   resync [${'#'.repeat(fill)}${'.'.repeat(24 - fill)}] ${(frac * 100).toFixed(0)}% ${formatSize(resync.doneBytes)} / ${formatSize(resync.totalBytes)}`)
+      lines.push(`${prefix}${last ? '   ' : '│  '}   resync [${'#'.repeat(fill)}${'.'.repeat(24 - fill)}] ${(frac * 100).toFixed(0)}% ${formatSize(resync.doneBytes)} / ${formatSize(resync.totalBytes)}${skippedText(resync.skippedBytes)}`)
     }
     const verify = d.verify as { state: string, doneBytes: number, totalBytes: number, mismatches: number, repairedRegions: number, finishedAt: string | null, incomplete?: string | null } | undefined
     if (verify !== undefined) {

@@ -9,11 +9,12 @@
 // Knobs: BENCH_SECONDS, BENCH_ROUNDS, BENCH_NBD_TARGETS (letters, e.g. "ab"), BENCH_NBD_JOBS (substrings of job names, comma
 // separated), BENCH_RSS_SECONDS (0 skips), BENCH_RSS_TARGETS (letters, default "bcd").
 
-import { spawn, execFile, type ChildProcess } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { randomFillSync } from 'node:crypto'
+import { fio, median, nbdUri, type FioJob as Job } from './fio'
 import { freePort } from './ports'
 import { spawnDst } from './spawn-dst'
 
@@ -21,35 +22,10 @@ const MiB = 1024 * 1024
 const procs: ChildProcess[] = []
 
 interface Target { name: string, uri: string, pid: number, metrics?: string }
-interface Job { name: string, args: string[] }
 interface Result { iops: number, mibs: number, p99: number, ios: number, rss: number }
 
 function startDst (args: string[]): Promise<{ proc: ChildProcess, out: () => string }> {
   return spawnDst(args, { procs })
-}
-
-function nbdUri (out: string): string {
-  const m = /nbd {5}(nbd:\/\/\S+)/.exec(out)
-  if (m === null) throw new Error(`no nbd address in:\n${out}`)
-  return m[1]
-}
-
-function fio (uri: string, job: Job, seconds: number): Promise<{ iops: number, mibs: number, p99: number, ios: number }> {
-  return new Promise((resolve, reject) => {
-    execFile('fio', ['--name=bench', '--ioengine=nbd', `--uri=${uri}`, '--time_based', `--runtime=${seconds}`, '--size=256m',
-      '--output-format=json', ...job.args], { maxBuffer: 64 * MiB }, (err, stdout, stderr) => {
-      if (err !== null) { reject(new Error(`fio ${job.name} on ${uri}: ${stderr || err.message}`)); return }
-      const j = JSON.parse(stdout.slice(stdout.indexOf('{'))) as { jobs: Array<Record<'read' | 'write', { iops: number, bw_bytes: number, total_ios: number, clat_ns: { percentile?: Record<string, number> } }>> }
-      const side = job.args.some(a => /rw=(rand)?write/.test(a)) ? j.jobs[0].write : j.jobs[0].read
-      resolve({ iops: side.iops, mibs: side.bw_bytes / MiB, p99: (side.clat_ns.percentile?.['99.000000'] ?? 0) / 1e6, ios: side.total_ios })
-    })
-  })
-}
-
-function median (xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b)
-  const m = s.length >> 1
-  return s.length === 0 ? 0 : s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2
 }
 
 function currentRss (pid: number): number {

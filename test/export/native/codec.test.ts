@@ -2,7 +2,7 @@
 // the byte stream is cut (at every byte boundary, one byte at a time, or all at once).
 
 import test from 'ava'
-import { FrameDecoder, HANDSHAKE_MAGIC, HANDSHAKE_SIZE, HandshakeFlag, Op, PROTOCOL_VERSION, REPLY_HEADER_SIZE, REPLY_MAGIC, REQUEST_HEADER_SIZE, REQUEST_MAGIC, encodeHandshake, parseHandshake, parseReplyHeader, parseRequestHeader, replyFrames, requestFrames, writeReplyHeader, writeRequestHeader, type FrameSpec, type Handshake, type ReplyHeader, type RequestHeader } from '../../../export/native/codec'
+import { EXTENT_ENTRY_SIZE, EXTENT_HOLE, EXTENTS_VERSION, MAX_EXTENTS_PER_REPLY, MIN_PROTOCOL_VERSION, agreedVersion, decodeExtents, encodeExtents, FrameDecoder, HANDSHAKE_MAGIC, HANDSHAKE_SIZE, HandshakeFlag, Op, PROTOCOL_VERSION, REPLY_HEADER_SIZE, REPLY_MAGIC, REQUEST_HEADER_SIZE, REQUEST_MAGIC, encodeHandshake, parseHandshake, parseReplyHeader, parseRequestHeader, replyFrames, requestFrames, writeReplyHeader, writeRequestHeader, type FrameSpec, type Handshake, type ReplyHeader, type RequestHeader } from '../../../export/native/codec'
 import { ProtocolError } from '../../../node/core/errors'
 
 const TWO_32 = 0x100000000
@@ -328,4 +328,83 @@ test('FrameDecoder: empty chunks change nothing', t => {
   r.decoder.push(Buffer.alloc(0))
   t.is(r.seen.length, requests.length)
   t.true(r.decoder.atBoundary)
+})
+
+// ---- EXTENTS (protocol version 3) ---------------------------------------------------------------------------------
+
+test('EXTENTS runs round trip: lengths and hole flags, merged, offsets rebuilt from the request offset', t => {
+  const offset = 3 * TWO_32 + 4096
+  const runs = [
+    { offset, length: 4096, hole: false },
+    { offset: offset + 4096, length: TWO_32 - 8192, hole: true },
+    { offset: offset + TWO_32 - 4096, length: 1, hole: false },
+    { offset: offset + TWO_32 - 4095, length: 4095, hole: false }, // same kind as the one before: merged on the wire
+  ]
+  const buf = Buffer.alloc(10 + 4 * EXTENT_ENTRY_SIZE, 0xee)
+  const n = encodeExtents(runs, MAX_EXTENTS_PER_REPLY, buf, 10)
+  t.is(n, 3 * EXTENT_ENTRY_SIZE)
+  t.deepEqual([buf.readUInt32LE(10), buf.readUInt32LE(14), buf.readUInt32LE(18), buf.readUInt32LE(22)], [4096, 0, TWO_32 - 8192, EXTENT_HOLE])
+  t.deepEqual(decodeExtents(buf.subarray(10, 10 + n), offset, TWO_32, MAX_EXTENTS_PER_REPLY), [
+    { offset, length: 4096, hole: false },
+    { offset: offset + 4096, length: TWO_32 - 8192, hole: true },
+    { offset: offset + TWO_32 - 4096, length: 4096, hole: false },
+  ])
+  t.deepEqual([...buf.subarray(0, 10)], new Array(10).fill(0xee), 'nothing before `at` written')
+})
+
+test('EXTENTS: a reply holds at most maxRuns runs and then covers only a prefix of the range', t => {
+  const runs = Array.from({ length: 10 }, (_, i) => ({ offset: i * 512, length: 512, hole: i % 2 === 1 }))
+  const buf = Buffer.alloc(10 * EXTENT_ENTRY_SIZE)
+  const n = encodeExtents(runs, 3, buf, 0)
+  t.is(n, 3 * EXTENT_ENTRY_SIZE)
+  const back = decodeExtents(buf.subarray(0, n), 0, 5120, 3)
+  t.deepEqual(back, runs.slice(0, 3))
+  t.is(encodeExtents([], 3, buf, 0), 0)
+})
+
+test('EXTENTS: a client refuses a reply it must not trust', t => {
+  const entry = (length: number, flags: number): Buffer => { const b = Buffer.alloc(8); b.writeUInt32LE(length, 0); b.writeUInt32LE(flags, 4); return b }
+  const cases: Array<[string, Buffer, number, number, RegExp]> = [
+    ['not whole runs', Buffer.alloc(12), 4096, 4, /not whole 8-byte runs/],
+    ['more runs than asked', Buffer.concat([entry(1, 0), entry(1, 1), entry(1, 0)]), 4096, 2, /carries 3 runs, at most 2/],
+    ['an empty run', Buffer.concat([entry(1, 0), entry(0, 1)]), 4096, 4, /run 1 is empty/],
+    ['unknown flags', entry(512, 2), 4096, 4, /unknown flags 0x2/],
+    ['past the range asked', Buffer.concat([entry(4000, 0), entry(97, 1)]), 4096, 4, /past the 4096 bytes/],
+    ['a u32 run past the range', entry(0xffffffff, 0), 4096, 4, /past the 4096 bytes/],
+    ['nothing for a non-empty range', Buffer.alloc(0), 4096, 4, /no run/],
+  ]
+  for (const [label, payload, length, maxRuns, message] of cases) {
+    t.throws(() => decodeExtents(payload, 8192, length, maxRuns), { instanceOf: ProtocolError, message }, label)
+  }
+  t.deepEqual(decodeExtents(Buffer.alloc(0), 0, 0, 4), [], 'an empty range has no run')
+})
+
+test('EXTENTS replies decode the same however the stream is cut', t => {
+  const payload = Buffer.alloc(3 * EXTENT_ENTRY_SIZE)
+  encodeExtents([{ offset: 0, length: 100, hole: true }, { offset: 100, length: 28, hole: false }, { offset: 128, length: 900, hole: true }], 8, payload, 0)
+  const frames = [
+    replyFrame({ op: Op.EXTENTS, tagLo: 1, tagHi: 2, errno: 0, length: payload.length }, payload),
+    replyFrame({ op: Op.EXTENTS, tagLo: 3, tagHi: 0, errno: 22, length: 0 }),
+  ]
+  const stream = Buffer.concat(frames)
+  for (let cut = 0; cut <= stream.length; cut++) {
+    const { decoder, seen } = recorder(replyFrames)
+    decoder.push(stream.subarray(0, cut))
+    decoder.push(stream.subarray(cut))
+    t.is(seen.length, 2, `cut at ${cut}`)
+    t.deepEqual(decodeExtents(seen[0].bytes as Buffer, 0, 1028, 8).map(r => [r.length, r.hole]), [[100, true], [28, false], [900, true]], `cut at ${cut}`)
+    t.is(seen[1].header.errno, 22)
+  }
+})
+
+test('version agreement: the highest both know; a client naming none (or an old one) gets version 2', t => {
+  t.is(agreedVersion(''), MIN_PROTOCOL_VERSION)
+  t.is(agreedVersion('2'), 2)
+  t.is(agreedVersion('1'), MIN_PROTOCOL_VERSION)
+  t.is(agreedVersion(String(PROTOCOL_VERSION)), PROTOCOL_VERSION)
+  t.is(agreedVersion('99'), PROTOCOL_VERSION)
+  t.is(agreedVersion('3x'), MIN_PROTOCOL_VERSION)
+  t.is(agreedVersion('-3'), MIN_PROTOCOL_VERSION)
+  t.is(PROTOCOL_VERSION, 3)
+  t.is(EXTENTS_VERSION, 3)
 })

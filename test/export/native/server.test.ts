@@ -6,10 +6,11 @@
 import test from 'ava'
 import { createHash, randomBytes } from 'node:crypto'
 import { frame } from '../../helpers/raw-client'
-import { HandshakeFlag, Op, REPLY_HEADER_SIZE, parseHandshake, parseReplyHeader } from '../../../export/native/codec'
+import { EXTENT_ENTRY_SIZE, HandshakeFlag, MAX_EXTENTS_PER_REPLY, Op, REPLY_HEADER_SIZE, parseHandshake, parseReplyHeader } from '../../../export/native/codec'
+import type { Extent } from '../../../node/core/device'
 import { ExportSession, type SessionTransport } from '../../../export/native/server'
 import { ExportMetrics, type ServedExport } from '../../../export/served'
-import { MemoryDevice } from '../../../node/devices/memory-device'
+import { MemoryDevice, PAGE_SIZE } from '../../../node/devices/memory-device'
 import { BufferPool } from '../../../node/core/pool'
 import { WriteLease } from '../../../node/core/lease'
 import { DstError } from '../../../node/core/errors'
@@ -266,4 +267,94 @@ test.serial('a client that keeps sending past maxInFlight while its replies wait
   t.is(transport.messages.length, 0)
   t.is(pool.available, 16)
   t.is(exp.metrics.stalled, 1)
+})
+
+// ---- EXTENTS (protocol version 3) ---------------------------------------------------------------------------------
+
+const ENOTSUP = 95
+
+/** A device of `count` alternating runs of 512 bytes (data first), or one whose extents() fails. */
+class ManyRunsDevice extends MemoryDevice {
+  fails = false
+  protected override _extents (offset: number, length: number): Promise<Extent[]> {
+    if (this.fails) return Promise.reject(new Error('cannot tell'))
+    const runs: Extent[] = []
+    for (let at = offset; at < offset + length; at += 512) runs.push({ offset: at, length: Math.min(512, offset + length - at), hole: (at / 512) % 2 === 1 })
+    return Promise.resolve(runs)
+  }
+}
+
+function sessionOf (device: MemoryDevice, version?: number): InProcess {
+  const exp: ServedExport = { name: 'inproc', device, readOnly: false, allow: [], metrics: new ExportMetrics(), lease: new WriteLease(1000), generation: 0 }
+  const transport = new RecordingTransport()
+  const session = new ExportSession(exp, new BufferPool({ count: 8, size: MAX_REQUEST, headroom: 32 }),
+    { maxRequest: MAX_REQUEST, maxInFlight: 16, pingInterval: 10000 }, transport, { readOnly: false, owner: null, token: 0, version })
+  return { exp, session, transport }
+}
+
+function runsOf (payload: Buffer): Array<[number, boolean]> {
+  const out: Array<[number, boolean]> = []
+  for (let at = 0; at < payload.length; at += 8) out.push([payload.readUInt32LE(at), payload.readUInt32LE(at + 4) === 1])
+  return out
+}
+
+test.serial('EXTENTS in a session: the device\'s runs (not bounded by maxRequest), at most `aux` of them; bad requests are refused at the edge', async t => {
+  const device = new MemoryDevice({ size: 16 * PAGE_SIZE })
+  const p = sessionOf(device)
+  t.teardown(() => p.session.onClose())
+  const hs = parseHandshake(p.session.handshake())
+  t.is(hs.version, 3)
+  t.not(hs.flags & HandshakeFlag.EXTENTS, 0)
+  await device.write(2 * PAGE_SIZE, Buffer.alloc(PAGE_SIZE, 1))
+  await device.write(5 * PAGE_SIZE, Buffer.alloc(10, 1))
+
+  const all = await inProcessCall(p, frame(Op.EXTENTS, 1, 0, device.size, undefined, 0, 100))
+  t.is(all.errno, 0)
+  t.deepEqual(runsOf(all.rest), [[2 * PAGE_SIZE, true], [PAGE_SIZE, false], [2 * PAGE_SIZE, true], [PAGE_SIZE, false], [10 * PAGE_SIZE, true]])
+  const two = await inProcessCall(p, frame(Op.EXTENTS, 2, 0, device.size, undefined, 0, 2))
+  t.deepEqual(runsOf(two.rest), [[2 * PAGE_SIZE, true], [PAGE_SIZE, false]], 'a prefix: the caller asks again from its end')
+  const inner = await inProcessCall(p, frame(Op.EXTENTS, 3, 2 * PAGE_SIZE + 5, 10, undefined, 0, 8))
+  t.deepEqual(runsOf(inner.rest), [[10, false]])
+  const empty = await inProcessCall(p, frame(Op.EXTENTS, 4, 100, 0, undefined, 0, 8))
+  t.deepEqual([empty.errno, empty.length], [0, 0])
+
+  t.is((await inProcessCall(p, frame(Op.EXTENTS, 5, device.size - 1, 2, undefined, 0, 8))).errno, EINVAL, 'past the end')
+  t.is((await inProcessCall(p, frame(Op.EXTENTS, 6, 0, 512, undefined, 0, 0))).errno, EINVAL, 'no room for a run')
+  const overflow = frame(Op.EXTENTS, 7, 0, 0xffffffff, undefined, 0, 8)
+  overflow.fill(0xff, 16, 24) // offset 2^64 - 1: offset + length overflows
+  t.is((await inProcessCall(p, overflow)).errno, EINVAL, 'offset + length overflowing')
+  t.is(p.transport.ended, null, 'refusals do not end the connection')
+  t.is(p.exp.metrics.requests.extents, 7)
+  t.is(p.exp.metrics.errors.extents, 3)
+  t.is(p.session.pending, 0)
+})
+
+test.serial('EXTENTS: a device with thousands of runs gets a bounded reply (1024 runs, 8 KiB); a failing one an error; the session goes on', async t => {
+  const device = new ManyRunsDevice({ size: 4 * 1024 * 1024 })
+  const p = sessionOf(device)
+  t.teardown(() => p.session.onClose())
+  const huge = await inProcessCall(p, frame(Op.EXTENTS, 1, 0, device.size, undefined, 0, 0xffffffff))
+  t.is(huge.errno, 0)
+  t.is(huge.length, MAX_EXTENTS_PER_REPLY * EXTENT_ENTRY_SIZE)
+  const runs = runsOf(huge.rest)
+  t.is(runs.length, MAX_EXTENTS_PER_REPLY)
+  t.deepEqual(runs.slice(0, 3), [[512, false], [512, true], [512, false]])
+  device.fails = true
+  const failed = await inProcessCall(p, frame(Op.EXTENTS, 2, 0, 4096, undefined, 0, 8))
+  t.deepEqual([failed.op, failed.errno, failed.length], [Op.EXTENTS, EIO, 0])
+  t.is((await inProcessCall(p, frame(Op.PING, 3, 0, 0))).errno, 0)
+  t.is(p.exp.metrics.errors.extents, 1)
+})
+
+test.serial('a version 2 session (an old client): no EXTENTS flag, and EXTENTS is an unknown opcode (ENOTSUP), not a broken frame', async t => {
+  const device = new MemoryDevice({ size: 64 * KiB })
+  const p = sessionOf(device, 2)
+  t.teardown(() => p.session.onClose())
+  const hs = parseHandshake(p.session.handshake())
+  t.is(hs.version, 2)
+  t.is(hs.flags & HandshakeFlag.EXTENTS, 0)
+  t.not(hs.flags & HandshakeFlag.HASH, 0)
+  t.is((await inProcessCall(p, frame(Op.EXTENTS, 1, 0, 4096, undefined, 0, 8))).errno, ENOTSUP)
+  t.is((await inProcessCall(p, frame(Op.READ, 2, 0, 4096))).errno, 0)
+  t.is(p.transport.ended, null)
 })

@@ -1,7 +1,7 @@
 // Tests for node/devices/memory-device.ts: the in-memory synthetic device, and the Device contract seen through it.
 
 import test from 'ava'
-import { MemoryDevice } from '../../../node/devices/memory-device'
+import { MemoryDevice, PAGE_SIZE } from '../../../node/devices/memory-device'
 import { DstError, Errno } from '../../../node/core/errors'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
@@ -120,4 +120,110 @@ test('after close, requests reject with DST_ERR_CLOSED', async t => {
   for (const p of [d.read(0, 1, Buffer.alloc(1)), d.write(0, Buffer.alloc(1)), d.trim(0, 1), d.flush()]) {
     t.is((await t.throwsAsync(p, { instanceOf: DstError })).code, 'DST_ERR_CLOSED')
   }
+})
+
+test('extents: a new device is one hole; written pages are data, merged, clipped to the range asked', async t => {
+  const d = new MemoryDevice({ size: 16 * PAGE_SIZE })
+  t.deepEqual(await d.extents(0, d.size), [{ offset: 0, length: d.size, hole: true }])
+  t.deepEqual(await d.extents(5, 0), [])
+  await d.write(3 * PAGE_SIZE + 10, Buffer.alloc(PAGE_SIZE, 1)) // pages 3 and 4
+  await d.write(5 * PAGE_SIZE, Buffer.alloc(1, 2)) // page 5: merged with them
+  await d.write(9 * PAGE_SIZE - 1, Buffer.alloc(1, 3)) // page 8
+  t.deepEqual(await d.extents(0, d.size), [
+    { offset: 0, length: 3 * PAGE_SIZE, hole: true },
+    { offset: 3 * PAGE_SIZE, length: 3 * PAGE_SIZE, hole: false },
+    { offset: 6 * PAGE_SIZE, length: 2 * PAGE_SIZE, hole: true },
+    { offset: 8 * PAGE_SIZE, length: PAGE_SIZE, hole: false },
+    { offset: 9 * PAGE_SIZE, length: 7 * PAGE_SIZE, hole: true },
+  ])
+  t.deepEqual(await d.extents(3 * PAGE_SIZE + 7, 100), [{ offset: 3 * PAGE_SIZE + 7, length: 100, hole: false }])
+  t.deepEqual(await d.extents(PAGE_SIZE - 1, 2 * PAGE_SIZE + 2), [
+    { offset: PAGE_SIZE - 1, length: 2 * PAGE_SIZE + 1, hole: true },
+    { offset: 3 * PAGE_SIZE, length: 1, hole: false },
+  ])
+  t.is(d.allocatedBytes, 4 * PAGE_SIZE)
+})
+
+test('trim frees the pages it covers whole and zeroes the rest: freed pages are holes again', async t => {
+  const d = new MemoryDevice({ size: 8 * PAGE_SIZE })
+  await d.write(0, Buffer.alloc(8 * PAGE_SIZE, 9))
+  await d.trim(PAGE_SIZE + 100, 3 * PAGE_SIZE) // frees pages 2 and 3; zeroes the ends of pages 1 and 4
+  t.is(d.allocatedBytes, 6 * PAGE_SIZE)
+  t.deepEqual(await d.extents(0, d.size), [
+    { offset: 0, length: 2 * PAGE_SIZE, hole: false },
+    { offset: 2 * PAGE_SIZE, length: 2 * PAGE_SIZE, hole: true },
+    { offset: 4 * PAGE_SIZE, length: 4 * PAGE_SIZE, hole: false },
+  ])
+  const back = Buffer.alloc(d.size)
+  await d.read(0, d.size, back)
+  const model = Buffer.alloc(8 * PAGE_SIZE, 9).fill(0, PAGE_SIZE + 100, 4 * PAGE_SIZE + 100)
+  t.true(back.equals(model))
+})
+
+test('a device far larger than memory holds only what was written (1 TiB, one page)', async t => {
+  const d = new MemoryDevice({ size: 2 ** 40 })
+  await d.write(2 ** 39 + 5, Buffer.from('middle'))
+  const into = Buffer.alloc(16, 0xff)
+  await d.read(2 ** 39, 16, into)
+  t.is(into.subarray(5, 11).toString(), 'middle')
+  t.is(into[0], 0)
+  t.is(d.allocatedBytes, PAGE_SIZE)
+  t.deepEqual(await d.extents(0, d.size), [
+    { offset: 0, length: 2 ** 39, hole: true },
+    { offset: 2 ** 39, length: PAGE_SIZE, hole: false },
+    { offset: 2 ** 39 + PAGE_SIZE, length: 2 ** 39 - PAGE_SIZE, hole: true },
+  ])
+  await d.trim(0, d.size)
+  t.is(d.allocatedBytes, 0)
+  t.throws(() => d.data, { instanceOf: RangeError })
+})
+
+test('a device whose size is not a multiple of the page: its last page is short, and reads and extents stop at the end', async t => {
+  const d = new MemoryDevice({ size: PAGE_SIZE + 1000 })
+  await d.write(PAGE_SIZE + 990, Buffer.alloc(10, 4))
+  t.is(d.allocatedBytes, 1000)
+  t.deepEqual(await d.extents(0, d.size), [{ offset: 0, length: PAGE_SIZE, hole: true }, { offset: PAGE_SIZE, length: 1000, hole: false }])
+  await d.trim(PAGE_SIZE, 1000)
+  t.is(d.allocatedBytes, 0)
+})
+
+test('taking `data` makes the device flat: it keeps its bytes and reports all data from then on', async t => {
+  const d = new MemoryDevice({ size: 4 * PAGE_SIZE })
+  await d.write(PAGE_SIZE, Buffer.from('kept'))
+  const flat = d.data
+  t.is(flat.subarray(PAGE_SIZE, PAGE_SIZE + 4).toString(), 'kept')
+  flat[3 * PAGE_SIZE] = 7 // behind the device's back: it cannot call that page a hole any more
+  t.deepEqual(await d.extents(0, d.size), [{ offset: 0, length: d.size, hole: false }])
+  await d.write(0, Buffer.from('x'))
+  t.is(flat[0], 'x'.charCodeAt(0), 'writes land in the same Buffer')
+  t.is(d.data, flat)
+  t.is(d.allocatedBytes, d.size)
+})
+
+test('random writes and trims: holes always read as zeros and runs cover the range in order, merged', async t => {
+  const size = 40 * PAGE_SIZE + 123
+  const d = new MemoryDevice({ size })
+  const model = Buffer.alloc(size)
+  let seed = 11
+  const rand = (n: number): number => { seed = (seed * 1103515245 + 12345) >>> 0; return seed % n }
+  for (let i = 0; i < 200; i++) {
+    const offset = rand(size)
+    const length = 1 + rand(Math.min(3 * PAGE_SIZE, size - offset))
+    if (rand(3) === 0) { await d.trim(offset, length); model.fill(0, offset, offset + length) } else { const b = Buffer.alloc(length, 1 + rand(255)); await d.write(offset, b); b.copy(model, offset) }
+    const from = rand(size)
+    const n = rand(size - from + 1)
+    const runs = await d.extents(from, n)
+    let at = from
+    for (const [k, r] of runs.entries()) {
+      t.is(r.offset, at)
+      t.true(r.length > 0)
+      if (k > 0) t.not(r.hole, runs[k - 1].hole, 'adjacent runs differ')
+      if (r.hole) t.true(model.subarray(r.offset, r.offset + r.length).every(b => b === 0), `hole ${r.offset}+${r.length} reads as zeros`)
+      at += r.length
+    }
+    t.is(at, from + n)
+  }
+  const all = Buffer.alloc(size)
+  await d.read(0, size, all)
+  t.true(all.equals(model))
 })
