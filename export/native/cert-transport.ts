@@ -18,7 +18,7 @@ import { DstError, ErrorCode } from '../../node/core/errors'
 import { peerOf, type TlsMaterial } from '../../node/core/tls'
 import { CloseCode, DEFAULT_MAX_QUEUED_BYTES, ExportSession, type SessionLimits } from './server'
 import type { ServedExport } from '../served'
-import { CLOSE_WRITER_DONE, REQUEST_HEADER_SIZE, agreedVersion } from './codec'
+import { CLOSE_WRITER_DONE, REQUEST_HEADER_SIZE } from './codec'
 import { admitUpgrade } from './transport'
 
 export interface CertTransportOptions {
@@ -104,7 +104,7 @@ export class CertTransport {
       writerName: header('x-dst-writer-name'),
       peerNode: header('x-dst-node'),
       readOnlyAsked: header('x-dst-access') === 'ro',
-      version: agreedVersion(header('x-dst-version')),
+      version: header('x-dst-version'),
       peer: peerOf(socket),
     })
     if (!verdict.ok) {

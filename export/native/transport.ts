@@ -150,7 +150,6 @@ export class NativeTransport {
     const key = req.getHeader('sec-websocket-key')
     const protocol = req.getHeader('sec-websocket-protocol')
     const extensions = req.getHeader('sec-websocket-extensions')
-    const version = agreedVersion(req.getHeader('x-dst-version'))
     const address = Buffer.from(res.getRemoteAddressAsText()).toString()
     // uWebSockets.js shows no peer certificate: an export that requires one is refused here (peer undefined).
     const verdict = admitUpgrade(this.options, {
@@ -161,7 +160,7 @@ export class NativeTransport {
       writerName: req.getHeader('x-dst-writer-name'),
       peerNode: req.getHeader('x-dst-node'),
       readOnlyAsked: req.getHeader('x-dst-access') === 'ro',
-      version,
+      version: req.getHeader('x-dst-version'),
     })
     if (!verdict.ok) {
       res.writeStatus(verdict.status).writeHeader('content-type', 'text/plain')
@@ -182,8 +181,8 @@ export interface UpgradeRequest {
   writerName: string
   peerNode: string
   readOnlyAsked: boolean
-  /** The protocol version agreed with the client (agreedVersion of its x-dst-version). */
-  version: number
+  /** The client's x-dst-version header ('' when absent): the protocol version the session speaks. */
+  version: string
   /** The client's certificate, as a node:tls listener saw it; undefined on uWebSockets.js, which cannot tell. */
   peer?: PeerCertificate
 }
@@ -221,7 +220,7 @@ export function admitUpgrade (options: Pick<NativeTransportOptions, 'exports' | 
   if (options.nodeId !== undefined && peerNode === options.nodeId) {
     return refuse('508 Loop Detected', `export '${name}' is on the node that asks for it: a remote device cannot point at its own node`, exp)
   }
-  const access: SessionAccess = { readOnly: readOnlyAsked || exp.readOnly || !exp.device.writable, owner: null, token: 0, version: r.version }
+  const access: SessionAccess = { readOnly: readOnlyAsked || exp.readOnly || !exp.device.writable, owner: null, token: 0, version: agreedVersion(r.version) }
   if (!access.readOnly && exp.shared !== true && writer !== '') {
     if (!/^[A-Za-z0-9._:-]{1,128}$/.test(writer)) return refuse('400 Bad Request', 'bad x-dst-writer id', exp)
     const lease = exp.lease.acquire(writer, { name: /^[A-Za-z0-9._-]{1,64}$/.test(writerName) ? writerName : '', address })

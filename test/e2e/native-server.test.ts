@@ -16,6 +16,7 @@ import {
 import { RemoteDevice } from '../../export/native/remote-device'
 import { closeDefaultHasher } from '../../node/core/hasher'
 import { digestsOf } from '../helpers/digests'
+import { loadNativeFs } from '../../node/devices/native'
 
 // Wire error numbers as export/native/PROTOCOL.md lists them (not imported, so the test checks the source's table too).
 const EIO = 5
@@ -160,8 +161,8 @@ test.serial('an unknown opcode is answered ENOTSUP and the connection keeps work
   t.is(read.errno, 0)
   t.is(read.op, Op.READ)
   t.true(read.payload.equals(fileBytes(diskPath, 8192, 4096)))
-  // TRIM on a file device that cannot trim: also ENOTSUP, also not fatal.
-  t.is((await c.call(Op.TRIM, 13, 0, 4096)).errno, ENOTSUP)
+  // TRIM on a file device: a punched hole where the native addon is built, else ENOTSUP (not fatal either way).
+  t.is((await c.call(Op.TRIM, 13, 0, 4096)).errno, loadNativeFs() !== null ? 0 : ENOTSUP)
   t.is((await c.call(Op.PING, 14, 0, 0)).errno, 0)
   t.false(c.isClosed)
 })

@@ -6,11 +6,13 @@ import test from 'ava'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import { execFile } from 'node:child_process'
+import * as net from 'node:net'
 import { randomBytes } from 'node:crypto'
 import { startNode, tempDir, type RunningNode } from '../helpers/node-process'
 import { freePort } from '../helpers/ports'
 import { until } from '../helpers/wait'
 import { testNeeding, TOOLS } from '../helpers/requires'
+import { nbdOption } from '../helpers/raw-nbd'
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -18,7 +20,6 @@ const nbdkit = { command: 'nbdkit', install: 'apt-get install nbdkit' }
 const clientTest = testNeeding([...Object.values(TOOLS), nbdkit])
 // nbdsh runs the first python3 on PATH, which must be Debian's (it has the nbd module).
 const env = { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` }
-void test
 
 function run (cmd: string, args: string[], timeout = 60000): Promise<{ code: number, stdout: string, stderr: string }> {
   return new Promise(resolve => {
@@ -316,4 +317,55 @@ clientTest('qemu:dirty-bitmap:LEG of a mirror while a leg is down: its dirty ext
   const a = await run('nbdinfo', ['--map=qemu:dirty-bitmap:a', uri])
   t.is(a.code, 0, a.stderr)
   t.regex(a.stdout, /^\s+0\s+16777216\s+0\s+clean$/m)
+})
+
+/** SET/LIST_META_CONTEXT's data: the export name, then each query. */
+function metaQuery (name: string, queries: string[]): Buffer {
+  const parts = [Buffer.alloc(4), Buffer.from(name), Buffer.alloc(4)]
+  parts[0].writeUInt32BE(Buffer.byteLength(name), 0)
+  parts[2].writeUInt32BE(queries.length, 0)
+  for (const q of queries) { const l = Buffer.alloc(4); l.writeUInt32BE(Buffer.byteLength(q), 0); parts.push(l, Buffer.from(q)) }
+  return Buffer.concat(parts)
+}
+
+test('option phase, byte by byte: SET_META_CONTEXT before STRUCTURED_REPLY is ERR_INVALID; after it, a context asked a thousand times is answered once', async t => {
+  const { uri } = await rig(t, { disk: { type: 'file', path: './disk.img', size: 1 * MiB } })
+  const port = Number(/:(\d+)\//.exec(uri('disk'))?.[1])
+  const socket = net.connect(port, '127.0.0.1')
+  t.teardown(() => socket.destroy())
+  let got = Buffer.alloc(0)
+  let wake: (() => void) | null = null
+  socket.on('data', c => { got = Buffer.concat([got, c]); wake?.() })
+  socket.on('error', () => {})
+  const take = async (n: number): Promise<Buffer> => {
+    for (let i = 0; got.length < n && i < 200; i++) await new Promise<void>(resolve => { wake = resolve; setTimeout(resolve, 50) })
+    if (got.length < n) throw new Error(`wanted ${n} bytes, got ${got.length}`)
+    const out = got.subarray(0, n)
+    got = got.subarray(n)
+    return out
+  }
+  /** Option replies up to and including the first that is not META_CONTEXT (4): [type, data]. */
+  const replies = async (): Promise<Array<[number, Buffer]>> => {
+    const out: Array<[number, Buffer]> = []
+    for (;;) {
+      const head = await take(20)
+      const r: [number, Buffer] = [head.readUInt32BE(12), await take(head.readUInt32BE(16))]
+      out.push(r)
+      if (r[0] !== 4) return out
+    }
+  }
+  await take(18)
+  socket.write(Buffer.from([0, 0, 0, 3]))
+  socket.write(nbdOption(10, metaQuery('disk', ['base:allocation'])))
+  t.deepEqual((await replies()).map(r => r[0]), [0x80000003], 'SET_META_CONTEXT without structured replies: ERR_INVALID')
+  socket.write(nbdOption(8))
+  t.deepEqual((await replies()).map(r => r[0]), [1], 'STRUCTURED_REPLY: ACK')
+  socket.write(nbdOption(10, metaQuery('disk', Array.from({ length: 1000 }, () => 'base:allocation'))))
+  const set = await replies()
+  t.deepEqual(set.map(r => r[0]), [4, 1], 'one META_CONTEXT, then ACK')
+  t.is(set[0][1].subarray(4).toString(), 'base:allocation')
+  socket.write(nbdOption(10, metaQuery('nope', ['base:allocation'])))
+  t.deepEqual((await replies()).map(r => r[0]), [0x80000006], 'an unknown export: ERR_UNKNOWN')
+  socket.write(nbdOption(9, Buffer.from([0, 0, 0, 4, 0x64])))
+  t.deepEqual((await replies()).map(r => r[0]), [0x80000003], 'a truncated LIST_META_CONTEXT: ERR_INVALID')
 })

@@ -396,6 +396,39 @@ test('error: a remote device at the node\'s own listen address (localhost, 127.0
   t.notThrows(() => parseConfig(base({ listen: '127.0.0.1:7001' }, { peer: { type: 'remote', url: 'dst://10.0.0.9:7001/m0' } }), dir(), 'test.json'), 'another host')
 })
 
+// ---- parity arrays ------------------------------------------------------------------------------------------------
+
+function parityConfig (p: Record<string, unknown>, n = 5): Record<string, unknown> {
+  const devices: Record<string, unknown> = {}
+  for (let i = 0; i < n; i++) devices[`d${i}`] = { type: 'memory', size: '1MiB' }
+  return base({}, { ...devices, p: { type: 'parity', members: Object.keys(devices), ...p } })
+}
+
+test('parity: a raid35 and a raid5 array parse with their defaults', t => {
+  const a = parseConfig(parityConfig({ layout: 'raid35' }), dir()).devices.get('p')
+  t.like(a, { type: 'parity', layout: 'raid35', region: 1024 * 1024, forceDegradedStart: false, assumeClean: false, initialSync: false })
+  t.is((a as { block?: number }).block, undefined, 'raid35 block defaults once the members are open')
+  const b = parseConfig(parityConfig({ layout: 'raid5', chunk: '128KiB', region: '4MiB', forceDegradedStart: true }, 4), dir()).devices.get('p')
+  t.like(b, { type: 'parity', layout: 'raid5', chunk: 128 * 1024, region: 4 * 1024 * 1024, forceDegradedStart: true })
+})
+
+test('parity: member counts, blocks, chunks and regions a layout cannot take, a member twice: errors naming the field and the rule', t => {
+  t.regex(configError(t, parityConfig({ layout: 'raid35' }, 4), 'devices.p.members'), /raid35 needs 2\^k data members plus one parity member \(3, 5, 9 or 17 members\), got 4/)
+  t.regex(configError(t, parityConfig({ layout: 'raid5' }, 2), 'devices.p.members'), /raid5 needs at least three members, got 2/)
+  t.regex(configError(t, parityConfig({ layout: 'raid35', block: '1000' }), 'devices.p.block'), /fragments of 250 bytes/)
+  t.regex(configError(t, parityConfig({ layout: 'raid35', chunk: '64KiB' }), 'devices.p.chunk'), /raid35 has no chunks/)
+  t.regex(configError(t, parityConfig({ layout: 'raid5', block: '4KiB' }), 'devices.p.block'), /raid5 splits chunks/)
+  t.regex(configError(t, parityConfig({ layout: 'raid5', chunk: '3KiB' }), 'devices.p.chunk'), /not a power of two/)
+  t.regex(configError(t, parityConfig({ layout: 'raid5', chunk: '1MiB', region: '64KiB' }), 'devices.p.region'), /must hold whole chunks/)
+  t.regex(configError(t, parityConfig({ layout: 'raid6' }), 'devices.p.layout'), /expected "raid35".*or "raid5"/)
+  t.regex(configError(t, parityConfig({ layout: 'raid5', initialSync: true, assumeClean: true }), 'devices.p.initialSync'), /not both/)
+  const twice = parityConfig({ layout: 'raid5' })
+  ;((twice.devices as Record<string, { members: string[] }>).p).members = ['d0', 'd1', 'd1']
+  t.regex(configError(t, twice, 'devices.p.members'), /a device is listed twice \(d1\)/)
+  const exported = { ...parityConfig({ layout: 'raid5' }), exports: [{ device: 'd2' }] }
+  t.regex(configError(t, exported, 'exports[0].device'), /'d2' is a member of parity array 'p'.*export 'p' instead/)
+})
+
 /** A config dir with empty PEM files where `tls` points (parseConfig checks that they can be read, not what they hold). */
 function tlsDir (): string {
   const d = dir()
@@ -438,37 +471,4 @@ test('parseConfig: TLS mistakes name the field', t => {
   bad({ tls: { cert: 'n1-cert.pem', key: 'n1-key.pem' }, exports: [{ device: 'm0', clientCert: 'require' }] }, /exports\[0\]\.clientCert: needs the node's tls with a ca/)
   bad({ tls: TLS, exports: [{ device: 'm0', allowSubjects: ['n2'] }] }, /exports\[0\]\.allowSubjects\[0\]: "n2" is not ATTRIBUTE=VALUE/)
   bad({ tls: TLS, exports: [{ device: 'm0', allowSubjects: [] }] }, /exports\[0\]\.allowSubjects: expected a non-empty array/)
-})
-
-// ---- parity arrays ------------------------------------------------------------------------------------------------
-
-function parityConfig (p: Record<string, unknown>, n = 5): Record<string, unknown> {
-  const devices: Record<string, unknown> = {}
-  for (let i = 0; i < n; i++) devices[`d${i}`] = { type: 'memory', size: '1MiB' }
-  return base({}, { ...devices, p: { type: 'parity', members: Object.keys(devices), ...p } })
-}
-
-test('parity: a raid35 and a raid5 array parse with their defaults', t => {
-  const a = parseConfig(parityConfig({ layout: 'raid35' }), dir()).devices.get('p')
-  t.like(a, { type: 'parity', layout: 'raid35', region: 1024 * 1024, forceDegradedStart: false, assumeClean: false, initialSync: false })
-  t.is((a as { block?: number }).block, undefined, 'raid35 block defaults once the members are open')
-  const b = parseConfig(parityConfig({ layout: 'raid5', chunk: '128KiB', region: '4MiB', forceDegradedStart: true }, 4), dir()).devices.get('p')
-  t.like(b, { type: 'parity', layout: 'raid5', chunk: 128 * 1024, region: 4 * 1024 * 1024, forceDegradedStart: true })
-})
-
-test('parity: member counts, blocks, chunks and regions a layout cannot take, a member twice: errors naming the field and the rule', t => {
-  t.regex(configError(t, parityConfig({ layout: 'raid35' }, 4), 'devices.p.members'), /raid35 needs 2\^k data members plus one parity member \(3, 5, 9 or 17 members\), got 4/)
-  t.regex(configError(t, parityConfig({ layout: 'raid5' }, 2), 'devices.p.members'), /raid5 needs at least three members, got 2/)
-  t.regex(configError(t, parityConfig({ layout: 'raid35', block: '1000' }), 'devices.p.block'), /fragments of 250 bytes/)
-  t.regex(configError(t, parityConfig({ layout: 'raid35', chunk: '64KiB' }), 'devices.p.chunk'), /raid35 has no chunks/)
-  t.regex(configError(t, parityConfig({ layout: 'raid5', block: '4KiB' }), 'devices.p.block'), /raid5 splits chunks/)
-  t.regex(configError(t, parityConfig({ layout: 'raid5', chunk: '3KiB' }), 'devices.p.chunk'), /not a power of two/)
-  t.regex(configError(t, parityConfig({ layout: 'raid5', chunk: '1MiB', region: '64KiB' }), 'devices.p.region'), /must hold whole chunks/)
-  t.regex(configError(t, parityConfig({ layout: 'raid6' }), 'devices.p.layout'), /expected "raid35".*or "raid5"/)
-  t.regex(configError(t, parityConfig({ layout: 'raid5', initialSync: true, assumeClean: true }), 'devices.p.initialSync'), /not both/)
-  const twice = parityConfig({ layout: 'raid5' })
-  ;((twice.devices as Record<string, { members: string[] }>).p).members = ['d0', 'd1', 'd1']
-  t.regex(configError(t, twice, 'devices.p.members'), /a device is listed twice \(d1\)/)
-  const exported = { ...parityConfig({ layout: 'raid5' }), exports: [{ device: 'd2' }] }
-  t.regex(configError(t, exported, 'exports[0].device'), /'d2' is a member of parity array 'p'.*export 'p' instead/)
 })
