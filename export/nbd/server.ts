@@ -461,6 +461,10 @@ class NbdSession {
     }
     const plain = this.socket
     plain.removeAllListeners('data')
+    // What was negotiated in clear (a man in the middle could have done it) is forgotten, as the spec asks.
+    this.structured = false
+    this.contexts = []
+    this.contextsOf = null
     this.secure = true
     this.server.startTls(this, plain)
   }
