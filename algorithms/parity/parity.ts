@@ -1007,18 +1007,7 @@ export class ParityDevice extends Device {
     if (!d.writable) throw new DstError(ErrorCode.EROFS, `parity '${this.name}': '${name}' is read-only`, Errno.EROFS)
     const was = leg.record.identity
     await this.gate.withIoHeld(async () => {
-      leg.record.identity = d.identity
-      leg.record.inSync = false
-      leg.markAllStale()
-      leg.full = true
-      leg.newDisk = false
-      leg.held = false
-      leg.authority = false
-      leg.to('stale', { why: '', log: false })
-      fillBits(leg.bits, this.regions)
-      this.intent.markAll(this.regions)
-      this.intent.event()
-      await this.intent.rewrite()
+      await this.intent.takeOn(leg, d.identity, this.regions)
     })
     const detail = `member '${name}': disk ${d.identity || '(no identity)'} taken on in place of ${was || '(none)'}; it is rebuilt from the other members`
     this.config.log(detail)

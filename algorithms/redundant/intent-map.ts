@@ -7,6 +7,7 @@
 import { DstError, Errno, ErrorCode } from '../../node/core/errors'
 import { PAGE, type IntentState, type IntentStore, type Superblock } from '../intent-store'
 import type { LegSet } from './leg-set'
+import type { Leg } from './leg'
 import type { RegionGate } from './region-gate'
 
 export class IntentMap {
@@ -93,6 +94,25 @@ export class IntentMap {
     }
     touched.clear()
     return changed
+  }
+
+  /**
+   * Takes on the disk `identity` as leg `leg` (a replace): recorded, out of sync, every region stale and marked, and
+   * the map rewritten whole; the caller holds I/O and then starts the leg's full sync (or rebuild).
+   */
+  async takeOn (leg: Leg, identity: string, regions: number): Promise<void> {
+    leg.record.identity = identity
+    leg.record.inSync = false
+    leg.markAllStale()
+    leg.full = true
+    leg.newDisk = false
+    leg.held = false
+    leg.authority = false
+    leg.to('stale', { why: '', log: false })
+    fillBits(leg.bits, regions)
+    this.markAll(regions)
+    this.event()
+    await this.rewrite()
   }
 
   /** Makes the in-memory map durable. Concurrent callers share saves; a caller's bits are in the save it awaits. */

@@ -379,3 +379,37 @@ test('extents: holes where every member has a hole over whole blocks (raid35) or
     await dev.close()
   }
 })
+
+test('a member that comes back with another disk is foreign and never written; replace takes the disk on and rebuilds it whole from the others', async t => {
+  const { faults, mems, members } = rig(5, 64 * K)
+  const { dev, clock } = await open(members, { layout: 'raid5', chunk: 4096 })
+  const model = pattern(dev.size, 3)
+  await dev.write(0, model)
+  faults[2].failing = true
+  const piece = pattern(8 * K * 4, 4)
+  await dev.write(0, piece)
+  piece.copy(model, 0)
+  t.is(dev.legs.named('m2').state, 'failed')
+  // m2's place is taken by another disk holding its own data.
+  const theirs = pattern(64 * K, 99)
+  mems[2].data.set(theirs)
+  faults[2].identity = '11111111-2222-4333-8444-555555555555'
+  const before = faults[2].counts.writeBytes
+  faults[2].failing = false
+  for (let i = 0; i < 10 && dev.legs.named('m2').state !== 'foreign'; i++) await clock.advance(1000)
+  await until('m2 foreign', () => dev.legs.named('m2').state === 'foreign', 5000, 5)
+  await dev.write(40 * K, pattern(4096, 5))
+  pattern(4096, 5).copy(model, 40 * K)
+  t.is(faults[2].counts.writeBytes, before, 'nothing was written to the other disk')
+  t.true(mems[2].data.equals(theirs))
+  await t.throwsAsync(dev.replaceLeg('m0'), { code: 'DST_ERR_NOTFOREIGN' })
+  t.regex(await dev.replaceLeg('m2'), /taken on in place of .*rebuilt from the other members/)
+  await dev.startResync('m2')
+  t.is(dev.legs.named('m2').state, 'in-sync')
+  t.is(dev.legStates()[2].dirtyBytes, 0)
+  t.is(parityBreak(mems, 64 * K), -1, 'the new disk holds its share of the array')
+  faults[0].failing = true
+  const all = Buffer.alloc(dev.size)
+  await dev.read(0, dev.size, all)
+  t.true(all.equals(model))
+})
