@@ -594,7 +594,7 @@ async function verifyVerb (argv: string[]): Promise<void> {
   } else {
     const mib = report.comparedBytes / 1048576
     process.stdout.write(`verify of '${array}' ${report.state}: ${mib.toFixed(1)} MiB compared in ${report.seconds.toFixed(1)} s` +
-      ` (${(mib / Math.max(0.001, report.seconds)).toFixed(1)} MiB/s), ${report.skippedBytes} bytes skipped (held by one leg only)\n`)
+      ` (${(mib / Math.max(0.001, report.seconds)).toFixed(1)} MiB/s), ${report.skippedBytes} bytes skipped (not held by enough legs or members to compare)\n`)
     for (const m of report.mismatchedRegions) {
       process.stdout.write(`  mismatch at ${m.offset}+${m.length}: ${m.chunks} chunk(s) differ on ${m.legs.join(', ')}` +
         `${m.reference === null ? ' (no reference: repair with --from LEG)' : m.repaired ? `, repaired from ${m.reference}` : ''}\n`)
