@@ -213,6 +213,14 @@ export class ParityDevice extends Device {
     if (options.assumeClean === true && options.initialSync === true) throw new DstError(ErrorCode.CONFIG, `${what}: give assumeClean or initialSync, not both`, Errno.EINVAL)
     const regions = Math.ceil(shape.memberBytes / region)
     const loaded = await store.load()
+    // A parity layout is its members' order: a member found at another position than the superblock says would read
+    // another member's fragments or chunks. Refused, naming both orders, before anything is read or written.
+    const saved = loaded?.superblock.legs ?? []
+    const moved = members.map((m, i) => ({ m, i, j: m.device.identity === '' ? -1 : saved.findIndex(l => l.identity === m.device.identity) }))
+      .filter(x => x.j >= 0 && x.j !== x.i)
+    if (moved.length > 0 && loaded?.superblock.region === region && loaded?.superblock.size === shape.memberBytes) {
+      throw new DstError(ErrorCode.CONFIG, `${what}: members are in another order than when the array was made (${moved.map(x => `'${x.m.name}' was member ${x.j + 1}, now ${x.i + 1}`).join('; ')}): a parity layout depends on the order; list them as before (${saved.map(l => l.name).join(', ')})`, Errno.EINVAL)
+    }
     const plan = reconcile(loaded, members.map(m => ({ name: m.name, identity: m.device.identity })), region, shape.memberBytes)
     let array: ParityDevice | null = null
     const hooks: LegHooks = { log, event: () => { array?.intent.event() } }

@@ -413,3 +413,21 @@ test('a member that comes back with another disk is foreign and never written; r
   await dev.read(0, dev.size, all)
   t.true(all.equals(model))
 })
+
+test('members listed in another order than the array was made with are refused, naming both orders; nothing is written', async t => {
+  const { faults, members } = rig(5, 64 * K)
+  const store = new MemoryIntentStore()
+  const { dev } = await open(members, { layout: 'raid5', chunk: 4096 }, store)
+  await dev.write(0, pattern(dev.size, 8))
+  await dev.close()
+  const swapped = [members[1], members[0], ...members.slice(2)]
+  const before = faults.map(f => f.counts.writeBytes)
+  const err = await t.throwsAsync(open(swapped, { layout: 'raid5', chunk: 4096 }, store))
+  t.is((err as DstError).code, 'DST_ERR_CONFIG')
+  t.regex(err?.message ?? '', /'m1' was member 2, now 1; 'm0' was member 1, now 2.*list them as before \(m0, m1, m2, m3, m4\)/)
+  t.deepEqual(faults.map(f => f.counts.writeBytes), before, 'nothing written')
+  const { dev: again } = await open(members, { layout: 'raid5', chunk: 4096 }, store)
+  const all = Buffer.alloc(again.size)
+  await again.read(0, again.size, all)
+  t.true(all.equals(pattern(again.size, 8)))
+})
