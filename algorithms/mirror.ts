@@ -28,7 +28,7 @@ import { Resync } from './redundant/resync'
 import { Verifier, summary, type VerifyOptions, type VerifyReport } from './redundant/verify'
 import { hashTrouble } from './redundant/digests'
 import { FanoutPool, type Fanout } from './redundant/fanout'
-import { admitNew } from './redundant/admit'
+import { admitNew, replaceForeign } from './redundant/admit'
 
 export type { LegState } from './redundant/leg'
 export type { VerifyOptions, VerifyReport, VerifyMismatch } from './redundant/verify'
@@ -552,19 +552,10 @@ export class MirrorDevice extends Device implements ArrayContext {
    */
   async replaceLeg (name: string): Promise<string> {
     const leg = this.legs.named(name)
-    if (leg.state !== 'foreign') {
-      throw new DstError(ErrorCode.NOTFOREIGN, `mirror '${this.name}': leg '${name}' is ${leg.state}; replace takes on the other disk of a foreign leg (to swap a working leg: remove, then add)`, Errno.EINVAL)
-    }
-    const d = leg.device
-    if (!usable(d)) throw new DstError(ErrorCode.NOTREADY, `mirror '${this.name}': leg '${name}': its device is ${deviceError(d)}; nothing to take on`, Errno.EAGAIN)
-    if (d.size < this.size) throw new DstError(ErrorCode.SIZE, `mirror '${this.name}': '${name}' has ${d.size} bytes, the mirror needs ${this.size}`, Errno.EINVAL)
-    if (!d.writable) throw new DstError(ErrorCode.EROFS, `mirror '${this.name}': '${name}' is read-only`, Errno.EROFS)
-    const was = leg.record.identity
-    await this.gate.withIoHeld(async () => {
-      await this.intent.takeOn(leg, d.identity, this.regions)
+    const detail = await replaceForeign(this, leg, {
+      array: `mirror '${this.name}'`, member: 'leg', bytes: this.size, needs: 'the mirror needs',
+      notForeignHint: ' (to swap a working leg: remove, then add)', after: 'it is overwritten by a full sync',
     })
-    const detail = `leg '${name}': disk ${d.identity || '(no identity)'} taken on in place of ${was || '(none)'}; it is overwritten by a full sync`
-    this.config.log(detail)
     if (this.config.autoResync) this.startResync(leg).catch(() => {})
     return detail
   }

@@ -36,7 +36,7 @@ import { authorities, reconcile } from '../redundant/reconcile'
 import { Health, deviceError, usable } from '../redundant/health'
 import { Resync } from '../redundant/resync'
 import { KeyedLock } from '../redundant/keyed-lock'
-import { admitNew } from '../redundant/admit'
+import { admitNew, replaceForeign } from '../redundant/admit'
 import type { VerifyOptions, VerifyReport } from '../redundant/verify'
 import { Raid35Layout, Raid5Layout, raid35Problem, raid5Problem, type ParityLayoutName, type StripeWrite } from './layout'
 import { Scrub } from './scrub'
@@ -1006,19 +1006,10 @@ export class ParityDevice extends Device {
    */
   async replaceLeg (name: string): Promise<string> {
     const leg = this.legs.named(name)
-    if (leg.state !== 'foreign') {
-      throw new DstError(ErrorCode.NOTFOREIGN, `parity '${this.name}': member '${name}' is ${leg.state}; replace takes on the other disk of a foreign member`, Errno.EINVAL)
-    }
-    const d = leg.device
-    if (!usable(d)) throw new DstError(ErrorCode.NOTREADY, `parity '${this.name}': member '${name}': its device is ${deviceError(d)}; nothing to take on`, Errno.EAGAIN)
-    if (d.size < this.memberBytes) throw new DstError(ErrorCode.SIZE, `parity '${this.name}': '${name}' has ${d.size} bytes, each member needs ${this.memberBytes}`, Errno.EINVAL)
-    if (!d.writable) throw new DstError(ErrorCode.EROFS, `parity '${this.name}': '${name}' is read-only`, Errno.EROFS)
-    const was = leg.record.identity
-    await this.gate.withIoHeld(async () => {
-      await this.intent.takeOn(leg, d.identity, this.regions)
+    const detail = await replaceForeign(this.ctx, leg, {
+      array: `parity '${this.name}'`, member: 'member', bytes: this.memberBytes, needs: 'each member needs',
+      notForeignHint: '', after: 'it is rebuilt from the other members',
     })
-    const detail = `member '${name}': disk ${d.identity || '(no identity)'} taken on in place of ${was || '(none)'}; it is rebuilt from the other members`
-    this.config.log(detail)
     if (this.config.autoResync) this.startResync(leg).catch(() => {})
     return detail
   }

@@ -12,26 +12,18 @@ import * as https from 'node:https'
 import type * as net from 'node:net'
 import type * as tls from 'node:tls'
 import { WebSocketServer, type WebSocket } from 'ws'
-import type { BufferPool } from '../../node/core/pool'
-import type { Hasher } from '../../node/core/hasher'
 import { DstError, ErrorCode } from '../../node/core/errors'
 import { peerOf, type TlsMaterial } from '../../node/core/tls'
 import { CloseCode, DEFAULT_MAX_QUEUED_BYTES, ExportSession, type SessionLimits } from './server'
 import type { ServedExport } from '../served'
 import { CLOSE_WRITER_DONE, REQUEST_HEADER_SIZE } from './codec'
-import { admitUpgrade } from './transport'
+import { admitUpgrade, type NativeTransportOptions } from './transport'
 
-export interface CertTransportOptions {
+/** The main transport's session options (see NativeTransportOptions), and where and with what this one listens. */
+export interface CertTransportOptions extends Pick<NativeTransportOptions, 'pool' | 'limits' | 'exports' | 'log' | 'nodeId' | 'hasher' | 'isStopping'> {
   host: string
   port: number
   tls: TlsMaterial
-  pool: BufferPool
-  limits: SessionLimits
-  exports: Map<string, ServedExport>
-  log: (message: string) => void
-  nodeId?: string
-  hasher: Hasher
-  isStopping: () => boolean
 }
 
 export class CertTransport {

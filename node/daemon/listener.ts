@@ -66,29 +66,22 @@ export class Listener {
         ...(t.files.ca !== undefined ? { ca_file_name: t.files.ca } : {}),
         ...(t.passphrase !== undefined ? { passphrase: t.passphrase } : {}),
       })
+    // What every native session needs, on either listener.
+    const sessions = {
+      pool: options.pool, limits: options.limits, exports: options.exports, log: options.log, nodeId: options.nodeId,
+      hasher: options.hasher, isStopping: () => this.stopping,
+    }
     if (t !== undefined && options.clientCertListen !== undefined) {
       this.certs = new CertTransport({
         host: options.clientCertListen.host,
         port: options.clientCertListen.port,
         tls: t,
-        pool: options.pool,
-        limits: options.limits,
-        exports: options.exports,
-        log: options.log,
-        nodeId: options.nodeId,
-        hasher: options.hasher,
-        isStopping: () => this.stopping,
+        ...sessions,
       })
     }
     this.native = attachNativeTransport(this.app, {
       certElsewhere: name => this.certs === null ? 'set tls.clientCertListen on that node, or use NBD with STARTTLS' : formatDstUrl({ host: options.clientCertListen?.host ?? '', port: this.certs.port, export: name, tls: true }),
-      pool: options.pool,
-      limits: options.limits,
-      exports: options.exports,
-      log: options.log,
-      nodeId: options.nodeId,
-      hasher: options.hasher,
-      isStopping: () => this.stopping,
+      ...sessions,
       failed: (res, what, err) => { this.failed(res, what, err) },
     })
     // A handler that throws would abort the whole process (uWebSockets.js refuses a handler that returns without
