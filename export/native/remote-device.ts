@@ -228,6 +228,16 @@ export class RemoteDevice extends Device {
     return runs
   }
 
+  /**
+   * Fails the requests waiting for the peer to come back (a node stopping does not wait reconnectTimeout for them).
+   * Returns how many there were.
+   */
+  abandonWaiting (why: string): number {
+    const n = this.waiters.length
+    this.release(new DstError(ErrorCode.DISCONNECTED, `${this.url}: ${why}`))
+    return n
+  }
+
   protected override _close (): Promise<void> {
     this.closedByUs = true
     if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer)

@@ -190,13 +190,24 @@ export class DeviceRegistry {
    * disk) is not waited for: what it has not made durable is what its array's intent map marks for it. Returns the
    * names of the devices left unflushed.
    */
-  async flushAll (): Promise<string[]> {
+  async flushAll (patience = 3000): Promise<string[]> {
     const skipped: string[] = []
     const reachable = (d: Device): boolean => d.state === 'online' || d.state === 'degraded'
-    await Promise.all([...this.devices.entries()].filter(([, d]) => d.writable && d.state !== 'closed').map(([name, d]) => {
+    const flushes = Promise.all([...this.devices.entries()].filter(([, d]) => d.writable && d.state !== 'closed').map(([name, d]) => {
       if (!reachable(d)) { skipped.push(`${name} (${d.state})`); return Promise.resolve() }
       return d.flush().catch(() => {})
     }))
+    // A peer lost while its flush was under way: after a short wait, what waits for it to come back fails instead.
+    let timer: NodeJS.Timeout | undefined
+    const late = await Promise.race([flushes.then(() => false), new Promise<boolean>(resolve => { timer = setTimeout(() => resolve(true), patience) })])
+    clearTimeout(timer)
+    if (late) {
+      for (const [name, d] of this.devices) {
+        if (d instanceof RemoteDevice && !reachable(d) && d.abandonWaiting('the node is stopping and its peer is away') > 0) skipped.push(`${name} (${d.state})`)
+      }
+      await Promise.race([flushes, new Promise<void>(resolve => { timer = setTimeout(resolve, patience) })])
+      clearTimeout(timer)
+    }
     return skipped
   }
 

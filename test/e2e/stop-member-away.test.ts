@@ -29,6 +29,7 @@ for (const kind of ['mirror', 'parity'] as const) {
     t.teardown(() => node.kill())
     await leaves[1].kill()
     const code = await within(node.stop(), 20000, 'the node stopping (reconnectTimeout is 60 s: a stop waiting for the member would hang)')
+      .catch(err => { t.log(node.output()); throw err })
     t.is(code, 0)
     t.regex(node.output(), /not flushed, their peers are away: r1 \(connecting\)/)
     t.regex(node.output(), /stopped/)
